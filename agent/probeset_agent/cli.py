@@ -1,0 +1,228 @@
+"""probeset: run ProbeSets on this host (standalone agent), check them, render their BPF C.
+
+  probeset run FILE...      attach and serve Prometheus metrics (root)
+  probeset check FILE...    what would attach on this host and how; exit 0 only if everything would
+  probeset render FILE      print the generated BPF C program
+  probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from .spec import ProbeSet, SpecError, load_documents, parse_probeset
+
+log = logging.getLogger("probeset")
+
+DEFAULT_LISTEN = "127.0.0.1:9437"   # 9435 is ebpf_exporter's
+
+
+def _load_sets(paths: list[str]) -> tuple[list[tuple[str, ProbeSet]], list[str]]:
+    """Valid ProbeSets of the files, and one message per document that is not usable."""
+    sets, problems = [], []
+    for path in paths:
+        try:
+            with open(path) as f:
+                docs = load_documents(f.read())
+        except OSError as e:
+            problems.append(f"{path}: {e.strerror}")
+            continue
+        except Exception as e:  # yaml.YAMLError and friends
+            problems.append(f"{path}: not valid YAML: {e}")
+            continue
+        if not docs:
+            problems.append(f"{path}: no YAML documents")
+        for i, doc in enumerate(docs):
+            where = path if len(docs) == 1 else f"{path} (document {i + 1})"
+            try:
+                sets.append((where, parse_probeset(doc)))
+            except SpecError as e:
+                problems += [f"{where}: {err}" for err in e.errors]
+    return sets, problems
+
+
+def _node_name() -> str:
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _print_status(where: str, prog) -> bool:
+    """One line per probe; True when every probe attached everywhere."""
+    all_ok = True
+    print(f"{where}: ProbeSet {prog.pset.name}")
+    for st in prog.probe_statuses():
+        ok = st.error is None
+        all_ok &= ok
+        if ok:
+            n = len(st.functions)
+            attached = sum(st.functions.values())
+            targets = "; ".join(st.targets[:4]) + (f"; ... {len(st.targets) - 4} more" if len(st.targets) > 4 else "")
+            detail = f"{attached}/{n} functions" if attached != n else targets
+            print(f"  ok    {st.name}: {detail}" if attached == n else f"  ok    {st.name}: {detail} ({targets})")
+        else:
+            print(f"  FAIL  {st.name}: {st.error}")
+    return all_ok
+
+
+def cmd_check(args) -> int:
+    from .codegen import generate
+    from .loader import compile_program
+    from .program import ProbeSetProgram
+    sets, problems = _load_sets(args.files)
+    for p in problems:
+        print(f"invalid: {p}")
+    ok = not problems
+    features = _features_or_none()
+    if features:
+        print("kernel: " + ", ".join(f"{k} {v}" for k, v in features.as_dict().items()))
+    for where, pset in sets:
+        prog = ProbeSetProgram(pset, _node_name(), features)
+        usable = [rp for rp in prog.resolved if rp.ok]
+        if usable:
+            bpf, error = compile_program(generate(usable, pset.labels, pset.max_series_per_probe).text)
+            if bpf is None:
+                for rp in usable:
+                    prog.status[rp.id].error = error
+            else:
+                bpf.cleanup()
+        for st in prog.probe_statuses():
+            if st.error is None:
+                st.functions = {f: True for f in st.functions}   # would attach: resolved and compiled
+        ok &= _print_status(where, prog)
+    return 0 if ok else 1
+
+
+def _features_or_none():
+    from .features import detect
+    if os.geteuid() != 0:
+        print("note: not root: kernel probe support cannot be tested; kprobe probes will show as unknown")
+        return None
+    return detect()
+
+
+def cmd_render(args) -> int:
+    from .program import ProbeSetProgram
+    sets, problems = _load_sets([args.file])
+    for p in problems:
+        print(f"invalid: {p}", file=sys.stderr)
+    if not sets:
+        return 2
+    for where, pset in sets:
+        prog = ProbeSetProgram(pset, _node_name(), _features_or_none() if os.geteuid() == 0 else None)
+        for st in prog.probe_statuses():
+            if st.error:
+                print(f"/* not generated: {st.name}: see `probeset check` */", file=sys.stderr)
+        print(prog.render())
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .spec import crd_schema
+    json.dump(crd_schema(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def cmd_run(args) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from .collector import ProbeSetCollector
+    from .features import detect
+    from .program import ProbeSetProgram
+
+    sets, problems = _load_sets(args.files)
+    for p in problems:
+        log.error("invalid: %s", p)
+    if not sets:
+        log.error("no usable ProbeSet")
+        return 2
+    if args.bpf_stats:
+        _enable_bpf_stats()
+    node = args.node or _node_name()
+    features = detect()
+    log.info("kernel %s: %s", os.uname().release, ", ".join(f"{k} {v}" for k, v in features.as_dict().items()))
+    programs = []
+    for where, pset in sets:
+        prog = ProbeSetProgram(pset, node, features)
+        prog.start()
+        _print_status(where, prog)
+        programs.append(prog)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(ProbeSetCollector(programs, node, features))
+    host, port = _parse_listen(args.listen)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    log.info("serving metrics on http://%s:%d/metrics", host, port)
+    sys.stdout.flush()
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("%s: detaching", signal.Signals(signum).name)
+        stop.set()
+
+    # Installed explicitly: a background process started from a script inherits SIGINT as ignored.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.shutdown()
+        for prog in programs:
+            prog.stop()
+        log.info("detached")
+    return 0
+
+
+_bpf_stats_fd = None
+
+
+def _enable_bpf_stats() -> None:
+    """Turn on BPF run-time statistics for as long as this process lives (BPF_ENABLE_STATS: the
+    kernel turns them off again when the fd closes, unlike the sysctl)."""
+    import ctypes
+    global _bpf_stats_fd
+    libc = ctypes.CDLL(None, use_errno=True)
+    bpf_syscall, bpf_enable_stats, bpf_stats_run_time = 321, 32, 0
+    attr = (ctypes.c_uint32 * 32)()
+    attr[0] = bpf_stats_run_time
+    fd = libc.syscall(bpf_syscall, bpf_enable_stats, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        log.warning("cannot enable BPF stats: %s", os.strerror(ctypes.get_errno()))
+    else:
+        _bpf_stats_fd = fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="probeset", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="attach the ProbeSets of FILE(s) and serve metrics (root)")
+    run.add_argument("files", nargs="+", metavar="FILE")
+    run.add_argument("--listen", default=DEFAULT_LISTEN, help=f"metrics address (default {DEFAULT_LISTEN})")
+    run.add_argument("--node", help="value of the node label (default $NODE_NAME or the hostname)")
+    run.add_argument("--bpf-stats", action="store_true",
+                     help="enable kernel BPF run-time stats while running (probeset_bpf_run_seconds_total)")
+    check = sub.add_parser("check", help="tell what would attach on this host, without attaching")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    render = sub.add_parser("render", help="print the generated BPF C program")
+    render.add_argument("file", metavar="FILE")
+    sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    handler = {"run": cmd_run, "check": cmd_check, "render": cmd_render, "schema": cmd_schema}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

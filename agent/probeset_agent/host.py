@@ -1,0 +1,203 @@
+"""What exists on this host: tracepoints and their fields, kernel functions, binaries and their symbols.
+
+Everything the code generator emits is either an integer or a name returned from here, i.e. a name
+the host itself listed (tracefs, available_filter_functions/kallsyms, ELF symbol tables).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+import re
+from dataclasses import dataclass, field
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+class HostError(Exception):
+    """A target that does not resolve on this host; the message says what and why."""
+
+
+def tracefs() -> str:
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    raise HostError("tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)")
+
+
+def _glob_re(pattern: str) -> re.Pattern:
+    return re.compile(fnmatch.translate(pattern))
+
+
+def is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?")
+
+
+# --- tracepoints ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TracepointField:
+    name: str
+    ctype: str
+    offset: int
+    size: int
+    signed: bool
+
+    @property
+    def is_data_loc(self) -> bool:
+        """A variable-length string: the u32 at offset holds (length << 16 | offset)."""
+        return self.ctype.startswith("__data_loc")
+
+    @property
+    def is_string(self) -> bool:
+        return self.is_data_loc or (self.ctype.startswith("char") and "[" in self.ctype)
+
+    @property
+    def is_integer(self) -> bool:
+        return not self.is_string and self.size in (1, 2, 4, 8) and "[" not in self.ctype
+
+
+@dataclass(frozen=True)
+class TracepointFormat:
+    category: str
+    event: str
+    fields: dict[str, TracepointField]
+    # __print_symbolic() tables from the print fmt: field name -> {value: symbol}
+    symbols: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.category}:{self.event}"
+
+
+_FIELD_LINE = re.compile(
+    r"field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>[01]);")
+_SYMBOLIC = re.compile(r"__print_symbolic\(REC->(\w+),((?:\s*\{\s*-?\w+\s*,\s*\"[^\"]*\"\s*\},?)+)\)")
+_SYMBOL_PAIR = re.compile(r"\{\s*(-?\w+)\s*,\s*\"([^\"]*)\"\s*\}")
+
+
+def parse_tracepoint_format(category: str, event: str, text: str) -> TracepointFormat:
+    fields = {}
+    for m in _FIELD_LINE.finditer(text):
+        decl = m["decl"].strip()
+        # "unsigned int len", "__data_loc char[] name", "char comm[16]", "const void * skbaddr"
+        name_m = re.search(r"(\w+)(\[\d*\])?$", decl)
+        if not name_m:
+            continue
+        name = name_m.group(1)
+        ctype = decl[: name_m.start()].strip() + (name_m.group(2) or "")
+        if name.startswith("common_"):
+            continue
+        fields[name] = TracepointField(name, ctype, int(m["offset"]), int(m["size"]), m["signed"] == "1")
+    symbols = {}
+    for m in _SYMBOLIC.finditer(text):
+        table = {}
+        for value, symbol in _SYMBOL_PAIR.findall(m.group(2)):
+            try:
+                table[int(value, 0)] = symbol
+            except ValueError:
+                continue  # a macro name rather than a number: cannot decode it
+        symbols[m.group(1)] = table
+    return TracepointFormat(category, event, fields, symbols)
+
+
+def match_tracepoints(pattern: str) -> list[str]:
+    """CATEGORY:NAME strings on this host matching a (possibly globbed) CATEGORY:NAME."""
+    category, event = pattern.split(":", 1)
+    events_dir = os.path.join(tracefs(), "events")
+    cat_re, ev_re = _glob_re(category), _glob_re(event)
+    found = []
+    for cat in sorted(os.listdir(events_dir)):
+        if not cat_re.match(cat) or not os.path.isdir(os.path.join(events_dir, cat)):
+            continue
+        for ev in sorted(os.listdir(os.path.join(events_dir, cat))):
+            if ev_re.match(ev) and os.path.isfile(os.path.join(events_dir, cat, ev, "format")):
+                found.append(f"{cat}:{ev}")
+    return found
+
+
+def tracepoint_format(name: str) -> TracepointFormat:
+    category, event = name.split(":", 1)
+    path = os.path.join(tracefs(), "events", category, event, "format")
+    try:
+        with open(path) as f:
+            return parse_tracepoint_format(category, event, f.read())
+    except OSError as e:
+        raise HostError(f"tracepoint {name}: cannot read {path}: {e.strerror}") from None
+
+
+# --- kernel functions ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_function_names() -> tuple[str, ...]:
+    """Functions the kernel lets us probe: available_filter_functions (ftrace-traceable) where
+    tracefs has it, else the text symbols of /proc/kallsyms."""
+    names: list[str] = []
+    try:
+        path = os.path.join(tracefs(), "available_filter_functions")
+        with open(path) as f:
+            names = [line.split()[0] for line in f if line.strip()]
+    except (HostError, OSError):
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in ("t", "T"):
+                    names.append(parts[2])
+    blacklist = set()
+    try:
+        with open("/sys/kernel/debug/kprobes/blacklist") as f:
+            blacklist = {line.split()[1] for line in f if len(line.split()) >= 2}
+    except OSError:
+        pass
+    return tuple(sorted({n for n in names if n not in blacklist}))
+
+
+def match_kernel_functions(pattern: str) -> list[str]:
+    if not is_glob(pattern):
+        return [pattern] if pattern in set(kernel_function_names()) else []
+    rx = _glob_re(pattern)
+    return [n for n in kernel_function_names() if rx.match(n)]
+
+
+# --- user-space binaries -------------------------------------------------------------------------
+
+
+def resolve_binary(binary: str) -> str:
+    """An absolute path to an existing ELF file, for a path or a library name (libc, c, ssl)."""
+    if binary.startswith("/"):
+        if ".." in binary.split("/"):
+            raise HostError(f"binary {binary}: '..' is not allowed in the path")
+        if not os.path.isfile(binary):
+            raise HostError(f"binary {binary}: no such file")
+        with open(binary, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                raise HostError(f"binary {binary}: not an ELF file")
+        return binary
+    from bcc import BPF  # deferred: importing bcc costs ~70 MB; validation-only users do not need it
+    name = binary[3:] if binary.startswith("lib") else binary
+    name = re.sub(r"\.so(\.\d+)*$", "", name)
+    path = BPF.find_library(name)
+    if not path:
+        raise HostError(f"library {binary}: not found in the dynamic linker cache (ldconfig -p)")
+    return path.decode()
+
+
+def elf_functions(path: str, pattern: str) -> list[tuple[str, int]]:
+    """(symbol, address) for the function symbols of an ELF file matching a glob; one entry per
+    address (aliases such as malloc/__libc_malloc share one)."""
+    from bcc import BPF
+    rx = fnmatch.translate(pattern).encode()
+    try:
+        found = BPF.get_user_functions_and_addresses(path.encode(), rx)
+    except Exception as e:  # bcc raises a bare Exception with the libbcc error code
+        raise HostError(f"binary {path}: cannot read its symbols: {e}") from None
+    by_addr: dict[int, str] = {}
+    for name, addr in found:
+        name = name.decode()
+        # Prefer the name the user wrote (exact match), then the shortest alias.
+        if addr not in by_addr or name == pattern or (by_addr[addr] != pattern and len(name) < len(by_addr[addr])):
+            by_addr[addr] = name
+    return sorted(((n, a) for a, n in by_addr.items()), key=lambda x: x[0])

@@ -1,0 +1,299 @@
+"""A ProbeSet on this host: resolve, generate, compile, attach, read, detach.
+
+Failures stay local: a probe that does not resolve, compile, load or attach is reported with the
+exact reason and the other probes of the set keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+from . import codegen
+from .codegen import MISSED_REASONS, OVERFLOW_FUNC, AttachPoint, key_uses_cgroup
+from .features import Features
+from .loader import compile_program
+from .maps import read_table
+from .resolve import ResolvedProbe, resolve
+from .spec import ProbeSet
+
+log = logging.getLogger(__name__)
+
+OVERFLOW_LABEL = "__overflow__"
+
+
+def default_max_active() -> int:
+    """The kernel's own default kretprobe pool, max(10, 2 * CPUs). We always pass it explicitly:
+    BCC then creates the kretprobe through tracefs, where the kernel reports its misses."""
+    return max(10, 2 * (os.cpu_count() or 1))
+
+
+@dataclass
+class ProbeStatus:
+    name: str
+    index: int
+    kind: str
+    via: str = ""
+    targets: list[str] = field(default_factory=list)
+    functions: dict[str, bool] = field(default_factory=dict)   # function label -> attached
+    error: str | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self.error is None or any(self.functions.values())
+
+    def as_dict(self) -> dict:
+        out = {"name": self.name, "attached": self.attached, "attachedVia": self.via or None,
+               "functions": sum(self.functions.values())}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class Series:
+    labels: dict[str, str]
+    count: int
+    sum_ns: int = 0
+    buckets: dict[int, int] | None = None   # latency bucket index -> count
+
+
+class ProbeSetProgram:
+    def __init__(self, pset: ProbeSet, node: str, features: Features | None = None,
+                 attribution=None):
+        self.pset = pset
+        self.node = node
+        self.attribution = attribution
+        self.resolved: list[ResolvedProbe] = resolve(pset, features)
+        self.status: dict[int, ProbeStatus] = {}
+        for p_index, errors in pset.rejected.items():
+            self.status[p_index] = ProbeStatus(name=f"#{p_index}", index=p_index, kind="",
+                                               error="; ".join(str(e) for e in errors))
+        for rp in self.resolved:
+            self.status[rp.id] = ProbeStatus(rp.probe.name, rp.id, rp.probe.kind, rp.via,
+                                             rp.describe_sites(), {f: False for f in rp.functions}, rp.error)
+        self.bpf = None
+        self.program: codegen.Program | None = None
+        self.attached_points: list[AttachPoint] = []
+        self._lock = threading.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def render(self) -> str:
+        return codegen.generate(self.resolved, self.pset.labels, self.pset.max_series_per_probe).text
+
+    def _usable(self) -> list[ResolvedProbe]:
+        return [rp for rp in self.resolved if rp.ok and self.status[rp.id].error is None]
+
+    def start(self) -> None:
+        usable = self._usable()
+        if not usable:
+            return
+        self.program = codegen.generate(usable, self.pset.labels, self.pset.max_series_per_probe)
+        self.bpf, error = compile_program(self.program.text)
+        if self.bpf is None:
+            # Find the probes that break compilation, report them, compile the rest.
+            log.warning("probeset %s: %s; isolating the failing probe(s)", self.pset.name, error)
+            for rp in usable:
+                alone = codegen.generate([rp], self.pset.labels, self.pset.max_series_per_probe)
+                bpf, err = compile_program(alone.text)
+                if bpf is None:
+                    self.status[rp.id].error = err
+                else:
+                    bpf.cleanup()
+            usable = self._usable()
+            if not usable:
+                return
+            self.program = codegen.generate(usable, self.pset.labels, self.pset.max_series_per_probe)
+            self.bpf, error = compile_program(self.program.text)
+            if self.bpf is None:
+                for rp in usable:
+                    self.status[rp.id].error = error
+                return
+        for rp in usable:
+            self._prepare_maps(rp)
+        for point in self.program.attach_points:
+            self._attach(point)
+
+    def _prepare_maps(self, rp: ResolvedProbe) -> None:
+        counts = self.bpf[f"counts_p{rp.id}"]
+        key = counts.Key()
+        key.func = OVERFLOW_FUNC
+        counts[key] = counts.Leaf()    # the overflow series always has a slot
+        if rp.probe.comm is not None:
+            table = self.bpf[f"comm_filter_p{rp.id}"]
+            want = table.Leaf()
+            want.c = rp.probe.comm.encode()[:15]
+            table[table.Key(0)] = want
+
+    def _attach(self, point: AttachPoint) -> None:
+        site, fn = point.site, point.fn_name
+        try:
+            if point.mechanism == "kprobe":
+                self.bpf.attach_kprobe(event=site.kernel_function, fn_name=fn)
+            elif point.mechanism == "kretprobe":
+                max_active = max((self._probe(p).probe.max_active or 0) for p in point.probes) or default_max_active()
+                self.bpf.attach_kretprobe(event=site.kernel_function, fn_name=fn, maxactive=max_active)
+            elif point.mechanism == "fentry":
+                self.bpf.attach_kfunc(fn_name=fn)
+            elif point.mechanism == "fexit":
+                self.bpf.attach_kretfunc(fn_name=fn)
+            elif point.mechanism == "uprobe":
+                self.bpf.attach_uprobe(name=site.path, addr=site.address, fn_name=fn)
+            elif point.mechanism == "uretprobe":
+                self.bpf.attach_uretprobe(name=site.path, addr=site.address, fn_name=fn)
+            elif point.mechanism == "tracepoint":
+                self.bpf.attach_tracepoint(tp=site.tracepoint, fn_name=fn)
+            else:
+                raise AssertionError(point.mechanism)
+        except Exception as e:   # bcc raises bare Exception with its own message
+            reason = f"{point.mechanism} {site.function}: {e}"
+            log.warning("probeset %s: %s", self.pset.name, reason)
+            for pid in point.probes:
+                st = self.status[pid]
+                st.functions[site.function] = False
+                st.error = st.error or reason
+            return
+        self.attached_points.append(point)
+        for pid in point.probes:
+            st = self.status[pid]
+            # A latency function counts as attached only when both its entry and return are.
+            pair_ok = all(p in self.attached_points for p in self._points_of(pid, site.function))
+            st.functions[site.function] = pair_ok
+
+    def _points_of(self, probe_id: int, function: str) -> list[AttachPoint]:
+        return [p for p in self.program.attach_points if probe_id in p.probes and p.site.function == function]
+
+    def _probe(self, probe_id: int) -> ResolvedProbe:
+        return next(rp for rp in self.resolved if rp.id == probe_id)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self.bpf is not None:
+                self.bpf.cleanup()
+                self.bpf = None
+            self.attached_points = []
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def probe_statuses(self) -> list[ProbeStatus]:
+        return [self.status[i] for i in sorted(self.status)]
+
+    def _decode_labels(self, rp: ResolvedProbe, key) -> dict[str, str]:
+        labels = {"probeset": self.pset.name, "probe": rp.probe.name}
+        labels["function"] = OVERFLOW_LABEL if key.func == OVERFLOW_FUNC else rp.functions[key.func]
+        for name in self.pset.labels:
+            if name == "node":
+                labels["node"] = self.node
+            elif name == "comm":
+                labels["comm"] = bytes(key.comm).split(b"\0", 1)[0].decode(errors="replace")
+        if key_uses_cgroup(self.pset.labels):
+            workload = self.attribution.workload(key.cgroup) if self.attribution else {}
+            for name in ("namespace", "pod", "container"):
+                if name in self.pset.labels:
+                    labels[name] = workload.get(name, "")
+        for i, label in enumerate(rp.probe.group_by):
+            raw = getattr(key, f"g{i}")
+            if label in rp.string_labels:
+                labels[label] = bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
+                continue
+            value = raw - (1 << 64) if label in rp.signed_labels and raw >= 1 << 63 else raw
+            labels[label] = rp.symbols.get(label, {}).get(value, str(value))
+        return labels
+
+    def read_series(self) -> dict[int, list[Series]]:
+        """Per probe id: the series of its maps, per-CPU values summed, rows with equal labels merged
+        (cgroup ids are recycled, and several may map to one workload)."""
+        out: dict[int, list[Series]] = {}
+        with self._lock:
+            if self.bpf is None:
+                return out
+            for rp in self._usable():
+                merged: dict[tuple, Series] = {}
+                label_cache: dict[bytes, dict[str, str]] = {}
+                for key, per_cpu in read_table(self.bpf[f"counts_p{rp.id}"]):
+                    count = sum(v.count for v in per_cpu)
+                    if count == 0 and key.func == OVERFLOW_FUNC:
+                        continue
+                    raw = bytes(key)
+                    labels = label_cache.get(raw) or label_cache.setdefault(raw, self._decode_labels(rp, key))
+                    ident = tuple(labels.items())
+                    s = merged.get(ident)
+                    if s is None:
+                        s = merged[ident] = Series(labels, 0, 0, {} if rp.probe.latency else None)
+                    s.count += count
+                    s.sum_ns += sum(v.sum_ns for v in per_cpu)
+                if rp.probe.latency:
+                    for hkey, per_cpu in read_table(self.bpf[f"hist_p{rp.id}"]):
+                        raw = bytes(hkey.series)
+                        labels = label_cache.get(raw) or label_cache.setdefault(raw, self._decode_labels(rp, hkey.series))
+                        s = merged.get(tuple(labels.items()))
+                        if s is None:
+                            continue  # bucket written before its count: seen next scrape
+                        s.buckets[hkey.bucket] = s.buckets.get(hkey.bucket, 0) + sum(per_cpu)
+                out[rp.id] = list(merged.values())
+        return out
+
+    def read_missed(self) -> dict[tuple[int, str], int]:
+        """(probe id, reason) -> events whose return could not be paired or recorded."""
+        out: dict[tuple[int, str], int] = {}
+        with self._lock:
+            if self.bpf is None:
+                return out
+            table = self.bpf["missed"]
+            for rp in self._usable():
+                for r, reason in enumerate(MISSED_REASONS):
+                    slot = rp.id * len(MISSED_REASONS) + r
+                    out[(rp.id, reason)] = sum(table[table.Key(slot)])
+            for (probe_id, reason), n in self._kernel_missed().items():
+                out[(probe_id, reason)] = out.get((probe_id, reason), 0) + n
+        return out
+
+    def _kernel_missed(self) -> dict[tuple[int, str], int]:
+        """kretprobe returns the kernel dropped for lack of instances (maxActive), from tracefs'
+        kprobe_profile, for the kretprobes BCC created there."""
+        points = {f"r_{p.site.kernel_function.replace('.', '_')}_bcc_{os.getpid()}": p
+                  for p in self.attached_points if p.mechanism == "kretprobe"}
+        if not points:
+            return {}
+        out: dict[tuple[int, str], int] = {}
+        for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+            try:
+                with open(os.path.join(base, "kprobe_profile")) as f:
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) == 3 and parts[0] in points:
+                            for probe_id in points[parts[0]].probes:
+                                k = (probe_id, "kretprobe_maxactive")
+                                out[k] = out.get(k, 0) + int(parts[2])
+                return out
+            except OSError:
+                continue
+        return out
+
+    def read_program_stats(self) -> list[tuple[AttachPoint, int, int]]:
+        """(attach point, run_time_ns, run_cnt) from each program's fdinfo; zero unless
+        kernel.bpf_stats_enabled is on."""
+        out = []
+        with self._lock:
+            if self.bpf is None:
+                return out
+            for point in self.attached_points:
+                fn = self.bpf.funcs.get(point.fn_name.encode())
+                if fn is None:
+                    continue
+                stats = {}
+                try:
+                    with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                        for line in f:
+                            k, _, v = line.partition(":")
+                            stats[k.strip()] = v.strip()
+                except OSError:
+                    continue
+                out.append((point, int(stats.get("run_time_ns", 0)), int(stats.get("run_cnt", 0))))
+        return out
+
+    def probe_names(self, point: AttachPoint) -> str:
+        return "+".join(self._probe(p).probe.name for p in point.probes)

@@ -1,0 +1,211 @@
+"""Resolve validated probes against this host: which functions, files, offsets and tracepoint fields
+they mean, and by which mechanism each attaches. A probe that cannot resolve gets an error and is
+left out; the others go on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import host
+from .features import Features
+from .spec import ARG_FIELDS, Probe, ProbeSet
+
+
+@dataclass(frozen=True)
+class GroupField:
+    """One groupBy label and where its value comes from at a given site."""
+
+    label: str
+    source: str                 # "arg" | "retval" | "comm" | "tp_int" | "tp_str" | "tp_data_loc"
+    index: int = 0              # argN
+    offset: int = 0             # tracepoint field offset
+    size: int = 8               # tracepoint integer size
+    signed: bool = False
+
+    @property
+    def is_string(self) -> bool:
+        return self.source in ("comm", "tp_str", "tp_data_loc")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One attach point: a function (or tracepoint) of a probe, entered or returned from."""
+
+    func_index: int
+    function: str               # the `function` label value
+    mechanism: str              # kprobe kretprobe fentry fexit uprobe uretprobe tracepoint
+    role: str                   # "count": record here; "start": remember entry time; "finish": pair and record
+    kernel_function: str = ""   # kprobe/fentry target
+    path: str = ""              # uprobe file
+    address: int = 0            # uprobe symbol address in that file
+    tracepoint: str = ""        # CATEGORY:NAME
+    fields: tuple[GroupField, ...] = ()   # groupBy sources at this site, in groupBy order
+
+
+@dataclass
+class ResolvedProbe:
+    probe: Probe
+    via: str = ""                               # kprobe | fentry | uprobe | tracepoint
+    functions: list[str] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
+    string_labels: frozenset[str] = frozenset()  # groupBy labels holding strings (others are integers)
+    signed_labels: frozenset[str] = frozenset()
+    symbols: dict[str, dict[int, str]] = field(default_factory=dict)  # label -> value names
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def id(self) -> int:
+        return self.probe.index
+
+    def describe_sites(self) -> list[str]:
+        seen, lines = set(), []
+        for s in self.sites:
+            if s.mechanism in ("uprobe", "uretprobe"):
+                text = f"{s.mechanism} {s.path}:{s.function} at offset {s.address:#x}"
+            elif s.mechanism == "tracepoint":
+                text = f"tracepoint {s.tracepoint}"
+            else:
+                text = f"{s.mechanism} {s.kernel_function}"
+            if text not in seen:
+                seen.add(text)
+                lines.append(text)
+        return lines
+
+
+def _arg_field(label: str) -> GroupField:
+    if label == "comm":
+        return GroupField(label, "comm")
+    if label == "retval":
+        return GroupField(label, "retval", signed=True)
+    return GroupField(label, "arg", index=ARG_FIELDS.index(label))
+
+
+def _tracepoint_field(fmt: host.TracepointFormat, label: str) -> GroupField:
+    if label == "comm":
+        return GroupField(label, "comm")
+    f = fmt.fields.get(label)
+    if f is None:
+        known = ", ".join(sorted(fmt.fields)) or "(none)"
+        raise host.HostError(f"tracepoint {fmt.full_name} has no field {label!r} (fields: {known})")
+    if f.is_data_loc:
+        return GroupField(label, "tp_data_loc", offset=f.offset)
+    if f.is_string:
+        return GroupField(label, "tp_str", offset=f.offset, size=f.size)
+    if f.is_integer:
+        return GroupField(label, "tp_int", offset=f.offset, size=f.size, signed=f.signed)
+    raise host.HostError(f"tracepoint {fmt.full_name} field {label!r} ({f.ctype}, {f.size} bytes) "
+                         "cannot be a label: only integers and strings can")
+
+
+def _too_many(probe: Probe, what: str, count: int, sample: list[str]) -> str:
+    return (f"{probe.kind} {probe.target!r} matches {count} {what}, more than maxFunctions={probe.max_functions}; "
+            f"narrow the glob or raise maxFunctions (first matches: {', '.join(sample[:5])})")
+
+
+def _resolve_tracepoint(rp: ResolvedProbe) -> None:
+    p = rp.probe
+    names = host.match_tracepoints(p.target)
+    if not names:
+        raise host.HostError(f"no tracepoint matches {p.target!r} under {host.tracefs()}/events")
+    if len(names) > p.max_functions:
+        raise host.HostError(_too_many(p, "tracepoints", len(names), names))
+    kinds: dict[str, tuple[bool, bool]] = {}
+    for i, name in enumerate(names):
+        fmt = host.tracepoint_format(name)
+        fields = tuple(_tracepoint_field(fmt, label) for label in p.group_by)
+        for gf in fields:
+            shape = (gf.is_string, gf.signed)
+            if kinds.setdefault(gf.label, shape) != shape:
+                raise host.HostError(f"groupBy field {gf.label!r} has different types in the matched "
+                                     f"tracepoints (e.g. {name}); narrow the glob")
+            if gf.label in fmt.symbols:
+                rp.symbols.setdefault(gf.label, {}).update(fmt.symbols[gf.label])
+        rp.functions.append(name)
+        rp.sites.append(Site(i, name, "tracepoint", "count", tracepoint=name, fields=fields))
+    rp.via = "tracepoint"
+
+
+def _resolve_user(rp: ResolvedProbe) -> None:
+    p = rp.probe
+    path = host.resolve_binary(p.binary)
+    found = host.elf_functions(path, p.symbol)
+    if not found:
+        what = "symbol matches" if host.is_glob(p.symbol) else "function symbol"
+        raise host.HostError(f"{path}: no {what} {p.symbol!r}")
+    if len(found) > p.max_functions:
+        raise host.HostError(_too_many(p, "functions", len(found), [n for n, _ in found]))
+    fields = tuple(_arg_field(label) for label in p.group_by)
+    for i, (name, addr) in enumerate(found):
+        rp.functions.append(name)
+        common = dict(function=name, path=path, address=addr, fields=fields)
+        if p.latency:
+            rp.sites.append(Site(i, mechanism="uprobe", role="start", **common))
+            rp.sites.append(Site(i, mechanism="uretprobe", role="finish", **common))
+        else:
+            rp.sites.append(Site(i, mechanism=p.kind, role="count", **common))
+    rp.via = "uprobe"
+
+
+def _resolve_kernel(rp: ResolvedProbe, features: Features) -> None:
+    p = rp.probe
+    names = host.match_kernel_functions(p.target)
+    if not names:
+        what = "function matches" if host.is_glob(p.target) else "traceable kernel function"
+        raise host.HostError(f"no {what} {p.target!r} (checked available_filter_functions / kallsyms)")
+    if len(names) > p.max_functions:
+        raise host.HostError(_too_many(p, "functions", len(names), names))
+    mechanism, reason = features.choose_kernel_attach(p.attach)
+    if mechanism is None:
+        raise host.HostError(reason)
+    if mechanism == "fentry":
+        bad = [n for n in names if not n.isidentifier()]
+        if bad and p.attach == "fentry":
+            raise host.HostError(f"fentry cannot attach to {', '.join(bad[:3])} (compiler-renamed functions); "
+                                 "use attach: kprobe")
+        if bad:
+            mechanism = "kprobe" if features.kprobe.ok else None
+            if mechanism is None:
+                raise host.HostError(f"fentry cannot attach to {', '.join(bad[:3])} and kprobes are not supported")
+    fields = tuple(_arg_field(label) for label in p.group_by)
+    entry, exit_ = ("fentry", "fexit") if mechanism == "fentry" else ("kprobe", "kretprobe")
+    for i, name in enumerate(names):
+        rp.functions.append(name)
+        common = dict(function=name, kernel_function=name, fields=fields)
+        if p.latency:
+            rp.sites.append(Site(i, mechanism=entry, role="start", **common))
+            rp.sites.append(Site(i, mechanism=exit_, role="finish", **common))
+        else:
+            rp.sites.append(Site(i, mechanism=exit_ if p.is_return else entry, role="count", **common))
+    rp.via = mechanism
+
+
+def resolve_probe(probe: Probe, features: Features | None) -> ResolvedProbe:
+    rp = ResolvedProbe(probe)
+    try:
+        if probe.kind == "tracepoint":
+            _resolve_tracepoint(rp)
+        elif probe.kind in ("uprobe", "uretprobe"):
+            _resolve_user(rp)
+        else:
+            if features is None:
+                raise host.HostError("kernel features unknown")
+            _resolve_kernel(rp, features)
+    except host.HostError as e:
+        return ResolvedProbe(probe, error=str(e))
+    labels = {gf.label: gf for s in rp.sites for gf in s.fields}
+    rp.string_labels = frozenset(k for k, gf in labels.items() if gf.is_string)
+    rp.signed_labels = frozenset(k for k, gf in labels.items() if gf.signed)
+    return rp
+
+
+def resolve(pset: ProbeSet, features: Features | None = None) -> list[ResolvedProbe]:
+    """One ResolvedProbe per valid probe, in spec order. Kernel features are detected (by trying)
+    only when a kprobe-family probe needs them."""
+    if features is None and any(p.kind in ("kprobe", "kretprobe") for p in pset.probes):
+        from .features import detect
+        features = detect()
+    return [resolve_probe(p, features) for p in pset.probes]
