@@ -70,6 +70,8 @@ class ProbeSetCollector:
             for st in prog.probe_statuses():
                 for function, ok in st.functions.items():
                     fams["attached"].add_metric([name, st.name, function, st.via], 1 if ok else 0)
+                if not st.functions:   # never resolved: still visible, as not attached
+                    fams["attached"].add_metric([name, st.name, "", st.via], 0)
             series_by_probe = prog.read_series()
             by_id = {rp.id: rp for rp in prog.resolved}
             for probe_id, series in series_by_probe.items():

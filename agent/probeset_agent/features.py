@@ -36,8 +36,8 @@ class Features:
             return "fentry", ""
         if self.kprobe.ok:
             return "kprobe", ""
-        return None, (f"neither kprobes ({self.kprobe.reason}) nor fentry ({self.fentry.reason}) "
-                      "are supported on this kernel")
+        return None, (f"this kernel supports neither kprobes ({self.kprobe.reason}) "
+                      f"nor fentry ({self.fentry.reason})")
 
     def as_dict(self) -> dict[str, str]:
         return {name: ("yes" if s.ok else f"no: {s.reason}") for name, s in
@@ -50,8 +50,7 @@ def _kprobe_absent_reason() -> str | None:
     for tracefs in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         if os.path.exists(os.path.join(tracefs, "kprobe_events")):
             return None
-    return ("the kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe) and no kprobe_events "
-            "in tracefs: built without CONFIG_KPROBES")
+    return "no kprobe PMU and no kprobe_events in tracefs (kernel built without CONFIG_KPROBES)"
 
 
 def _fentry_failure_reason(error: str) -> str:
@@ -64,7 +63,7 @@ def _fentry_failure_reason(error: str) -> str:
     except OSError:
         lockdown = "unknown"
     who = "as root" if os.geteuid() == 0 else "without root"
-    return (f"the kernel refused to load an fentry program {who} (EPERM); kernel lockdown: {lockdown}")
+    return f"loading an fentry program {who} fails with EPERM; kernel lockdown: {lockdown}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -132,16 +132,17 @@ def tracepoint_format(name: str) -> TracepointFormat:
 
 
 @functools.lru_cache(maxsize=1)
-def kernel_function_names() -> tuple[str, ...]:
-    """Functions the kernel lets us probe: available_filter_functions (ftrace-traceable) where
-    tracefs has it, else the text symbols of /proc/kallsyms."""
+def _kernel_function_list() -> tuple[str, tuple[str, ...]]:
+    """(source, names): functions the kernel lets us probe, from available_filter_functions
+    (ftrace-traceable) where it is readable, else the text symbols of /proc/kallsyms."""
     names: list[str] = []
     try:
-        path = os.path.join(tracefs(), "available_filter_functions")
-        with open(path) as f:
+        source = os.path.join(tracefs(), "available_filter_functions")
+        with open(source) as f:
             names = [line.split()[0] for line in f if line.strip()]
     except (HostError, OSError):
-        with open("/proc/kallsyms") as f:
+        source = "/proc/kallsyms"
+        with open(source) as f:
             for line in f:
                 parts = line.split()
                 if len(parts) >= 3 and parts[1] in ("t", "T"):
@@ -152,7 +153,15 @@ def kernel_function_names() -> tuple[str, ...]:
             blacklist = {line.split()[1] for line in f if len(line.split()) >= 2}
     except OSError:
         pass
-    return tuple(sorted({n for n in names if n not in blacklist}))
+    return source, tuple(sorted({n for n in names if n not in blacklist}))
+
+
+def kernel_function_names() -> tuple[str, ...]:
+    return _kernel_function_list()[1]
+
+
+def kernel_function_source() -> str:
+    return _kernel_function_list()[0]
 
 
 def match_kernel_functions(pattern: str) -> list[str]:

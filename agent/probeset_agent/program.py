@@ -68,9 +68,8 @@ class ProbeSetProgram:
         self.attribution = attribution
         self.resolved: list[ResolvedProbe] = resolve(pset, features)
         self.status: dict[int, ProbeStatus] = {}
-        for p_index, errors in pset.rejected.items():
-            self.status[p_index] = ProbeStatus(name=f"#{p_index}", index=p_index, kind="",
-                                               error="; ".join(str(e) for e in errors))
+        for bad in pset.rejected:
+            self.status[bad.index] = ProbeStatus(name=bad.name, index=bad.index, kind="", error=bad.reason)
         for rp in self.resolved:
             self.status[rp.id] = ProbeStatus(rp.probe.name, rp.id, rp.probe.kind, rp.via,
                                              rp.describe_sites(), {f: False for f in rp.functions}, rp.error)

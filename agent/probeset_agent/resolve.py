@@ -155,7 +155,9 @@ def _resolve_kernel(rp: ResolvedProbe, features: Features) -> None:
     names = host.match_kernel_functions(p.target)
     if not names:
         what = "function matches" if host.is_glob(p.target) else "traceable kernel function"
-        raise host.HostError(f"no {what} {p.target!r} (checked available_filter_functions / kallsyms)")
+        variants = [] if host.is_glob(p.target) else host.match_kernel_functions(p.target + ".*")[:3]
+        hint = f"; compiler-renamed copies exist: {', '.join(variants)}" if variants else ""
+        raise host.HostError(f"no {what} {p.target!r} in {host.kernel_function_source()}{hint}")
     if len(names) > p.max_functions:
         raise host.HostError(_too_many(p, "functions", len(names), names))
     mechanism, reason = features.choose_kernel_attach(p.attach)

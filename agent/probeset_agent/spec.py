@@ -24,7 +24,7 @@ USER_KINDS = ("uprobe", "uretprobe")
 RETURN_KINDS = ("kretprobe", "uretprobe")
 ATTRIBUTION_LABELS = ("node", "namespace", "pod", "container", "comm")
 # Labels the agent sets itself; a groupBy field may not reuse them.
-RESERVED_LABELS = ("probeset", "probe", "function", "le", "via", "reason") + ATTRIBUTION_LABELS
+RESERVED_LABELS = ("probeset", "probe", "function", "le") + ATTRIBUTION_LABELS
 ARG_FIELDS = tuple(f"arg{i}" for i in range(6))
 
 # Patterns. Only names matching these (and then resolved on the host) ever reach generated C.
@@ -307,6 +307,19 @@ class Probe:
         return self.kind in RETURN_KINDS
 
 
+@dataclass(frozen=True)
+class RejectedProbe:
+    """A probe that failed static validation: reported, never attached."""
+
+    index: int
+    name: str        # its name if it had a usable one, else its path
+    errors: tuple[FieldError, ...]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(str(e) for e in self.errors)
+
+
 @dataclass
 class ProbeSet:
     name: str
@@ -318,7 +331,7 @@ class ProbeSet:
     tolerations: list[dict] = field(default_factory=list)
     pod_selector: dict | None = None
     # Probes rejected by static validation: reported, never attached; the rest still run.
-    rejected: dict[int, list[FieldError]] = field(default_factory=dict)
+    rejected: list[RejectedProbe] = field(default_factory=list)
     generation: int | None = None
 
 
@@ -382,7 +395,7 @@ def parse_probeset(doc: Any) -> ProbeSet:
         raise SpecError(errors)
 
     probes: list[Probe] = []
-    rejected: dict[int, list[FieldError]] = {}
+    rejected: list[RejectedProbe] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(spec["probes"]):
         path = f"spec.probes[{i}]"
@@ -395,7 +408,8 @@ def parse_probeset(doc: Any) -> ProbeSet:
         elif isinstance(pname, str):
             seen[pname] = i
         if probe_errors:
-            rejected[i] = probe_errors
+            label = pname if isinstance(pname, str) and re.fullmatch(NAME_RE, pname) else path
+            rejected.append(RejectedProbe(i, label, tuple(probe_errors)))
             continue
         kind = next(k for k in PROBE_KINDS if k in raw)
         probes.append(Probe(

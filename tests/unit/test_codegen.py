@@ -1,0 +1,135 @@
+"""Generated C: structure, typed substitution, and no user string in the output."""
+
+import re
+
+import pytest
+
+from probeset_agent import codegen
+from probeset_agent.codegen import CCode, CName, fill, generate
+from probeset_agent.maps import EXPORT_BOUNDS_NS, bucket_index, bucket_upper_ns, cumulative_buckets
+from probeset_agent.resolve import GroupField, ResolvedProbe, Site
+from probeset_agent.spec import Probe
+
+
+def uprobe(index, name, latency=False, group_by=(), pid=None, comm=None, kind="uprobe"):
+    p = Probe(index=index, name=name, kind=kind, target="/bin/true:main", latency=latency, group_by=group_by,
+              pid=pid, comm=comm)
+    fields = tuple(GroupField(g, "retval", signed=True) if g == "retval" else GroupField(g, "arg", index=int(g[3:]))
+                   for g in group_by)
+    rp = ResolvedProbe(p, via="uprobe", functions=["main_function_label"])
+    common = dict(function="main_function_label", path="/bin/true", address=0x1234, fields=fields)
+    if latency:
+        rp.sites = [Site(0, mechanism="uprobe", role="start", **common),
+                    Site(0, mechanism="uretprobe", role="finish", **common)]
+    else:
+        rp.sites = [Site(0, mechanism=kind, role="count", **common)]
+    return rp
+
+
+def test_fill_accepts_only_typed_values():
+    assert fill("x@A@y@B@", A=1, B=CName("ok")) == "x1yok"
+    with pytest.raises(TypeError):
+        fill("@A@", A="plain string")
+    with pytest.raises(TypeError):
+        fill("@A@", A=True)
+    with pytest.raises(KeyError):
+        fill("@A@ @B@", A=1)
+    with pytest.raises(KeyError):
+        fill("@A@", A=1, B=2)
+    for bad in ("a b", "x;", "1abc", "", 'q"', "a\nb"):
+        with pytest.raises(ValueError):
+            CName(bad)
+
+
+def test_one_map_set_and_record_function_per_probe():
+    prog = generate([uprobe(0, "first"), uprobe(3, "second", latency=True, group_by=("arg1", "retval"))],
+                    ("node", "pod"), max_series=100)
+    text = prog.text
+    assert "BPF_PERCPU_HASH(counts_p0, struct key_p0, struct value_t, 101);" in text
+    assert "BPF_PERCPU_HASH(counts_p3, struct key_p3, struct value_t, 101);" in text
+    assert "hist_p0" not in text and "start_p0" not in text
+    assert "BPF_F_TABLE(\"percpu_hash\", struct hkey_p3, u64, hist_p3, 3200, BPF_F_NO_PREALLOC);" in text
+    assert "BPF_TABLE(\"lru_hash\", struct start_key_t, struct start_p3, start_p3, 10240);" in text
+    assert "key.cgroup = bpf_get_current_cgroup_id();" in text     # pod label needs the cgroup id
+    assert "sv.g0 = PT_REGS_PARM2(ctx);" in text                    # arg1 captured at entry
+    assert "key.g0 = sv->g0;" in text and "key.g1 = PT_REGS_RC(ctx);" in text
+    # Both probes enter the same function: one uprobe program serves both; the return has its own.
+    assert [(a.mechanism, a.probes) for a in prog.attach_points] == [("uprobe", [0, 3]), ("uretprobe", [3])]
+    assert len(re.findall(r"^int site_\d+\(struct pt_regs \*ctx\)", text, re.M)) == 2
+    assert not re.search(r"@[A-Z_]+@", text)
+
+
+def test_user_strings_never_reach_c():
+    text = generate([uprobe(0, "secretprobename", group_by=("arg2",), comm="secretcomm")], ("comm",), 10).text
+    for s in ("secretprobename", "main_function_label", "secretcomm", "/bin/true", "arg2"):
+        assert s not in text
+    assert "comm_filter_p0" in text          # comm is compared through a map user space fills
+
+
+def test_pid_filter_is_an_integer_compare():
+    text = generate([uprobe(0, "p", pid=4242)], ("node",), 10).text
+    assert "if ((bpf_get_current_pid_tgid() >> 32) != 4242) return 0;" in text
+
+
+def test_fentry_sites_use_bcc_names_and_share_a_function():
+    sites = []
+    rps = []
+    for i in range(2):
+        p = Probe(index=i, name=f"p{i}", kind="kprobe", target="vfs_read")
+        rp = ResolvedProbe(p, via="fentry", functions=["vfs_read"],
+                           sites=[Site(0, "vfs_read", "fentry", "count", kernel_function="vfs_read",
+                                       fields=(GroupField("arg2", "arg", index=2),) if i else ())])
+        rps.append(rp)
+    rps[1] = ResolvedProbe(rps[1].probe.__class__(index=1, name="p1", kind="kprobe", target="vfs_read",
+                                                  group_by=("arg2",)), **{k: getattr(rps[1], k) for k in
+                                                                          ("via", "functions", "sites")})
+    prog = generate(rps, ("node",), 10)
+    assert [(a.fn_name, a.probes) for a in prog.attach_points] == [("kfunc__vfs_read", [0, 1])]
+    assert prog.text.count("int kfunc__vfs_read(unsigned long long *ctx)") == 1
+    assert "bpf_get_func_arg(ctx, 2, &v_)" in prog.text
+
+
+def test_tracepoint_fields_read_by_offset():
+    p = Probe(index=0, name="x", kind="tracepoint", target="net:net_dev_xmit", group_by=("name", "len"))
+    fields = (GroupField("name", "tp_data_loc", offset=24), GroupField("len", "tp_int", offset=16, size=4))
+    rp = ResolvedProbe(p, via="tracepoint", functions=["net:net_dev_xmit"], string_labels=frozenset({"name"}),
+                       sites=[Site(0, "net:net_dev_xmit", "tracepoint", "count", tracepoint="net:net_dev_xmit",
+                                   fields=fields)])
+    text = generate([rp], (), 10).text
+    assert "char g0[32];" in text and "u64 g1;" in text
+    assert "(char *)ctx + 24" in text and "(loc_ & 0xffff)" in text
+    assert "{ u32 v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + 16); key.g1 = (u64)v_; }" in text
+    assert "int site_0(void *ctx)" in text
+
+
+def test_failed_probes_are_left_out():
+    bad = uprobe(1, "bad")
+    bad.error = "no such symbol"
+    text = generate([uprobe(0, "good"), bad], (), 10).text
+    assert "counts_p0" in text and "counts_p1" not in text
+
+
+def test_bucket_math_matches_boundaries():
+    # Every ns value lands in the bucket whose (lower, upper] range holds it.
+    for ns in list(range(0, 300)) + [1023, 1024, 1025, 10**6, 10**9, 2**40 + 7, 2**63]:
+        i = bucket_index(ns)
+        assert ns <= bucket_upper_ns(i)
+        assert i == 0 or ns > bucket_upper_ns(i - 1)
+    assert bucket_index(2**64 - 1) < codegen.NUM_BUCKETS
+    uppers = [bucket_upper_ns(i) for i in range(40)]
+    assert uppers == sorted(set(uppers))                       # strictly increasing
+    assert bucket_upper_ns(bucket_index(1000)) == 1024
+    assert [bucket_upper_ns(i) for i in range(28, 36)] == [320, 384, 448, 512, 640, 768, 896, 1024]  # 4/octave
+    assert EXPORT_BOUNDS_NS[0] == 256 and EXPORT_BOUNDS_NS[-1] == 2**34
+
+
+def test_cumulative_buckets():
+    counts = {bucket_index(100): 2, bucket_index(1000): 3, bucket_index(10**12): 1}
+    out = dict(cumulative_buckets(counts))
+    assert out[256e-9] == 2 and out[1024e-9] == 5 and out[2**34 / 1e9] == 5 and out[float("inf")] == 6
+    values = [n for _, n in cumulative_buckets(counts)]
+    assert values == sorted(values)
+
+
+def test_ccode_is_the_only_composition_path():
+    assert isinstance(fill("a@X@", X=CCode("b")), CCode)

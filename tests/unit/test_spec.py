@@ -1,0 +1,161 @@
+"""The ProbeSet model: every bad input gets an error naming the field and the reason."""
+
+import glob
+import json
+
+import pytest
+import yaml
+
+from probeset_agent.spec import SpecError, crd_schema, parse_probeset
+
+
+def doc(probes, **spec):
+    return {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": "t"},
+            "spec": {"probes": probes, **spec}}
+
+
+def rejected(probes, **spec):
+    """{probe index: error text} for the probes static validation refuses."""
+    pset = parse_probeset(doc(probes, **spec))
+    return {r.index: r.reason for r in pset.rejected}
+
+
+def set_errors(d):
+    with pytest.raises(SpecError) as exc:
+        parse_probeset(d)
+    return [str(e) for e in exc.value.errors]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("examples/*.yaml")))
+def test_examples_are_valid(path):
+    with open(path) as f:
+        for d in yaml.safe_load_all(f):
+            pset = parse_probeset(d)
+            assert pset.rejected == [], pset.rejected
+            assert pset.probes
+
+
+def test_valid_probe_fields_are_parsed():
+    pset = parse_probeset(doc([
+        {"name": "dns", "uprobe": "libc:getaddrinfo", "latency": True, "pid": 42},
+        {"name": "ret", "kretprobe": "vfs_read", "maxActive": 64, "attach": "kprobe", "groupBy": ["retval"]},
+        {"name": "tp", "tracepoint": "net:net_dev_xmit", "groupBy": ["name", "comm"], "comm": "curl"},
+    ], labels=["node", "comm"], maxSeriesPerProbe=10))
+    dns, ret, tp = pset.probes
+    assert (dns.kind, dns.binary, dns.symbol, dns.latency, dns.pid) == ("uprobe", "libc", "getaddrinfo", True, 42)
+    assert (ret.kind, ret.max_active, ret.attach, ret.group_by) == ("kretprobe", 64, "kprobe", ("retval",))
+    assert (tp.kind, tp.target, tp.group_by, tp.comm) == ("tracepoint", "net:net_dev_xmit", ("name", "comm"), "curl")
+    assert pset.labels == ("node", "comm") and pset.max_series_per_probe == 10
+
+
+def test_defaults():
+    pset = parse_probeset(doc([{"name": "a", "tracepoint": "sched:sched_switch"}]))
+    assert pset.labels == ("node", "namespace", "pod", "container")
+    assert pset.max_series_per_probe == 5000
+    assert pset.probes[0].attach == "auto" and pset.probes[0].max_functions == 128
+
+
+@pytest.mark.parametrize("probe, field, reason", [
+    ({"name": "x", "uprobe": "libc:getaddrinfo "}, "spec.probes[0].uprobe", "BINARY:SYMBOL"),
+    ({"name": "x", "uprobe": "getaddrinfo"}, "spec.probes[0].uprobe", "BINARY:SYMBOL"),
+    ({"name": "x", "uprobe": "../lib:f"}, "spec.probes[0].uprobe", "BINARY:SYMBOL"),
+    ({"name": "x", "kprobe": "vfs_read;"}, "spec.probes[0].kprobe", "kernel function name"),
+    ({"name": "x", "tracepoint": "net"}, "spec.probes[0].tracepoint", "CATEGORY:NAME"),
+    ({"name": "Bad-Name", "kprobe": "vfs_read"}, "spec.probes[0].name", "lowercase identifier"),
+    ({"name": "x"}, "spec.probes[0]", "exactly one of"),
+    ({"name": "x", "kprobe": "a", "uprobe": "c:f"}, "spec.probes[0]", "found: kprobe, uprobe"),
+    ({"name": "x", "kretprobe": "vfs_read", "maxActive": -1}, "spec.probes[0].maxActive", "below the minimum 1"),
+    ({"name": "x", "kretprobe": "vfs_read", "maxActive": 1 << 40}, "spec.probes[0].maxActive", "above the maximum"),
+    ({"name": "x", "kretprobe": "vfs_read", "maxActive": "64"}, "spec.probes[0].maxActive", "expected integer"),
+    ({"name": "x", "uprobe": "c:f", "maxActive": 4}, "spec.probes[0].maxActive", "only applies to kprobe"),
+    ({"name": "x", "kprobe": "f", "maxActive": 4}, "spec.probes[0].maxActive", "only applies to return probes"),
+    ({"name": "x", "tracepoint": "a:b", "latency": True}, "spec.probes[0].latency", "needs a function probe"),
+    ({"name": "x", "tracepoint": "a:b", "attach": "fentry"}, "spec.probes[0].attach", "only applies to kprobe"),
+    ({"name": "x", "kprobe": "f", "attach": "ebpf"}, "spec.probes[0].attach", "not one of: auto, kprobe, fentry"),
+    ({"name": "x", "kprobe": "f", "groupBy": ["retval"]}, "spec.probes[0].groupBy[0]", "retval needs a return probe"),
+    ({"name": "x", "kprobe": "f", "groupBy": ["arg9"]}, "spec.probes[0].groupBy[0]", "use arg0..arg5"),
+    ({"name": "x", "kprobe": "f", "groupBy": ["arg0", "arg0"]}, "spec.probes[0].groupBy", "unique"),
+    ({"name": "x", "tracepoint": "a:b", "groupBy": ["pod"]}, "spec.probes[0].groupBy[0]", "label the agent sets"),
+    ({"name": "x", "tracepoint": "a:b", "groupBy": ["a", "b", "c", "d", "e"]}, "spec.probes[0].groupBy", "at most 4"),
+    ({"name": "x", "uprobe": "c:f", "pid": 0}, "spec.probes[0].pid", "below the minimum"),
+    ({"name": "x", "uprobe": "c:f", "comm": "a-very-long-process-name"}, "spec.probes[0].comm", "1 to 15"),
+    ({"name": "x", "uprobe": "c:f", "latancy": True}, "spec.probes[0].latancy", "unknown field"),
+    ({"name": "x", "uprobe": "c:f", "maxFunctions": 100000}, "spec.probes[0].maxFunctions", "above the maximum"),
+])
+def test_bad_probe_is_rejected_with_field_and_reason(probe, field, reason):
+    good = {"name": "good", "tracepoint": "sched:sched_switch"}
+    errors = rejected([good, probe])
+    assert list(errors) == [1], errors
+    assert f"spec.probes[1]{field[len('spec.probes[0]'):]}: " in errors[1]
+    assert reason in errors[1]
+
+
+def test_duplicate_names_reject_the_second():
+    errors = rejected([{"name": "a", "kprobe": "f"}, {"name": "a", "kprobe": "g"}])
+    assert errors == {1: 'spec.probes[1].name: duplicate name "a" (also spec.probes[0])'}
+
+
+HOSTILE = ['x"; } int evil() { return 0; } /*', "a;b", "line\nbreak", "#include <x.h>", "a b", "'q'", "x\\y",
+           "$(rm -rf /)", "\x00", ""]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("field", ["name", "kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint", "groupBy",
+                                   "comm"])
+def test_hostile_strings_never_pass_validation(field, value):
+    probe = {"name": "x", "tracepoint": "a:b"}
+    if field in ("kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint"):
+        probe = {"name": "x", field: value}
+    elif field == "groupBy":
+        probe["groupBy"] = [value]
+    else:
+        probe[field] = value
+    if field == "comm" and value not in ("", "\x00", "line\nbreak") and len(value) <= 15:
+        # comm is data (compared through a BPF map, never pasted into C); only control bytes are refused
+        assert rejected([probe]) == {}
+        return
+    errors = rejected([probe])
+    assert 0 in errors and f"spec.probes[0].{field}" in errors[0]
+
+
+def test_set_level_errors():
+    assert set_errors(doc([])) == ["spec.probes: needs at least 1 item(s), got 0"]
+    assert set_errors(doc([{"name": "a", "kprobe": "f"}], labels=["pod", "uid"])) == [
+        "spec.labels[1]: \"uid\" is not one of: node, namespace, pod, container, comm"]
+    assert set_errors(doc([{"name": "a", "kprobe": "f"}], maxSeriesPerProbe=0)) == [
+        "spec.maxSeriesPerProbe: 0 is below the minimum 1"]
+    assert "spec.nodeSelector.zone: expected string, got int 3" in set_errors(
+        doc([{"name": "a", "kprobe": "f"}], nodeSelector={"zone": 3}))
+    bad = doc([{"name": "a", "kprobe": "f"}])
+    bad["apiVersion"] = "v1"
+    bad["metadata"]["name"] = "Bad Name"
+    errs = set_errors(bad)
+    assert errs[0].startswith("apiVersion: expected probeset.io/v1alpha1")
+    assert errs[1].startswith("metadata.name: \"Bad Name\" is not a valid name")
+    assert set_errors("text") == ["(document): expected a mapping, got str"]
+
+
+def test_pod_selector_and_tolerations_are_validated():
+    errs = set_errors(doc([{"name": "a", "kprobe": "f"}],
+                          podSelector={"matchExpressions": [{"key": "app", "operator": "Is"}]},
+                          tolerations=[{"effect": "Sometimes"}]))
+    assert "spec.podSelector.matchExpressions[0].operator: \"Is\" is not one of: In, NotIn, Exists, DoesNotExist" in errs
+    assert "spec.tolerations[0].effect: \"Sometimes\" is not one of: NoSchedule, PreferNoSchedule, NoExecute" in errs
+
+
+def test_crd_schema_is_structural_and_has_descriptions():
+    schema = crd_schema()
+    text = json.dumps(schema)
+    assert "x-probeset" not in text
+
+    def walk(node, path):
+        assert "type" in node, path
+        if path != "spec" and not path.endswith("[]") and not path.endswith("{}"):
+            assert node.get("description"), f"{path} has no description"
+        for name, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{name}")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}{{}}")
+    walk(schema, "spec")
