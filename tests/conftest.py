@@ -7,23 +7,7 @@ import subprocess
 
 import pytest
 
-
-def bcc_missing_reason() -> str | None:
-    """Why BPF tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (BPF programs, tracefs)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "BCC's Python module is not importable (apt-get install python3-bpfcc; scripts/setup)"
-    if not os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
-        return f"kernel headers missing at /lib/modules/{os.uname().release}/build (scripts/setup links them)"
-    if not os.path.isdir("/sys/kernel/tracing/events"):
-        return "tracefs is not mounted at /sys/kernel/tracing (scripts/setup mounts it)"
-    return None
-
-
-requires_bcc = pytest.mark.skipif(bcc_missing_reason() is not None, reason=bcc_missing_reason() or "")
+from tests.support import bcc_missing_reason
 
 
 @pytest.fixture(scope="session")

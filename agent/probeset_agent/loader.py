@@ -42,7 +42,7 @@ def compile_program(text: str):
     """(BPF object, "") or (None, reason)."""
     with captured_stderr() as err:
         try:
-            return _bpf_class()(text=text), ""
+            return _bpf_class()(text=text.encode()), ""
         except Exception as e:  # bcc raises bare Exception
             failure = e
     lines = [ln.strip() for ln in err[0].splitlines() if "error" in ln.lower()] or err[0].splitlines()[-3:]

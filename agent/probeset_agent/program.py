@@ -128,23 +128,23 @@ class ProbeSetProgram:
             table[table.Key(0)] = want
 
     def _attach(self, point: AttachPoint) -> None:
-        site, fn = point.site, point.fn_name
+        site, fn = point.site, point.fn_name.encode()
         try:
             if point.mechanism == "kprobe":
-                self.bpf.attach_kprobe(event=site.kernel_function, fn_name=fn)
+                self.bpf.attach_kprobe(event=site.kernel_function.encode(), fn_name=fn)
             elif point.mechanism == "kretprobe":
                 max_active = max((self._probe(p).probe.max_active or 0) for p in point.probes) or default_max_active()
-                self.bpf.attach_kretprobe(event=site.kernel_function, fn_name=fn, maxactive=max_active)
+                self.bpf.attach_kretprobe(event=site.kernel_function.encode(), fn_name=fn, maxactive=max_active)
             elif point.mechanism == "fentry":
                 self.bpf.attach_kfunc(fn_name=fn)
             elif point.mechanism == "fexit":
                 self.bpf.attach_kretfunc(fn_name=fn)
             elif point.mechanism == "uprobe":
-                self.bpf.attach_uprobe(name=site.path, addr=site.address, fn_name=fn)
+                self.bpf.attach_uprobe(name=site.path.encode(), addr=site.address, fn_name=fn)
             elif point.mechanism == "uretprobe":
-                self.bpf.attach_uretprobe(name=site.path, addr=site.address, fn_name=fn)
+                self.bpf.attach_uretprobe(name=site.path.encode(), addr=site.address, fn_name=fn)
             elif point.mechanism == "tracepoint":
-                self.bpf.attach_tracepoint(tp=site.tracepoint, fn_name=fn)
+                self.bpf.attach_tracepoint(tp=site.tracepoint.encode(), fn_name=fn)
             else:
                 raise AssertionError(point.mechanism)
         except Exception as e:   # bcc raises bare Exception with its own message
@@ -182,7 +182,15 @@ class ProbeSetProgram:
 
     def _decode_labels(self, rp: ResolvedProbe, key) -> dict[str, str]:
         labels = {"probeset": self.pset.name, "probe": rp.probe.name}
-        labels["function"] = OVERFLOW_LABEL if key.func == OVERFLOW_FUNC else rp.functions[key.func]
+        if key.func == OVERFLOW_FUNC:
+            # The overflow series carries no event labels: its events came from anywhere.
+            labels["function"] = OVERFLOW_LABEL
+            labels.update({name: "" for name in self.pset.labels})
+            labels.update({name: "" for name in rp.probe.group_by})
+            if "node" in labels:
+                labels["node"] = self.node
+            return labels
+        labels["function"] = rp.functions[key.func]
         for name in self.pset.labels:
             if name == "node":
                 labels["node"] = self.node

@@ -1,0 +1,90 @@
+"""Helpers shared by the test tiers."""
+
+import os
+import subprocess
+
+
+def bcc_missing_reason() -> str | None:
+    """Why BPF tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (BPF programs, tracefs)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "BCC's Python module is not importable (apt-get install python3-bpfcc; scripts/setup)"
+    if not os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
+        return f"kernel headers missing at /lib/modules/{os.uname().release}/build (scripts/setup links them)"
+    if not os.path.isdir("/sys/kernel/tracing/events"):
+        return "tracefs is not mounted at /sys/kernel/tracing (scripts/setup mounts it)"
+    return None
+
+
+TARGET_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Functions the tests probe. noinline + an asm barrier keep each a real call. */
+__attribute__((noinline)) int probeset_target_work(int i) { asm volatile(""); return i % 3 == 0; }
+__attribute__((noinline)) int probeset_target_alpha(int i) { asm volatile(""); return i; }
+__attribute__((noinline)) int probeset_target_beta(int i) { asm volatile(""); return i; }
+__attribute__((noinline)) int probeset_target_sleep(int us) { usleep(us); return 0; }
+__attribute__((noinline)) long probeset_target_arg(long a, long b) { asm volatile(""); return a + b; }
+
+/* Reads commands from stdin ("work N", "alpha N", "beta N", "sleep N US", "arg N DISTINCT"),
+ * runs them, answers "done" so the test knows exactly when its events happened. */
+int main(void) {
+    char cmd[32];
+    long n, extra;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    printf("ready\n");
+    while (scanf("%31s %ld", cmd, &n) == 2) {
+        extra = 0;
+        if (!strcmp(cmd, "sleep") || !strcmp(cmd, "arg")) scanf("%ld", &extra);
+        for (long i = 0; i < n; i++) {
+            if (!strcmp(cmd, "work")) probeset_target_work(i);
+            else if (!strcmp(cmd, "alpha")) probeset_target_alpha(i);
+            else if (!strcmp(cmd, "beta")) probeset_target_beta(i);
+            else if (!strcmp(cmd, "sleep")) probeset_target_sleep(extra);
+            else if (!strcmp(cmd, "arg")) probeset_target_arg(i % extra, i);
+        }
+        printf("done\n");
+    }
+    return 0;
+}
+"""
+
+
+class Target:
+    """The compiled target program, running, driven line by line."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def run(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def counts(prog, probe: str, by: str = "function") -> dict[str, int]:
+    """{label value: events} for one probe."""
+    rp = next(r for r in prog.resolved if r.probe.name == probe)
+    out: dict[str, int] = {}
+    for s in prog.read_series().get(rp.id, []):
+        out[s.labels[by]] = out.get(s.labels[by], 0) + s.count
+    return out
+
+
+def status(prog, probe: str):
+    return next(st for st in prog.probe_statuses() if st.name == probe)
