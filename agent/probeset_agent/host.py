@@ -188,7 +188,7 @@ def resolve_binary(binary: str) -> str:
     from bcc import BPF  # deferred: importing bcc costs ~70 MB; validation-only users do not need it
     name = binary[3:] if binary.startswith("lib") else binary
     name = re.sub(r"\.so(\.\d+)*$", "", name)
-    path = BPF.find_library(name)
+    path = BPF.find_library(name.encode())
     if not path:
         raise HostError(f"library {binary}: not found in the dynamic linker cache (ldconfig -p)")
     return path.decode()

@@ -1,0 +1,149 @@
+"""Shared helpers of the benchmarks: build the C driver, run it pinned to one CPU, load a ProbeSet
+or a hand-written BCC program, and read the kernel's per-program BPF statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+BUILD = BENCH / "build"
+DRIVER = BUILD / "driver"
+DRIVER_CPU = str((os.cpu_count() or 1) - 1)   # the driver runs pinned here, the agent anywhere
+
+sys.path.insert(0, str(ROOT / "agent"))        # run from a checkout even without the venv's install
+
+
+def build_driver() -> str:
+    """Compile bench/driver.c (gcc -O2) unless the binary is newer than the source."""
+    src = BENCH / "driver.c"
+    BUILD.mkdir(exist_ok=True)
+    if not DRIVER.exists() or DRIVER.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(DRIVER), str(src)], check=True)
+    return str(DRIVER)
+
+
+def run_driver(mode: str, n: int) -> float:
+    """Wall ns per operation, as measured inside the driver (no process start-up in it)."""
+    out = subprocess.run(["taskset", "-c", DRIVER_CPU, str(DRIVER), mode, str(n)],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out)
+
+
+def median(xs) -> float:
+    return statistics.median(xs)
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    import bcc
+    return f"{cpus} CPUs ({model}), kernel {platform.release()}, BCC {getattr(bcc, '__version__', '?')}"
+
+
+def fdinfo_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a loaded BPF program, from /proc/self/fdinfo."""
+    stats = {}
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            stats[k.strip()] = v.strip()
+    return int(stats.get("run_time_ns", 0)), int(stats.get("run_cnt", 0))
+
+
+@contextlib.contextmanager
+def bpf_stats_enabled():
+    """kernel.bpf_stats_enabled=1 for the duration, then back to its previous value."""
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    old = open(path).read().strip()
+    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={old}"], check=True)
+
+
+class Generated:
+    """A one-probe ProbeSet through the agent's own code path (resolve, generate, compile, attach)."""
+
+    def __init__(self, name: str, probe: dict, labels=("node",), max_series: int | None = None):
+        spec = {"labels": list(labels), "probes": [{"name": "p", **probe}]}
+        if max_series:
+            spec["maxSeriesPerProbe"] = max_series
+        self.name = name
+        self.doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": name},
+                    "spec": spec}
+        self.prog = None
+
+    def start(self):
+        from probeset_agent.program import ProbeSetProgram
+        from probeset_agent.spec import parse_probeset
+        self.prog = ProbeSetProgram(parse_probeset(self.doc), node="bench")
+        self.prog.start()
+        bad = [st.error for st in self.prog.probe_statuses() if st.error or not all(st.functions.values())]
+        if bad:
+            raise RuntimeError(f"{self.name}: probe did not attach: {bad}")
+
+    def stop(self):
+        self.prog.stop()
+
+    def count(self) -> int:
+        return sum(s.count for series in self.prog.read_series().values() for s in series)
+
+    def stats(self) -> tuple[int, int]:
+        (_, ns, cnt), = self.prog.read_program_stats()
+        return ns, cnt
+
+
+class HandWritten:
+    """The minimal BCC program doing the same count: a per-CPU hash, u32 key, u64 counter."""
+
+    TEXT = """
+BPF_PERCPU_HASH(counts, u32, u64, 1);
+int count_event(CTX ctx) {
+    u32 key = 0;
+    u64 *val = counts.lookup(&key);
+    if (val) {
+        (*val)++;
+    } else {
+        u64 one = 1;
+        counts.update(&key, &one);
+    }
+    return 0;
+}
+"""
+
+    def __init__(self, name: str, uprobe: tuple[str, str] | None = None, tracepoint: str | None = None):
+        self.name, self.uprobe, self.tracepoint = name, uprobe, tracepoint
+        self.bpf = None
+
+    def start(self):
+        from bcc import BPF
+        ctx = "struct pt_regs *" if self.uprobe else "void *"
+        self.bpf = BPF(text=self.TEXT.replace("CTX ", ctx))
+        if self.uprobe:
+            self.bpf.attach_uprobe(name=self.uprobe[0], sym=self.uprobe[1], fn_name="count_event")
+        else:
+            self.bpf.attach_tracepoint(tp=self.tracepoint, fn_name="count_event")
+
+    def stop(self):
+        self.bpf.cleanup()
+
+    def count(self) -> int:
+        return sum(sum(per_cpu) for per_cpu in self.bpf["counts"].values())
+
+    def stats(self) -> tuple[int, int]:
+        return fdinfo_stats(self.bpf.funcs[b"count_event"].fd)
+
+
+def save_json(path: str | None, data: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
