@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import platform
 import statistics
@@ -78,7 +79,7 @@ class Generated:
         if max_series:
             spec["maxSeriesPerProbe"] = max_series
         self.name = name
-        self.doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": name},
+        self.doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": "bench-" + re.sub(r"[^a-z0-9]+", "-", name)},
                     "spec": spec}
         self.prog = None
 

@@ -138,6 +138,7 @@ def cmd_run(args) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
     from .collector import ProbeSetCollector
     from .features import detect
+    from .host import remove_stale_bcc_probes
     from .program import ProbeSetProgram
 
     sets, problems = _load_sets(args.files)
@@ -149,6 +150,8 @@ def cmd_run(args) -> int:
     if args.bpf_stats:
         _enable_bpf_stats()
     node = args.node or _node_name()
+    for name in remove_stale_bcc_probes():
+        log.info("removed stale tracefs probe %s (its process is gone)", name)
     features = detect()
     log.info("kernel %s: %s", os.uname().release, ", ".join(f"{k} {v}" for k, v in features.as_dict().items()))
     programs = []

@@ -210,3 +210,45 @@ def elf_functions(path: str, pattern: str) -> list[tuple[str, int]]:
         if addr not in by_addr or name == pattern or (by_addr[addr] != pattern and len(name) < len(by_addr[addr])):
             by_addr[addr] = name
     return sorted(((n, a) for a, n in by_addr.items()), key=lambda x: x[0])
+
+
+# --- stale tracefs probes ------------------------------------------------------------------------
+
+_BCC_EVENT = re.compile(r"^[pr]\d*:(?P<group>\w+)/(?P<name>\w+_bcc_(?P<pid>\d+))\s")
+
+
+def remove_stale_bcc_probes() -> list[str]:
+    """BCC creates kretprobes with maxactive (and probes on kernels without perf-PMU support) in
+    tracefs; such entries outlive a process killed with SIGKILL. Remove the ones whose creating
+    process is gone; returns their names."""
+    removed = []
+    try:
+        base = tracefs()
+    except HostError:
+        return removed
+    for events in ("kprobe_events", "uprobe_events"):
+        path = os.path.join(base, events)
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            m = _BCC_EVENT.match(line)
+            if not m or os.path.exists(f"/proc/{m['pid']}"):
+                continue
+            try:
+                write_tracefs(path, f"-:{m['group']}/{m['name']}\n")
+                removed.append(m["name"])
+            except OSError:
+                pass  # still enabled by someone, or not ours to remove
+    return removed
+
+
+def write_tracefs(path: str, line: str) -> None:
+    """Append a command to a tracefs control file (Python's "a" mode seeks, which tracefs refuses)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

@@ -133,3 +133,23 @@ def test_kprobes_unsupported_here_do_not_break_the_rest(target, run_probeset):
     assert "kprobes are not supported on this kernel" in status(prog, "vfsret").error
     target.run("work 42")
     assert counts(prog, "work") == {"probeset_target_work": 42}
+
+
+def test_stale_bcc_tracefs_probes_are_removed(target):
+    from probeset_agent.host import remove_stale_bcc_probes
+    dead_pid = 4194303   # above pid_max's default: never a live process here
+    with open("/proc/sys/kernel/pid_max") as f:
+        assert int(f.read()) <= dead_pid or not os.path.exists(f"/proc/{dead_pid}")
+    from probeset_agent.host import elf_functions, write_tracefs
+    ((_, offset),) = elf_functions(target.path, "probeset_target_work")
+    name = f"p_probeset_test_bcc_{dead_pid}"
+    live = f"p_probeset_live_bcc_{os.getpid()}"
+    for event in (name, live):
+        write_tracefs("/sys/kernel/tracing/uprobe_events", f"p:uprobes/{event} {target.path}:{offset:#x}\n")
+    try:
+        assert name in remove_stale_bcc_probes()
+        with open("/sys/kernel/tracing/uprobe_events") as f:
+            text = f.read()
+        assert name not in text and live in text      # a live process's probe is left alone
+    finally:
+        write_tracefs("/sys/kernel/tracing/uprobe_events", f"-:uprobes/{live}\n")

@@ -1,0 +1,51 @@
+"""The Prometheus exposition of real maps: names, labels, histogram shape."""
+
+import math
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from probeset_agent.collector import ProbeSetCollector
+
+
+def families(prog):
+    registry = CollectorRegistry()
+    registry.register(ProbeSetCollector([prog], "testnode"))
+    text = generate_latest(registry).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}, text
+
+
+def test_histogram_is_cumulative_sorted_and_ends_with_inf(target, run_probeset):
+    prog = run_probeset([{"name": "sleep", "uprobe": f"{target.path}:probeset_target_sleep", "pid": target.pid,
+                          "latency": True}], labels=["node", "comm"])
+    target.run("sleep 10 1000")
+    fams, text = families(prog)
+    hist = fams["probeset_latency_seconds"]
+    assert hist.type == "histogram"
+    buckets = [s for s in hist.samples if s.name.endswith("_bucket")]
+    les = [float(s.labels["le"]) for s in buckets]
+    assert les == sorted(les) and math.isinf(les[-1]) and les[0] == 256e-9
+    counts = [s.value for s in buckets]
+    assert counts == sorted(counts) and counts[-1] == 10
+    (count,) = [s for s in hist.samples if s.name.endswith("_count")]
+    (total,) = [s for s in hist.samples if s.name.endswith("_sum")]
+    assert count.value == 10 and 0.010 <= total.value < 1.0
+    assert count.labels == {"probeset": "test", "probe": "sleep", "function": "probeset_target_sleep",
+                            "node": "testnode", "comm": "probeset_target"}
+    # Everything under 1 ms is in buckets with le < 1e-3; usleep(1000) never returns that early.
+    assert all(s.value == 0 for s in buckets if float(s.labels["le"]) < 1e-3)
+
+
+def test_self_observability_metrics(target, run_probeset):
+    prog = run_probeset([{"name": "work", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid},
+                         {"name": "gone", "uprobe": f"{target.path}:no_such_symbol"}])
+    target.run("work 5")
+    fams, _ = families(prog)
+    attached = {(s.labels["probe"], s.labels["function"]): s.value for s in fams["probeset_probe_attached"].samples}
+    assert attached == {("work", "probeset_target_work"): 1.0, ("gone", ""): 0.0}
+    events = fams["probeset_events"].samples
+    assert [(s.name, s.labels["probe"], s.value) for s in events] == [("probeset_events_total", "work", 5.0)]
+    overflow = {s.labels["probe"]: s.value for s in fams["probeset_series_overflow"].samples}
+    assert overflow == {"work": 0.0}
+    assert "probeset_missed_events" in fams and "probeset_agent_info" in fams
+    assert "probeset_bpf_run_seconds" in fams and "probeset_bpf_runs" in fams
