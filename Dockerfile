@@ -1,0 +1,15 @@
+# One image for the node agent (and, later, the operator). The install steps are scripts/setup's, the
+# same the README and CI use, so CI exercises them even though no container engine runs there.
+# Build: docker build -t probeset .
+# The agent runs privileged on the node; it needs from the host (mounted by the DaemonSet):
+#   /lib/modules and /usr/src   kernel headers for BCC (linux-headers-$(uname -r) installed on the node)
+#   /sys/kernel/tracing          tracefs;  /sys/fs/cgroup  for attribution;  /proc  with hostPID
+FROM debian:bookworm-slim
+WORKDIR /opt/probeset
+COPY pyproject.toml README.md ./
+COPY scripts/ scripts/
+COPY agent/ agent/
+RUN scripts/setup --image
+ENV PATH=/opt/probeset/.venv/bin:$PATH
+ENTRYPOINT ["probeset"]
+CMD ["--help"]
