@@ -26,7 +26,8 @@ NUM_BUCKETS = SUB_BUCKETS * 63       # covers every u64 nanosecond value
 OVERFLOW_FUNC = 0xFFFFFFFF
 STRING_LABEL_BYTES = 32
 START_MAP_ENTRIES = 10240
-MISSED_REASONS = ("unpaired_return", "start_evicted", "histogram_full")  # index = C constant
+# Index = the C constant. An evicted start record (LRU map full) shows up as an unpaired return.
+MISSED_REASONS = ("unpaired_return", "histogram_full")
 MAX_PROBES = 64
 HISTOGRAM_ENTRIES_PER_SERIES = 32
 
@@ -81,8 +82,7 @@ PRELUDE = """\
 #define OVERFLOW_FUNC 0xffffffffu
 #define MISSED_REASONS @MISSED_REASONS@
 #define MISSED_UNPAIRED 0
-#define MISSED_EVICTED 1
-#define MISSED_HIST_FULL 2
+#define MISSED_HIST_FULL 1
 
 struct value_t { u64 count; u64 sum_ns; };
 struct start_key_t { u64 tid; u32 func; u32 pad; };

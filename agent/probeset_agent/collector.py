@@ -41,9 +41,9 @@ class ProbeSetCollector:
                                      "1 when the probe is attached to this function, 0 when it could not be.",
                                      labels=["probeset", "probe", "function", "via"])
         missed = CounterMetricFamily("probeset_missed_events",
-                                     "Events lost: returns without a recorded entry (unpaired_return, "
-                                     "start_evicted), kretprobe instances exhausted (kretprobe_maxactive), "
-                                     "histogram map full (histogram_full).",
+                                     "Events lost: returns without a recorded entry (unpaired_return), "
+                                     "kretprobe instances exhausted (kretprobe_maxactive), histogram map "
+                                     "full (histogram_full).",
                                      labels=["probeset", "probe", "reason"])
         overflow = CounterMetricFamily("probeset_series_overflow",
                                        "Events folded into the __overflow__ series because the probe spent "

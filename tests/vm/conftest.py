@@ -97,6 +97,9 @@ class GuestRun:
         self.seconds = time.monotonic() - start
 
 
+GUEST_RUN = pytest.StashKey[GuestRun]()
+
+
 class GuestTestFailure(Exception):
     pass
 
@@ -151,7 +154,7 @@ def pytest_collection_modifyitems(session, config, items):
     reason = vm_unavailable_reason()
     if reason:
         for i in positions:
-            items[i].add_marker(pytest.mark.skip(reason=f"{reason}"))
+            items[i].add_marker(pytest.mark.skip(reason=reason))
         return
     guest = GuestRun(config.rootpath, [items[i].nodeid for i in positions])
     config.stash[GUEST_RUN] = guest
@@ -159,9 +162,6 @@ def pytest_collection_modifyitems(session, config, items):
         original = items[i]
         items[i] = GuestTestItem.from_parent(original.parent, name=original.name,
                                              original=original, guest=guest)
-
-
-GUEST_RUN = pytest.StashKey[GuestRun]()
 
 
 def pytest_terminal_summary(terminalreporter, config):
