@@ -10,6 +10,7 @@ Static validation only: whether a symbol or tracepoint exists on a host is decid
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,17 +38,12 @@ TRACEPOINT_RE = r"^[A-Za-z0-9_*?]{1,64}:[A-Za-z0-9_*?]{1,128}$"
 FIELD_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 COMM_RE = r"^[^\x00-\x1f\x7f]{1,15}$"
 
-_desc_probe_target = (
-    "{kind} target: {what}. A glob (`*`, `?`) attaches to every match; each matched function becomes "
-    "a value of the `function` label."
-)
-
-
-def _target(kind: str, what: str, pattern: str, hint: str) -> dict:
+def _target(kind: str, what: str, pattern: str, hint: str, unit: str = "function") -> dict:
     return {
         "type": "string",
         "pattern": pattern,
-        "description": _desc_probe_target.format(kind=kind, what=what),
+        "description": f"{kind}: {what}. A glob (`*`, `?`) attaches to every matching {unit}; each match "
+                       f"is one value of the `function` label.",
         "x-probeset-hint": hint,
     }
 
@@ -66,13 +62,16 @@ PROBE_SCHEMA: dict = {
             "description": "Value of the `probe` label; lowercase identifier, unique in the set.",
             "x-probeset-hint": "expected a lowercase identifier: [a-z][a-z0-9_]*, at most 63 characters",
         },
-        "kprobe": _target("kprobe", "kernel function entry", KERNEL_FUNC_RE, _KFUNC_HINT),
-        "kretprobe": _target("kretprobe", "kernel function return", KERNEL_FUNC_RE, _KFUNC_HINT),
-        "uprobe": _target("uprobe", "user-space function entry, BINARY:SYMBOL", UPROBE_RE, _UFUNC_HINT),
-        "uretprobe": _target("uretprobe", "user-space function return, BINARY:SYMBOL", UPROBE_RE, _UFUNC_HINT),
-        "tracepoint": _target(
-            "tracepoint", "CATEGORY:NAME, as under /sys/kernel/tracing/events", TRACEPOINT_RE,
-            "expected CATEGORY:NAME (letters, digits, _ * ?)"),
+        "kprobe": _target("kprobe", "count calls of this kernel function (entry)", KERNEL_FUNC_RE, _KFUNC_HINT),
+        "kretprobe": _target("kretprobe", "count returns of this kernel function; groupBy retval splits them",
+                             KERNEL_FUNC_RE, _KFUNC_HINT),
+        "uprobe": _target("uprobe", "count calls of SYMBOL in BINARY (a library name such as libc, or an "
+                                    "absolute path), written BINARY:SYMBOL", UPROBE_RE, _UFUNC_HINT, "symbol"),
+        "uretprobe": _target("uretprobe", "count returns of SYMBOL in BINARY, written BINARY:SYMBOL",
+                             UPROBE_RE, _UFUNC_HINT, "symbol"),
+        "tracepoint": _target("tracepoint", "count hits of the tracepoint CATEGORY:NAME, as listed under "
+                                            "/sys/kernel/tracing/events", TRACEPOINT_RE,
+                              "expected CATEGORY:NAME (letters, digits, _ * ?)", "tracepoint"),
         "latency": {
             "type": "boolean",
             "default": False,
@@ -436,3 +435,38 @@ def load_documents(text: str) -> list[Any]:
     """The YAML documents of a file (empty documents skipped)."""
     import yaml
     return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def reference_markdown() -> str:
+    """The field reference table of docs/probeset.md, generated from SCHEMA (a test keeps them equal)."""
+    rows = ["| field | type | default | bounds | description |", "|---|---|---|---|---|"]
+
+    def type_of(node: dict) -> str:
+        if node.get("type") == "array":
+            return f"[]{type_of(node.get('items', {}))}"
+        if "enum" in node:
+            return " \\| ".join(f"`{v}`" for v in node["enum"])
+        return node.get("type", "")
+
+    def walk(node: dict, path: str) -> None:
+        bounds = []
+        if "minimum" in node or "maximum" in node:
+            bounds.append(f"{node.get('minimum', '')}..{node.get('maximum', '')}")
+        if "maxItems" in node:
+            bounds.append(f"≤ {node['maxItems']} items")
+        if "minItems" in node:
+            bounds.append(f"≥ {node['minItems']} items")
+        if "pattern" in node:
+            bounds.append(node.get("x-probeset-hint", "pattern"))
+        default = node.get("default")
+        default_text = "" if default is None else f"`{json.dumps(default)}`"
+        rows.append(f"| `{path}` | {type_of(node)} | {default_text} | {'; '.join(bounds)} | "
+                    f"{node.get('description', '')} |")
+        items = node.get("items")
+        target = items if isinstance(items, dict) and items.get("type") == "object" else node
+        for name, sub in target.get("properties", {}).items():
+            walk(sub, f"{path}{'[]' if target is items else ''}.{name}")
+
+    for name, sub in SPEC_SCHEMA["properties"].items():
+        walk(sub, f"spec.{name}")
+    return "\n".join(rows) + "\n"

@@ -364,13 +364,25 @@ def test_prometheus_scrapes_exact_counts(stack: Stack):
     assert all(m.get("node") == "e2e-node" for m in labels), labels
     assert {m.get("comm") for m in labels} == {"probeset_e2e_ta"}, labels   # comm: the first 15 characters
 
-    # Latency: every call sleeps SLEEP_MS, so the median lies between that and a generous bound,
-    # and the mean (sum / count) too.
+    # Latency: every call sleeps at least SLEEP_MS (nanosleep and bpf_ktime_get_ns both use
+    # CLOCK_MONOTONIC), so no observation may fall in a bucket whose upper bound is below it.
+    sleep_s = SLEEP_MS / 1000
+    buckets = {float(r["metric"]["le"]): float(r["value"][1])
+               for r in stack.query(f"sum by (le) (probeset_latency_seconds_bucket{{{lat}}})")}
+    bounds = sorted(buckets)
+    assert bounds and bounds[-1] == float("inf"), f"no +Inf bucket: {bounds}"
+    assert all(buckets[a] <= buckets[b] for a, b in zip(bounds, bounds[1:])), f"not cumulative: {buckets}"
+    below = max(le for le in bounds if le < sleep_s)
+    assert buckets[below] == 0, f"{buckets[below]} calls of a {SLEEP_MS} ms sleep took <= {below} s"
+    # The median: histogram_quantile interpolates linearly inside the bucket holding SLEEP_MS, so
+    # its lower bound is that bucket's lower edge (`below`), not SLEEP_MS itself.
     p50 = stack.scalar(f"histogram_quantile(0.5, sum by (le) (probeset_latency_seconds_bucket{{{lat}}}))")
-    assert p50 is not None and SLEEP_MS / 1000 <= p50 <= 0.05, f"p50 latency {p50} s" + stack.logs()
+    assert p50 is not None and below <= p50 <= 0.05, \
+        f"p50 latency {p50} s, expected within [{below}, 0.05]; buckets {buckets}" + stack.logs()
+    # The mean (exact: the sum is kept in nanoseconds) is at least SLEEP_MS.
     total = stack.scalar(f"sum(probeset_latency_seconds_sum{{{lat}}})")
     mean = total / SLEEP_CALLS
-    assert SLEEP_MS / 1000 <= mean <= 0.05, f"mean latency {mean} s" + stack.logs()
+    assert sleep_s <= mean <= 0.05, f"mean latency {mean} s" + stack.logs()
     # Buckets are cumulative and end with +Inf == count.
     inf = stack.scalar(f'sum(probeset_latency_seconds_bucket{{{lat},le="+Inf"}})')
     assert inf == SLEEP_CALLS, f"+Inf bucket {inf}"

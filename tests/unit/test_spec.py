@@ -159,3 +159,13 @@ def test_crd_schema_is_structural_and_has_descriptions():
         if isinstance(node.get("additionalProperties"), dict):
             walk(node["additionalProperties"], f"{path}{{}}")
     walk(schema, "spec")
+
+
+def test_docs_reference_is_generated_from_the_schema():
+    from probeset_agent.spec import reference_markdown
+    with open("docs/probeset.md") as f:
+        text = f.read()
+    start = text.index("<!-- generated: probeset_agent.spec.reference_markdown() -->\n") + len(
+        "<!-- generated: probeset_agent.spec.reference_markdown() -->\n")
+    end = text.index("<!-- end generated -->")
+    assert text[start:end] == reference_markdown(), "regenerate docs/probeset.md's field table"

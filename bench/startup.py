@@ -1,0 +1,123 @@
+"""Agent start-up: time from `probeset run examples/gethostlatency.yaml` process start to the
+first successful /metrics response, and the agent's memory after start.
+
+Each repetition spawns the CLI (the venv's `probeset` entry point) on a free port, polls
+http://127.0.0.1:PORT/metrics every 10 ms until it answers 200 with probeset_ metrics, then reads
+VmRSS and VmHWM from /proc/PID/status (once right after that first response, once after 5 more
+scrapes), and stops the agent with SIGTERM. The agent's own log timestamps split the start-up
+into phases. Medians over repetitions.
+
+  sudo .venv/bin/python bench/startup.py [--reps 5] [--file examples/gethostlatency.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from common import ROOT, machine, median, save_json
+
+TARGET_S, TARGET_RSS_MB = 3.0, 160.0
+PROBESET = ROOT / ".venv" / "bin" / "probeset"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> bytes | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return r.read() if r.status == 200 else None
+    except OSError:
+        return None
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    out = {}
+    for line in open(f"/proc/{pid}/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def log_phases(log: str, t0_wall: float) -> dict[str, float]:
+    """Seconds from spawn to the first log line (imports done) and to 'serving metrics'."""
+    stamps = []
+    for line in log.splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", line)
+        if m:
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            stamps.append((t - t0_wall, line))
+    phases = {}
+    if stamps:
+        phases["first_log_line_s"] = stamps[0][0]
+    for t, line in stamps:
+        if "serving metrics" in line:
+            phases["serving_s"] = t
+    return phases
+
+
+def one_run(path: str) -> dict:
+    port = free_port()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        t0_wall, t0 = time.time(), time.monotonic()
+        agent = subprocess.Popen([str(PROBESET), "run", path, "--listen", f"127.0.0.1:{port}"],
+                                 stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+        try:
+            while True:
+                body = scrape(port)
+                if body and b"probeset_" in body:
+                    break
+                if agent.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"agent exited with {agent.returncode}: {log.read()[-2000:]}")
+                time.sleep(0.01)
+            first = time.monotonic() - t0
+            mem_first = memory_mb(agent.pid)
+            for _ in range(5):
+                scrape(port)
+            mem_after = memory_mb(agent.pid)
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+        log.seek(0)
+        return {"first_response_s": first, "rss_mb": mem_first["VmRSS"], "hwm_mb": mem_first["VmHWM"],
+                "rss_after_scrapes_mb": mem_after["VmRSS"], "hwm_after_scrapes_mb": mem_after["VmHWM"],
+                **log_phases(log.read(), t0_wall)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--file", default="examples/gethostlatency.yaml")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    print(machine())
+    runs = [one_run(args.file) for _ in range(args.reps)]
+    keys = runs[0].keys()
+    med = {k: median([r[k] for r in runs if k in r]) for k in keys}
+    for r in runs:
+        print("  " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    print(f"median of {args.reps}: first /metrics response {med['first_response_s']:.2f} s "
+          f"(target {TARGET_S} s: {'met' if med['first_response_s'] <= TARGET_S else 'MISSED'}), "
+          f"VmRSS {med['rss_mb']:.0f} MB, VmHWM {med['hwm_mb']:.0f} MB "
+          f"(target {TARGET_RSS_MB:.0f} MB: {'met' if med['hwm_mb'] <= TARGET_RSS_MB else 'MISSED'}); "
+          f"after 5 scrapes VmRSS {med['rss_after_scrapes_mb']:.0f} MB, VmHWM {med['hwm_after_scrapes_mb']:.0f} MB")
+    out = {"machine": machine(), "file": args.file, "median": med, "runs": runs}
+    save_json(args.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
