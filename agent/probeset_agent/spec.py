@@ -365,6 +365,9 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
         elif name == "retval":
             if kind not in RETURN_KINDS and not raw.get("latency"):
                 errors.append(FieldError(where, "retval needs a return probe (kretprobe, uretprobe) or latency: true"))
+        elif name in ARG_FIELDS and kind in RETURN_KINDS and not raw.get("latency"):
+            errors.append(FieldError(where, f"{name} of a return probe needs latency: true (arguments are "
+                                            "captured at entry; at return their registers are gone)"))
         elif name not in ARG_FIELDS:
             errors.append(FieldError(where, f"{name!r} is not available for {kind}: use arg0..arg5"
                                             + (", retval" if kind in RETURN_KINDS else "") + " or comm"))

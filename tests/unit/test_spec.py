@@ -74,6 +74,7 @@ def test_defaults():
     ({"name": "x", "kprobe": "f", "attach": "ebpf"}, "spec.probes[0].attach", "not one of: auto, kprobe, fentry"),
     ({"name": "x", "kprobe": "f", "groupBy": ["retval"]}, "spec.probes[0].groupBy[0]", "retval needs a return probe"),
     ({"name": "x", "kprobe": "f", "groupBy": ["arg9"]}, "spec.probes[0].groupBy[0]", "use arg0..arg5"),
+    ({"name": "x", "uretprobe": "c:f", "groupBy": ["arg0"]}, "spec.probes[0].groupBy[0]", "needs latency: true"),
     ({"name": "x", "kprobe": "f", "groupBy": ["arg0", "arg0"]}, "spec.probes[0].groupBy", "unique"),
     ({"name": "x", "tracepoint": "a:b", "groupBy": ["pod"]}, "spec.probes[0].groupBy[0]", "label the agent sets"),
     ({"name": "x", "tracepoint": "a:b", "groupBy": ["a", "b", "c", "d", "e"]}, "spec.probes[0].groupBy", "at most 4"),
