@@ -80,37 +80,43 @@ class ProbeSetProgram:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    def _generate(self, probes: list[ResolvedProbe]) -> codegen.Program:
+        return codegen.generate(probes, self.pset.labels, self.pset.max_series_per_probe)
+
     def render(self) -> str:
-        return codegen.generate(self.resolved, self.pset.labels, self.pset.max_series_per_probe).text
+        return self._generate(self.resolved).text
 
     def _usable(self) -> list[ResolvedProbe]:
         return [rp for rp in self.resolved if rp.ok and self.status[rp.id].error is None]
 
-    def start(self) -> None:
+    def _compile_usable(self) -> str:
+        """Compile the probes still usable into self.bpf; the error, or "" on success."""
         usable = self._usable()
         if not usable:
-            return
-        self.program = codegen.generate(usable, self.pset.labels, self.pset.max_series_per_probe)
+            return ""
+        self.program = self._generate(usable)
         self.bpf, error = compile_program(self.program.text)
-        if self.bpf is None:
+        return error
+
+    def start(self) -> None:
+        error = self._compile_usable()
+        if error:
             # Find the probes that break compilation, report them, compile the rest.
             log.warning("probeset %s: %s; isolating the failing probe(s)", self.pset.name, error)
-            for rp in usable:
-                alone = codegen.generate([rp], self.pset.labels, self.pset.max_series_per_probe)
-                bpf, err = compile_program(alone.text)
+            for rp in self._usable():
+                bpf, err = compile_program(self._generate([rp]).text)
                 if bpf is None:
                     self.status[rp.id].error = err
                 else:
                     bpf.cleanup()
-            usable = self._usable()
-            if not usable:
-                return
-            self.program = codegen.generate(usable, self.pset.labels, self.pset.max_series_per_probe)
-            self.bpf, error = compile_program(self.program.text)
-            if self.bpf is None:
-                for rp in usable:
+            error = self._compile_usable()
+            if error:
+                for rp in self._usable():
                     self.status[rp.id].error = error
                 return
+        if self.bpf is None:
+            return
+        usable = self._usable()
         for rp in usable:
             self._prepare_maps(rp)
         for point in self.program.attach_points:

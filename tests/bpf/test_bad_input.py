@@ -44,3 +44,25 @@ def test_glob_bounded_by_max_functions(run_probeset):
     prog = run_probeset([{"name": "many", "tracepoint": "syscalls:sys_enter_*", "maxFunctions": 5}])
     err = status(prog, "many").error
     assert "matches" in err and "more than maxFunctions=5" in err and "first matches: syscalls:" in err
+
+
+def test_a_probe_that_breaks_compilation_is_isolated(target, run_probeset, monkeypatch):
+    """Fault injection: make the C of one probe invalid; that probe is reported, the others run."""
+    from probeset_agent import codegen
+    real = codegen._site_block
+
+    def broken_for_probe_1(rp, site, labels):
+        block = real(rp, site, labels)
+        return codegen.CCode(block + "    this_is_not_c;\n") if rp.id == 1 else block
+    monkeypatch.setattr(codegen, "_site_block", broken_for_probe_1)
+    prog = run_probeset([
+        {"name": "first", "uprobe": f"{target.path}:probeset_target_alpha", "pid": target.pid},
+        {"name": "broken", "uprobe": f"{target.path}:probeset_target_beta", "pid": target.pid},
+        {"name": "third", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid},
+    ])
+    err = status(prog, "broken").error
+    assert err.startswith("BPF compile failed:") and "this_is_not_c" in err
+    target.run("alpha 4")
+    target.run("work 6")
+    assert counts(prog, "first") == {"probeset_target_alpha": 4}
+    assert counts(prog, "third") == {"probeset_target_work": 6}
