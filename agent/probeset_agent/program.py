@@ -257,6 +257,8 @@ class ProbeSetProgram:
                 return out
             table = self.bpf["missed"]
             for rp in self._usable():
+                if not rp.probe.latency:
+                    continue   # only entry/return pairing can miss in the program itself
                 for r, reason in enumerate(MISSED_REASONS):
                     slot = rp.id * len(MISSED_REASONS) + r
                     out[(rp.id, reason)] = sum(table[table.Key(slot)])
