@@ -273,7 +273,7 @@ class ProbeSetProgram:
                   for p in self.attached_points if p.mechanism == "kretprobe"}
         if not points:
             return {}
-        out: dict[tuple[int, str], int] = {}
+        out = {(probe_id, "kretprobe_maxactive"): 0 for p in points.values() for probe_id in p.probes}
         for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
             try:
                 with open(os.path.join(base, "kprobe_profile")) as f:
