@@ -4,6 +4,7 @@
   probeset check FILE...    what would attach on this host and how; exit 0 only if everything would
   probeset render FILE      print the generated BPF C program
   probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
+  probeset crd              print the ProbeSet CustomResourceDefinition
 """
 
 from __future__ import annotations
@@ -134,6 +135,12 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_crd(args) -> int:
+    from probeset_operator.crd import crd_yaml
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
 def cmd_run(args) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
     from .collector import ProbeSetCollector
@@ -221,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     render = sub.add_parser("render", help="print the generated BPF C program")
     render.add_argument("file", metavar="FILE")
     sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")
+    sub.add_parser("crd", help="print the ProbeSet CustomResourceDefinition (YAML)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    handler = {"run": cmd_run, "check": cmd_check, "render": cmd_render, "schema": cmd_schema}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "render": cmd_render, "schema": cmd_schema,
+               "crd": cmd_crd}[args.command]
     return handler(args)
 
 
