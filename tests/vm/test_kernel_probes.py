@@ -1,0 +1,236 @@
+"""The agent's kernel probes, proven in a QEMU guest running Debian's stock kernel: kprobes,
+kretprobes, fentry/fexit, the `attach` choice, kretprobe misses, and the kprobe examples.
+
+Counts are deltas taken around the test's own events and filtered to this process (pid), so the
+agent's own start-up reads (BCC reads BTF and kallsyms through vfs_read) never count.
+"""
+
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import yaml
+
+from probeset_agent.features import detect
+from probeset_agent.program import ProbeSetProgram
+from probeset_agent.spec import parse_probeset
+from tests.support import counts, status
+
+pytestmark = pytest.mark.kernel_vm
+
+N, M, P = 1000, 300, 5          # reads of /dev/zero, reads of /dev/null, blocking pipe reads
+PIPE_DELAY = 0.05               # seconds each pipe read blocks
+
+
+def totals(prog, probe, by="function"):
+    return counts(prog, probe, by=by)
+
+
+def delta(after: dict, before: dict) -> dict:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def read_mix():
+    """N one-byte reads of /dev/zero (return 1), M reads of /dev/null (return 0), and P reads of a
+    pipe that block PIPE_DELAY seconds each before two bytes arrive (return 2)."""
+    zero, null = os.open("/dev/zero", os.O_RDONLY), os.open("/dev/null", os.O_RDONLY)
+    try:
+        for _ in range(N):
+            os.read(zero, 1)
+        for _ in range(M):
+            os.read(null, 1)
+    finally:
+        os.close(zero)
+        os.close(null)
+    r, w = os.pipe()
+
+    def writer():
+        for _ in range(P):
+            time.sleep(PIPE_DELAY)
+            os.write(w, b"ab")
+    t = threading.Thread(target=writer)
+    t.start()
+    for _ in range(P):
+        assert os.read(r, 2) == b"ab"
+    t.join()
+    os.close(r)
+    os.close(w)
+
+
+def latency_sum(prog, probe):
+    rp = next(r for r in prog.resolved if r.probe.name == probe)
+    series = prog.read_series()[rp.id]
+    return sum(s.count for s in series), sum(s.sum_ns for s in series)
+
+
+def test_guest_supports_kprobes_and_fentry():
+    f = detect()
+    assert f.kprobe.ok and f.fentry.ok, f
+
+
+@pytest.mark.parametrize("attach, via", [("auto", "fentry"), ("kprobe", "kprobe"), ("fentry", "fentry")])
+def test_counts_retval_split_and_latency(run_probeset, attach, via):
+    pid = os.getpid()
+    prog = run_probeset([
+        {"name": "read", "kprobe": "vfs_read", "pid": pid, "attach": attach},
+        {"name": "ret", "kretprobe": "vfs_read", "pid": pid, "attach": attach, "groupBy": ["retval"]},
+        {"name": "lat", "kprobe": "vfs_read", "pid": pid, "attach": attach, "latency": True},
+    ])
+    for name in ("read", "ret", "lat"):
+        st = status(prog, name)
+        assert st.error is None and st.via == via and st.functions == {"vfs_read": True}, st
+    before_read, before_ret = totals(prog, "read"), totals(prog, "ret", by="retval")
+    before_count, before_sum = latency_sum(prog, "lat")
+    read_mix()
+    assert delta(totals(prog, "read"), before_read) == {"vfs_read": N + M + P}
+    assert delta(totals(prog, "ret", by="retval"), before_ret) == {"1": N, "0": M, "2": P}
+    count, sum_ns = latency_sum(prog, "lat")
+    assert count - before_count == N + M + P
+    blocked = (sum_ns - before_sum) / 1e9
+    # P reads blocked at least PIPE_DELAY each; the N + M fast reads add well under a second.
+    assert P * PIPE_DELAY <= blocked < P * PIPE_DELAY + 5.0, blocked
+    missed = prog.read_missed()
+    assert missed[(2, "unpaired_return")] == 0
+
+
+def test_check_says_which_mechanism_auto_picks(tmp_path, capsys):
+    from probeset_agent.cli import main
+    path = tmp_path / "auto.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": "auto"},
+        "spec": {"probes": [{"name": "read", "kprobe": "vfs_read"},
+                            {"name": "forced", "kretprobe": "vfs_read", "attach": "kprobe"}]}}))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "kernel: kprobe yes, fentry yes" in out
+    assert "ok    read: fentry vfs_read" in out
+    assert "ok    forced: kretprobe vfs_read" in out
+
+
+def test_glob_counts_per_function(run_probeset):
+    prog = run_probeset([{"name": "vfs", "kprobe": "vfs_*", "attach": "kprobe", "pid": os.getpid()}])
+    st = status(prog, "vfs")
+    assert st.via == "kprobe" and len(st.functions) > 50 and st.functions["vfs_write"], st
+    before = totals(prog, "vfs")
+    zero, null = os.open("/dev/zero", os.O_RDONLY), os.open("/dev/null", os.O_WRONLY)
+    for _ in range(N):
+        os.read(zero, 1)
+    for _ in range(M):
+        os.write(null, b"x")
+    os.close(zero)
+    os.close(null)
+    assert delta(totals(prog, "vfs"), before) == {"vfs_read": N, "vfs_write": M}
+
+
+def test_kretprobe_instance_shortage_is_reported(run_probeset):
+    """maxActive=1: one thread blocked in read() holds the only kretprobe instance; every other
+    return in the meantime is missed, and the agent reports exactly the kernel's count."""
+    prog = run_probeset([{"name": "ret", "kretprobe": "vfs_read", "attach": "kprobe", "maxActive": 1,
+                          "pid": os.getpid()}])
+    assert status(prog, "ret").via == "kprobe"
+    r, w = os.pipe()
+    blocked = threading.Thread(target=os.read, args=(r, 1))
+    blocked.start()
+    time.sleep(0.5)                     # let it enter vfs_read and take the instance
+    before_missed = prog.read_missed()[(0, "kretprobe_maxactive")]
+    before = totals(prog, "ret")
+    zero = os.open("/dev/zero", os.O_RDONLY)
+    for _ in range(N):
+        os.read(zero, 1)
+    os.close(zero)
+    missed = prog.read_missed()[(0, "kretprobe_maxactive")] - before_missed
+    counted = delta(totals(prog, "ret"), before)
+    os.write(w, b"x")
+    blocked.join()
+    os.close(r)
+    os.close(w)
+    assert missed == N
+    assert counted == {}                # none of those returns reached the program
+
+
+def test_vfsstat_example_attaches_and_counts(tmp_path):
+    with open("examples/vfsstat.yaml") as f:
+        docs = [parse_probeset(d) for d in yaml.safe_load_all(f) if d]
+    progs = [ProbeSetProgram(p, "guest") for p in docs]
+    try:
+        for prog in progs:
+            prog.start()
+            for st in prog.probe_statuses():
+                assert st.error is None and all(st.functions.values()), st
+        vfsstat, vfs_all = progs
+        before = {st.name: sum(totals(vfsstat, st.name).values()) for st in vfsstat.probe_statuses()}
+        path = tmp_path / "f"
+        with open(path, "w") as f:          # open + create + write + fsync
+            f.write("data")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(path) as f:
+            f.read()
+        for st in vfsstat.probe_statuses():
+            assert sum(totals(vfsstat, st.name).values()) > before[st.name], st.name
+        assert totals(vfs_all, "vfs")["vfs_read"] > 0
+    finally:
+        for prog in progs:
+            prog.stop()
+
+
+def test_tcp_drop_path_example_attaches_and_counts():
+    """Loopback TCP drives xmit, eth_type_trans (loopback_xmit calls it), the receive core and
+    tcp_v4_rcv; a veth pair with GRO on drives napi_gro_receive; a closed port drives kfree_skb."""
+    with open("examples/tcp-drop-path.yaml") as f:
+        (pset,) = [parse_probeset(d) for d in yaml.safe_load_all(f) if d]
+    prog = ProbeSetProgram(pset, "guest")
+    prog.start()
+    try:
+        for st in prog.probe_statuses():
+            assert st.error is None and all(st.functions.values()), st
+        server = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+        for _ in range(20):
+            client.sendall(b"x" * 100)
+            conn.recv(100)
+        for s in (client, conn, server):
+            s.close()
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.sendto(b"drop me", ("127.0.0.1", port))
+        udp.close()
+        _veth_gro_traffic()
+        seen = {st.name: sum(totals(prog, st.name).values()) for st in prog.probe_statuses()}
+        assert all(n > 0 for n in seen.values()), seen
+        assert totals(prog, "xmit", by="name").get("lo", 0) > 0
+        assert totals(prog, "drops", by="reason").get("NO_SOCKET", 0) >= 1
+    finally:
+        prog.stop()
+
+
+def _veth_gro_traffic():
+    """UDP across a veth pair into a network namespace, GRO on at the receiving end (which makes
+    veth receive through NAPI and napi_gro_receive). Addresses from 198.18.0.0/15, the
+    benchmarking range, on this guest's own veth pair."""
+    sh = ["sh", "-ec", """
+        ip netns add psrx
+        ip link add psa type veth peer name psb netns psrx
+        ip addr add 198.18.0.1/30 dev psa
+        ip link set psa up
+        ip -n psrx addr add 198.18.0.2/30 dev psb
+        ip -n psrx link set psb up
+        ip netns exec psrx ethtool -K psb gro on
+    """]
+    subprocess.run(sh, check=True)
+    try:
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(20):
+            tx.sendto(b"gro" * 100, ("198.18.0.2", 9))
+        tx.close()
+        time.sleep(0.2)
+    finally:
+        subprocess.run(["ip", "link", "del", "psa"], check=False)
+        subprocess.run(["ip", "netns", "del", "psrx"], check=False)
