@@ -1,0 +1,130 @@
+"""Manifests the operator applies, as plain dicts built from typed values (no YAML templating).
+
+DaemonSets live in the operator's namespace, not the ProbeSet's: agents are privileged pods
+(hostPID, BPF, host mounts), which Pod Security Admission's "privileged" level must allow. Granting
+that to one operator namespace keeps user namespaces at "baseline"/"restricted". Owner references
+cannot cross namespaces, so the ProbeSet carries a finalizer and the operator deletes its DaemonSet
+on deletion (and removes orphans whose ProbeSet uid is gone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from probeset_agent.spec import API_GROUP
+
+METRICS_PORT = 9437
+LABEL_UID = f"{API_GROUP}/probeset-uid"
+LABEL_NAME = f"{API_GROUP}/probeset"
+LABEL_NAMESPACE = f"{API_GROUP}/probeset-namespace"
+COMPONENT = "agent"
+
+
+@dataclass
+class AgentSettings:
+    """How agents run; set once by the operator (flags / Helm values)."""
+
+    image: str = "probeset:latest"
+    image_pull_policy: str = "IfNotPresent"
+    service_account: str = "probeset-agent"
+    resources: dict = field(default_factory=lambda: {
+        "requests": {"cpu": "50m", "memory": "160Mi"},
+        "limits": {"memory": "400Mi"},
+    })
+    priority_class: str | None = None
+    extra_tolerations: list[dict] = field(default_factory=list)
+
+
+def daemonset_name(namespace: str, name: str) -> str:
+    """probeset-<namespace>-<name>, shortened with a hash to stay a valid 63-character name."""
+    base = f"probeset-{namespace}-{name}"
+    if len(base) <= 63:
+        return base
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
+    return f"{base[:54].rstrip('-.')}-{digest}"
+
+
+def _host_mount(name: str, path: str, read_only: bool = True, mount_propagation: str | None = None):
+    volume = {"name": name, "hostPath": {"path": path}}
+    mount = {"name": name, "mountPath": path, "readOnly": read_only}
+    if mount_propagation:
+        mount["mountPropagation"] = mount_propagation
+    return volume, mount
+
+
+def render_daemonset(body: dict, operator_namespace: str, settings: AgentSettings) -> dict:
+    """The agent DaemonSet for one (valid) ProbeSet object."""
+    meta, spec = body["metadata"], body.get("spec", {})
+    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    labels = {
+        "app.kubernetes.io/name": "probeset",
+        "app.kubernetes.io/component": COMPONENT,
+        "app.kubernetes.io/managed-by": "probeset-operator",
+        LABEL_UID: uid,
+    }
+    # Label values must be <= 63 chars; names and namespaces are, by their own rules.
+    selector = {"app.kubernetes.io/component": COMPONENT, LABEL_UID: uid}
+    mounts = [
+        _host_mount("tracefs", "/sys/kernel/tracing"),
+        _host_mount("debugfs", "/sys/kernel/debug"),
+        _host_mount("bpffs", "/sys/fs/bpf", read_only=False),
+        _host_mount("cgroup", "/sys/fs/cgroup"),
+        _host_mount("modules", "/lib/modules"),
+        _host_mount("usr-src", "/usr/src"),
+    ]
+    container = {
+        "name": "agent",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}"],
+        "env": [
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "PROBESET_NAMESPACE", "value": ns},
+            {"name": "PROBESET_NAME", "value": name},
+        ],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "securityContext": {"privileged": True},
+        "resources": settings.resources,
+        "volumeMounts": [m for _, m in mounts],
+        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10},
+    }
+    pod_spec = {
+        "serviceAccountName": settings.service_account,
+        "hostPID": True,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "containers": [container],
+        "volumes": [v for v, _ in mounts],
+        "nodeSelector": dict(spec.get("nodeSelector") or {}),
+        "tolerations": list(spec.get("tolerations") or []) + list(settings.extra_tolerations),
+        "terminationGracePeriodSeconds": 30,
+    }
+    if settings.priority_class:
+        pod_spec["priorityClassName"] = settings.priority_class
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": daemonset_name(ns, name),
+            "namespace": operator_namespace,
+            "labels": labels,
+            "annotations": {LABEL_NAME: name, LABEL_NAMESPACE: ns},
+        },
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                        LABEL_NAME: name,
+                        LABEL_NAMESPACE: ns,
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }

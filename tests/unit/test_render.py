@@ -1,0 +1,36 @@
+"""The agent DaemonSet rendered for a ProbeSet."""
+
+from probeset_operator.render import AgentSettings, daemonset_name, render_daemonset
+
+BODY = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet",
+        "metadata": {"name": "dns", "namespace": "web", "uid": "1234-abcd"},
+        "spec": {"nodeSelector": {"kubernetes.io/os": "linux"},
+                 "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                 "probes": [{"name": "a", "uprobe": "libc:malloc"}]}}
+
+
+def test_daemonset_runs_a_privileged_agent_for_this_probeset():
+    ds = render_daemonset(BODY, "probeset-system", AgentSettings(image="reg/probeset:1", priority_class="high",
+                                                                 extra_tolerations=[{"operator": "Exists"}]))
+    assert ds["metadata"]["namespace"] == "probeset-system" and ds["metadata"]["name"] == "probeset-web-dns"
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "reg/probeset:1" and c["securityContext"] == {"privileged": True}
+    assert pod["hostPID"] is True and pod["priorityClassName"] == "high"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["PROBESET_NAMESPACE"]["value"] == "web" and env["PROBESET_NAME"]["value"] == "dns"
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules",
+                                                          "/usr/src", "/sys/fs/bpf"}
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}, {"operator": "Exists"}]
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert labels["probeset.io/probeset-uid"] == "1234-abcd"
+    assert ds["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9437"
+
+
+def test_long_names_are_shortened_and_stay_unique():
+    a = daemonset_name("n" * 60, "x" * 60)
+    b = daemonset_name("n" * 60, "x" * 59 + "y")
+    assert len(a) <= 63 and len(b) <= 63 and a != b
