@@ -3,6 +3,7 @@
   probeset run FILE...      attach and serve Prometheus metrics (root)
   probeset check FILE...    what would attach on this host and how; exit 0 only if everything would
   probeset render FILE      print the generated BPF C program
+  probeset agent            cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME
   probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
   probeset crd              print the ProbeSet CustomResourceDefinition
 """
@@ -76,6 +77,41 @@ def _print_status(where: str, prog) -> bool:
     return all_ok
 
 
+def _start_agent_common(args):
+    """What run and agent share: BPF stats, stale probe clean-up, kernel features."""
+    from .features import detect
+    from .host import remove_stale_bcc_probes
+    if args.bpf_stats:
+        _enable_bpf_stats()
+    for stale in remove_stale_bcc_probes():
+        log.info("removed stale tracefs probe %s (its process is gone)", stale)
+    features = detect()
+    log.info("kernel %s: %s", os.uname().release, ", ".join(f"{k} {v}" for k, v in features.as_dict().items()))
+    return features
+
+
+def _serve_metrics(programs: list, node: str, features, listen: str):
+    from prometheus_client import CollectorRegistry, start_http_server
+    from .collector import ProbeSetCollector
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(ProbeSetCollector(programs, node, features))
+    host, port = _parse_listen(listen)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    log.info("serving metrics on http://%s:%d/metrics", host, port)
+    sys.stdout.flush()
+    return server
+
+
+def _on_stop_signals(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM set `stop`. Installed explicitly: a background process started from a
+    script inherits SIGINT as ignored."""
+    def on_signal(signum, _frame):
+        log.info("%s: detaching", signal.Signals(signum).name)
+        stop.set()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
 def cmd_check(args) -> int:
     from .codegen import generate
     from .loader import compile_program
@@ -142,47 +178,24 @@ def cmd_crd(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
-    from .collector import ProbeSetCollector
-    from .features import detect
-    from .host import remove_stale_bcc_probes
     from .program import ProbeSetProgram
-
     sets, problems = _load_sets(args.files)
     for p in problems:
         log.error("invalid: %s", p)
     if not sets:
         log.error("no usable ProbeSet")
         return 2
-    if args.bpf_stats:
-        _enable_bpf_stats()
     node = args.node or _node_name()
-    for name in remove_stale_bcc_probes():
-        log.info("removed stale tracefs probe %s (its process is gone)", name)
-    features = detect()
-    log.info("kernel %s: %s", os.uname().release, ", ".join(f"{k} {v}" for k, v in features.as_dict().items()))
+    features = _start_agent_common(args)
     programs = []
     for where, pset in sets:
         prog = ProbeSetProgram(pset, node, features)
         prog.start()
         _print_status(where, prog)
         programs.append(prog)
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(ProbeSetCollector(programs, node, features))
-    host, port = _parse_listen(args.listen)
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    log.info("serving metrics on http://%s:%d/metrics", host, port)
-    sys.stdout.flush()
-
+    server = _serve_metrics(programs, node, features, args.listen)
     stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("%s: detaching", signal.Signals(signum).name)
-        stop.set()
-
-    # Installed explicitly: a background process started from a script inherits SIGINT as ignored.
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    _on_stop_signals(stop)
     try:
         while not stop.wait(1.0):
             pass
@@ -190,6 +203,34 @@ def cmd_run(args) -> int:
         server.shutdown()
         for prog in programs:
             prog.stop()
+        log.info("detached")
+    return 0
+
+
+def cmd_agent(args) -> int:
+    """Cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME, followed live."""
+    from kubernetes import config
+    from .cluster import ClusterAgent
+
+    namespace, name = os.environ.get("PROBESET_NAMESPACE"), os.environ.get("PROBESET_NAME")
+    if not namespace or not name:
+        log.error("PROBESET_NAMESPACE and PROBESET_NAME must name the ProbeSet to run")
+        return 2
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()   # outside a pod: $KUBECONFIG or ~/.kube/config
+    node = args.node or _node_name()
+    features = _start_agent_common(args)
+    programs: list = []
+    agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock())
+    server = _serve_metrics(programs, node, features, args.listen)
+    _on_stop_signals(agent.stopping)
+    try:
+        agent.run()
+    finally:
+        server.shutdown()
+        agent.stop()
         log.info("detached")
     return 0
 
@@ -227,12 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("files", nargs="+", metavar="FILE")
     render = sub.add_parser("render", help="print the generated BPF C program")
     render.add_argument("file", metavar="FILE")
+    agent = sub.add_parser("agent", help="cluster mode: run the ProbeSet $PROBESET_NAMESPACE/$PROBESET_NAME "
+                                         "from the API server, follow its changes, report status (root)")
+    agent.add_argument("--listen", default="0.0.0.0:9437", help="metrics address (default 0.0.0.0:9437)")
+    agent.add_argument("--node", help="node name (default $NODE_NAME or the hostname)")
+    agent.add_argument("--bpf-stats", action="store_true", help="enable kernel BPF run-time stats while running")
     sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")
     sub.add_parser("crd", help="print the ProbeSet CustomResourceDefinition (YAML)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     handler = {"run": cmd_run, "check": cmd_check, "render": cmd_render, "schema": cmd_schema,
-               "crd": cmd_crd}[args.command]
+               "crd": cmd_crd, "agent": cmd_agent}[args.command]
     return handler(args)
 
 

@@ -65,7 +65,7 @@ class ProbeSetCollector:
         fams["info"].add_metric([__version__, self.node, platform.release(), self._bcc_version,
                                  "yes" if feats.get("kprobe") == "yes" else "no" if feats else "unknown",
                                  "yes" if feats.get("fentry") == "yes" else "no" if feats else "unknown"], 1)
-        for prog in self.programs:
+        for prog in list(self.programs):   # a copy: the cluster agent swaps programs on reload
             name = prog.pset.name
             for st in prog.probe_statuses():
                 for function, ok in st.functions.items():

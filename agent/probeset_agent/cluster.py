@@ -1,0 +1,147 @@
+"""The agent in a cluster: runs the ProbeSet named by its environment, follows spec changes (hot
+reload: a new BPF program replaces the old one; counters restart, which Prometheus' rate() handles),
+and reports its node's result into the ProbeSet's status.
+
+Each agent writes only status.agents.<its node> with a JSON merge patch, so agents never conflict;
+full per-probe details are written only while something fails, to keep the object small.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+
+from .spec import API_GROUP, API_VERSION, SpecError, parse_probeset
+
+log = logging.getLogger(__name__)
+PLURAL = "probesets"
+
+
+def node_report(statuses, generation: int | None, total: int) -> dict:
+    """status.agents.<node> for a node running these probe statuses."""
+    failed = [st.as_dict() for st in statuses if st.error is not None]
+    return {
+        "generation": generation,
+        "attached": sum(1 for st in statuses if st.error is None),
+        "total": total,
+        "updated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # None deletes the key in a merge patch: a recovered node drops its old failures.
+        "failed": failed or None,
+    }
+
+
+class ClusterAgent:
+    def __init__(self, api_client, namespace: str, name: str, node: str, programs: list, features,
+                 lock: threading.Lock):
+        from kubernetes import client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace, self.name, self.node = namespace, name, node
+        self.programs = programs        # shared with the collector; swapped under lock
+        self.lock = lock
+        self.features = features
+        self.generation: int | None = None
+        self.stopping = threading.Event()
+
+    # --- applying a ProbeSet object ---------------------------------------------------------
+
+    def apply(self, obj: dict) -> None:
+        """Run the object's spec if its generation is new; report the result."""
+        from .program import ProbeSetProgram
+        generation = obj["metadata"].get("generation")
+        if generation == self.generation:
+            return
+        self.generation = generation
+        self._stop_programs()
+        try:
+            pset = parse_probeset(obj)
+        except SpecError as e:
+            log.error("ProbeSet %s/%s is invalid: %s", self.namespace, self.name, e)
+            self._report({"generation": generation, "attached": 0, "total": len(obj["spec"].get("probes") or []),
+                          "failed": [{"name": "(spec)", "attached": False, "error": str(e)[:1000]}]})
+            return
+        prog = ProbeSetProgram(pset, self.node, self.features)
+        prog.start()
+        with self.lock:
+            self.programs.append(prog)
+        statuses = prog.probe_statuses()
+        for st in statuses:
+            if st.error:
+                log.warning("probe %s: %s", st.name, st.error)
+        self._report(node_report(statuses, generation, len(statuses)))
+        failed = [st for st in statuses if st.error]
+        if failed:
+            self._event("Warning", "ProbeFailed",
+                        f"node {self.node}: " + "; ".join(f"{st.name}: {st.error}" for st in failed)[:1000])
+
+    def _stop_programs(self) -> None:
+        with self.lock:
+            old, self.programs[:] = list(self.programs), []
+        for prog in old:
+            prog.stop()
+
+    def _report(self, entry: dict) -> None:
+        body = {"status": {"agents": {self.node: entry}}}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, self.namespace, PLURAL, self.name, body)
+        except Exception as e:  # the API being away must not stop the probes
+            log.warning("cannot report status: %s", e)
+
+    def _event(self, kind: str, reason: str, message: str) -> None:
+        from kubernetes import client
+        now = datetime.datetime.now(datetime.timezone.utc)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{self.name}.", namespace=self.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{API_GROUP}/{API_VERSION}", kind="ProbeSet", name=self.name,
+                namespace=self.namespace),
+            reason=reason, message=message, type=kind, first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="probeset-agent", host=self.node))
+        try:
+            self.core.create_namespaced_event(self.namespace, event)
+        except Exception as e:
+            log.warning("cannot post event: %s", e)
+
+    # --- following the object ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Watch the ProbeSet until stop(); reconnect when the watch ends."""
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+        while not self.stopping.is_set():
+            try:
+                listing = self.custom.list_namespaced_custom_object(
+                    API_GROUP, API_VERSION, self.namespace, PLURAL, field_selector=f"metadata.name={self.name}")
+                items = listing.get("items", [])
+                if items:
+                    self.apply(items[0])
+                elif self.generation is not None:
+                    log.info("ProbeSet %s/%s is gone: detaching", self.namespace, self.name)
+                    self._stop_programs()
+                    self.generation = None
+                w = watch.Watch()
+                for event in w.stream(self.custom.list_namespaced_custom_object, API_GROUP, API_VERSION,
+                                      self.namespace, PLURAL, field_selector=f"metadata.name={self.name}",
+                                      resource_version=listing["metadata"]["resourceVersion"],
+                                      timeout_seconds=60):
+                    if self.stopping.is_set():
+                        w.stop()
+                        break
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.apply(event["object"])
+                    elif event["type"] == "DELETED":
+                        log.info("ProbeSet %s/%s deleted: detaching", self.namespace, self.name)
+                        self._stop_programs()
+                        self.generation = None
+            except ApiException as e:
+                log.warning("watching ProbeSet %s/%s: %s", self.namespace, self.name, e.reason)
+                self.stopping.wait(5)
+            except Exception as e:   # network errors: retry, the probes keep running
+                log.warning("watching ProbeSet %s/%s: %s", self.namespace, self.name, e)
+                self.stopping.wait(5)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._stop_programs()
