@@ -4,6 +4,7 @@
   probeset check FILE...    what would attach on this host and how; exit 0 only if everything would
   probeset render FILE      print the generated BPF C program
   probeset agent            cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME
+  probeset operator         the operator: one agent DaemonSet per ProbeSet, status aggregated
   probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
   probeset crd              print the ProbeSet CustomResourceDefinition
 """
@@ -177,6 +178,12 @@ def cmd_crd(args) -> int:
     return 0
 
 
+def cmd_operator(args) -> int:
+    from probeset_operator import handlers
+    handlers.run(liveness=args.liveness)
+    return 0
+
+
 def cmd_run(args) -> int:
     from .program import ProbeSetProgram
     sets, problems = _load_sets(args.files)
@@ -273,12 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--listen", default="0.0.0.0:9437", help="metrics address (default 0.0.0.0:9437)")
     agent.add_argument("--node", help="node name (default $NODE_NAME or the hostname)")
     agent.add_argument("--bpf-stats", action="store_true", help="enable kernel BPF run-time stats while running")
+    operator = sub.add_parser("operator", help="run the operator (kopf): ProbeSets -> agent DaemonSets")
+    operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                          help="liveness endpoint (default http://0.0.0.0:8080/healthz)")
     sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")
     sub.add_parser("crd", help="print the ProbeSet CustomResourceDefinition (YAML)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     handler = {"run": cmd_run, "check": cmd_check, "render": cmd_render, "schema": cmd_schema,
-               "crd": cmd_crd, "agent": cmd_agent}[args.command]
+               "crd": cmd_crd, "agent": cmd_agent, "operator": cmd_operator}[args.command]
     return handler(args)
 
 

@@ -123,6 +123,11 @@ class ProbeSetProgram:
             self._attach(point)
 
     def _prepare_maps(self, rp: ResolvedProbe) -> None:
+        # Open every table now: BCC reads /sys/devices/system/cpu/possible when it opens a per-CPU
+        # table, and a scrape should touch nothing but the maps.
+        if rp.probe.latency:
+            self.bpf[f"hist_p{rp.id}"]
+        self.bpf["missed"]
         counts = self.bpf[f"counts_p{rp.id}"]
         key = counts.Key()
         key.func = OVERFLOW_FUNC

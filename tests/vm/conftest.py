@@ -42,7 +42,7 @@ def pytest_runtest_logreport(report):
         text = report.longreprtext
     record = {
         "nodeid": report.nodeid, "when": report.when, "outcome": report.outcome, "text": text,
-        "wasxfail": getattr(report, "wasxfail", None), "duration": report.duration,
+        "wasxfail": getattr(report, "wasxfail", None),
         "sections": [[title, content] for title, content in report.sections],
     }
     with open(path, "a") as f:
@@ -78,6 +78,7 @@ class GuestRun:
         return self.results.get(nodeid, [])
 
     def _run(self):
+        self.results = {}  # never a second guest, even when this one is interrupted
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="probeset-vm-out.") as out:
             env = dict(os.environ, PROBESET_VM_OUT=out, PROBESET_VM_REPORT=f"{out}/results.jsonl")
@@ -85,10 +86,15 @@ class GuestRun:
             # be written to the guest's throw-away overlay.
             cmd = [str(RUN_IN_VM), sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                    "-m", "kernel_vm", "-rfEs", *self.nodeids]
-            proc = subprocess.run(cmd, cwd=self.rootpath, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, errors="replace")
-            self.returncode, self.output = proc.returncode, proc.stdout
-            self.results = {}
+            with subprocess.Popen(cmd, cwd=self.rootpath, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+                try:
+                    self.output = proc.communicate()[0]
+                except BaseException:  # Ctrl-C: let run-in-vm stop its guest, not kill it mid-way
+                    proc.terminate()
+                    proc.wait()
+                    raise
+            self.returncode = proc.returncode
             report = Path(env["PROBESET_VM_REPORT"])
             if report.exists():
                 for line in report.read_text().splitlines():
@@ -98,10 +104,6 @@ class GuestRun:
 
 
 GUEST_RUN = pytest.StashKey[GuestRun]()
-
-
-class GuestTestFailure(Exception):
-    pass
 
 
 class GuestTestItem(pytest.Item):
@@ -115,21 +117,31 @@ class GuestTestItem(pytest.Item):
     def reportinfo(self):
         return self._original_info
 
+    # Each phase replays the guest's report for the same phase: a guest fixture error is an
+    # error here too, and skips keep the test's own location.
+    def setup(self):
+        self._replay("setup")
+
     def runtest(self):
-        records = self.guest.get(self.nodeid)
-        failed = [r for r in records if r["outcome"] == "failed"]
-        if failed:
-            raise GuestTestFailure("\n".join(self._describe(r) for r in failed))
-        for r in records:
+        self._replay("call")
+        if not any(r["when"] == "call" for r in self.guest.get(self.nodeid)):
+            tail = self.guest.output[-OUTPUT_TAIL_CHARS:]
+            pytest.fail(f"the guest reported no result for this test (run-in-vm exit status "
+                        f"{self.guest.returncode}); end of the guest's output:\n{tail}", pytrace=False)
+
+    def teardown(self):
+        self._replay("teardown")
+
+    def _replay(self, when):
+        for r in self.guest.get(self.nodeid):
+            if r["when"] != when:
+                continue
+            if r["outcome"] == "failed":
+                pytest.fail(self._describe(r), pytrace=False)
             if r["outcome"] == "skipped":
                 if r["wasxfail"] is not None:
                     pytest.xfail(f"in the guest: {r['wasxfail']}")
-                pytest.skip(f"in the guest: {r['text']}")
-        if not any(r["when"] == "call" for r in records):
-            tail = self.guest.output[-OUTPUT_TAIL_CHARS:]
-            raise GuestTestFailure(
-                f"the guest reported no result for this test (run-in-vm exit status "
-                f"{self.guest.returncode}); end of the guest's output:\n{tail}")
+                raise pytest.skip.Exception(f"in the guest: {r['text']}", _use_item_location=True)
 
     @staticmethod
     def _describe(record):
@@ -137,11 +149,6 @@ class GuestTestItem(pytest.Item):
         for title, content in record["sections"]:
             parts.append(f"{'-' * 20} {title} (guest) {'-' * 20}\n{content}")
         return "\n".join(parts)
-
-    def repr_failure(self, excinfo):
-        if isinstance(excinfo.value, GuestTestFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: only selected tests go to the guest
@@ -166,7 +173,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_terminal_summary(terminalreporter, config):
     guest = config.stash.get(GUEST_RUN, None)
-    if guest is None or guest.results is None:
+    if guest is None or guest.returncode is None:
         return
     terminalreporter.write_line(
         f"kernel_vm: {len(guest.nodeids)} test(s) ran in one QEMU guest in {guest.seconds:.1f} s "

@@ -1,0 +1,76 @@
+"""The least privilege each role needs, with the reason for every rule (docs/rbac.md lists them)."""
+
+from __future__ import annotations
+
+from probeset_agent.spec import API_GROUP
+
+# (apiGroups, resources, verbs, why)
+OPERATOR_CLUSTER_RULES = [
+    ([API_GROUP], ["probesets"], ["get", "list", "watch", "patch"],
+     "follow ProbeSets in every namespace; patch adds and removes the finalizer"),
+    ([API_GROUP], ["probesets/status"], ["get", "patch"], "write conditions and the node summary"),
+    ([""], ["events"], ["create"], "Events on ProbeSets (InvalidSpec, ...)"),
+    (["events.k8s.io"], ["events"], ["create"], "the same, through the newer events API"),
+    (["kopf.dev"], ["clusterkopfpeerings"], ["get", "list", "watch", "patch"],
+     "kopf peering: replicas elect one active operator"),
+    (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"],
+     "kopf checks that the resources it serves exist"),
+    ([""], ["namespaces"], ["get", "list", "watch"], "kopf's cluster-wide mode follows namespaces"),
+]
+
+# Only in the operator's own namespace, where the agent DaemonSets live.
+OPERATOR_NAMESPACE_RULES = [
+    (["apps"], ["daemonsets"], ["get", "list", "watch", "create", "update", "patch", "delete"],
+     "one agent DaemonSet per ProbeSet"),
+    ([""], ["pods"], ["get", "list", "watch"], "which nodes run an agent (to drop reports of others)"),
+]
+
+AGENT_CLUSTER_RULES = [
+    ([API_GROUP], ["probesets"], ["get", "list", "watch"], "read and follow its ProbeSet"),
+    ([API_GROUP], ["probesets/status"], ["patch"], "report its node's result (status.agents.<node>)"),
+    ([""], ["events"], ["create"], "an Event when a probe fails on its node"),
+]
+
+
+def _rules(rules) -> list[dict]:
+    return [{"apiGroups": g, "resources": r, "verbs": v} for g, r, v, _ in rules]
+
+
+def role_objects(namespace: str, operator_sa: str = "probeset-operator",
+                 agent_sa: str = "probeset-agent") -> list[dict]:
+    """ServiceAccounts, (Cluster)Roles and bindings for the operator and the agents."""
+    def binding(kind: str, name: str, sa: str, role_kind: str, ns: str | None = None) -> dict:
+        meta = {"name": name} if ns is None else {"name": name, "namespace": ns}
+        return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": operator_sa, "namespace": namespace}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": agent_sa, "namespace": namespace}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": operator_sa}, "rules": _rules(OPERATOR_CLUSTER_RULES)},
+        binding("ClusterRoleBinding", operator_sa, operator_sa, "ClusterRole"),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": operator_sa, "namespace": namespace}, "rules": _rules(OPERATOR_NAMESPACE_RULES)},
+        binding("RoleBinding", operator_sa, operator_sa, "Role", namespace),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": agent_sa}, "rules": _rules(AGENT_CLUSTER_RULES)},
+        binding("ClusterRoleBinding", agent_sa, agent_sa, "ClusterRole"),
+    ]
+
+
+def peering_objects() -> list[dict]:
+    """kopf's ClusterKopfPeering CRD and the peering object the operator replicas share."""
+    return [
+        {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+         "metadata": {"name": "clusterkopfpeerings.kopf.dev"},
+         "spec": {"scope": "Cluster", "group": "kopf.dev",
+                  "names": {"kind": "ClusterKopfPeering", "plural": "clusterkopfpeerings",
+                            "singular": "clusterkopfpeering"},
+                  "versions": [{"name": "v1", "served": True, "storage": True,
+                                "schema": {"openAPIV3Schema": {
+                                    "type": "object",
+                                    "properties": {"status": {"type": "object",
+                                                              "x-kubernetes-preserve-unknown-fields": True}}}}}]}},
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "probeset"}},
+    ]
