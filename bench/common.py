@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import os
+import re
 import platform
 import statistics
 import subprocess
@@ -51,6 +51,11 @@ def machine() -> str:
     return f"{cpus} CPUs ({model}), kernel {platform.release()}, BCC {getattr(bcc, '__version__', '?')}"
 
 
+def loadavg() -> str:
+    """The 1-minute load average: other work on the machine shows up in the numbers."""
+    return open("/proc/loadavg").read().split()[0]
+
+
 def fdinfo_stats(fd: int) -> tuple[int, int]:
     """(run_time_ns, run_cnt) of a loaded BPF program, from /proc/self/fdinfo."""
     stats = {}
@@ -81,8 +86,8 @@ class Generated:
         if max_series:
             spec["maxSeriesPerProbe"] = max_series
         self.name = name
-        self.doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": "bench-" + re.sub(r"[^a-z0-9]+", "-", name)},
-                    "spec": spec}
+        self.doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet",
+                    "metadata": {"name": "bench-" + re.sub(r"[^a-z0-9]+", "-", name)}, "spec": spec}
         self.prog = None
 
     def start(self):
@@ -96,6 +101,22 @@ class Generated:
 
     def stop(self):
         self.prog.stop()
+
+    # Detach and re-attach the loaded program (BCC calls on the agent's BPF object), so that
+    # repetitions do not recompile: start() once, then attach()/detach() around each run.
+    def detach(self):
+        site = self.prog.program.attach_points[0].site
+        if site.mechanism == "uprobe":
+            self.prog.bpf.detach_uprobe(name=site.path, addr=site.address)
+        else:
+            self.prog.bpf.detach_tracepoint(tp=site.tracepoint)
+
+    def attach(self):
+        point = self.prog.program.attach_points[0]
+        if point.mechanism == "uprobe":
+            self.prog.bpf.attach_uprobe(name=point.site.path, addr=point.site.address, fn_name=point.fn_name)
+        else:
+            self.prog.bpf.attach_tracepoint(tp=point.site.tracepoint, fn_name=point.fn_name)
 
     def count(self) -> int:
         return sum(s.count for series in self.prog.read_series().values() for s in series)
@@ -131,13 +152,22 @@ int count_event(CTX ctx) {
         from bcc import BPF
         ctx = "struct pt_regs *" if self.uprobe else "void *"
         self.bpf = BPF(text=self.TEXT.replace("CTX ", ctx))
+        self.attach()
+
+    def stop(self):
+        self.bpf.cleanup()
+
+    def attach(self):
         if self.uprobe:
             self.bpf.attach_uprobe(name=self.uprobe[0], sym=self.uprobe[1], fn_name="count_event")
         else:
             self.bpf.attach_tracepoint(tp=self.tracepoint, fn_name="count_event")
 
-    def stop(self):
-        self.bpf.cleanup()
+    def detach(self):
+        if self.uprobe:
+            self.bpf.detach_uprobe(name=self.uprobe[0], sym=self.uprobe[1])
+        else:
+            self.bpf.detach_tracepoint(tp=self.tracepoint)
 
     def count(self) -> int:
         return sum(sum(per_cpu) for per_cpu in self.bpf["counts"].values())

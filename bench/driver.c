@@ -1,14 +1,16 @@
 /* Load generator for the probeset benchmarks (built by bench/common.py with gcc -O2).
  *
  *   driver call N      call bench_target(i) for i = 0..N-1; print wall ns per call
+ *   driver call_xol N  the same with bench_target_xol
  *   driver getppid N   syscall(SYS_getppid) N times; print wall ns per call
  *
  * `driver call K` is also the series generator of the scrape benchmark: K distinct arg0 values.
  *
  * bench_target is written in assembly so its first instruction is fixed: `push %rbp`, the usual
  * frame-pointer prologue, which x86 uprobes emulate. gcc -O2 would emit `lea 1(%rdi),%rax` first,
- * which the kernel must single-step out of line: ~5.5 us per hit here instead of ~1.3 us, which
- * would bury the BPF program's cost in trap cost (see docs/benchmarks.md).
+ * which the kernel must single-step out of line (XOL): several times the cost per hit, which would
+ * bury the BPF program's cost in trap cost. bench_target_xol is that case, for comparison
+ * (bench/overhead.py --xol; numbers in docs/benchmarks.md).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -19,6 +21,7 @@
 #include <sys/syscall.h>
 
 long bench_target(long x);
+long bench_target_xol(long x);
 asm(".text\n"
     ".globl bench_target\n"
     ".type bench_target, @function\n"
@@ -28,7 +31,13 @@ asm(".text\n"
     "    lea 1(%rdi), %rax\n"
     "    pop %rbp\n"
     "    ret\n"
-    ".size bench_target, .-bench_target\n");
+    ".size bench_target, .-bench_target\n"
+    ".globl bench_target_xol\n"
+    ".type bench_target_xol, @function\n"
+    "bench_target_xol:\n"
+    "    lea 1(%rdi), %rax\n"
+    "    ret\n"
+    ".size bench_target_xol, .-bench_target_xol\n");
 
 static double now_ns(void)
 {
@@ -40,7 +49,7 @@ static double now_ns(void)
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s call|getppid N\n", argv[0]);
+        fprintf(stderr, "usage: %s call|call_xol|getppid N\n", argv[0]);
         return 2;
     }
     long n = atol(argv[2]);
@@ -49,6 +58,9 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "call")) {
         for (long i = 0; i < n; i++)
             sink += bench_target(i);
+    } else if (!strcmp(argv[1], "call_xol")) {
+        for (long i = 0; i < n; i++)
+            sink += bench_target_xol(i);
     } else if (!strcmp(argv[1], "getppid")) {
         for (long i = 0; i < n; i++)
             sink += syscall(SYS_getppid);

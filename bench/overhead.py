@@ -6,83 +6,94 @@ one). A third variant, `generated+cgroup`, uses the default labels (namespace, p
 which add bpf_get_current_cgroup_id() and a wider key.
 
 Targets, both driven by bench/driver.c pinned to the last CPU (SCHED_FIFO):
-  uprobe      bench_target() of the driver, called N times in a tight loop
+  uprobe      bench_target() of the driver (first instruction `push %rbp`, emulated by the
+              kernel), called N times in a tight loop; with --xol, bench_target_xol() instead
+              (first instruction `lea`, which the kernel single-steps out of line)
   tracepoint  syscalls:sys_enter_getppid, the driver calling syscall(SYS_getppid) N times
 
-Phase 1 (wall time): for each repetition, run the driver once per variant (none, hand-written,
-generated, generated+cgroup; the order rotates every repetition), each program compiled and
-attached just before its run and detached after. Overhead per event = driver ns/op with the probe
-minus ns/op without, paired within a repetition; medians (and interquartile ranges) over
-repetitions. Many short interleaved runs rather than a few long ones: on a shared 2-CPU VM,
-interference comes in bursts, and the median of paired differences shrugs it off.
+Every program is compiled and loaded once, then attached just before its run and detached after.
+Phase 1 (wall time): each repetition runs the driver once per variant (none, hand-written,
+generated, generated+cgroup), the order rotating every repetition. Overhead per event = driver
+ns/op with the probe minus ns/op without, paired within a repetition; medians (and interquartile
+ranges) over repetitions. Many short interleaved runs rather than a few long ones: on a shared
+2-CPU VM interference comes in bursts, and the median of paired differences shrugs most of it off.
 
-Phase 2 (BPF program cost): kernel.bpf_stats_enabled=1 (restored afterwards), then run_time_ns /
-run_cnt of each program from /proc/self/fdinfo: the program's own ns per run, without the
-uprobe trap or tracepoint dispatch around it. Medians over repetitions.
+Phase 2 (BPF program cost): kernel.bpf_stats_enabled=1 (restored afterwards), then the
+run_time_ns / run_cnt increase of each program over a run, from /proc/self/fdinfo: the program's
+own ns per run, without the uprobe trap or tracepoint dispatch around it. Medians over runs.
 
-  sudo .venv/bin/python bench/overhead.py [--reps 25] [--calls 300000] [--syscalls 500000]
+  chrt -f 50 .venv/bin/python bench/overhead.py [--reps 100] [--calls 200000] [--syscalls 300000] [--xol]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from common import (DRIVER, Generated, HandWritten, bpf_stats_enabled, build_driver, machine, median,
+from common import (DRIVER, Generated, HandWritten, bpf_stats_enabled, build_driver, loadavg, machine, median,
                     run_driver, save_json)
 
 DEFAULT_LABELS = ("node", "namespace", "pod", "container")
 
 
-def variants(target: str):
+def variants(target: str, symbol: str):
     if target == "uprobe":
-        probe, hand = {"uprobe": f"{DRIVER}:bench_target"}, HandWritten("hand", uprobe=(str(DRIVER), "bench_target"))
+        probe, hand = {"uprobe": f"{DRIVER}:{symbol}"}, HandWritten("hand", uprobe=(str(DRIVER), symbol))
     else:
-        probe, hand = {"tracepoint": "syscalls:sys_enter_getppid"}, HandWritten("hand", tracepoint="syscalls:sys_enter_getppid")
+        tp = "syscalls:sys_enter_getppid"
+        probe, hand = {"tracepoint": tp}, HandWritten("hand", tracepoint=tp)
     return [hand, Generated("generated", probe), Generated("generated+cgroup", probe, labels=DEFAULT_LABELS)]
 
 
-def measure(target: str, mode: str, n: int, reps: int) -> dict:
-    probes = variants(target)
-    names = ["none"] + [p.name for p in probes]
-    wall = {name: [] for name in names}
-    counts_ok = True
-    for rep in range(reps):
-        order = [None] + probes
-        order = order[rep % len(order):] + order[:rep % len(order)]
-        for p in order:
-            if p is None:
-                wall["none"].append(run_driver(mode, n))
-                continue
-            p.start()
-            try:
-                wall[p.name].append(run_driver(mode, n))
-                counts_ok &= p.count() >= n
-            finally:
-                p.stop()
+def run_attached(p, mode: str, n: int) -> tuple[float, bool]:
+    """Driver ns/op with p attached, and whether p counted every event."""
+    before = p.count()
+    p.attach()
+    try:
+        ns = run_driver(mode, n)
+    finally:
+        p.detach()
+    return ns, p.count() - before >= n
+
+
+def measure(target: str, symbol: str, mode: str, n: int, reps: int) -> dict:
+    probes = variants(target, symbol)
+    for p in probes:
+        p.start()
+        p.detach()
+    try:
+        wall = {name: [] for name in ["none"] + [p.name for p in probes]}
+        counts_ok = True
+        for rep in range(reps):
+            order = [None] + probes
+            for p in order[rep % len(order):] + order[:rep % len(order)]:
+                if p is None:
+                    wall["none"].append(run_driver(mode, n))
+                else:
+                    ns, ok = run_attached(p, mode, n)
+                    wall[p.name].append(ns)
+                    counts_ok &= ok
+        prog_ns = {p.name: [] for p in probes}
+        with bpf_stats_enabled():
+            for _ in range(max(5, reps // 5)):
+                for p in probes:
+                    ns0, cnt0 = p.stats()
+                    run_attached(p, mode, n)
+                    ns1, cnt1 = p.stats()
+                    prog_ns[p.name].append((ns1 - ns0) / (cnt1 - cnt0))
+    finally:
+        for p in probes:
+            p.stop()
     diffs = {p.name: sorted(w - b for w, b in zip(wall[p.name], wall["none"])) for p in probes}
     overhead = {name: median(d) for name, d in diffs.items()}
     iqr = {name: (d[len(d) // 4], d[(3 * len(d)) // 4]) for name, d in diffs.items()}
-
-    prog_ns = {p.name: [] for p in probes}
-    with bpf_stats_enabled():
-        for _ in range(max(5, reps // 3)):
-            for p in probes:
-                p.start()
-                try:
-                    run_driver(mode, n)
-                    ns, cnt = p.stats()
-                    prog_ns[p.name].append(ns / cnt)
-                finally:
-                    p.stop()
-    hand, gen = "hand", "generated"
     return {
-        "target": target, "events_per_run": n, "reps": reps, "counts_ok": counts_ok,
-        "wall_ns_per_op": {k: median(v) for k, v in wall.items()},
+        "target": f"{target} {symbol}" if target == "uprobe" else target, "events_per_run": n, "reps": reps,
+        "counts_ok": counts_ok, "wall_ns_per_op": {k: median(v) for k, v in wall.items()},
         "overhead_ns_per_event": overhead, "overhead_iqr": iqr,
-        "ratio_generated_over_hand": overhead[gen] / overhead[hand],
+        "ratio_generated_over_hand": overhead["generated"] / overhead["hand"],
         "bpf_prog_ns_per_run": {k: median(v) for k, v in prog_ns.items()},
-        "bpf_ratio_generated_over_hand": median(prog_ns[gen]) / median(prog_ns[hand]),
-        "raw_wall_ns_per_op": wall,
+        "bpf_ratio_generated_over_hand": median(prog_ns["generated"]) / median(prog_ns["hand"]),
+        "raw_wall_ns_per_op": wall, "raw_bpf_prog_ns_per_run": prog_ns,
     }
 
 
@@ -101,18 +112,20 @@ def report(r: dict) -> None:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=25)
-    ap.add_argument("--calls", type=int, default=300_000, help="uprobe events per run")
-    ap.add_argument("--syscalls", type=int, default=500_000, help="tracepoint events per run")
+    ap.add_argument("--reps", type=int, default=100)
+    ap.add_argument("--calls", type=int, default=200_000, help="uprobe events per run")
+    ap.add_argument("--syscalls", type=int, default=300_000, help="tracepoint events per run")
+    ap.add_argument("--xol", action="store_true", help="uprobe on bench_target_xol (single-stepped first insn)")
     ap.add_argument("--only", choices=["uprobe", "tracepoint"])
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     build_driver()
-    print(machine())
+    print(f"{machine()}, load average {loadavg()}")
     out = {"machine": machine()}
-    for target, mode, n in (("uprobe", "call", args.calls), ("tracepoint", "getppid", args.syscalls)):
+    symbol, mode = ("bench_target_xol", "call_xol") if args.xol else ("bench_target", "call")
+    for target, n in (("uprobe", args.calls), ("tracepoint", args.syscalls)):
         if args.only in (None, target):
-            out[target] = measure(target, mode, n, args.reps)
+            out[target] = measure(target, symbol, mode if target == "uprobe" else "getppid", n, args.reps)
             report(out[target])
     save_json(args.json, out)
     return out

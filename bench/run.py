@@ -1,12 +1,13 @@
 """Run the probeset benchmarks (root, on the host whose kernel is measured).
 
-  sudo .venv/bin/python bench/run.py overhead [ARGS]   per-event cost vs hand-written BCC (overhead.py)
-  sudo .venv/bin/python bench/run.py scrape [ARGS]     /metrics cost at 1,000 and 10,000 series (scrape.py)
-  sudo .venv/bin/python bench/run.py startup [ARGS]    time to first /metrics response, RSS (startup.py)
-  sudo .venv/bin/python bench/run.py all               all three, JSON results under bench/results/
+  chrt -f 50 .venv/bin/python bench/run.py overhead [ARGS]  per-event cost vs hand-written BCC (overhead.py)
+  chrt -f 50 .venv/bin/python bench/run.py scrape [ARGS]    /metrics cost at 1,000 and 10,000 series (scrape.py)
+  chrt -f 50 .venv/bin/python bench/run.py startup [ARGS]   time to first /metrics response, RSS (startup.py)
+  chrt -f 50 .venv/bin/python bench/run.py all              all of them, JSON results under bench/results/
 
-ARGS go to the benchmark (see its --help). Run nothing else on the machine meanwhile: the driver is
-pinned to the last CPU, and with 2 CPUs any other load shows in the numbers.
+ARGS go to the benchmark (see its --help). `chrt -f 50` (SCHED_FIFO, inherited by the agent and the
+driver) keeps other work on a shared machine from preempting what is measured; with 2 CPUs a busy
+neighbour otherwise inflates wall times 2-4x. Best still: run nothing else meanwhile.
 """
 
 import sys

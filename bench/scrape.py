@@ -6,37 +6,45 @@ probe's map holds K series. With the programs attached and the maps filled, we t
 --scrapes runs each, after one warm-up):
   read_series      ProbeSetProgram.read_series(): batch map read, per-CPU sums, label decoding
   collect          list(ProbeSetCollector.collect()): the above plus building the metric families
-  generate_latest  prometheus_client.generate_latest(registry): what one /metrics request costs
+  generate_latest  prometheus_client.generate_latest(registry): the text of one /metrics response
+  gzip             gzip.compress(body), which prometheus_client's HTTP handler adds when the
+                   scraper sends Accept-Encoding: gzip (Prometheus does)
+each as wall time and as this process's CPU time (the latter barely changes with other load).
 With --latency the probe also has `latency: true` (uprobe + uretprobe, a histogram per series).
+Peak RSS is this process's high-water mark so far (sizes run in order).
 With --profile, one generate_latest() at the largest size runs under cProfile (top functions).
 
-  sudo .venv/bin/python bench/scrape.py [--series 1000 10000] [--scrapes 20] [--latency] [--profile]
+  chrt -f 50 .venv/bin/python bench/scrape.py [--series 1000 10000] [--scrapes 20] [--latency] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gzip
 import io
 import pstats
+import resource
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from common import DRIVER, Generated, build_driver, machine, median, run_driver, save_json
+from common import DRIVER, Generated, build_driver, loadavg, machine, median, run_driver, save_json
 
 TARGET_MS = 50.0
 
 
-def timed(fn, n: int) -> tuple[float, object]:
-    """Median wall ms of n calls (after one warm-up call), and the last result."""
+def timed(fn, n: int) -> tuple[float, float, object]:
+    """Median wall ms and median CPU ms (this process) of n calls after one warm-up call, and the
+    last result. CPU time hardly moves when other work shares the machine; wall time does."""
     result = fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return median(times), result
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return median(wall), median(cpu), result
 
 
 def measure(series: int, scrapes: int, latency: bool, profile: bool) -> dict:
@@ -51,12 +59,15 @@ def measure(series: int, scrapes: int, latency: bool, profile: bool) -> dict:
         collector = ProbeSetCollector([prog], "bench")
         registry.register(collector)
         n_series = sum(len(v) for v in prog.read_series().values())
-        read_ms, _ = timed(prog.read_series, scrapes)
-        collect_ms, fams = timed(lambda: list(collector.collect()), scrapes)
-        scrape_ms, body = timed(lambda: generate_latest(registry), scrapes)
+        read_ms, read_cpu, _ = timed(prog.read_series, scrapes)
+        collect_ms, collect_cpu, fams = timed(lambda: list(collector.collect()), scrapes)
+        scrape_ms, scrape_cpu, body = timed(lambda: generate_latest(registry), scrapes)
+        gzip_ms, gzip_cpu, _ = timed(lambda: gzip.compress(body), scrapes)
         out = {"series": series, "series_read": n_series, "latency": latency, "scrapes": scrapes,
                "samples": sum(len(f.samples) for f in fams), "body_bytes": len(body),
-               "read_series_ms": read_ms, "collect_ms": collect_ms, "generate_latest_ms": scrape_ms}
+               "read_series_ms": read_ms, "collect_ms": collect_ms, "generate_latest_ms": scrape_ms,
+               "gzip_ms": gzip_ms, "gzip_cpu_ms": gzip_cpu, "read_series_cpu_ms": read_cpu, "collect_cpu_ms": collect_cpu, "generate_latest_cpu_ms": scrape_cpu,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if profile:
             pr = cProfile.Profile()
             pr.runcall(generate_latest, registry)
@@ -77,16 +88,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     build_driver()
-    print(machine())
+    print(f"{machine()}, load average {loadavg()}")
     results = []
-    print(f"{'series':>7} {'samples':>8} {'bytes':>9} {'read_series ms':>15} {'collect ms':>11} "
-          f"{'generate_latest ms':>19}  (median of {args.scrapes}{', latency: true' if args.latency else ''})")
+    print(f"median of {args.scrapes} scrapes{', latency: true' if args.latency else ''}; "
+          f"times in ms, wall (CPU)")
+    print(f"{'series':>7} {'samples':>8} {'bytes':>10} {'read_series':>15} {'collect':>15} "
+          f"{'generate_latest':>17} {'gzip':>15} {'peak RSS MB':>12}")
     for n in args.series:
         r = measure(n, args.scrapes, args.latency, args.profile and n == max(args.series))
         results.append(r)
         met = "met" if r["generate_latest_ms"] <= TARGET_MS else "MISSED"
-        print(f"{r['series_read']:7d} {r['samples']:8d} {r['body_bytes']:9d} {r['read_series_ms']:15.1f} "
-              f"{r['collect_ms']:11.1f} {r['generate_latest_ms']:19.1f}  target {TARGET_MS:.0f} ms: {met}")
+        cols = [f"{r[k + '_ms']:.1f} ({r[k + '_cpu_ms']:.1f})" for k in ("read_series", "collect", "generate_latest", "gzip")]
+        print(f"{r['series_read']:7d} {r['samples']:8d} {r['body_bytes']:10d} {cols[0]:>15} {cols[1]:>15} "
+              f"{cols[2]:>17} {cols[3]:>15} {r['peak_rss_mb']:12.0f}  target {TARGET_MS:.0f} ms: {met}")
         if "profile" in r:
             print(r["profile"])
     out = {"machine": machine(), "results": results}

@@ -3,17 +3,22 @@ first successful /metrics response, and the agent's memory after start.
 
 Each repetition spawns the CLI (the venv's `probeset` entry point) on a free port, polls
 http://127.0.0.1:PORT/metrics every 10 ms until it answers 200 with probeset_ metrics, then reads
-VmRSS and VmHWM from /proc/PID/status (once right after that first response, once after 5 more
-scrapes), and stops the agent with SIGTERM. The agent's own log timestamps split the start-up
-into phases. Medians over repetitions.
+VmRSS, VmHWM, RssAnon and RssFile (file-backed: mostly libbcc's LLVM) from /proc/PID/status,
+once right after that first response and once after 5 more scrapes, and stops the agent with
+SIGTERM. The agent's own log timestamps split the start-up
+into phases, and its CPU time (utime + stime) at the first response is a measure that other load
+on the machine barely moves. Medians over repetitions.
 
-  sudo .venv/bin/python bench/startup.py [--reps 5] [--file examples/gethostlatency.yaml]
+With --phases: the same steps run in this process, with time and VmRSS after each.
+
+  chrt -f 50 .venv/bin/python bench/startup.py [--reps 5] [--file FILE...] [--phases]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import signal
 import socket
@@ -22,7 +27,7 @@ import tempfile
 import time
 import urllib.request
 
-from common import ROOT, machine, median, save_json
+from common import ROOT, loadavg, machine, median, save_json
 
 TARGET_S, TARGET_RSS_MB = 3.0, 160.0
 PROBESET = ROOT / ".venv" / "bin" / "probeset"
@@ -46,9 +51,15 @@ def memory_mb(pid: int) -> dict[str, float]:
     out = {}
     for line in open(f"/proc/{pid}/status"):
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) / 1024
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the agent so far (clang runs inside it, through libbcc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def log_phases(log: str, t0_wall: float) -> dict[str, float]:
@@ -68,11 +79,11 @@ def log_phases(log: str, t0_wall: float) -> dict[str, float]:
     return phases
 
 
-def one_run(path: str) -> dict:
+def one_run(paths: list[str]) -> dict:
     port = free_port()
     with tempfile.TemporaryFile(mode="w+") as log:
         t0_wall, t0 = time.time(), time.monotonic()
-        agent = subprocess.Popen([str(PROBESET), "run", path, "--listen", f"127.0.0.1:{port}"],
+        agent = subprocess.Popen([str(PROBESET), "run", *paths, "--listen", f"127.0.0.1:{port}"],
                                  stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
         try:
             while True:
@@ -84,7 +95,7 @@ def one_run(path: str) -> dict:
                     raise RuntimeError(f"agent exited with {agent.returncode}: {log.read()[-2000:]}")
                 time.sleep(0.01)
             first = time.monotonic() - t0
-            mem_first = memory_mb(agent.pid)
+            mem_first, cpu = memory_mb(agent.pid), cpu_seconds(agent.pid)
             for _ in range(5):
                 scrape(port)
             mem_after = memory_mb(agent.pid)
@@ -92,29 +103,67 @@ def one_run(path: str) -> dict:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
         log.seek(0)
-        return {"first_response_s": first, "rss_mb": mem_first["VmRSS"], "hwm_mb": mem_first["VmHWM"],
+        return {"first_response_s": first, "agent_cpu_s": cpu, "rss_mb": mem_first["VmRSS"], "hwm_mb": mem_first["VmHWM"],
+                "rss_anon_mb": mem_first["RssAnon"], "rss_file_mb": mem_first["RssFile"],
                 "rss_after_scrapes_mb": mem_after["VmRSS"], "hwm_after_scrapes_mb": mem_after["VmHWM"],
                 **log_phases(log.read(), t0_wall)}
+
+
+def phases(path: str) -> None:
+    """The same start-up steps as `probeset run`, in this process: seconds and VmRSS after each."""
+    t0 = time.perf_counter()
+
+    def mark(step: str) -> None:
+        print(f"  {time.perf_counter() - t0:6.3f} s  VmRSS {memory_mb(os.getpid())['VmRSS']:5.0f} MB  {step}")
+
+    mark("interpreter up, bench modules imported")
+    import prometheus_client  # noqa: F401
+    from probeset_agent import codegen, collector, program  # noqa: F401
+    mark("import prometheus_client, probeset_agent")
+    import bcc  # noqa: F401
+    mark("import bcc")
+    from probeset_agent.features import detect
+    from probeset_agent.loader import compile_program
+    from probeset_agent.spec import load_documents, parse_probeset
+    features = detect()
+    mark("features.detect(): compiles and loads a trial program")
+    pset = parse_probeset(load_documents(open(ROOT / path).read())[0])
+    prog = program.ProbeSetProgram(pset, "bench", features)
+    mark("parse + resolve")
+    bpf, _ = compile_program(codegen.generate(prog._usable(), pset.labels, pset.max_series_per_probe).text)
+    mark("compile the ProbeSet's program (alone, to time it)")
+    bpf.cleanup()
+    prog.start()
+    mark("prog.start(): the same compile again + attach")
+    prog.stop()
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--file", default="examples/gethostlatency.yaml")
+    ap.add_argument("--file", nargs="+", default=["examples/gethostlatency.yaml"], help="ProbeSet file(s)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--phases", action="store_true", help="time the start-up steps in this process instead")
     args = ap.parse_args(argv)
-    print(machine())
+    if args.phases:   # before machine(), which imports bcc
+        phases(args.file[0])
+        print(f"{machine()}, load average {loadavg()}")
+        return {}
+    print(f"{machine()}, load average {loadavg()}")
     runs = [one_run(args.file) for _ in range(args.reps)]
+    print(f"probeset run {' '.join(args.file)}")
     keys = runs[0].keys()
     med = {k: median([r[k] for r in runs if k in r]) for k in keys}
     for r in runs:
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     print(f"median of {args.reps}: first /metrics response {med['first_response_s']:.2f} s "
-          f"(target {TARGET_S} s: {'met' if med['first_response_s'] <= TARGET_S else 'MISSED'}), "
-          f"VmRSS {med['rss_mb']:.0f} MB, VmHWM {med['hwm_mb']:.0f} MB "
+          f"(target {TARGET_S} s: {'met' if med['first_response_s'] <= TARGET_S else 'MISSED'}; "
+          f"agent CPU time by then {med['agent_cpu_s']:.2f} s), "
+          f"VmRSS {med['rss_mb']:.0f} MB (anon {med['rss_anon_mb']:.0f}, file {med['rss_file_mb']:.0f}), "
+          f"VmHWM {med['hwm_mb']:.0f} MB "
           f"(target {TARGET_RSS_MB:.0f} MB: {'met' if med['hwm_mb'] <= TARGET_RSS_MB else 'MISSED'}); "
           f"after 5 scrapes VmRSS {med['rss_after_scrapes_mb']:.0f} MB, VmHWM {med['hwm_after_scrapes_mb']:.0f} MB")
-    out = {"machine": machine(), "file": args.file, "median": med, "runs": runs}
+    out = {"machine": machine(), "files": args.file, "median": med, "runs": runs}
     save_json(args.json, out)
     return out
 
