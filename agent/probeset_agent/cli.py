@@ -92,12 +92,9 @@ def _start_agent_common(args):
 
 
 def _serve_metrics(programs: list, node: str, features, listen: str):
-    from prometheus_client import CollectorRegistry, start_http_server
-    from .collector import ProbeSetCollector
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(ProbeSetCollector(programs, node, features))
+    from .collector import MetricsCollector, serve
     host, port = _parse_listen(listen)
-    server, _ = start_http_server(port, addr=host, registry=registry)
+    server = serve(MetricsCollector(programs, node, features), host, port)
     log.info("serving metrics on http://%s:%d/metrics", host, port)
     sys.stdout.flush()
     return server

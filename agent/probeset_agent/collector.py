@@ -1,16 +1,39 @@
-"""The Prometheus collector: reads the BPF maps of every running ProbeSet at scrape time."""
+"""The metrics collector: reads the BPF maps of every running ProbeSet when scraped and writes the
+Prometheus text exposition (format 0.0.4) directly.
+
+It writes the text itself, rather than through prometheus_client's registry, because a scrape of
+10,000 series must stay within tens of milliseconds: each series' label block is rendered once and
+cached by its raw map key (program.py), and a sample line is then one string join.
+"""
 
 from __future__ import annotations
 
+import http.server
 import platform
+import threading
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .maps import cumulative_buckets
-from .program import OVERFLOW_LABEL, ProbeSetProgram
+from .program import OVERFLOW_LABEL, ProbeSetProgram, label_text
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+FAMILIES = {
+    "probeset_events_total": ("counter", "Events seen by a probe, aggregated in the kernel."),
+    "probeset_latency_seconds": ("histogram", "Time from function entry to return, per thread (latency: true)."),
+    "probeset_probe_attached": ("gauge", "1 when the probe is attached to this function, 0 when it could not be."),
+    "probeset_missed_events_total": ("counter", "Events lost: returns without a recorded entry (unpaired_return), "
+                                                "kretprobe instances exhausted (kretprobe_maxactive), histogram "
+                                                "map full (histogram_full)."),
+    "probeset_series_overflow_total": ("counter", "Events folded into the __overflow__ series because the probe "
+                                                  "spent its maxSeriesPerProbe budget."),
+    "probeset_bpf_run_seconds_total": ("counter", "CPU time spent in the BPF programs "
+                                                  "(needs kernel.bpf_stats_enabled)."),
+    "probeset_bpf_runs_total": ("counter", "BPF program runs (needs kernel.bpf_stats_enabled)."),
+    "probeset_agent_info": ("gauge", "Static facts about the agent and its node."),
+}
 
 
 def _bcc_version() -> str:
@@ -21,82 +44,99 @@ def _bcc_version() -> str:
         return "missing"
 
 
-class ProbeSetCollector:
+class MetricsCollector:
     def __init__(self, programs: list[ProbeSetProgram], node: str, features=None):
-        self.programs = programs
+        self.programs = programs         # the cluster agent swaps its contents on reload
         self.node = node
         self.features = features
         self._bcc_version = _bcc_version()
+        self._le_text: dict[int, list[str]] = {}
 
-    def describe(self):
-        """Families without values, so registering does not read the maps."""
-        return [f for f, _ in self._families()]
+    def _le_strings(self, per_power: int, buckets: list[tuple[float, int]]) -> list[str]:
+        text = self._le_text.get(per_power)
+        if text is None:
+            text = self._le_text[per_power] = [floatToGoString(le) for le, _ in buckets]
+        return text
 
-    def _families(self):
-        events = CounterMetricFamily("probeset_events", "Events seen by a probe, aggregated in the kernel.",
-                                     labels=None)
-        latency = HistogramMetricFamily("probeset_latency_seconds",
-                                        "Time from function entry to return, per thread (latency: true).")
-        attached = GaugeMetricFamily("probeset_probe_attached",
-                                     "1 when the probe is attached to this function, 0 when it could not be.",
-                                     labels=["probeset", "probe", "function", "via"])
-        missed = CounterMetricFamily("probeset_missed_events",
-                                     "Events lost: returns without a recorded entry (unpaired_return), "
-                                     "kretprobe instances exhausted (kretprobe_maxactive), histogram map "
-                                     "full (histogram_full).",
-                                     labels=["probeset", "probe", "reason"])
-        overflow = CounterMetricFamily("probeset_series_overflow",
-                                       "Events folded into the __overflow__ series because the probe spent "
-                                       "its maxSeriesPerProbe budget.", labels=["probeset", "probe"])
-        run_seconds = CounterMetricFamily("probeset_bpf_run_seconds",
-                                          "CPU time spent in the BPF programs (needs kernel.bpf_stats_enabled).",
-                                          labels=["probeset", "probe", "function", "via"])
-        runs = CounterMetricFamily("probeset_bpf_runs",
-                                   "BPF program runs (needs kernel.bpf_stats_enabled).",
-                                   labels=["probeset", "probe", "function", "via"])
-        info = GaugeMetricFamily("probeset_agent_info", "Static facts about the agent and its node.",
-                                 labels=["version", "node", "kernel", "bcc_version", "kprobe", "fentry"])
-        return [(events, "events"), (latency, "latency"), (attached, "attached"), (missed, "missed"),
-                (overflow, "overflow"), (run_seconds, "run_seconds"), (runs, "runs"), (info, "info")]
-
-    def collect(self):
-        fams = dict((name, fam) for fam, name in self._families())
+    def render(self) -> str:
+        lines: dict[str, list[str]] = {name: [] for name in FAMILIES}
         feats = self.features.as_dict() if self.features else {}
-        fams["info"].add_metric([__version__, self.node, platform.release(), self._bcc_version,
-                                 "yes" if feats.get("kprobe") == "yes" else "no" if feats else "unknown",
-                                 "yes" if feats.get("fentry") == "yes" else "no" if feats else "unknown"], 1)
+        info = {"version": __version__, "node": self.node, "kernel": platform.release(),
+                "bcc_version": self._bcc_version,
+                "kprobe": ("yes" if feats["kprobe"] == "yes" else "no") if feats else "unknown",
+                "fentry": ("yes" if feats["fentry"] == "yes" else "no") if feats else "unknown"}
+        lines["probeset_agent_info"].append(f"probeset_agent_info{label_text(info)} 1\n")
         for prog in list(self.programs):   # a copy: the cluster agent swaps programs on reload
-            name = prog.pset.name
-            for st in prog.probe_statuses():
-                for function, ok in st.functions.items():
-                    fams["attached"].add_metric([name, st.name, function, st.via], 1 if ok else 0)
-                if not st.functions:   # never resolved: still visible, as not attached
-                    fams["attached"].add_metric([name, st.name, "", st.via], 0)
-            series_by_probe = prog.read_series()
-            by_id = {rp.id: rp for rp in prog.resolved}
-            for probe_id, series in series_by_probe.items():
-                rp = by_id[probe_id]
-                folded = 0
-                for s in series:
-                    if s.labels["function"] == OVERFLOW_LABEL:
-                        folded += s.count
-                    fams["events"].samples.append(Sample("probeset_events_total", s.labels, s.count, None, None))
-                    if s.buckets is not None:
-                        _add_histogram(fams["latency"], s.labels, cumulative_buckets(s.buckets), s.sum_ns / 1e9)
-                fams["overflow"].add_metric([name, rp.probe.name], folded)
-            for (probe_id, reason), n in sorted(prog.read_missed().items()):
-                fams["missed"].add_metric([name, by_id[probe_id].probe.name, reason], n)
-            for point, run_ns, run_cnt in prog.read_program_stats():
-                labels = [name, prog.probe_names(point), point.site.function, point.mechanism]
-                fams["run_seconds"].add_metric(labels, run_ns / 1e9)
-                fams["runs"].add_metric(labels, run_cnt)
-        for fam in fams.values():
-            yield fam
+            self._render_program(prog, lines)
+        out = []
+        for name, (kind, help_text) in FAMILIES.items():
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+            out.extend(lines[name])
+        return "".join(out)
+
+    def _render_program(self, prog: ProbeSetProgram, lines: dict[str, list[str]]) -> None:
+        name = prog.pset.name
+        for st in prog.probe_statuses():
+            for function, ok in st.functions.items():
+                labels = label_text({"probeset": name, "probe": st.name, "function": function, "via": st.via})
+                lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} {1 if ok else 0}\n")
+            if not st.functions:   # never resolved: still visible, as not attached
+                labels = label_text({"probeset": name, "probe": st.name, "function": "", "via": st.via})
+                lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} 0\n")
+        by_id = {rp.id: rp for rp in prog.resolved}
+        events, latency = lines["probeset_events_total"], lines["probeset_latency_seconds"]
+        for probe_id, series in prog.read_series().items():
+            rp = by_id[probe_id]
+            per_power = rp.probe.buckets_per_power_of_two
+            folded = 0
+            for s in series:
+                if s.labels["function"] == OVERFLOW_LABEL:
+                    folded += s.count
+                events.append(f"probeset_events_total{s.text} {s.count}\n")
+                if s.buckets is not None:
+                    buckets = cumulative_buckets(s.buckets, per_power)
+                    base = s.text[:-1] + ',le="'
+                    for le, (_, n) in zip(self._le_strings(per_power, buckets), buckets):
+                        latency.append(f'probeset_latency_seconds_bucket{base}{le}"}} {n}\n')
+                    latency.append(f"probeset_latency_seconds_count{s.text} {buckets[-1][1]}\n")
+                    latency.append(f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n")
+            labels = label_text({"probeset": name, "probe": rp.probe.name})
+            lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
+        for (probe_id, reason), n in sorted(prog.read_missed().items()):
+            labels = label_text({"probeset": name, "probe": by_id[probe_id].probe.name, "reason": reason})
+            lines["probeset_missed_events_total"].append(f"probeset_missed_events_total{labels} {n}\n")
+        for point, run_ns, run_cnt in prog.read_program_stats():
+            labels = label_text({"probeset": name, "probe": prog.probe_names(point),
+                                 "function": point.site.function, "via": point.mechanism})
+            lines["probeset_bpf_run_seconds_total"].append(
+                f"probeset_bpf_run_seconds_total{labels} {floatToGoString(run_ns / 1e9)}\n")
+            lines["probeset_bpf_runs_total"].append(f"probeset_bpf_runs_total{labels} {run_cnt}\n")
 
 
-def _add_histogram(fam: HistogramMetricFamily, labels: dict[str, str], buckets, sum_seconds: float) -> None:
-    for le, n in buckets:
-        fam.samples.append(Sample("probeset_latency_seconds_bucket", {**labels, "le": floatToGoString(le)}, n,
-                                  None, None))
-    fam.samples.append(Sample("probeset_latency_seconds_count", labels, buckets[-1][1], None, None))
-    fam.samples.append(Sample("probeset_latency_seconds_sum", labels, sum_seconds, None, None))
+def serve(collector: MetricsCollector, host: str, port: int) -> http.server.ThreadingHTTPServer:
+    """Serve /metrics (the collector's text) and /healthz (cheap, for kubelet probes) in a thread."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body, ctype = collector.render().encode(), CONTENT_TYPE
+            elif path == "/healthz":
+                body, ctype = b"ok\n", "text/plain"
+            elif path == "/":
+                body, ctype = b"probeset agent: /metrics, /healthz\n", "text/plain"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):   # one line per scrape would drown the agent's own log
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

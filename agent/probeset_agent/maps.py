@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ctypes as ct
 import errno
+import functools
 import os
 
 from .codegen import SUB_BUCKET_BITS, SUB_BUCKETS
 
-# Buckets exported to Prometheus: every in-kernel boundary from 256 ns to 2^34 ns (~17 s), i.e. 4 per
-# power of two. Cumulative counts at these boundaries are exact; faster events land in the first, slower
-# ones in +Inf.
+# Buckets exported to Prometheus: in-kernel boundaries from 256 ns to 2^34 ns (~17 s), 1, 2 or 4 per
+# power of two (a probe's bucketsPerPowerOfTwo). Cumulative counts at these boundaries are exact;
+# faster events land in the first, slower ones in +Inf.
 EXPORT_MIN_NS = 1 << 8
 EXPORT_MAX_NS = 1 << 34
 
@@ -33,25 +34,24 @@ def bucket_index(ns: int) -> int:
     return SUB_BUCKETS * (msb - (SUB_BUCKET_BITS - 1)) + ((v >> (msb - SUB_BUCKET_BITS)) & (SUB_BUCKETS - 1))
 
 
-def _export_bounds() -> list[int]:
+@functools.lru_cache(maxsize=None)
+def export_bounds_ns(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
+    """The exported `le` bounds in ns: every in-kernel bound in range whose sub-bucket position
+    falls on a 1/per_power_of_two step (4: all of them; 1: the powers of two)."""
+    step = SUB_BUCKETS // per_power_of_two
     bounds, i = [], 0
-    while True:
-        upper = bucket_upper_ns(i)
-        if upper > EXPORT_MAX_NS:
-            return bounds
-        if upper >= EXPORT_MIN_NS:
+    while (upper := bucket_upper_ns(i)) <= EXPORT_MAX_NS:
+        if upper >= EXPORT_MIN_NS and i >= SUB_BUCKETS and (i % SUB_BUCKETS + 1) % step == 0:
             bounds.append(upper)
         i += 1
+    return tuple(bounds)
 
 
-EXPORT_BOUNDS_NS = _export_bounds()
-
-
-def cumulative_buckets(counts: dict[int, int]) -> list[tuple[float, int]]:
+def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS) -> list[tuple[float, int]]:
     """(le seconds, cumulative count) at every exported bound, ending with +Inf."""
     by_upper = sorted((bucket_upper_ns(i), n) for i, n in counts.items())
     out, acc, j = [], 0, 0
-    for bound in EXPORT_BOUNDS_NS:
+    for bound in export_bounds_ns(per_power_of_two):
         while j < len(by_upper) and by_upper[j][0] <= bound:
             acc += by_upper[j][1]
             j += 1
@@ -61,11 +61,13 @@ def cumulative_buckets(counts: dict[int, int]) -> list[tuple[float, int]]:
     return out
 
 
-def read_table(table, chunk: int = 4096):
-    """All (key, value) pairs of a BCC table, with BPF_MAP_LOOKUP_BATCH in fixed-size chunks (the
-    cost of a scrape grows with the entries, not with max_entries); falls back to iteration on kernels
-    without batch lookups. Per-CPU values come back as arrays, one element per possible CPU."""
+def read_raw(table, chunk: int = 4096):
+    """All entries of a BCC table as (key bytes, value bytes), with BPF_MAP_LOOKUP_BATCH in
+    fixed-size chunks: a scrape costs per entry, not per max_entries, and no ctypes object is made
+    per entry. Per-CPU values are the CPUs' values back to back. Falls back to iteration on kernels
+    without batch lookups."""
     from bcc.libbcc import lib
+    key_size, value_size = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
     keys = (table.Key * chunk)()
     values = (table.Leaf * chunk)()
     token = ct.c_uint32(0)
@@ -76,17 +78,21 @@ def read_table(table, chunk: int = 4096):
         res = lib.bpf_lookup_batch(table.map_fd, None if first else ct.byref(token), ct.byref(token),
                                    ct.byref(keys), ct.byref(values), ct.byref(count))
         err = ct.get_errno()
-        if res != 0 and err not in (errno.ENOENT,):
-            if first and err in (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524):
-                yield from table.items()
+        if res != 0 and err != errno.ENOENT:
+            if first and err in (errno.EINVAL, 524):      # 524: ENOTSUPP, no batch ops for this map
+                for k, v in table.items():
+                    yield bytes(k), bytes(v)
                 return
             if err == errno.ENOSPC:   # one hash bucket holds more than `chunk` entries
                 chunk *= 4
                 keys, values = (table.Key * chunk)(), (table.Leaf * chunk)()
                 continue
             raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-        for i in range(count.value):
-            yield keys[i], values[i]
+        n = count.value
+        kbuf = ct.string_at(keys, n * key_size)
+        vbuf = ct.string_at(values, n * value_size)
+        for i in range(n):
+            yield kbuf[i * key_size:(i + 1) * key_size], vbuf[i * value_size:(i + 1) * value_size]
         if res != 0:  # ENOENT: no more entries
             return
         first = False

@@ -6,8 +6,10 @@ exact reason and the other probes of the set keep working.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import struct
 import threading
 from dataclasses import dataclass, field
 
@@ -15,7 +17,7 @@ from . import codegen
 from .codegen import MISSED_REASONS, OVERFLOW_FUNC, AttachPoint, key_uses_cgroup
 from .features import Features
 from .loader import compile_program
-from .maps import read_table
+from .maps import read_raw
 from .resolve import ResolvedProbe, resolve
 from .spec import ProbeSet
 
@@ -55,9 +57,21 @@ class ProbeStatus:
 @dataclass
 class Series:
     labels: dict[str, str]
+    text: str                                # the labels rendered for the exposition: {a="b",...}
     count: int
     sum_ns: int = 0
-    buckets: dict[int, int] | None = None   # latency bucket index -> count
+    buckets: dict[int, int] | None = None    # latency bucket index -> count
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def label_text(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels.items()) + "}"
+
+
+_OVERFLOW_KEY_PREFIX = OVERFLOW_FUNC.to_bytes(4, "little")
 
 
 class ProbeSetProgram:
@@ -75,6 +89,9 @@ class ProbeSetProgram:
                                              rp.describe_sites(), {f: False for f in rp.functions}, rp.error)
         self.bpf = None
         self.program: codegen.Program | None = None
+        # probe id -> raw map key -> (labels, rendered labels); kept across scrapes so a scrape
+        # decodes only keys it has not seen. invalidate_labels() drops it (attribution changed).
+        self._label_cache: dict[int, dict[bytes, tuple[dict[str, str], str]]] = {}
         self.attached_points: list[AttachPoint] = []
         self._lock = threading.Lock()
 
@@ -221,6 +238,18 @@ class ProbeSetProgram:
             labels[label] = rp.symbols.get(label, {}).get(value, str(value))
         return labels
 
+    def invalidate_labels(self) -> None:
+        """Forget decoded labels: call when what a cgroup id means (pod, container) has changed."""
+        with self._lock:
+            self._label_cache.clear()
+
+    def _labels_for(self, rp: ResolvedProbe, cache: dict, raw: bytes, key_type) -> tuple[dict[str, str], str]:
+        entry = cache.get(raw)
+        if entry is None:
+            labels = self._decode_labels(rp, key_type.from_buffer_copy(raw))
+            entry = cache[raw] = (labels, label_text(labels))
+        return entry
+
     def read_series(self) -> dict[int, list[Series]]:
         """Per probe id: the series of its maps, per-CPU values summed, rows with equal labels merged
         (cgroup ids are recycled, and several may map to one workload)."""
@@ -229,28 +258,32 @@ class ProbeSetProgram:
             if self.bpf is None:
                 return out
             for rp in self._usable():
-                merged: dict[tuple, Series] = {}
-                label_cache: dict[bytes, dict[str, str]] = {}
-                for key, per_cpu in read_table(self.bpf[f"counts_p{rp.id}"]):
-                    count = sum(v.count for v in per_cpu)
-                    if count == 0 and key.func == OVERFLOW_FUNC:
+                counts = self.bpf[f"counts_p{rp.id}"]
+                cpus = counts.total_cpu
+                value_fmt = struct.Struct(f"<{2 * cpus}Q")        # {count, sum_ns} per CPU
+                cache = self._label_cache.setdefault(rp.id, {})
+                merged: dict[str, Series] = {}
+                for raw, value in read_raw(counts):
+                    v = value_fmt.unpack(value)
+                    count = sum(v[0::2])
+                    if count == 0 and raw.startswith(_OVERFLOW_KEY_PREFIX):
                         continue
-                    raw = bytes(key)
-                    labels = label_cache.get(raw) or label_cache.setdefault(raw, self._decode_labels(rp, key))
-                    ident = tuple(labels.items())
-                    s = merged.get(ident)
+                    labels, text = self._labels_for(rp, cache, raw, counts.Key)
+                    s = merged.get(text)
                     if s is None:
-                        s = merged[ident] = Series(labels, 0, 0, {} if rp.probe.latency else None)
+                        s = merged[text] = Series(labels, text, 0, 0, {} if rp.probe.latency else None)
                     s.count += count
-                    s.sum_ns += sum(v.sum_ns for v in per_cpu)
+                    s.sum_ns += sum(v[1::2])
                 if rp.probe.latency:
-                    for hkey, per_cpu in read_table(self.bpf[f"hist_p{rp.id}"]):
-                        raw = bytes(hkey.series)
-                        labels = label_cache.get(raw) or label_cache.setdefault(raw, self._decode_labels(rp, hkey.series))
-                        s = merged.get(tuple(labels.items()))
+                    key_size = ctypes.sizeof(counts.Key)     # hkey = {series key, u32 bucket, pad}
+                    bucket_fmt = struct.Struct(f"<{cpus}Q")
+                    for raw, value in read_raw(self.bpf[f"hist_p{rp.id}"]):
+                        _, text = self._labels_for(rp, cache, raw[:key_size], counts.Key)
+                        s = merged.get(text)
                         if s is None:
                             continue  # bucket written before its count: seen next scrape
-                        s.buckets[hkey.bucket] = s.buckets.get(hkey.bucket, 0) + sum(per_cpu)
+                        bucket = int.from_bytes(raw[key_size:key_size + 4], "little")
+                        s.buckets[bucket] = s.buckets.get(bucket, 0) + sum(bucket_fmt.unpack(value))
                 out[rp.id] = list(merged.values())
         return out
 

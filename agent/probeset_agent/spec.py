@@ -78,6 +78,11 @@ PROBE_SCHEMA: dict = {
             "description": "Pair entry and return per thread and record a latency histogram "
                            "(probeset_latency_seconds). Function probes only.",
         },
+        "bucketsPerPowerOfTwo": {
+            "type": "integer", "enum": [1, 2, 4], "default": 1,
+            "description": "Latency histogram buckets exported per power of two, from 256 ns to 17 s (the "
+                           "kernel always keeps 4). More buckets: finer quantiles, more series per scrape.",
+        },
         "groupBy": {
             "type": "array",
             "maxItems": 4,
@@ -286,6 +291,7 @@ class Probe:
     max_active: int | None = None
     attach: str = "auto"
     max_functions: int = 128
+    buckets_per_power_of_two: int = 1
 
     @property
     def path(self) -> str:
@@ -349,6 +355,8 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
         errors.append(FieldError(f"{path}.maxActive", f"only applies to kprobe/kretprobe, not {kind}"))
     if "maxActive" in raw and kind == "kprobe" and not raw.get("latency"):
         errors.append(FieldError(f"{path}.maxActive", "only applies to return probes (kretprobe, or latency: true)"))
+    if "bucketsPerPowerOfTwo" in raw and not raw.get("latency"):
+        errors.append(FieldError(f"{path}.bucketsPerPowerOfTwo", "only applies with latency: true"))
     if "attach" in raw and kind not in KERNEL_KINDS:
         errors.append(FieldError(f"{path}.attach", f"only applies to kprobe/kretprobe, not {kind}"))
     group_by = raw.get("groupBy") or []
@@ -421,6 +429,7 @@ def parse_probeset(doc: Any) -> ProbeSet:
             pid=raw.get("pid"), comm=raw.get("comm"),
             max_active=raw.get("maxActive"), attach=raw.get("attach", "auto"),
             max_functions=raw.get("maxFunctions", 128),
+            buckets_per_power_of_two=raw.get("bucketsPerPowerOfTwo", 1),
         ))
     labels = tuple(dict.fromkeys(spec.get("labels", SPEC_SCHEMA["properties"]["labels"]["default"])))
     return ProbeSet(

@@ -87,7 +87,7 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
         "securityContext": {"privileged": True},
         "resources": settings.resources,
         "volumeMounts": [m for _, m in mounts],
-        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10},
     }
     pod_spec = {
         "serviceAccountName": settings.service_account,

@@ -20,22 +20,3 @@ def target(target_binary):
     t = Target(target_binary)
     yield t
     t.close()
-
-
-@pytest.fixture
-def run_probeset():
-    """Start a ProbeSet from a spec dict; stops it (detaching everything) after the test."""
-    from probeset_agent.program import ProbeSetProgram
-    from probeset_agent.spec import parse_probeset
-    started = []
-
-    def start(probes, name="test", **spec):
-        doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": name},
-               "spec": {"probes": probes, "labels": ["node"], **spec}}
-        prog = ProbeSetProgram(parse_probeset(doc), node="testnode")
-        started.append(prog)
-        prog.start()
-        return prog
-    yield start
-    for prog in started:
-        prog.stop()

@@ -2,29 +2,27 @@
 
 import math
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from probeset_agent.collector import ProbeSetCollector
+from probeset_agent.collector import MetricsCollector
 
 
 def families(prog):
-    registry = CollectorRegistry()
-    registry.register(ProbeSetCollector([prog], "testnode"))
-    text = generate_latest(registry).decode()
+    text = MetricsCollector([prog], "testnode").render()
     return {f.name: f for f in text_string_to_metric_families(text)}, text
 
 
 def test_histogram_is_cumulative_sorted_and_ends_with_inf(target, run_probeset):
     prog = run_probeset([{"name": "sleep", "uprobe": f"{target.path}:probeset_target_sleep", "pid": target.pid,
-                          "latency": True}], labels=["node", "comm"])
+                          "latency": True, "bucketsPerPowerOfTwo": 4}], labels=["node", "comm"])
     target.run("sleep 10 1000")
     fams, text = families(prog)
     hist = fams["probeset_latency_seconds"]
     assert hist.type == "histogram"
     buckets = [s for s in hist.samples if s.name.endswith("_bucket")]
     les = [float(s.labels["le"]) for s in buckets]
-    assert les == sorted(les) and math.isinf(les[-1]) and les[0] == 256e-9
+    assert les == sorted(les) and math.isinf(les[-1]) and les[0] == 256e-9 and les[1] == 320e-9
+    assert len(les) == 105 + 1                       # 4 per power of two from 256 ns to 2^34 ns, and +Inf
     counts = [s.value for s in buckets]
     assert counts == sorted(counts) and counts[-1] == 10
     (count,) = [s for s in hist.samples if s.name.endswith("_count")]

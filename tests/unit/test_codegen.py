@@ -6,7 +6,7 @@ import pytest
 
 from probeset_agent import codegen
 from probeset_agent.codegen import CCode, CName, fill, generate
-from probeset_agent.maps import EXPORT_BOUNDS_NS, bucket_index, bucket_upper_ns, cumulative_buckets
+from probeset_agent.maps import bucket_index, bucket_upper_ns, cumulative_buckets, export_bounds_ns
 from probeset_agent.resolve import GroupField, ResolvedProbe, Site
 from probeset_agent.spec import Probe
 
@@ -120,15 +120,18 @@ def test_bucket_math_matches_boundaries():
     assert uppers == sorted(set(uppers))                       # strictly increasing
     assert bucket_upper_ns(bucket_index(1000)) == 1024
     assert [bucket_upper_ns(i) for i in range(28, 36)] == [320, 384, 448, 512, 640, 768, 896, 1024]  # 4/octave
-    assert EXPORT_BOUNDS_NS[0] == 256 and EXPORT_BOUNDS_NS[-1] == 2**34
+    assert export_bounds_ns(4)[0] == 256 and export_bounds_ns(4)[-1] == 2**34 and len(export_bounds_ns(4)) == 105
+    assert export_bounds_ns(1) == tuple(2**k for k in range(8, 35))
+    assert export_bounds_ns(2)[:4] == (256, 384, 512, 768)
 
 
 def test_cumulative_buckets():
     counts = {bucket_index(100): 2, bucket_index(1000): 3, bucket_index(10**12): 1}
-    out = dict(cumulative_buckets(counts))
-    assert out[256e-9] == 2 and out[1024e-9] == 5 and out[2**34 / 1e9] == 5 and out[float("inf")] == 6
-    values = [n for _, n in cumulative_buckets(counts)]
-    assert values == sorted(values)
+    for per_power in (1, 2, 4):
+        out = dict(cumulative_buckets(counts, per_power))
+        assert out[256e-9] == 2 and out[1024e-9] == 5 and out[2**34 / 1e9] == 5 and out[float("inf")] == 6
+        values = [n for _, n in cumulative_buckets(counts, per_power)]
+        assert values == sorted(values)
 
 
 def test_ccode_is_the_only_composition_path():
