@@ -4,15 +4,13 @@ A one-probe ProbeSet with a uprobe on the driver's bench_target() and `groupBy: 
 [node], maxSeriesPerProbe 20000); `driver call K` then calls it with K distinct arguments, so the
 probe's map holds K series. With the programs attached and the maps filled, we time (median of
 --scrapes runs each, after one warm-up):
-  read_series      ProbeSetProgram.read_series(): batch map read, per-CPU sums, label decoding
-  collect          list(ProbeSetCollector.collect()): the above plus building the metric families
-  generate_latest  prometheus_client.generate_latest(registry): the text of one /metrics response
-  gzip             gzip.compress(body), which prometheus_client's HTTP handler adds when the
-                   scraper sends Accept-Encoding: gzip (Prometheus does)
+  read_series      ProbeSetProgram.read_series(): batch map read, per-CPU sums, labels (cached)
+  render           MetricsCollector.render(): the text of one /metrics response (includes the above)
+  gzip             gzip.compress(body), for comparison (the agent serves plain text)
 each as wall time and as this process's CPU time (the latter barely changes with other load).
 With --latency the probe also has `latency: true` (uprobe + uretprobe, a histogram per series).
 Peak RSS is this process's high-water mark so far (sizes run in order).
-With --profile, one generate_latest() at the largest size runs under cProfile (top functions).
+With --profile, one render() at the largest size runs under cProfile (top functions).
 
   chrt -f 50 .venv/bin/python bench/scrape.py [--series 1000 10000] [--scrapes 20] [--latency] [--profile]
 """
@@ -26,8 +24,6 @@ import io
 import pstats
 import resource
 import time
-
-from prometheus_client import CollectorRegistry, generate_latest
 
 from common import DRIVER, Generated, build_driver, loadavg, machine, median, run_driver, save_json
 
@@ -48,29 +44,28 @@ def timed(fn, n: int) -> tuple[float, float, object]:
 
 
 def measure(series: int, scrapes: int, latency: bool, profile: bool) -> dict:
-    from probeset_agent.collector import ProbeSetCollector
+    from probeset_agent.collector import MetricsCollector
     probe = {"uprobe": f"{DRIVER}:bench_target", "groupBy": ["arg0"], "latency": latency}
     gen = Generated(f"scrape-{series}", probe, max_series=max(20000, series))
     gen.start()
     try:
         run_driver("call", series)
         prog = gen.prog
-        registry = CollectorRegistry(auto_describe=True)
-        collector = ProbeSetCollector([prog], "bench")
-        registry.register(collector)
+        collector = MetricsCollector([prog], "bench")
         n_series = sum(len(v) for v in prog.read_series().values())
         read_ms, read_cpu, _ = timed(prog.read_series, scrapes)
-        collect_ms, collect_cpu, fams = timed(lambda: list(collector.collect()), scrapes)
-        scrape_ms, scrape_cpu, body = timed(lambda: generate_latest(registry), scrapes)
+        scrape_ms, scrape_cpu, text = timed(collector.render, scrapes)
+        body = text.encode()
         gzip_ms, gzip_cpu, _ = timed(lambda: gzip.compress(body), scrapes)
         out = {"series": series, "series_read": n_series, "latency": latency, "scrapes": scrapes,
-               "samples": sum(len(f.samples) for f in fams), "body_bytes": len(body),
-               "read_series_ms": read_ms, "collect_ms": collect_ms, "generate_latest_ms": scrape_ms,
-               "gzip_ms": gzip_ms, "gzip_cpu_ms": gzip_cpu, "read_series_cpu_ms": read_cpu, "collect_cpu_ms": collect_cpu, "generate_latest_cpu_ms": scrape_cpu,
+               "samples": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
+               "body_bytes": len(body),
+               "read_series_ms": read_ms, "render_ms": scrape_ms, "gzip_ms": gzip_ms,
+               "read_series_cpu_ms": read_cpu, "render_cpu_ms": scrape_cpu, "gzip_cpu_ms": gzip_cpu,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if profile:
             pr = cProfile.Profile()
-            pr.runcall(generate_latest, registry)
+            pr.runcall(collector.render)
             s = io.StringIO()
             pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(15)
             out["profile"] = s.getvalue()
@@ -92,15 +87,15 @@ def main(argv=None) -> dict:
     results = []
     print(f"median of {args.scrapes} scrapes{', latency: true' if args.latency else ''}; "
           f"times in ms, wall (CPU)")
-    print(f"{'series':>7} {'samples':>8} {'bytes':>10} {'read_series':>15} {'collect':>15} "
-          f"{'generate_latest':>17} {'gzip':>15} {'peak RSS MB':>12}")
+    print(f"{'series':>7} {'samples':>8} {'bytes':>10} {'read_series':>15} {'render':>17} {'gzip':>15} "
+          f"{'peak RSS MB':>12}")
     for n in args.series:
         r = measure(n, args.scrapes, args.latency, args.profile and n == max(args.series))
         results.append(r)
-        met = "met" if r["generate_latest_ms"] <= TARGET_MS else "MISSED"
-        cols = [f"{r[k + '_ms']:.1f} ({r[k + '_cpu_ms']:.1f})" for k in ("read_series", "collect", "generate_latest", "gzip")]
-        print(f"{r['series_read']:7d} {r['samples']:8d} {r['body_bytes']:10d} {cols[0]:>15} {cols[1]:>15} "
-              f"{cols[2]:>17} {cols[3]:>15} {r['peak_rss_mb']:12.0f}  target {TARGET_MS:.0f} ms: {met}")
+        met = "met" if r["render_ms"] <= TARGET_MS else "MISSED"
+        cols = [f"{r[k + '_ms']:.1f} ({r[k + '_cpu_ms']:.1f})" for k in ("read_series", "render", "gzip")]
+        print(f"{r['series_read']:7d} {r['samples']:8d} {r['body_bytes']:10d} {cols[0]:>15} {cols[1]:>17} "
+              f"{cols[2]:>15} {r['peak_rss_mb']:12.0f}  target {TARGET_MS:.0f} ms: {met}")
         if "profile" in r:
             print(r["profile"])
     out = {"machine": machine(), "results": results}
