@@ -355,9 +355,10 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
         errors.append(FieldError(f"{path}.maxActive", f"only applies to kprobe/kretprobe, not {kind}"))
     if "maxActive" in raw and kind == "kprobe" and not raw.get("latency"):
         errors.append(FieldError(f"{path}.maxActive", "only applies to return probes (kretprobe, or latency: true)"))
-    if "bucketsPerPowerOfTwo" in raw and not raw.get("latency"):
+    # Value checks, not presence checks: the API server fills in schema defaults (attach: auto, ...).
+    if raw.get("bucketsPerPowerOfTwo", 1) != 1 and not raw.get("latency"):
         errors.append(FieldError(f"{path}.bucketsPerPowerOfTwo", "only applies with latency: true"))
-    if "attach" in raw and kind not in KERNEL_KINDS:
+    if raw.get("attach", "auto") != "auto" and kind not in KERNEL_KINDS:
         errors.append(FieldError(f"{path}.attach", f"only applies to kprobe/kretprobe, not {kind}"))
     group_by = raw.get("groupBy") or []
     if len(set(group_by)) != len(group_by):

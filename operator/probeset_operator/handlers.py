@@ -52,6 +52,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING     # our own kopf.warn/kopf.info still post Events
+    logging.getLogger("kopf.objects").addFilter(_QuietTimer())
+
+
+class _QuietTimer(logging.Filter):
+    """Drop kopf's "Timer 'aggregate' succeeded." line: it would repeat every few seconds per set."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timer 'aggregate' succeeded")
 
 
 def _now() -> str:
@@ -77,7 +85,7 @@ def _apps() -> client.AppsV1Api:
 
 
 def apply_daemonset(manifest: dict) -> str:
-    """Create or update (rolling) the DaemonSet; returns "created", "updated" or "unchanged"."""
+    """Create or update (rolling) the DaemonSet; returns what was done, for the log."""
     apps = _apps()
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
@@ -88,23 +96,40 @@ def apply_daemonset(manifest: dict) -> str:
         apps.create_namespaced_daemon_set(ns, manifest)
         return "created"
     current_dict = client.ApiClient().sanitize_for_serialization(current)
-    if _contains(current_dict["spec"]["template"], manifest["spec"]["template"]) and \
-            current_dict["metadata"].get("labels", {}) == manifest["metadata"]["labels"]:
+    wanted = {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": manifest["spec"]}
+    difference = _difference(current_dict, wanted, "")
+    if difference is None:
         return "unchanged"
     manifest = dict(manifest, metadata=dict(manifest["metadata"],
                                             resourceVersion=current.metadata.resource_version))
     apps.replace_namespaced_daemon_set(name, ns, manifest)
-    return "updated"
+    return f"updated ({difference} changed)"
 
 
-def _contains(actual, wanted) -> bool:
-    """Whether every field of `wanted` has that value in `actual` (the server adds defaults)."""
+def _difference(actual, wanted, path: str) -> str | None:
+    """The first field path where `actual` lacks `wanted`'s value, or None. The server adds
+    defaults (ignored here) and omits zero values, empty lists and maps."""
+    if actual is None and (wanted in ({}, [], False, "") or wanted == 0):
+        return None   # zero values are omitted in the server's JSON
+    if wanted in ({}, []) and actual in ({}, []):
+        return None
     if isinstance(wanted, dict):
-        return isinstance(actual, dict) and all(_contains(actual.get(k), v) for k, v in wanted.items())
+        if not isinstance(actual, dict):
+            return path or "."
+        for k, v in wanted.items():
+            found = _difference(actual.get(k), v, f"{path}.{k}")
+            if found:
+                return found
+        return None
     if isinstance(wanted, list):
-        return isinstance(actual, list) and len(actual) == len(wanted) and all(
-            _contains(a, w) for a, w in zip(actual, wanted))
-    return actual == wanted
+        if not isinstance(actual, list) or len(actual) != len(wanted):
+            return path
+        for i, (a, w) in enumerate(zip(actual, wanted)):
+            found = _difference(a, w, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if actual == wanted else path
 
 
 def delete_daemonset(namespace: str, name: str) -> bool:
@@ -126,6 +151,8 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf
     ds_name = daemonset_name(meta["namespace"], meta["name"])
     try:
         pset = parse_probeset(dict(body))
+        if not pset.probes:   # every probe rejected: nothing for an agent to run
+            raise SpecError([e for r in pset.rejected for e in r.errors])
     except SpecError as e:
         message = str(e)
         set_condition(status, patch, "Valid", "False", "InvalidSpec", message, generation)

@@ -3,8 +3,9 @@ and kube-scheduler.
 
 No kubelet runs. Node objects are created by the tests; the controllers (DaemonSet, garbage
 collector, namespace, service-account tokens, ...) and the scheduler act on them as in a real
-cluster, and the pods they create are bound to those nodes but stay Pending. Everything listens on loopback, on free ports, with
-state in temporary directories, so several clusters can run side by side.
+cluster, and the pods they create are bound to those nodes but stay Pending. Everything listens
+on loopback, on free ports, with state in temporary directories, so several clusters can run side
+by side. See README.md here for what that implies for tests.
 
 The binaries come from tests/k8s/build-kube (v1.20.2, built from Debian bullseye's source tarball);
 etcd from Debian's etcd-server package. ``missing_reason()`` says what is missing, if anything.
@@ -25,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_BIN_DIR = "/var/cache/probeset-kube/bin"
@@ -35,12 +37,13 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 # (Endpoints reject 127.0.0.0/8) and nothing here connects to it, so a documentation-only address
 # (RFC 5737) keeps the cluster independent of this host's network interfaces.
 ADVERTISE_ADDRESS = "192.0.2.1"
+ETCD_DIR_PREFIX = "probeset-etcd-"
 # How much of a component's log an error quotes.
 LOG_TAIL_CHARS = 4000
 
 
 def kube_bin_dir() -> Path:
-    """Where build-kube puts kube-apiserver and kube-controller-manager."""
+    """Where build-kube puts the Kubernetes binaries (same default and variable as build-kube)."""
     return Path(os.environ.get("PROBESET_KUBE_CACHE") or DEFAULT_BIN_DIR)
 
 
@@ -57,17 +60,38 @@ def missing_reason() -> str | None:
     return None
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (another process could still take it before we bind)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int = 1) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now (another process could still take
+    one before we bind it). The sockets stay open until all are picked: bound and closed one after
+    the other, the kernel may hand out the same port twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)   # loaded here: the forked child should not dlopen
+_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL the child when the test process dies, even by SIGKILL (no stray servers)."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    """preexec_fn: SIGKILL the child when the test process dies, even by SIGKILL (no stray servers).
+    Strictly, when the *thread* that started it ends: start clusters from a long-lived thread."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _remove_stale_etcd_dirs(base: Path) -> None:
+    """Delete etcd data dirs left in tmpfs by test processes that died without stopping their
+    cluster (killed with -9): the directory name carries the owner's pid."""
+    for path in base.glob(f"{ETCD_DIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(ETCD_DIR_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class ClusterError(RuntimeError):
@@ -140,8 +164,9 @@ class KubeCluster:
     """
 
     def __init__(self, bin_dir: Path | None = None, workdir: Path | None = None, *,
-                 apiserver_args: list[str] = (), controller_manager_args: list[str] = (),
-                 scheduler_args: list[str] = (), keep_workdir: bool = False):
+                 apiserver_args: Sequence[str] = (), controller_manager_args: Sequence[str] = (),
+                 scheduler_args: Sequence[str] = (), keep_workdir: bool = False):
+        """Extra ``*_args`` are appended to each component's command line (a later flag wins)."""
         self.bin_dir = Path(bin_dir) if bin_dir else kube_bin_dir()
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="probeset-kube-"))
@@ -170,23 +195,43 @@ class KubeCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, ready_timeout: float = 60.0) -> None:
-        t0 = time.monotonic()
+    def start(self, ready_timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start every component and wait until each works; on failure, stop them all and raise
+        ClusterError with the end of the failing component's log."""
         try:
             self._write_pki()
-            self._start_etcd(ready_timeout)
-            self.timings["etcd_ready"] = time.monotonic() - t0
-            self._start_apiserver(ready_timeout)
-            self.timings["apiserver_ready"] = time.monotonic() - t0
-            self._start_scheduler()
-            self._start_controller_manager(ready_timeout)
-            self.timings["controllers_ready"] = time.monotonic() - t0
-            self.check_running()
+            for attempt in range(1, attempts + 1):
+                try:
+                    self._start_components(ready_timeout)
+                    return
+                except ClusterError as e:
+                    self._stop_components()
+                    # free_ports() can only pick a port that is free *now*; another process may bind
+                    # it first. That is worth another try with new ports; anything else is not.
+                    if "address already in use" not in str(e) or attempt == attempts:
+                        raise
         except BaseException:
             self.stop()
             raise
 
+    def _start_components(self, ready_timeout: float) -> None:
+        t0 = time.monotonic()
+        self._start_etcd(ready_timeout)
+        self.timings["etcd_ready"] = time.monotonic() - t0
+        self._start_apiserver(ready_timeout)
+        self.timings["apiserver_ready"] = time.monotonic() - t0
+        self._start_scheduler()
+        self._start_controller_manager(ready_timeout)
+        self.timings["controllers_ready"] = time.monotonic() - t0
+        self.check_running()
+
     def stop(self) -> None:
+        """Stop every component and delete the state (the work directory too, unless kept)."""
+        self._stop_components()
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_components(self) -> None:
         # Reverse order: the controller manager and the apiserver exit faster with etcd still up.
         for component in reversed(self.components):
             component.stop()
@@ -194,8 +239,6 @@ class KubeCluster:
         if self._etcd_data is not None:
             shutil.rmtree(self._etcd_data, ignore_errors=True)
             self._etcd_data = None
-        if self._own_workdir and not self.keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def check_running(self) -> None:
         """Raise ClusterError, quoting its log, if a component has exited (e.g. a rejected flag)."""
@@ -287,11 +330,16 @@ class KubeCluster:
                            f"end of {component.log_path}:\n{component.log_tail()}")
 
     def _start_etcd(self, timeout: float) -> None:
-        # etcd fsyncs on every write; tmpfs makes that free (the data is thrown away anyway).
+        # etcd fsyncs on every write; tmpfs makes that free (the data is thrown away anyway). It
+        # costs memory: ~120 MB per cluster, mostly the preallocated 64 MB WAL segment.
         shm = Path("/dev/shm")
-        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
-        self._etcd_data = Path(tempfile.mkdtemp(prefix="probeset-etcd-", dir=base))
-        client, peer = free_port(), free_port()
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            _remove_stale_etcd_dirs(shm)
+            base = shm
+        else:
+            base = self.workdir
+        self._etcd_data = Path(tempfile.mkdtemp(prefix=f"{ETCD_DIR_PREFIX}{os.getpid()}-", dir=base))
+        client, peer = free_ports(2)
         self.etcd_url = f"http://127.0.0.1:{client}"
         etcd = self._add("etcd", [
             shutil.which("etcd"), "--name=probeset-test", f"--data-dir={self._etcd_data}",
@@ -308,7 +356,7 @@ class KubeCluster:
 
     def _start_apiserver(self, timeout: float) -> None:
         w = self.workdir
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self.server = f"https://127.0.0.1:{self.port}"
         apiserver = self._add("kube-apiserver", [
             str(self.bin_dir / "kube-apiserver"),

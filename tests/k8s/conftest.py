@@ -1,7 +1,7 @@
 """API-server tier: tests marked ``k8s`` run against a real kube-apiserver v1.20.2 + etcd +
-kube-controller-manager started once per session (tests/k8s/cluster.py). Without the binaries,
-etcd or the kubernetes client they are skipped with a reason saying what to do
-(usually: run tests/k8s/build-kube as root, once; the binaries are cached outside the repo).
+kube-controller-manager + kube-scheduler started once per session (tests/k8s/cluster.py).
+Without the binaries, etcd or the kubernetes client they are skipped with a reason saying what to
+do (usually: run tests/k8s/build-kube as root, once; the binaries are cached outside the repo).
 """
 
 import os
@@ -15,7 +15,7 @@ from tests.k8s.cluster import KubeCluster, missing_reason
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "k8s: needs a real kube-apiserver + etcd + kube-controller-manager (tests/k8s/build-kube)")
+        "markers", "k8s: runs against a real kube-apiserver, etcd and controllers (tests/k8s/build-kube)")
 
 
 def cluster_unavailable_reason() -> str | None:

@@ -71,6 +71,8 @@ def test_defaults():
     ({"name": "x", "kprobe": "f", "maxActive": 4}, "spec.probes[0].maxActive", "only applies to return probes"),
     ({"name": "x", "tracepoint": "a:b", "latency": True}, "spec.probes[0].latency", "needs a function probe"),
     ({"name": "x", "tracepoint": "a:b", "attach": "fentry"}, "spec.probes[0].attach", "only applies to kprobe"),
+    ({"name": "x", "uprobe": "c:f", "bucketsPerPowerOfTwo": 4}, "spec.probes[0].bucketsPerPowerOfTwo",
+     "only applies with latency"),
     ({"name": "x", "kprobe": "f", "attach": "ebpf"}, "spec.probes[0].attach", "not one of: auto, kprobe, fentry"),
     ({"name": "x", "kprobe": "f", "groupBy": ["retval"]}, "spec.probes[0].groupBy[0]", "retval needs a return probe"),
     ({"name": "x", "kprobe": "f", "groupBy": ["arg9"]}, "spec.probes[0].groupBy[0]", "use arg0..arg5"),
@@ -170,3 +172,14 @@ def test_docs_reference_is_generated_from_the_schema():
         "<!-- generated: probeset_agent.spec.reference_markdown() -->\n")
     end = text.index("<!-- end generated -->")
     assert text[start:end] == reference_markdown(), "regenerate docs/probeset.md's field table"
+
+
+def test_schema_defaults_filled_in_by_the_api_server_are_valid():
+    """The API server applies the CRD's defaults to every probe; the model must accept them."""
+    from probeset_agent.spec import PROBE_SCHEMA, SPEC_SCHEMA
+    probe_defaults = {k: v["default"] for k, v in PROBE_SCHEMA["properties"].items() if "default" in v}
+    spec_defaults = {k: v["default"] for k, v in SPEC_SCHEMA["properties"].items() if "default" in v}
+    probes = [{"name": n, kind: target, **probe_defaults} for n, kind, target in (
+        ("u", "uprobe", "libc:malloc"), ("t", "tracepoint", "sched:sched_switch"), ("k", "kretprobe", "vfs_read"))]
+    pset = parse_probeset(doc(probes, **spec_defaults))
+    assert pset.rejected == [] and len(pset.probes) == 3
