@@ -47,7 +47,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     memo.namespace, memo.agent = settings_from_env()
     # Replicas elect one active operator through kopf peering: the highest priority works, the
     # others pause. A random priority makes ties (which freeze every replica) practically impossible.
-    settings.peering.name = PEERING_NAME
+    settings.peering.name = os.environ.get("PROBESET_PEERING", PEERING_NAME)
     settings.peering.clusterwide = True
     settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.persistence.finalizer = FINALIZER
@@ -242,4 +242,5 @@ def _drop_unchanged(status: kopf.Status, patch: kopf.Patch) -> None:
 def run(liveness: str = "http://0.0.0.0:8080/healthz") -> None:
     """Run the operator until SIGTERM (kopf embedded)."""
     import asyncio
-    asyncio.run(kopf.operator(clusterwide=True, liveness_endpoint=liveness, peering_name=PEERING_NAME))
+    asyncio.run(kopf.operator(clusterwide=True, liveness_endpoint=liveness,
+                              peering_name=os.environ.get("PROBESET_PEERING", PEERING_NAME)))
