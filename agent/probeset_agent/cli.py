@@ -230,8 +230,11 @@ def cmd_agent(args) -> int:
     agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock())
     server = _serve_metrics(programs, node, features, args.listen)
     _on_stop_signals(agent.stopping)
+    # The watch blocks in a socket read; it runs in its own thread so a signal stops the agent at once.
+    threading.Thread(target=agent.run, name="probeset-watch", daemon=True).start()
     try:
-        agent.run()
+        while not agent.stopping.wait(1.0):
+            pass
     finally:
         server.shutdown()
         agent.stop()

@@ -64,6 +64,9 @@ class ClusterAgent:
         prog = ProbeSetProgram(pset, self.node, self.features)
         prog.start()
         with self.lock:
+            if self.stopping.is_set():   # stop() ran while this program was starting
+                prog.stop()
+                return
             self.programs.append(prog)
         statuses = prog.probe_statuses()
         for st in statuses:

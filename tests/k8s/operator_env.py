@@ -1,0 +1,191 @@
+"""What the operator and agent tests against a real kube-apiserver share: the installed CRDs and RBAC,
+the operator as a process with its ServiceAccount's credentials, and small helpers."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+from kubernetes import client, utils
+from kubernetes.client.exceptions import ApiException
+
+from probeset_operator.crd import build_crd
+from probeset_operator.rbac import peering_objects, role_objects
+from probeset_operator.render import daemonset_name
+
+OPERATOR_NS = "probeset-system"
+GROUP, VERSION, PLURAL = "probeset.io", "v1alpha1", "probesets"
+PROBESET = [sys.executable, "-m", "probeset_agent.cli"]
+
+
+def wait_for(what, predicate, timeout=45.0, interval=0.3):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except ApiException as e:
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def installed(kube):
+    """CRDs (ours and kopf's peering), the operator namespace, RBAC: what the Helm chart installs."""
+    with kube.api_client() as api:
+        core = client.CoreV1Api(api)
+        try:
+            core.create_namespace({"metadata": {"name": OPERATOR_NS}})
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        crd, peering_crd, peering = build_crd(), *peering_objects()
+        ext = client.ApiextensionsV1Api(api)
+        for item in (crd, peering_crd):
+            try:
+                ext.create_custom_resource_definition(item)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+
+        def established(name):
+            conds = ext.read_custom_resource_definition(name).status.conditions or []
+            return any(c.type == "Established" and c.status == "True" for c in conds)
+        wait_for("CRDs established", lambda: established(crd["metadata"]["name"]) and
+                 established(peering_crd["metadata"]["name"]))
+        try:
+            client.CustomObjectsApi(api).create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        for obj in role_objects(OPERATOR_NS):
+            try:
+                utils.create_from_dict(api, obj)
+            except utils.FailToCreateError as e:
+                if not all(x.status == 409 for x in e.api_exceptions):
+                    raise
+    return kube
+
+
+def service_account_kubeconfig(kube, tmp_path, sa):
+    """A kubeconfig with the ServiceAccount's own token: the role runs with exactly its RBAC."""
+    with kube.api_client() as api:
+        core = client.CoreV1Api(api)
+        secret_name = wait_for(f"token of {sa}", lambda: (core.read_namespaced_service_account(
+            sa, OPERATOR_NS).secrets or [None])[0]).name
+        import base64
+        token = base64.b64decode(core.read_namespaced_secret(secret_name, OPERATOR_NS).data["token"]).decode()
+    path = tmp_path / f"{sa}.kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": kube.server, "certificate-authority": str(kube.ca_file)}}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": sa}}]}))
+    return str(path)
+
+
+class Process:
+    def __init__(self, argv, env, log_path):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def text(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_operator(installed, tmp_path):
+    kubeconfig = service_account_kubeconfig(installed, tmp_path, "probeset-operator")
+    running = []
+
+    # A peering object per test: replicas of earlier tests leave records behind for a minute.
+    peering = f"probeset-{len(os.listdir(tmp_path.parent))}-{int(time.time() * 1000) % 10**8}"
+    with installed.api_client() as api:
+        client.CustomObjectsApi(api).create_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings",
+            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}})
+
+    def start(index=0):
+        env = dict(os.environ, KUBECONFIG=kubeconfig, PROBESET_OPERATOR_NAMESPACE=OPERATOR_NS,
+                   PROBESET_AGENT_IMAGE="registry.example/probeset:test", PROBESET_PEERING=peering)
+        port = free_port()
+        p = Process(PROBESET + ["operator", "--liveness", f"http://127.0.0.1:{port}/healthz"], env,
+                    tmp_path / f"operator-{index}-{len(running)}.log")
+        p.liveness = port
+        running.append(p)
+        return p
+    yield start
+    for p in running:
+        p.stop()
+        # Shown by pytest when the test failed.
+        text = open(p.log_path).read()
+        shown = text if len(text) < 6000 else text[:3000] + "\n[...]\n" + text[-3000:]
+        print(f"----- {p.log_path.name} -----\n{shown}", file=sys.stderr)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def api(installed):
+    with installed.api_client() as a:
+        yield a
+
+
+@pytest.fixture
+def namespace(api, request):
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].rstrip("-")
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+def probeset(name, probes, **spec):
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ProbeSet", "metadata": {"name": name},
+            "spec": {"probes": probes, **spec}}
+
+
+def get_ps(api, ns, name):
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
+def get_ds(api, ns, name):
+    try:
+        return client.AppsV1Api(api).read_namespaced_daemon_set(daemonset_name(ns, name), OPERATOR_NS)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def condition(obj, ctype):
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), None)
+
+
