@@ -1,4 +1,4 @@
-# One image for the node agent (and, later, the operator). The install steps are scripts/setup's, the
+# One image for the node agent and the operator. The install steps are scripts/setup's, the
 # same the README and CI use, so CI exercises them even though no container engine runs there.
 # Build: docker build -t probeset .
 # The agent runs privileged on the node; it needs from the host (mounted by the DaemonSet):
@@ -9,7 +9,9 @@ WORKDIR /opt/probeset
 COPY pyproject.toml README.md ./
 COPY scripts/ scripts/
 COPY agent/ agent/
+COPY operator/ operator/
 RUN scripts/setup --image
 ENV PATH=/opt/probeset/.venv/bin:$PATH
 ENTRYPOINT ["probeset"]
-CMD ["--help"]
+# The operator's DaemonSet runs `probeset agent`; the operator's Deployment runs `probeset operator`.
+CMD ["agent"]
