@@ -8,11 +8,10 @@ import os
 from dataclasses import dataclass
 
 # A function every kernel has and that is traceable both ways.
-_TRIAL_FUNCTION = "vfs_read"
-_TRIAL_C = f"""
-int trial_kprobe(struct pt_regs *ctx) {{ return 0; }}
-int kfunc__{_TRIAL_FUNCTION}(unsigned long long *ctx) {{ return 0; }}
-"""
+_TRIAL_FUNCTION = b"vfs_read"
+# The smallest valid program, "r0 = 0; exit", loaded as raw instructions: no clang compile needed.
+_TRIAL_INSNS = bytes.fromhex("b700000000000000" "9500000000000000")
+_PROG_TYPE_KPROBE, _PROG_TYPE_TRACING = 2, 26
 
 
 @dataclass(frozen=True)
@@ -66,26 +65,59 @@ def _fentry_failure_reason(error: str) -> str:
     return f"loading an fentry program {who} fails with EPERM; kernel lockdown: {lockdown}"
 
 
+def _load_trial(prog_type: int, name: bytes) -> int:
+    """A trial program's fd; BCC derives an fentry program's BTF target from its kfunc__ name."""
+    import ctypes as ct
+    from bcc.libbcc import lib
+    lib.bcc_prog_load.restype = ct.c_int
+    lib.bcc_prog_load.argtypes = [ct.c_int, ct.c_char_p, ct.c_void_p, ct.c_int, ct.c_char_p, ct.c_uint,
+                                  ct.c_int, ct.c_char_p, ct.c_uint]
+    insns = ct.create_string_buffer(_TRIAL_INSNS, len(_TRIAL_INSNS))
+    fd = lib.bcc_prog_load(prog_type, name, insns, len(_TRIAL_INSNS), b"GPL", 0, 0, None, 0)
+    if fd < 0:
+        err = ct.get_errno()
+        raise OSError(err, os.strerror(err) if err else "load failed")
+    return fd
+
+
+def _try_kprobe() -> Support:
+    from bcc.libbcc import lib
+    fd = perf_fd = -1
+    try:
+        fd = _load_trial(_PROG_TYPE_KPROBE, b"trial_kprobe")
+        perf_fd = lib.bpf_attach_kprobe(fd, 0, b"p_probeset_trial", _TRIAL_FUNCTION, 0, 0)
+        if perf_fd < 0:
+            return Support(False, _kprobe_absent_reason() or "attaching a kprobe to vfs_read failed")
+        return Support(True)
+    except OSError as e:
+        return Support(False, f"loading a kprobe program failed: {e.strerror}")
+    finally:
+        if perf_fd >= 0:
+            lib.bpf_close_perf_event_fd(perf_fd)
+        if fd >= 0:
+            os.close(fd)
+
+
+def _try_fentry() -> Support:
+    from bcc.libbcc import lib
+    fd = link = -1
+    try:
+        fd = _load_trial(_PROG_TYPE_TRACING, b"kfunc__" + _TRIAL_FUNCTION)
+        link = lib.bpf_attach_kfunc(fd)
+        if link < 0:
+            return Support(False, "attaching an fentry program to vfs_read failed")
+        return Support(True)
+    except OSError as e:
+        return Support(False, _fentry_failure_reason(e.strerror))
+    finally:
+        for f in (link, fd):
+            if f >= 0:
+                os.close(f)
+
+
 @functools.lru_cache(maxsize=1)
 def detect() -> Features:
-    from .loader import captured_stderr, compile_program
-    bpf, error = compile_program(_TRIAL_C)
-    if bpf is None:
-        failed = Support(False, f"cannot compile a trial BPF program: {error}")
-        return Features(failed, failed)
-    try:
-        kprobe = Support(True)
-        try:
-            with captured_stderr():
-                bpf.attach_kprobe(event=_TRIAL_FUNCTION, fn_name="trial_kprobe")
-        except Exception as e:
-            kprobe = Support(False, _kprobe_absent_reason() or str(e))
-        fentry = Support(True)
-        try:
-            with captured_stderr():   # libbcc prints the load error itself; we report it below
-                bpf.attach_kfunc(fn_name=f"kfunc__{_TRIAL_FUNCTION}")
-        except Exception as e:
-            fentry = Support(False, _fentry_failure_reason(str(e)))
-        return Features(kprobe, fentry)
-    finally:
-        bpf.cleanup()
+    """kprobe and fentry support, by loading and attaching a trivial program of each kind."""
+    from .loader import captured_stderr
+    with captured_stderr():    # libbcc prints load errors itself; the reasons are returned instead
+        return Features(_try_kprobe(), _try_fentry())
