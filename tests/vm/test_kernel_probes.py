@@ -93,6 +93,11 @@ def test_counts_retval_split_and_latency(run_probeset, attaches):
         for name in (f"read_{attach}", f"ret_{attach}", f"lat_{attach}"):
             st = status(prog, name)
             assert st.error is None and st.via == via[attach] and st.functions == {"vfs_read": True}, st
+    from probeset_agent.collector import MetricsCollector
+    text = MetricsCollector([prog], "guest").render()
+    for attach in attaches:
+        assert (f'probeset_probe_attached{{probeset="test",probe="read_{attach}",function="vfs_read",'
+                f'via="{via[attach]}"}} 1') in text
     mix = ReadMix()
     before = {a: (totals(prog, f"read_{a}"), totals(prog, f"ret_{a}", by="retval"), latency_sum(prog, f"lat_{a}"))
               for a in attaches}
