@@ -4,6 +4,8 @@ vm/ (kprobes/fentry in a QEMU guest), e2e/ (a real Prometheus)."""
 import os
 import shutil
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -43,3 +45,43 @@ def run_probeset():
     yield start
     for prog in started:
         prog.stop()
+
+
+# --- the real API server (tests/k8s/cluster.py), one per session, shared by tests/k8s and tests/helm ---
+
+def cluster_unavailable_reason() -> str | None:
+    from tests.k8s.cluster import missing_reason
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError:
+        return "the kubernetes Python client is not installed (pip install kubernetes)"
+    return missing_reason()
+
+
+@pytest.fixture(scope="session")
+def kube():
+    """A running KubeCluster (``.server``, ``.token``, ``.kubeconfig``, ``.api_client()``), shared by
+    the session. Set PROBESET_KUBE_KEEP=1 to keep its work directory (logs, kubeconfig) afterwards."""
+    reason = cluster_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from tests.k8s.cluster import KubeCluster
+    keep = os.environ.get("PROBESET_KUBE_KEEP") == "1"
+    cluster = KubeCluster(keep_workdir=keep)
+    cluster.start()
+    try:
+        print(f"\nkube cluster ready: {cluster.server}; "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in cluster.timings.items())
+              + f"; work dir {cluster.workdir}", file=sys.stderr)
+        yield cluster
+    finally:
+        t = time.monotonic()
+        cluster.stop()
+        print(f"\nkube cluster stopped in {time.monotonic() - t:.1f} s", file=sys.stderr)
+
+
+@pytest.fixture
+def kube_api(kube):
+    """An admin ApiClient for one test, closed afterwards."""
+    with kube.api_client() as api:
+        yield api
