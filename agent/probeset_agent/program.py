@@ -74,6 +74,18 @@ def label_text(labels: dict[str, str]) -> str:
 _OVERFLOW_KEY_PREFIX = OVERFLOW_FUNC.to_bytes(4, "little")
 
 
+def missing_kernel_headers() -> str | None:
+    """Why BCC cannot compile here, said plainly, or None. BCC compiles against the running kernel's
+    headers at /lib/modules/$(uname -r)/build (or $BCC_KERNEL_SOURCE); in a pod they come from the
+    node through the /lib/modules and /usr/src host mounts."""
+    release = os.uname().release
+    source = os.environ.get("BCC_KERNEL_SOURCE") or f"/lib/modules/{release}/build"
+    if os.path.isdir(os.path.join(source, "include")):
+        return None
+    return (f"kernel headers for {release} not found at {source}: install linux-headers-{release} "
+            "(or the distribution's equivalent) on the node")
+
+
 class ProbeSetProgram:
     def __init__(self, pset: ProbeSet, node: str, features: Features | None = None,
                  attribution=None):
@@ -116,6 +128,11 @@ class ProbeSetProgram:
         return error
 
     def start(self) -> None:
+        missing = missing_kernel_headers()
+        if missing:
+            for rp in self._usable():
+                self.status[rp.id].error = missing
+            return
         error = self._compile_usable()
         if error:
             # Find the probes that break compilation, report them, compile the rest.

@@ -84,7 +84,7 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
             {"name": "PROBESET_NAME", "value": name},
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "securityContext": {"privileged": True},
+        "securityContext": {"privileged": True, "runAsUser": 0},   # the image defaults to non-root
         "resources": settings.resources,
         "volumeMounts": [m for _, m in mounts],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10},

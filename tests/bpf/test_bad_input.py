@@ -1,5 +1,7 @@
 """Bad probes next to good ones: each bad one gets a clear error, the good ones still attach and count."""
 
+import os
+
 from tests.support import counts, status
 
 
@@ -66,3 +68,14 @@ def test_a_probe_that_breaks_compilation_is_isolated(target, run_probeset, monke
     target.run("work 6")
     assert counts(prog, "first") == {"probeset_target_alpha": 4}
     assert counts(prog, "third") == {"probeset_target_work": 6}
+
+
+def test_missing_kernel_headers_is_a_clear_reason_not_a_crash(monkeypatch, run_probeset):
+    from probeset_agent import program
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", "/nonexistent/headers")
+    prog = run_probeset([{"name": "tp", "tracepoint": "sched:sched_switch"}])
+    assert status(prog, "tp").error == (f"kernel headers for {os.uname().release} not found at /nonexistent/headers: "
+                                        f"install linux-headers-{os.uname().release} (or the distribution's "
+                                        "equivalent) on the node")
+    assert prog.read_series() == {}
+    assert program.missing_kernel_headers() is not None

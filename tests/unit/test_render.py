@@ -15,7 +15,7 @@ def test_daemonset_runs_a_privileged_agent_for_this_probeset():
     assert ds["metadata"]["namespace"] == "probeset-system" and ds["metadata"]["name"] == "probeset-web-dns"
     pod = ds["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["image"] == "reg/probeset:1" and c["securityContext"] == {"privileged": True}
+    assert c["image"] == "reg/probeset:1" and c["securityContext"] == {"privileged": True, "runAsUser": 0}
     assert pod["hostPID"] is True and pod["priorityClassName"] == "high"
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
