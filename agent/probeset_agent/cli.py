@@ -191,9 +191,11 @@ def cmd_run(args) -> int:
         return 2
     node = args.node or _node_name()
     features = _start_agent_common(args)
+    from .attribution import CgroupAttribution
+    attribution = CgroupAttribution()
     programs = []
     for where, pset in sets:
-        prog = ProbeSetProgram(pset, node, features)
+        prog = ProbeSetProgram(pset, node, features, attribution)
         prog.start()
         _print_status(where, prog)
         programs.append(prog)
@@ -227,7 +229,8 @@ def cmd_agent(args) -> int:
     node = args.node or _node_name()
     features = _start_agent_common(args)
     programs: list = []
-    agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock())
+    from .attribution import CgroupAttribution
+    agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock(), CgroupAttribution())
     server = _serve_metrics(programs, node, features, args.listen)
     _on_stop_signals(agent.stopping)
     # The watch blocks in a socket read; it runs in its own thread so a signal stops the agent at once.

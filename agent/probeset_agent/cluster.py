@@ -33,7 +33,7 @@ def node_report(statuses, generation: int | None, total: int) -> dict:
 
 class ClusterAgent:
     def __init__(self, api_client, namespace: str, name: str, node: str, programs: list, features,
-                 lock: threading.Lock):
+                 lock: threading.Lock, attribution=None):
         from kubernetes import client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -41,6 +41,7 @@ class ClusterAgent:
         self.programs = programs        # shared with the collector; swapped under lock
         self.lock = lock
         self.features = features
+        self.attribution = attribution
         self.generation: int | None = None
         self.stopping = threading.Event()
 
@@ -61,7 +62,7 @@ class ClusterAgent:
             self._report({"generation": generation, "attached": 0, "total": len(obj["spec"].get("probes") or []),
                           "failed": [{"name": "(spec)", "attached": False, "error": str(e)[:1000]}]})
             return
-        prog = ProbeSetProgram(pset, self.node, self.features)
+        prog = ProbeSetProgram(pset, self.node, self.features, self.attribution)
         prog.start()
         with self.lock:
             if self.stopping.is_set():   # stop() ran while this program was starting

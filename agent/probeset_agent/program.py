@@ -225,8 +225,10 @@ class ProbeSetProgram:
     def probe_statuses(self) -> list[ProbeStatus]:
         return [self.status[i] for i in sorted(self.status)]
 
-    def _decode_labels(self, rp: ResolvedProbe, key) -> dict[str, str]:
+    def _decode_labels(self, rp: ResolvedProbe, key) -> tuple[dict[str, str], bool]:
+        """(labels, settled): settled is False while the key's cgroup is not found yet."""
         labels = {"probeset": self.pset.name, "probe": rp.probe.name}
+        settled = True
         if key.func == OVERFLOW_FUNC:
             # The overflow series carries no event labels: its events came from anywhere.
             labels["function"] = OVERFLOW_LABEL
@@ -234,7 +236,7 @@ class ProbeSetProgram:
             labels.update({name: "" for name in rp.probe.group_by})
             if "node" in labels:
                 labels["node"] = self.node
-            return labels
+            return labels, settled
         labels["function"] = rp.functions[key.func]
         for name in self.pset.labels:
             if name == "node":
@@ -243,6 +245,8 @@ class ProbeSetProgram:
                 labels["comm"] = bytes(key.comm).split(b"\0", 1)[0].decode(errors="replace")
         if key_uses_cgroup(self.pset.labels):
             workload = self.attribution.workload(key.cgroup) if self.attribution else {}
+            if workload is None:
+                workload, settled = {}, False
             for name in ("namespace", "pod", "container"):
                 if name in self.pset.labels:
                     labels[name] = workload.get(name, "")
@@ -253,7 +257,7 @@ class ProbeSetProgram:
                 continue
             value = raw - (1 << 64) if label in rp.signed_labels and raw >= 1 << 63 else raw
             labels[label] = rp.symbols.get(label, {}).get(value, str(value))
-        return labels
+        return labels, settled
 
     def invalidate_labels(self) -> None:
         """Forget decoded labels: call when what a cgroup id means (pod, container) has changed."""
@@ -263,8 +267,10 @@ class ProbeSetProgram:
     def _labels_for(self, rp: ResolvedProbe, cache: dict, raw: bytes, key_type) -> tuple[dict[str, str], str]:
         entry = cache.get(raw)
         if entry is None:
-            labels = self._decode_labels(rp, key_type.from_buffer_copy(raw))
-            entry = cache[raw] = (labels, label_text(labels))
+            labels, settled = self._decode_labels(rp, key_type.from_buffer_copy(raw))
+            entry = (labels, label_text(labels))
+            if settled:   # a cgroup not found yet is looked up again next scrape
+                cache[raw] = entry
         return entry
 
     def read_series(self) -> dict[int, list[Series]]:
