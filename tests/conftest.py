@@ -9,8 +9,6 @@ import time
 
 import pytest
 
-from tests.support import bcc_missing_reason
-
 
 @pytest.fixture(scope="session")
 def build_c(tmp_path_factory):
@@ -29,22 +27,31 @@ def build_c(tmp_path_factory):
 
 
 @pytest.fixture
-def run_probeset():
-    """Start a ProbeSet from a spec dict; stops it (detaching everything) after the test."""
+def start_program():
+    """Start a parsed ProbeSet on this host; stops it (detaching everything) after the test."""
     from probeset_agent.program import ProbeSetProgram
-    from probeset_agent.spec import parse_probeset
     started = []
 
-    def start(probes, name="test", **spec):
-        doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": name},
-               "spec": {"probes": probes, "labels": ["node"], **spec}}
-        prog = ProbeSetProgram(parse_probeset(doc), node="testnode")
+    def start(pset, node="testnode"):
+        prog = ProbeSetProgram(pset, node)
         started.append(prog)
         prog.start()
         return prog
     yield start
     for prog in started:
         prog.stop()
+
+
+@pytest.fixture
+def run_probeset(start_program):
+    """Start a ProbeSet made of these probes and spec fields (labels: [node] unless given)."""
+    from probeset_agent.spec import parse_probeset
+
+    def start(probes, name="test", **spec):
+        doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": name},
+               "spec": {"probes": probes, "labels": ["node"], **spec}}
+        return start_program(parse_probeset(doc))
+    return start
 
 
 # --- the real API server (tests/k8s/cluster.py), one per session, shared by tests/k8s and tests/helm ---

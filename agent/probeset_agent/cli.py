@@ -111,8 +111,6 @@ def _on_stop_signals(stop: threading.Event) -> None:
 
 
 def cmd_check(args) -> int:
-    from .codegen import generate
-    from .loader import compile_program
     from .program import ProbeSetProgram
     sets, problems = _load_sets(args.files)
     for p in problems:
@@ -123,14 +121,8 @@ def cmd_check(args) -> int:
         print("kernel: " + ", ".join(f"{k} {v}" for k, v in features.as_dict().items()))
     for where, pset in sets:
         prog = ProbeSetProgram(pset, _node_name(), features)
-        usable = [rp for rp in prog.resolved if rp.ok]
-        if usable:
-            bpf, error = compile_program(generate(usable, pset.labels, pset.max_series_per_probe).text)
-            if bpf is None:
-                for rp in usable:
-                    prog.status[rp.id].error = error
-            else:
-                bpf.cleanup()
+        prog.compile()   # compiled, not attached
+        prog.stop()
         for st in prog.probe_statuses():
             if st.error is None:
                 st.functions = {f: True for f in st.functions}   # would attach: resolved and compiled

@@ -127,15 +127,16 @@ class ProbeSetProgram:
         self.bpf, error = compile_program(self.program.text)
         return error
 
-    def start(self) -> None:
+    def compile(self) -> bool:
+        """Compile the usable probes into self.bpf, reporting the ones that cannot be (kernel headers
+        missing, or a probe whose C fails: it is found by compiling each alone). True if any compiled."""
         missing = missing_kernel_headers()
         if missing:
             for rp in self._usable():
                 self.status[rp.id].error = missing
-            return
+            return False
         error = self._compile_usable()
         if error:
-            # Find the probes that break compilation, report them, compile the rest.
             log.warning("probeset %s: %s; isolating the failing probe(s)", self.pset.name, error)
             for rp in self._usable():
                 bpf, err = compile_program(self._generate([rp]).text)
@@ -147,11 +148,13 @@ class ProbeSetProgram:
             if error:
                 for rp in self._usable():
                     self.status[rp.id].error = error
-                return
-        if self.bpf is None:
+                return False
+        return self.bpf is not None
+
+    def start(self) -> None:
+        if not self.compile():
             return
-        usable = self._usable()
-        for rp in usable:
+        for rp in self._usable():
             self._prepare_maps(rp)
         for point in self.program.attach_points:
             self._attach(point)

@@ -256,7 +256,7 @@ def check_schema(value: Any, schema: dict, path: str) -> list[FieldError]:
             errors.append(FieldError(path, f"needs at least {schema['minItems']} item(s), got {len(value)}"))
         if len(value) > schema.get("maxItems", len(value)):
             errors.append(FieldError(path, f"at most {schema['maxItems']} items allowed, got {len(value)}"))
-        if "items" in schema and path != "spec.probes":  # probes are checked one by one by the caller
+        if "items" in schema:
             for i, item in enumerate(value):
                 errors += check_schema(item, schema["items"], f"{path}[{i}]")
     if typ == "object":
@@ -383,6 +383,13 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
     return errors
 
 
+# SPEC_SCHEMA without the per-probe schema: probes are checked one by one, so that a bad probe
+# rejects only itself (set-level errors reject the whole set).
+_SPEC_SET_LEVEL = {**SPEC_SCHEMA, "properties": {
+    **SPEC_SCHEMA["properties"],
+    "probes": {k: v for k, v in SPEC_SCHEMA["properties"]["probes"].items() if k != "items"}}}
+
+
 def parse_probeset(doc: Any) -> ProbeSet:
     """Validate one ProbeSet document. Set-level errors raise SpecError; per-probe errors are
     collected in ProbeSet.rejected so the valid probes can still run."""
@@ -401,7 +408,7 @@ def parse_probeset(doc: Any) -> ProbeSet:
     if not isinstance(spec, dict):
         errors.append(FieldError("spec", "required mapping is missing"))
         raise SpecError(errors)
-    errors += check_schema(spec, SPEC_SCHEMA, "spec")
+    errors += check_schema(spec, _SPEC_SET_LEVEL, "spec")
     if errors:
         raise SpecError(errors)
 

@@ -1,7 +1,6 @@
 """The probeset command as a user runs it: check, render, run (metrics over HTTP), clean shutdown."""
 
 import json
-import os
 import signal
 import socket
 import subprocess

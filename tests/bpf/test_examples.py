@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from probeset_agent.features import detect
-from probeset_agent.program import ProbeSetProgram
 from probeset_agent.spec import parse_probeset
 from tests.support import counts, status
 
@@ -83,25 +82,11 @@ def load(path):
     return [parse_probeset(d) for d in docs]
 
 
-@pytest.fixture
-def started():
-    progs = []
-
-    def start(pset):
-        prog = ProbeSetProgram(pset, "testnode")
-        progs.append(prog)
-        prog.start()
-        return prog
-    yield start
-    for prog in progs:
-        prog.stop()
-
-
 @pytest.mark.parametrize("path", sorted(glob.glob("examples/*.yaml")))
-def test_example_attaches_what_this_kernel_allows(path, started):
+def test_example_attaches_what_this_kernel_allows(path, start_program):
     features = detect()
     for pset in load(path):
-        prog = started(pset)
+        prog = start_program(pset)
         for st in prog.probe_statuses():
             kernel_probe = st.kind in ("kprobe", "kretprobe")
             if kernel_probe and not (features.kprobe.ok or features.fentry.ok):
@@ -114,9 +99,9 @@ def test_example_attaches_what_this_kernel_allows(path, started):
                 assert st.functions and all(st.functions.values())
 
 
-def test_gethostlatency_counts_each_lookup(driver, started):
+def test_gethostlatency_counts_each_lookup(driver, start_program):
     (pset,) = load("examples/gethostlatency.yaml")
-    prog = started(pset)
+    prog = start_program(pset)
     driver.run("lookup 25")
     for probe in ("getaddrinfo", "gethostbyname", "gethostbyname2"):
         assert counts(prog, probe, by="comm").get(COMM) == 25, probe
@@ -125,19 +110,19 @@ def test_gethostlatency_counts_each_lookup(driver, started):
         assert series[0].sum_ns > 0
 
 
-def test_malloc_count_with_comm_filter(driver, started):
+def test_malloc_count_with_comm_filter(driver, start_program):
     (pset,) = load("examples/malloc-count.yaml")
     pset.probes[0] = dataclasses.replace(pset.probes[0], comm=COMM)   # the example filters on curl
-    prog = started(pset)
+    prog = start_program(pset)
     driver.run("malloc 1")          # first call may allocate stdio buffers: measure from here
     before = counts(prog, "malloc", by="comm")[COMM]
     driver.run("malloc 500")
     assert counts(prog, "malloc", by="comm") == {COMM: before + 500}   # no other process counted
 
 
-def test_syscalls_glob_grouped_by_comm(driver, started, tmp_path):
+def test_syscalls_glob_grouped_by_comm(driver, start_program, tmp_path):
     (pset,) = load("examples/syscalls.yaml")
-    prog = started(pset)
+    prog = start_program(pset)
     assert "syscalls:sys_enter_openat" in status(prog, "open").functions
     target = tmp_path / "f"
     target.write_text("x")

@@ -2,7 +2,6 @@
 and (tier k8s) every rendered manifest passes a server-side dry run on a real API server."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -217,30 +216,18 @@ def test_server_side_dry_run_of_every_manifest(kube, chart):
     from kubernetes.client.exceptions import ApiException
     from kubernetes.dynamic import DynamicClient
 
+    from tests.k8s.operator_env import create_if_absent, wait_established
+
     ns = "probeset-helm-dryrun"
     with kube.api_client() as api:
         ext = client.ApiextensionsV1Api(api)
         # Helm installs crds/ for real before the templates; do the same (idempotent, same content as
-        # the operator tests install).
-        for c in chart.crds:
-            try:
-                ext.create_custom_resource_definition(yaml.safe_load(c["data"]))
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-        for c in chart.crds:   # and wait until they serve
-            name = yaml.safe_load(c["data"])["metadata"]["name"]
-            for _ in range(100):
-                conds = ext.read_custom_resource_definition(name).status.conditions or []
-                if any(x.type == "Established" and x.status == "True" for x in conds):
-                    break
-                time.sleep(0.1)
-        core = client.CoreV1Api(api)
-        try:
-            core.create_namespace({"metadata": {"name": ns}})
-        except ApiException as e:
-            if e.status != 409:
-                raise
+        # the operator tests install), and wait until they serve.
+        crds = [yaml.safe_load(c["data"]) for c in chart.crds]
+        for crd in crds:
+            create_if_absent(ext.create_custom_resource_definition, crd)
+        wait_established(api, *(crd["metadata"]["name"] for crd in crds))
+        create_if_absent(client.CoreV1Api(api).create_namespace, {"metadata": {"name": ns}})
         dyn = DynamicClient(api)
         docs = render(chart, {"grafanaDashboard": {"enabled": True}}, namespace=ns)
         checked = []

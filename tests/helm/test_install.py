@@ -22,7 +22,7 @@ from kubernetes.dynamic import DynamicClient  # noqa: E402
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError  # noqa: E402
 
 from tests.k8s.operator_env import (Process, condition, free_port, get_ds, probeset,  # noqa: E402
-                                    service_account_kubeconfig, wait_for)
+                                    service_account_kubeconfig, wait_established, wait_for)
 
 pytestmark = pytest.mark.k8s
 
@@ -145,13 +145,7 @@ def test_install_creates_the_charts_objects(kube, release):
     assert rel["name"] == RELEASE and rel["namespace"] == NS
     assert "kind: Deployment" in rel["manifest"]
     with kube.api_client() as api:
-        ext = client.ApiextensionsV1Api(api)
-
-        def established(name):
-            conds = ext.read_custom_resource_definition(name).status.conditions or []
-            return any(c.type == "Established" and c.status == "True" for c in conds)
-        wait_for("CRDs established", lambda: established("probesets.probeset.io")
-                 and established("clusterkopfpeerings.kopf.dev"))
+        wait_established(api, "probesets.probeset.io", "clusterkopfpeerings.kopf.dev")
 
         dep = client.AppsV1Api(api).read_namespaced_deployment("probeset-operator", NS)
         (container,) = dep.spec.template.spec.containers

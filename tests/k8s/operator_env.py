@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import yaml
@@ -37,35 +36,37 @@ def wait_for(what, predicate, timeout=45.0, interval=0.3):
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+def create_if_absent(create, *args) -> None:
+    """Call a kubernetes client create_* method; an object that already exists (409) is fine."""
+    try:
+        create(*args)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+
+
+def wait_established(api, *crd_names) -> None:
+    """Wait until the API server serves these CRDs."""
+    ext = client.ApiextensionsV1Api(api)
+
+    def established(name):
+        conds = ext.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conds)
+    wait_for(f"CRDs {', '.join(crd_names)} established", lambda: all(established(n) for n in crd_names))
+
+
 @pytest.fixture(scope="module")
 def installed(kube):
     """CRDs (ours and kopf's peering), the operator namespace, RBAC: what the Helm chart installs."""
     with kube.api_client() as api:
-        core = client.CoreV1Api(api)
-        try:
-            core.create_namespace({"metadata": {"name": OPERATOR_NS}})
-        except ApiException as e:
-            if e.status != 409:
-                raise
+        create_if_absent(client.CoreV1Api(api).create_namespace, {"metadata": {"name": OPERATOR_NS}})
         crd, peering_crd, peering = build_crd(), *peering_objects()
         ext = client.ApiextensionsV1Api(api)
         for item in (crd, peering_crd):
-            try:
-                ext.create_custom_resource_definition(item)
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-
-        def established(name):
-            conds = ext.read_custom_resource_definition(name).status.conditions or []
-            return any(c.type == "Established" and c.status == "True" for c in conds)
-        wait_for("CRDs established", lambda: established(crd["metadata"]["name"]) and
-                 established(peering_crd["metadata"]["name"]))
-        try:
-            client.CustomObjectsApi(api).create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)
-        except ApiException as e:
-            if e.status != 409:
-                raise
+            create_if_absent(ext.create_custom_resource_definition, item)
+        wait_established(api, crd["metadata"]["name"], peering_crd["metadata"]["name"])
+        create_if_absent(client.CustomObjectsApi(api).create_cluster_custom_object,
+                         "kopf.dev", "v1", "clusterkopfpeerings", peering)
         for obj in role_objects(OPERATOR_NS):
             try:
                 utils.create_from_dict(api, obj)

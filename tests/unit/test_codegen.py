@@ -72,17 +72,13 @@ def test_pid_filter_is_an_integer_compare():
 
 
 def test_fentry_sites_use_bcc_names_and_share_a_function():
-    sites = []
     rps = []
-    for i in range(2):
-        p = Probe(index=i, name=f"p{i}", kind="kprobe", target="vfs_read")
-        rp = ResolvedProbe(p, via="fentry", functions=["vfs_read"],
-                           sites=[Site(0, "vfs_read", "fentry", "count", kernel_function="vfs_read",
-                                       fields=(GroupField("arg2", "arg", index=2),) if i else ())])
-        rps.append(rp)
-    rps[1] = ResolvedProbe(rps[1].probe.__class__(index=1, name="p1", kind="kprobe", target="vfs_read",
-                                                  group_by=("arg2",)), **{k: getattr(rps[1], k) for k in
-                                                                          ("via", "functions", "sites")})
+    for i, group_by in enumerate([(), ("arg2",)]):
+        p = Probe(index=i, name=f"p{i}", kind="kprobe", target="vfs_read", group_by=group_by)
+        fields = tuple(GroupField(g, "arg", index=2) for g in group_by)
+        rps.append(ResolvedProbe(p, via="fentry", functions=["vfs_read"],
+                                 sites=[Site(0, "vfs_read", "fentry", "count", kernel_function="vfs_read",
+                                             fields=fields)]))
     prog = generate(rps, ("node",), 10)
     assert [(a.fn_name, a.probes) for a in prog.attach_points] == [("kfunc__vfs_read", [0, 1])]
     assert prog.text.count("int kfunc__vfs_read(unsigned long long *ctx)") == 1
