@@ -27,6 +27,9 @@ ATTRIBUTION_LABELS = ("node", "namespace", "pod", "container", "comm")
 # Labels the agent sets itself; a groupBy field may not reuse them.
 RESERVED_LABELS = ("probeset", "probe", "function", "le") + ATTRIBUTION_LABELS
 ARG_FIELDS = tuple(f"arg{i}" for i in range(6))
+# spec.scope: whose events a set may count. Node is granted per namespace by the cluster admin.
+SCOPES = ("Namespace", "Node")
+NODE_WIDE_NAMESPACES_ENV = "PROBESET_NODE_WIDE_NAMESPACES"
 
 # Patterns. Only names matching these (and then resolved on the host) ever reach generated C.
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
@@ -119,7 +122,8 @@ PROBE_SCHEMA: dict = {
 
 LABEL_SELECTOR_SCHEMA: dict = {
     "type": "object",
-    "description": "Count only events from pods matching this selector (in-kernel cgroup filter).",
+    "description": "Count only events from pods matching this selector (in-kernel cgroup filter), within "
+                   "spec.scope: this namespace's pods, or every pod on the node for scope Node.",
     "properties": {
         "matchLabels": {"type": "object", "additionalProperties": {"type": "string"},
                         "description": "Pod labels that must all match."},
@@ -176,6 +180,14 @@ SPEC_SCHEMA: dict = {
                                           "description": "How long a NoExecute taint is tolerated."},
                 },
             },
+        },
+        "scope": {
+            "type": "string", "enum": list(SCOPES), "default": "Namespace",
+            "description": "Namespace: only events of pods in this ProbeSet's namespace are counted (in-kernel "
+                           "cgroup filter), including kernel probes. Node: host processes and every pod on the "
+                           "node; allowed only for ProbeSets in the namespaces the cluster admin lists "
+                           "(operator setting nodeWideNamespaces), so RBAC on those namespaces governs "
+                           "node-wide observation. Standalone `probeset run` is always node-wide.",
         },
         "podSelector": LABEL_SELECTOR_SCHEMA,
     },
@@ -335,6 +347,7 @@ class ProbeSet:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict] = field(default_factory=list)
     pod_selector: dict | None = None
+    scope: str = "Namespace"
     # Probes rejected by static validation: reported, never attached; the rest still run.
     rejected: list[RejectedProbe] = field(default_factory=list)
     generation: int | None = None
@@ -446,9 +459,28 @@ def parse_probeset(doc: Any) -> ProbeSet:
         node_selector=dict(spec.get("nodeSelector") or {}),
         tolerations=list(spec.get("tolerations") or []),
         pod_selector=spec.get("podSelector"),
+        scope=spec.get("scope", "Namespace"),
         rejected=rejected,
         generation=meta.get("generation"),
     )
+
+
+def node_wide_namespaces(value: str | None, default: str) -> frozenset[str]:
+    """The namespaces whose ProbeSets may use scope Node, from a comma-separated list (the
+    PROBESET_NODE_WIDE_NAMESPACES setting); empty or unset means just `default` (the operator's)."""
+    names = frozenset(n.strip() for n in (value or "").split(",") if n.strip())
+    return names or frozenset({default})
+
+
+def scope_error(pset: ProbeSet, allowed: frozenset[str]) -> FieldError | None:
+    """Why this set may not have its scope, or None. Scope Node (host processes and every pod on the
+    node) is reserved to the admin-listed namespaces `allowed`; a standalone file (no namespace) is
+    not a cluster object and is always node-wide. The operator and the agent both apply this."""
+    if pset.scope != "Node" or pset.namespace is None or pset.namespace in allowed:
+        return None
+    return FieldError("spec.scope", f"Node (host processes and every pod on the node) is allowed only for "
+                                    f"ProbeSets in namespace(s) {', '.join(sorted(allowed))}; this ProbeSet "
+                                    f"is in {pset.namespace}: remove spec.scope or ask the cluster admin")
 
 
 def load_documents(text: str) -> list[Any]:

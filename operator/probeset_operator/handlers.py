@@ -15,7 +15,8 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from probeset_agent.spec import API_GROUP, API_VERSION, SpecError, parse_probeset
+from probeset_agent.spec import (API_GROUP, API_VERSION, NODE_WIDE_NAMESPACES_ENV, ProbeSet, SpecError,
+                                  node_wide_namespaces, parse_probeset, scope_error)
 
 from .render import LABEL_UID, AgentSettings, daemonset_name, render_daemonset
 
@@ -39,7 +40,21 @@ def settings_from_env() -> tuple[str, AgentSettings]:
         agent.resources = json.loads(os.environ["PROBESET_AGENT_RESOURCES"])
     if os.environ.get("PROBESET_AGENT_TOLERATIONS"):
         agent.extra_tolerations = json.loads(os.environ["PROBESET_AGENT_TOLERATIONS"])
+    agent.node_wide_namespaces = tuple(sorted(node_wide_namespaces(os.environ.get(NODE_WIDE_NAMESPACES_ENV),
+                                                                   namespace)))
     return namespace, agent
+
+
+def validate(body: dict, operator_namespace: str, agent: AgentSettings) -> ProbeSet:
+    """The ProbeSet an agent DaemonSet may run for `body`; SpecError when none: set-level errors,
+    a scope the namespace is not granted, or no valid probe at all."""
+    pset = parse_probeset(body)
+    error = scope_error(pset, agent.node_wide(operator_namespace))
+    if error:
+        raise SpecError([error])
+    if not pset.probes:   # every probe rejected: nothing for an agent to run
+        raise SpecError([e for r in pset.rejected for e in r.errors])
+    return pset
 
 
 @kopf.on.startup()
@@ -150,9 +165,7 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf
     generation = meta.get("generation")
     ds_name = daemonset_name(meta["namespace"], meta["name"])
     try:
-        pset = parse_probeset(dict(body))
-        if not pset.probes:   # every probe rejected: nothing for an agent to run
-            raise SpecError([e for r in pset.rejected for e in r.errors])
+        pset = validate(dict(body), memo.namespace, memo.agent)
     except SpecError as e:
         message = str(e)
         set_condition(status, patch, "Valid", "False", "InvalidSpec", message, generation)

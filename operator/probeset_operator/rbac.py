@@ -1,4 +1,5 @@
-"""The least privilege each role needs, with the reason for every rule (docs/rbac.md lists them)."""
+"""The least privilege each role needs, with the reason for every rule (docs/operator.md lists them;
+charts/probeset/templates/rbac.yaml is the same, and tests/helm checks it)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ AGENT_CLUSTER_RULES = [
     ([API_GROUP], ["probesets"], ["get", "list", "watch"], "read and follow its ProbeSet"),
     ([API_GROUP], ["probesets/status"], ["patch"], "report its node's result (status.agents.<node>)"),
     ([""], ["events"], ["create"], "an Event when a probe fails on its node"),
+    ([""], ["pods"], ["get", "list", "watch"],
+     "names for the pod UIDs and container IDs found in cgroups, and pod labels for podSelector "
+     "(watched with a spec.nodeName field selector: only its node's pods)"),
 ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from probeset_agent.spec import API_GROUP
+from probeset_agent.spec import API_GROUP, NODE_WIDE_NAMESPACES_ENV
 
 METRICS_PORT = 9437
 LABEL_UID = f"{API_GROUP}/probeset-uid"
@@ -34,6 +34,13 @@ class AgentSettings:
     })
     priority_class: str | None = None
     extra_tolerations: list[dict] = field(default_factory=list)
+    # Namespaces whose ProbeSets may use scope Node (PROBESET_NODE_WIDE_NAMESPACES); empty: the
+    # operator's namespace only.
+    node_wide_namespaces: tuple[str, ...] = ()
+
+    def node_wide(self, operator_namespace: str) -> frozenset[str]:
+        """The namespaces allowed scope Node: node_wide_namespaces, or the operator's namespace."""
+        return frozenset(self.node_wide_namespaces or (operator_namespace,))
 
 
 def daemonset_name(namespace: str, name: str) -> str:
@@ -82,6 +89,10 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "PROBESET_NAMESPACE", "value": ns},
             {"name": "PROBESET_NAME", "value": name},
+            # The agent applies the operator's scope rule itself (an edited spec reaches it first).
+            {"name": "PROBESET_OPERATOR_NAMESPACE", "value": operator_namespace},
+            {"name": NODE_WIDE_NAMESPACES_ENV,
+             "value": ",".join(sorted(settings.node_wide(operator_namespace)))},
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "securityContext": {"privileged": True, "runAsUser": 0},   # the image defaults to non-root

@@ -90,6 +90,7 @@ def test_default_render_objects(chart):
     assert env["PROBESET_AGENT_SERVICE_ACCOUNT"] == "probeset-agent"
     assert env["PROBESET_AGENT_PRIORITY_CLASS"] == ""
     assert env["PROBESET_PEERING"] == "probeset"
+    assert env["PROBESET_NODE_WIDE_NAMESPACES"] == NS      # empty nodeWideNamespaces: the release namespace
     assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == {"requests": {"cpu": "50m", "memory": "160Mi"},
                                                            "limits": {"memory": "400Mi"}}
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == []
@@ -105,6 +106,7 @@ def test_values_reach_the_operator_env(chart):
     res = {"requests": {"cpu": "100m", "memory": "200Mi"}, "limits": {"memory": "1Gi"}}
     objs = by_kind(render(chart, {
         "replicas": 3, "image": {"repository": "reg.example/probeset", "tag": "v9"},
+        "nodeWideNamespaces": ["obs", "platform-team"],
         "agent": {"image": "reg.example/agent:v9", "imagePullPolicy": "Always",
                   "priorityClassName": "system-node-critical", "resources": res, "tolerations": tol}},
         namespace="obs"))
@@ -118,6 +120,7 @@ def test_values_reach_the_operator_env(chart):
     assert env["PROBESET_AGENT_PRIORITY_CLASS"] == "system-node-critical"
     assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == res
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == tol
+    assert env["PROBESET_NODE_WIDE_NAMESPACES"] == "obs,platform-team"
 
 
 def test_rbac_equals_rbac_py(chart):
@@ -192,6 +195,9 @@ def test_lint(values):
     ({"agent": {"resources": {"limits": {"memory": "lots"}}}}, "/agent/resources/limits/memory"),
     ({"agent": {"imagePullPolicy": "Sometimes"}}, "/agent/imagePullPolicy"),
     ({"podMonitor": {"enabled": "yes"}}, "/podMonitor/enabled"),
+    ({"nodeWideNamespaces": ["Bad_Namespace"]}, "/nodeWideNamespaces/0"),
+    ({"nodeWideNamespaces": ["obs", "a" * 64]}, "/nodeWideNamespaces/1"),
+    ({"nodeWideNamespaces": "obs"}, "/nodeWideNamespaces"),
     ({"replica": 2}, "replica"),
 ])
 def test_bad_values_are_rejected_naming_the_field(chart, values, field):

@@ -1,8 +1,15 @@
 """Pure pieces of the operator and the cluster agent."""
 
+import kopf
+import pytest
+
 from probeset_agent.cluster import node_report
 from probeset_agent.program import ProbeStatus
-from probeset_operator.handlers import _difference, settings_from_env
+from probeset_agent.spec import SpecError
+from probeset_operator import handlers
+from probeset_operator.handlers import _difference, settings_from_env, validate
+from probeset_operator.rbac import AGENT_CLUSTER_RULES
+from probeset_operator.render import AgentSettings
 
 
 def test_difference_ignores_server_defaults_and_omitted_zero_values():
@@ -29,6 +36,73 @@ def test_operator_settings_from_environment(monkeypatch):
     monkeypatch.setenv("PROBESET_OPERATOR_NAMESPACE", "obs")
     monkeypatch.setenv("PROBESET_AGENT_IMAGE", "reg/probeset:2")
     monkeypatch.setenv("PROBESET_AGENT_TOLERATIONS", '[{"operator": "Exists"}]')
+    monkeypatch.delenv("PROBESET_NODE_WIDE_NAMESPACES", raising=False)
     namespace, agent = settings_from_env()
     assert namespace == "obs" and agent.image == "reg/probeset:2"
     assert agent.extra_tolerations == [{"operator": "Exists"}]
+    assert agent.node_wide_namespaces == ("obs",)      # default: the operator's namespace
+    monkeypatch.setenv("PROBESET_NODE_WIDE_NAMESPACES", "platform, obs")
+    assert settings_from_env()[1].node_wide_namespaces == ("obs", "platform")
+
+
+def probeset(namespace, **spec):
+    return {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet",
+            "metadata": {"name": "dns", "namespace": namespace, "uid": "u-1", "generation": 2},
+            "spec": {"probes": [{"name": "a", "kprobe": "vfs_read"}], **spec}}
+
+
+def test_validate_grants_scope_node_only_to_the_allowlist():
+    agent = AgentSettings(node_wide_namespaces=("obs", "probeset-system"))
+    assert validate(probeset("obs", scope="Node"), "probeset-system", agent).scope == "Node"
+    assert validate(probeset("web"), "probeset-system", agent).scope == "Namespace"
+    with pytest.raises(SpecError) as e:
+        validate(probeset("web", scope="Node"), "probeset-system", agent)
+    assert str(e.value).startswith("spec.scope: Node (host processes and every pod on the node) is allowed only "
+                                   "for ProbeSets in namespace(s) obs, probeset-system; this ProbeSet is in web")
+    # No allowlist configured: the operator's namespace only.
+    assert validate(probeset("ops", scope="Node"), "ops", AgentSettings()).scope == "Node"
+    with pytest.raises(SpecError):
+        validate(probeset("web", scope="Node"), "ops", AgentSettings())
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """reconcile() with the API calls replaced: what it applied, deleted and posted."""
+    calls = {"applied": [], "deleted": [], "events": []}
+    monkeypatch.setattr(handlers, "apply_daemonset", lambda m: calls["applied"].append(m) or "created")
+    monkeypatch.setattr(handlers, "delete_daemonset", lambda ns, name: calls["deleted"].append((ns, name)) or True)
+    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: calls["events"].append((reason, message)))
+    return calls
+
+
+def reconcile(body, allowlist):
+    memo = kopf.Memo()
+    memo.namespace, memo.agent = "probeset-system", AgentSettings(node_wide_namespaces=allowlist)
+    patch = kopf.Patch()
+    handlers.reconcile(body=body, meta=body["metadata"], status={}, patch=patch, memo=memo,
+                       logger=handlers.logging.getLogger("test"))
+    return patch.status
+
+
+def test_reconcile_rejects_scope_node_outside_the_allowlist(cluster):
+    status = reconcile(probeset("web", scope="Node"), ("probeset-system",))
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert valid["message"].startswith("spec.scope: Node (host processes")
+    assert status["message"].startswith("spec.scope: ") and status["observedGeneration"] == 2
+    assert [r for r, _ in cluster["events"]] == ["InvalidSpec"]
+    assert cluster["applied"] == [] and cluster["deleted"] == [("probeset-system", "probeset-web-dns")]
+
+
+def test_reconcile_runs_scope_node_inside_the_allowlist(cluster):
+    status = reconcile(probeset("obs", scope="Node"), ("obs", "probeset-system"))
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert (valid["status"], valid["reason"]) == ("True", "SpecValid")
+    assert cluster["events"] == [] and cluster["deleted"] == []
+    (ds,) = cluster["applied"]
+    env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PROBESET_NODE_WIDE_NAMESPACES"] == "obs,probeset-system"
+
+
+def test_agent_may_read_pods():
+    assert ([""], ["pods"], ["get", "list", "watch"]) in [(g, r, v) for g, r, v, _ in AGENT_CLUSTER_RULES]

@@ -20,6 +20,9 @@ def test_daemonset_runs_a_privileged_agent_for_this_probeset():
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["PROBESET_NAMESPACE"]["value"] == "web" and env["PROBESET_NAME"]["value"] == "dns"
+    # The agent applies the operator's scope rule itself; no allowlist set: the operator's namespace.
+    assert env["PROBESET_OPERATOR_NAMESPACE"]["value"] == "probeset-system"
+    assert env["PROBESET_NODE_WIDE_NAMESPACES"]["value"] == "probeset-system"
     assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules",
                                                           "/usr/src", "/sys/fs/bpf"}
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
@@ -34,3 +37,10 @@ def test_long_names_are_shortened_and_stay_unique():
     a = daemonset_name("n" * 60, "x" * 60)
     b = daemonset_name("n" * 60, "x" * 59 + "y")
     assert len(a) <= 63 and len(b) <= 63 and a != b
+
+
+def test_daemonset_passes_the_node_wide_allowlist_to_the_agent():
+    ds = render_daemonset(BODY, "probeset-system", AgentSettings(node_wide_namespaces=("platform", "obs")))
+    env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PROBESET_NODE_WIDE_NAMESPACES"] == "obs,platform"
+    assert env["PROBESET_OPERATOR_NAMESPACE"] == "probeset-system"

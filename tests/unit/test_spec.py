@@ -183,3 +183,48 @@ def test_schema_defaults_filled_in_by_the_api_server_are_valid():
         ("u", "uprobe", "libc:malloc"), ("t", "tracepoint", "sched:sched_switch"), ("k", "kretprobe", "vfs_read"))]
     pset = parse_probeset(doc(probes, **spec_defaults))
     assert pset.rejected == [] and len(pset.probes) == 3
+
+
+def test_scope_defaults_to_namespace_and_accepts_node():
+    assert parse_probeset(doc([{"name": "a", "kprobe": "f"}])).scope == "Namespace"
+    assert parse_probeset(doc([{"name": "a", "kprobe": "f"}], scope="Node")).scope == "Node"
+
+
+def test_scope_is_an_enum():
+    assert set_errors(doc([{"name": "a", "kprobe": "f"}], scope="Cluster")) == [
+        'spec.scope: "Cluster" is not one of: Namespace, Node']
+    assert set_errors(doc([{"name": "a", "kprobe": "f"}], scope="node")) == [
+        'spec.scope: "node" is not one of: Namespace, Node']
+
+
+@pytest.mark.parametrize("value, want", [
+    (None, {"probeset-system"}),
+    ("", {"probeset-system"}),
+    (" , ", {"probeset-system"}),
+    ("obs", {"obs"}),
+    ("obs, platform ,obs,", {"obs", "platform"}),
+])
+def test_node_wide_namespaces(value, want):
+    from probeset_agent.spec import node_wide_namespaces
+    assert node_wide_namespaces(value, "probeset-system") == frozenset(want)
+
+
+def test_scope_error():
+    from probeset_agent.spec import FieldError, scope_error
+
+    def pset(scope, namespace):
+        d = doc([{"name": "a", "kprobe": "f"}], **({"scope": scope} if scope else {}))
+        if namespace:
+            d["metadata"]["namespace"] = namespace
+        return parse_probeset(d)
+
+    allowed = frozenset({"probeset-system", "obs"})
+    assert scope_error(pset(None, "web"), allowed) is None              # default Namespace: anyone
+    assert scope_error(pset("Namespace", "web"), allowed) is None
+    assert scope_error(pset("Node", "obs"), allowed) is None            # in the allowlist
+    assert scope_error(pset("Node", None), allowed) is None             # standalone file: node-wide
+    err = scope_error(pset("Node", "web"), allowed)
+    assert err == FieldError("spec.scope", "Node (host processes and every pod on the node) is allowed only "
+                                           "for ProbeSets in namespace(s) obs, probeset-system; this ProbeSet "
+                                           "is in web: remove spec.scope or ask the cluster admin")
+    assert str(err).startswith("spec.scope: Node (host processes")
