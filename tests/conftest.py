@@ -32,8 +32,8 @@ def start_program():
     from probeset_agent.program import ProbeSetProgram
     started = []
 
-    def start(pset, node="testnode"):
-        prog = ProbeSetProgram(pset, node)
+    def start(pset, node="testnode", **program_args):
+        prog = ProbeSetProgram(pset, node, **program_args)
         started.append(prog)
         prog.start()
         return prog
@@ -44,13 +44,15 @@ def start_program():
 
 @pytest.fixture
 def run_probeset(start_program):
-    """Start a ProbeSet made of these probes and spec fields (labels: [node] unless given)."""
+    """Start a ProbeSet made of these probes and spec fields (labels: [node] unless given);
+    `program` holds ProbeSetProgram arguments (attribution, selection)."""
     from probeset_agent.spec import parse_probeset
 
-    def start(probes, name="test", **spec):
-        doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": name},
+    def start(probes, name="test", namespace=None, program=None, **spec):
+        meta = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+        doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": meta,
                "spec": {"probes": probes, "labels": ["node"], **spec}}
-        return start_program(parse_probeset(doc))
+        return start_program(parse_probeset(doc), **(program or {}))
     return start
 
 

@@ -56,11 +56,19 @@ int main(void) {
 
 
 class Target:
-    """The compiled target program, running, driven line by line."""
+    """The compiled target program, running, driven line by line. `argv` is its path, or a command
+    line that ends up running it (e.g. inside a chroot); `cgroup` a cgroup v2 directory the
+    process starts in (so every process it forks is there too)."""
 
-    def __init__(self, path: str):
-        self.path = path
-        self.proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, argv: str | list[str], cgroup: str | None = None):
+        argv = [argv] if isinstance(argv, str) else list(argv)
+        self.path = argv[0]
+
+        def enter_cgroup():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=enter_cgroup if cgroup else None)
         assert self.proc.stdout.readline().strip() == "ready"
 
     @property

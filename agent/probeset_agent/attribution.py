@@ -1,9 +1,16 @@
 """Who caused an event: cgroup id (recorded in the kernel) -> cgroup v2 path -> pod UID and
 container ID, from the kubelet's cgroup naming (systemd and cgroupfs drivers; containerd, CRI-O,
-docker). Standalone mode stops there: `pod` is the pod UID, `container` the container ID and
-`namespace` empty (mapping them to names from the API server is the cluster-mode step).
+docker) -> namespace, pod and container names from the pods of this node (cluster mode, pods.py).
+Standalone there are no names: `pod` is the pod UID, `container` the container ID, `namespace`
+empty.
 
-A cgroup id is the inode number of the cgroup's directory in the cgroup v2 hierarchy.
+A cgroup id is the inode number of the cgroup's directory in the cgroup v2 hierarchy. Cgroups
+come and go with containers; everything here is bounded by what exists now plus what vanished
+within `retention` seconds:
+  live     the directory exists: labels from its path (and the pod index)
+  gone     it existed at an earlier scan: its last labels are kept until `retention` has passed
+  unknown  never seen (created and removed between two scans, or not a cgroup v2 id): folded into
+           one series per probe whose workload labels are UNKNOWN
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ import os
 import re
 import threading
 import time
+
+UNKNOWN = "__unknown__"
+WORKLOAD_LABELS = ("namespace", "pod", "container")
 
 # kubepods-burstable-pod1234abcd_5678_....slice (systemd) or pod1234abcd-5678-... (cgroupfs)
 _POD_RE = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
@@ -47,34 +57,114 @@ def workload_of_path(path: str) -> dict[str, str]:
     return out
 
 
-class CgroupAttribution:
-    """cgroup id -> workload labels, by scanning the cgroup v2 tree when an unknown id appears (at
-    most once per `rescan_interval` seconds). A cgroup that vanished keeps the labels last seen;
-    an id not found (yet) gives None, so callers do not cache its empty labels."""
+class CgroupTree:
+    """The cgroup v2 tree as last scanned: id -> path, which pod each belongs to, and which ids
+    vanished when (forgotten `retention` seconds later)."""
 
-    def __init__(self, root: str | None = None, rescan_interval: float = 10.0):
+    def __init__(self, root: str | None = None, retention: float = 300.0):
         self.root = root if root is not None else cgroup2_root()
-        self.rescan_interval = rescan_interval
-        self._paths: dict[int, str] = {}
-        self._last_scan = float("-inf")
-        self._lock = threading.Lock()
+        self.retention = retention
+        self.live: dict[int, str] = {}
+        self.gone: dict[int, tuple[str, float]] = {}        # id -> (last path, when found gone)
+        self.pod_ids: dict[str, set[int]] = {}               # pod UID -> ids of its cgroups (pod + containers)
+        self.last_scan = float("-inf")
+        self.lock = threading.Lock()
 
-    def _scan(self) -> None:
-        paths = {}
+    def scan(self) -> None:
+        if not self.root:
+            return
+        started = time.monotonic()   # anything that existed at this moment and still does is found
+        paths: dict[int, str] = {}
         for dirpath, _dirs, _files in os.walk(self.root):
             try:
                 paths[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, self.root).lstrip(".")
             except OSError:
                 continue   # removed while walking
-        self._paths.update(paths)
-        self._last_scan = time.monotonic()
+        pod_ids: dict[str, set[int]] = {}
+        for cid, path in paths.items():
+            pod = workload_of_path(path).get("pod")
+            if pod:
+                pod_ids.setdefault(pod, set()).add(cid)
+        now = started
+        with self.lock:
+            for cid, path in self.live.items():
+                if cid not in paths:
+                    self.gone[cid] = (path, now)
+            for cid in [c for c, (_, t) in self.gone.items() if c in paths or now - t > self.retention]:
+                del self.gone[cid]
+            self.live, self.pod_ids, self.last_scan = paths, pod_ids, now
 
-    def workload(self, cgroup_id: int) -> dict[str, str] | None:
-        if not self.root:
-            return {}
-        with self._lock:
-            path = self._paths.get(cgroup_id)
-            if path is None and time.monotonic() - self._last_scan >= self.rescan_interval:
-                self._scan()
-                path = self._paths.get(cgroup_id)
-        return workload_of_path(path) if path is not None else None
+    def path(self, cgroup_id: int) -> tuple[str | None, str]:
+        """(path, state) with state "live", "gone" or "unknown"."""
+        with self.lock:
+            path = self.live.get(cgroup_id)
+            if path is not None:
+                return path, "live"
+            if cgroup_id in self.gone:
+                return self.gone[cgroup_id][0], "gone"
+        return None, "unknown"
+
+    def expired(self, cgroup_id: int) -> bool:
+        """True for an id that is neither live nor within its retention: its series may go."""
+        with self.lock:
+            return cgroup_id not in self.live and cgroup_id not in self.gone
+
+    def ids_of_pods(self, uids) -> set[int]:
+        with self.lock:
+            return set().union(*(self.pod_ids.get(uid, set()) for uid in uids))
+
+    def pids_of_pod(self, uid: str) -> list[int]:
+        """The processes in the pod's cgroups now."""
+        with self.lock:
+            paths = sorted(self.live[c] for c in self.pod_ids.get(uid, ()) if c in self.live)
+        pids = []
+        for path in paths:
+            try:
+                with open(os.path.join(self.root, path.lstrip("/"), "cgroup.procs")) as f:
+                    pids += [int(line) for line in f if line.strip()]
+            except OSError:
+                continue   # removed since the scan
+        return pids
+
+
+class Attribution:
+    """cgroup id -> workload labels {namespace, pod, container}. An id not found triggers a rescan
+    (at most once per `rescan_interval` seconds). `pods` (a pods.PodIndex) supplies names."""
+
+    def __init__(self, tree: CgroupTree | None = None, pods=None, rescan_interval: float = 1.0):
+        self.tree = tree if tree is not None else CgroupTree()
+        self.pods = pods
+        self.rescan_interval = rescan_interval
+        self._scan_lock = threading.Lock()
+
+    @property
+    def version(self) -> int:
+        """Changes whenever names may have changed (labels decoded before must be decoded again)."""
+        return self.pods.version if self.pods is not None else 0
+
+    def rescan(self, force: bool = False) -> None:
+        with self._scan_lock:
+            if force or time.monotonic() - self.tree.last_scan >= self.rescan_interval:
+                self.tree.scan()
+
+    def lookup(self, cgroup_id: int) -> tuple[dict[str, str], bool]:
+        """(labels, settled). Not settled: ask again later (unknown id, or a pod whose names have
+        not arrived yet); a caller must not cache unsettled labels."""
+        if not self.tree.root:
+            return {}, True
+        path, state = self.tree.path(cgroup_id)
+        if state == "unknown":
+            self.rescan()
+            path, state = self.tree.path(cgroup_id)
+        if state == "unknown":
+            return {name: UNKNOWN for name in WORKLOAD_LABELS}, False
+        found = workload_of_path(path)
+        if not found:
+            return {}, True                      # a host process
+        labels = {"namespace": "", "pod": found["pod"], "container": found.get("container", "")}
+        if self.pods is None:
+            return labels, True
+        named = self.pods.names(found["pod"], found.get("container"))
+        if named is None:
+            return labels, False                 # not in the pod index (yet): UID and ID meanwhile
+        return named, True

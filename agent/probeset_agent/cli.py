@@ -25,6 +25,7 @@ from .spec import ProbeSet, SpecError, load_documents, parse_probeset
 log = logging.getLogger("probeset")
 
 DEFAULT_LISTEN = "127.0.0.1:9437"   # 9435 is ebpf_exporter's
+DEFAULT_RETENTION = 300.0            # long enough for a few scrapes of a finished pod's last counts
 
 
 def _load_sets(paths: list[str]) -> tuple[list[tuple[str, ProbeSet]], list[str]]:
@@ -98,6 +99,37 @@ def _serve_metrics(programs: list, node: str, features, listen: str):
     log.info("serving metrics on http://%s:%d/metrics", host, port)
     sys.stdout.flush()
     return server
+
+
+class Housekeeper:
+    """Every `interval` seconds, and at once when woken (a pod changed): rescan the cgroup tree,
+    forget pods past their retention, and let each program follow pods and age out series."""
+
+    def __init__(self, programs: list, attribution, pods=None, interval: float = 2.0):
+        self.programs, self.attribution, self.pods, self.interval = programs, attribution, pods, interval
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            try:
+                self.attribution.rescan(force=True)
+                if self.pods is not None:
+                    self.pods.expire()
+                for prog in list(self.programs):
+                    prog.refresh()
+            except Exception:   # keep the probes running; the next round tries again
+                log.exception("housekeeping failed")
+
+    def start(self) -> "Housekeeper":
+        threading.Thread(target=self.run, name="probeset-housekeeping", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
 
 
 def _on_stop_signals(stop: threading.Event) -> None:
@@ -181,16 +213,24 @@ def cmd_run(args) -> int:
     if not sets:
         log.error("no usable ProbeSet")
         return 2
+    for where, pset in list(sets):
+        if pset.pod_selector:
+            log.error("%s: spec.podSelector: selecting pods needs their labels from the API server; "
+                      "run it in a cluster (probeset agent), or remove podSelector to observe the whole host", where)
+            sets.remove((where, pset))
+    if not sets:
+        return 2
     node = args.node or _node_name()
     features = _start_agent_common(args)
-    from .attribution import CgroupAttribution
-    attribution = CgroupAttribution()
+    from .attribution import Attribution, CgroupTree
+    attribution = Attribution(CgroupTree(retention=args.retention))
     programs = []
     for where, pset in sets:
         prog = ProbeSetProgram(pset, node, features, attribution)
         prog.start()
         _print_status(where, prog)
         programs.append(prog)
+    housekeeper = Housekeeper(programs, attribution).start()
     server = _serve_metrics(programs, node, features, args.listen)
     stop = threading.Event()
     _on_stop_signals(stop)
@@ -199,6 +239,7 @@ def cmd_run(args) -> int:
             pass
     finally:
         server.shutdown()
+        housekeeper.stop()
         for prog in programs:
             prog.stop()
         log.info("detached")
@@ -221,17 +262,33 @@ def cmd_agent(args) -> int:
     node = args.node or _node_name()
     features = _start_agent_common(args)
     programs: list = []
-    from .attribution import CgroupAttribution
-    agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock(), CgroupAttribution())
+    from .attribution import Attribution, CgroupTree
+    from .pods import PodIndex, PodWatcher
+    from .spec import NODE_WIDE_NAMESPACES_ENV, node_wide_namespaces
+    pods = PodIndex(retention=args.retention)
+    attribution = Attribution(CgroupTree(retention=args.retention), pods)
+    housekeeper = Housekeeper(programs, attribution, pods)
+    watcher = PodWatcher(None, node, pods, on_change=housekeeper.wake.set)
+    node_wide = node_wide_namespaces(os.environ.get(NODE_WIDE_NAMESPACES_ENV),
+                                     os.environ.get("PROBESET_OPERATOR_NAMESPACE", "probeset-system"))
+    # With hostPID, /proc/1/root is the node's file system (the agent's own / is its image).
+    agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock(), attribution,
+                         pods, node_wide, host_root=args.host_root)
+    # The watches block in socket reads; they run in their own threads so a signal stops the agent at once.
+    threading.Thread(target=watcher.run, name="probeset-pods", daemon=True).start()
+    if not pods.synced.wait(30):
+        log.warning("no pod listing after 30 s: pods will be named as the listing arrives")
     server = _serve_metrics(programs, node, features, args.listen)
     _on_stop_signals(agent.stopping)
-    # The watch blocks in a socket read; it runs in its own thread so a signal stops the agent at once.
     threading.Thread(target=agent.run, name="probeset-watch", daemon=True).start()
+    housekeeper.start()
     try:
         while not agent.stopping.wait(1.0):
             pass
     finally:
         server.shutdown()
+        watcher.stop()
+        housekeeper.stop()
         agent.stop()
         log.info("detached")
     return 0
@@ -266,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--node", help="value of the node label (default $NODE_NAME or the hostname)")
     run.add_argument("--bpf-stats", action="store_true",
                      help="enable kernel BPF run-time stats while running (probeset_bpf_run_seconds_total)")
+    run.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
+                     help=f"keep the series of a vanished cgroup this long (default {DEFAULT_RETENTION:g})")
     check = sub.add_parser("check", help="tell what would attach on this host, without attaching")
     check.add_argument("files", nargs="+", metavar="FILE")
     render = sub.add_parser("render", help="print the generated BPF C program")
@@ -275,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--listen", default="0.0.0.0:9437", help="metrics address (default 0.0.0.0:9437)")
     agent.add_argument("--node", help="node name (default $NODE_NAME or the hostname)")
     agent.add_argument("--bpf-stats", action="store_true", help="enable kernel BPF run-time stats while running")
+    agent.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
+                       help=f"keep the series of a vanished cgroup or deleted pod this long (default {DEFAULT_RETENTION:g})")
+    agent.add_argument("--host-root", default="/proc/1/root",
+                       help="the node's root file system, for uprobes on the node's own files (default "
+                            "/proc/1/root: the node's, with hostPID)")
     operator = sub.add_parser("operator", help="run the operator (kopf): ProbeSets -> agent DaemonSets")
     operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                           help="liveness endpoint (default http://0.0.0.0:8080/healthz)")

@@ -12,7 +12,8 @@ import datetime
 import logging
 import threading
 
-from .spec import API_GROUP, API_VERSION, SpecError, parse_probeset
+from .pods import PodSelection
+from .spec import API_GROUP, API_VERSION, SpecError, parse_probeset, scope_error
 
 log = logging.getLogger(__name__)
 PLURAL = "probesets"
@@ -33,7 +34,8 @@ def node_report(statuses, generation: int | None, total: int) -> dict:
 
 class ClusterAgent:
     def __init__(self, api_client, namespace: str, name: str, node: str, programs: list, features,
-                 lock: threading.Lock, attribution=None):
+                 lock: threading.Lock, attribution=None, pods=None, node_wide: frozenset[str] = frozenset(),
+                 host_root: str = "/"):
         from kubernetes import client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -42,6 +44,9 @@ class ClusterAgent:
         self.lock = lock
         self.features = features
         self.attribution = attribution
+        self.pods = pods                    # pods.PodIndex of this node (names, podSelector)
+        self.node_wide = node_wide          # namespaces whose ProbeSets may have scope Node
+        self.host_root = host_root          # the node's file system, for node-wide uprobes
         self.generation: int | None = None
         self.stopping = threading.Event()
 
@@ -57,12 +62,19 @@ class ClusterAgent:
         self._stop_programs()
         try:
             pset = parse_probeset(obj)
+            # Enforced here too: an edited spec reaches the agent before the operator rejects it.
+            denied = scope_error(pset, self.node_wide)
+            if denied:
+                raise SpecError([denied])
         except SpecError as e:
             log.error("ProbeSet %s/%s is invalid: %s", self.namespace, self.name, e)
             self._report({"generation": generation, "attached": 0, "total": len(obj["spec"].get("probes") or []),
                           "failed": [{"name": "(spec)", "attached": False, "error": str(e)[:1000]}]})
             return
-        prog = ProbeSetProgram(pset, self.node, self.features, self.attribution)
+        selection = None
+        if self.pods is not None:
+            selection = PodSelection(self.pods, None if pset.scope == "Node" else pset.namespace, pset.pod_selector)
+        prog = ProbeSetProgram(pset, self.node, self.features, self.attribution, selection, self.host_root)
         prog.start()
         with self.lock:
             if self.stopping.is_set():   # stop() ran while this program was starting

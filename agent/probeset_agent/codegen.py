@@ -29,6 +29,7 @@ START_MAP_ENTRIES = 10240
 # Index = the C constant. An evicted start record (LRU map full) shows up as an unpaired return.
 MISSED_REASONS = ("unpaired_return", "histogram_full")
 MAX_PROBES = 64
+MAX_ALLOWED_CGROUPS = 65536
 HISTOGRAM_ENTRIES_PER_SERIES = 32
 
 
@@ -142,6 +143,18 @@ static __always_inline int pass_p@P@(void) {
 @CHECKS@    return 1;
 }
 """
+
+# The pods a ProbeSet may observe, as the ids of their cgroups; user space keeps it current.
+CGROUP_FILTER_MAP = """\
+BPF_HASH(allowed_cgroups, u64, u8, @ENTRIES@);
+"""
+
+CGROUP_CHECK = CCode("""\
+    {
+        u64 cgroup = bpf_get_current_cgroup_id();
+        if (!allowed_cgroups.lookup(&cgroup)) return 0;
+    }
+""")
 
 PID_CHECK = """\
     if ((bpf_get_current_pid_tgid() >> 32) != @PID@) return 0;
@@ -331,13 +344,13 @@ def _site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...]) -> CCode
     return fill(FINISH_BLOCK, P=p, F=site.func_index, FILL_FROM_START=from_start, FILL_KEY=here)
 
 
-def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int) -> CCode:
+def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool) -> CCode:
     p = rp.id
     out = [fill(PROBE_MAPS, P=p, SERIES_ENTRIES=max_series + 1, KEY_FIELDS=_key_fields(rp, labels))]
     if rp.probe.latency:
         out.append(fill(LATENCY_MAPS, P=p, HIST_ENTRIES=max_series * HISTOGRAM_ENTRIES_PER_SERIES,
                         START_ENTRIES=START_MAP_ENTRIES, START_FIELDS=_start_fields(rp)))
-    checks = []
+    checks = [CGROUP_CHECK] if cgroup_filter else []
     if rp.probe.pid is not None:
         checks.append(fill(PID_CHECK, PID=rp.probe.pid))
     if rp.probe.comm is not None:
@@ -350,7 +363,10 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int) ->
 
 
 def _attach_key(site: Site) -> tuple:
-    return (site.mechanism, site.kernel_function, site.path, site.address, site.tracepoint)
+    # A uprobe function is attached to every copy of its file (the node's, each container's), at
+    # each copy's own offset: its key is the file as the probe names it, not one resolved path.
+    return (site.mechanism, site.kernel_function, site.binary, site.function if site.binary else "",
+            site.tracepoint)
 
 
 def _fn_name(site: Site, n: int) -> CName:
@@ -366,15 +382,19 @@ _CTX_TYPES = {"kprobe": _PT_REGS, "kretprobe": _PT_REGS, "uprobe": _PT_REGS, "ur
               "fentry": _TRAMPOLINE_CTX, "fexit": _TRAMPOLINE_CTX, "tracepoint": CCode("void *")}
 
 
-def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series: int) -> Program:
-    """The C program for the probes that resolved (rp.ok); failed probes are left out."""
+def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series: int,
+             cgroup_filter: bool = False) -> Program:
+    """The C program for the probes that resolved (rp.ok); failed probes are left out. With
+    `cgroup_filter`, only tasks whose cgroup id is in the allowed_cgroups map are counted."""
     probes = [rp for rp in resolved if rp.ok]
     for rp in probes:
         if not 0 <= rp.id < MAX_PROBES:
             raise ValueError(f"probe id {rp.id} out of range")
     parts = [fill(PRELUDE, MISSED_REASONS=len(MISSED_REASONS), MISSED_SLOTS=MAX_PROBES * len(MISSED_REASONS),
                   SUB_BUCKETS=SUB_BUCKETS, SUB_BITS=SUB_BUCKET_BITS, SUB_BITS_MINUS_1=SUB_BUCKET_BITS - 1)]
-    parts += [_probe_decls(rp, labels, max_series) for rp in probes]
+    if cgroup_filter:
+        parts.append(fill(CGROUP_FILTER_MAP, ENTRIES=MAX_ALLOWED_CGROUPS))
+    parts += [_probe_decls(rp, labels, max_series, cgroup_filter) for rp in probes]
 
     points: dict[tuple, AttachPoint] = {}
     bodies: dict[tuple, list[str]] = {}

@@ -32,6 +32,12 @@ FAMILIES = {
     "probeset_bpf_run_seconds_total": ("counter", "CPU time spent in the BPF programs "
                                                   "(needs kernel.bpf_stats_enabled)."),
     "probeset_bpf_runs_total": ("counter", "BPF program runs (needs kernel.bpf_stats_enabled)."),
+    "probeset_unknown_cgroups": ("gauge", "Cgroup ids not found in the cgroup tree (gone before the agent saw "
+                                          "them) whose events are folded into one series labelled __unknown__."),
+    "probeset_allowed_cgroups": ("gauge", "Cgroups of the selected pods in the in-kernel filter (namespace "
+                                          "scope or podSelector)."),
+    "probeset_uprobe_files": ("gauge", "Copies of the probed file a uprobe is attached to: the node's and each "
+                                       "selected container's distinct one (device, inode)."),
     "probeset_agent_info": ("gauge", "Static facts about the agent and its node."),
 }
 
@@ -102,6 +108,14 @@ class MetricsCollector:
                     latency.append(f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n")
             labels = label_text({"probeset": name, "probe": rp.probe.name})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
+        set_labels = label_text({"probeset": name})
+        lines["probeset_unknown_cgroups"].append(f"probeset_unknown_cgroups{set_labels} {prog.unknown_cgroups}\n")
+        if prog.allowed_cgroups is not None:
+            lines["probeset_allowed_cgroups"].append(f"probeset_allowed_cgroups{set_labels} {prog.allowed_cgroups}\n")
+        for point in prog.user_points():
+            labels = label_text({"probeset": name, "probe": prog.probe_names(point),
+                                 "function": point.site.function, "via": point.mechanism})
+            lines["probeset_uprobe_files"].append(f"probeset_uprobe_files{labels} {prog.copies(point)}\n")
         for (probe_id, reason), n in sorted(prog.read_missed().items()):
             labels = label_text({"probeset": name, "probe": by_id[probe_id].probe.name, "reason": reason})
             lines["probeset_missed_events_total"].append(f"probeset_missed_events_total{labels} {n}\n")

@@ -174,24 +174,110 @@ def match_kernel_functions(pattern: str) -> list[str]:
 # --- user-space binaries -------------------------------------------------------------------------
 
 
+def _library_name(binary: str) -> str:
+    """libc, c, libc.so.6 -> c"""
+    name = binary[3:] if binary.startswith("lib") else binary
+    return re.sub(r"\.so(\.\d+)*$", "", name)
+
+
+def _check_elf(path: str, shown: str) -> str:
+    if not os.path.isfile(path):
+        raise HostError(f"binary {shown}: no such file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"\x7fELF":
+            raise HostError(f"binary {shown}: not an ELF file")
+    return path
+
+
+def _check_absolute(binary: str) -> None:
+    if ".." in binary.split("/"):
+        raise HostError(f"binary {binary}: '..' is not allowed in the path")
+
+
 def resolve_binary(binary: str) -> str:
     """An absolute path to an existing ELF file, for a path or a library name (libc, c, ssl)."""
     if binary.startswith("/"):
-        if ".." in binary.split("/"):
-            raise HostError(f"binary {binary}: '..' is not allowed in the path")
-        if not os.path.isfile(binary):
-            raise HostError(f"binary {binary}: no such file")
-        with open(binary, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                raise HostError(f"binary {binary}: not an ELF file")
-        return binary
+        _check_absolute(binary)
+        return _check_elf(binary, binary)
     from bcc import BPF  # deferred: importing bcc costs ~70 MB; validation-only users do not need it
-    name = binary[3:] if binary.startswith("lib") else binary
-    name = re.sub(r"\.so(\.\d+)*$", "", name)
-    path = BPF.find_library(name.encode())
+    path = BPF.find_library(_library_name(binary).encode())
     if not path:
         raise HostError(f"library {binary}: not found in the dynamic linker cache (ldconfig -p)")
     return path.decode()
+
+
+# Where a root file system keeps shared libraries (Debian multiarch, RHEL lib64, Alpine /lib).
+LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu",
+                "usr/lib/aarch64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib", "usr/local/lib")
+
+
+def _is_library_file(filename: str, name: str) -> bool:
+    # libc.so.6, libssl.so.3, libc-2.31.so (older glibc names the file by version)
+    return re.fullmatch(rf"lib{re.escape(name)}(\.so(\.\d+)*|-[\d.]+\.so)", filename) is not None
+
+
+def path_in_root(root: str, path: str) -> str:
+    """`path` inside the file system whose root is `root`, symlinks followed inside it: an absolute
+    link target there means root + target, not this process's own /."""
+    parts = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise HostError(f"{path}: too many symbolic links under {root}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def find_binary(binary: str, root: str, pid: int | None = None) -> str:
+    """BINARY as seen from another root (a container's /proc/<pid>/root, or the node's
+    /proc/1/root from inside the agent's pod): a path under `root`. A library name is looked up in
+    what process `pid` has mapped (the copy it really uses), then in the usual library
+    directories of that root."""
+    if root == "/" and pid is None:
+        return resolve_binary(binary)
+    if binary.startswith("/"):
+        _check_absolute(binary)
+        return _check_elf(path_in_root(root, binary), binary)
+    name = _library_name(binary)
+    if pid is not None:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    parts = line.split(None, 5)
+                    mapped = parts[5].strip() if len(parts) == 6 else ""
+                    if mapped.startswith("/") and _is_library_file(os.path.basename(mapped), name):
+                        path = path_in_root(root, mapped)
+                        if os.path.isfile(path):
+                            return path
+        except OSError:
+            pass   # the process ended; the directories below may still tell
+    for directory in LIBRARY_DIRS:
+        try:
+            where = path_in_root(root, directory)
+            entries = sorted(os.listdir(where))
+        except (OSError, HostError):
+            continue
+        for filename in entries:
+            path = path_in_root(root, os.path.join(where[len(root):], filename))
+            if _is_library_file(filename, name) and os.path.isfile(path):
+                return path
+    raise HostError(f"library {binary}: not found under {root} (mapped by the process or in {', '.join(LIBRARY_DIRS[:2])}, ...)")
 
 
 def elf_functions(path: str, pattern: str) -> list[tuple[str, int]]:

@@ -11,14 +11,16 @@ import logging
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
-from . import codegen
-from .codegen import MISSED_REASONS, OVERFLOW_FUNC, AttachPoint, key_uses_cgroup
+from . import codegen, host
+from .attribution import UNKNOWN
+from .codegen import MAX_ALLOWED_CGROUPS, MISSED_REASONS, OVERFLOW_FUNC, AttachPoint, key_uses_cgroup
 from .features import Features
 from .loader import compile_program
 from .maps import read_raw
-from .resolve import ResolvedProbe, resolve
+from .resolve import ResolvedProbe, UserTargets, resolve
 from .spec import ProbeSet
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ def label_text(labels: dict[str, str]) -> str:
 
 
 _OVERFLOW_KEY_PREFIX = OVERFLOW_FUNC.to_bytes(4, "little")
+CGROUP_KEY_OFFSET = 8          # series key: u32 func, u32 pad, u64 cgroup, ...
+USER_MECHANISMS = ("uprobe", "uretprobe")
 
 
 def missing_kernel_headers() -> str | None:
@@ -86,31 +90,74 @@ def missing_kernel_headers() -> str | None:
             "(or the distribution's equivalent) on the node")
 
 
+def _add_series(s: Series, extra: Series) -> None:
+    s.count += extra.count
+    s.sum_ns += extra.sum_ns
+    if s.buckets is not None and extra.buckets:
+        for bucket, n in extra.buckets.items():
+            s.buckets[bucket] = s.buckets.get(bucket, 0) + n
+
+
+def _delete(table, raw: bytes) -> None:
+    try:
+        del table[table.Key.from_buffer_copy(raw)]
+    except KeyError:
+        pass   # already gone
+
+
 class ProbeSetProgram:
+    """`attribution` (attribution.Attribution) labels events by workload. `selection`
+    (pods.PodSelection, cluster mode) limits the set to some pods: an in-kernel filter of their
+    cgroup ids, and uprobes attached to each selected container's own copy of BINARY; the node's
+    copy (seen through `host_root`) only when host processes are observed. refresh() keeps both
+    current and ages out the series of vanished cgroups."""
+
     def __init__(self, pset: ProbeSet, node: str, features: Features | None = None,
-                 attribution=None):
+                 attribution=None, selection=None, host_root: str = "/"):
         self.pset = pset
         self.node = node
         self.attribution = attribution
-        self.resolved: list[ResolvedProbe] = resolve(pset, features)
+        self.selection = selection
+        self.cgroup_filter = selection is not None and not selection.host
+        if selection is not None and attribution is not None:
+            attribution.rescan(force=True)
+        targets = UserTargets(host_root, observe_host=selection is None or selection.host,
+                              copies=self._copies_now)
+        self.resolved: list[ResolvedProbe] = resolve(pset, features, targets)
         self.status: dict[int, ProbeStatus] = {}
         for bad in pset.rejected:
             self.status[bad.index] = ProbeStatus(name=bad.name, index=bad.index, kind="", error=bad.reason)
         for rp in self.resolved:
             self.status[rp.id] = ProbeStatus(rp.probe.name, rp.id, rp.probe.kind, rp.via,
                                              rp.describe_sites(), {f: False for f in rp.functions}, rp.error)
+        if self.cgroup_filter and (attribution is None or not attribution.tree.root):
+            for st in self.status.values():
+                st.error = st.error or ("selecting pods needs the cgroup v2 hierarchy (cgroup ids of the pods), "
+                                        "and none is mounted on this node")
         self.bpf = None
         self.program: codegen.Program | None = None
         # probe id -> raw map key -> (labels, rendered labels); kept across scrapes so a scrape
         # decodes only keys it has not seen. invalidate_labels() drops it (attribution changed).
         self._label_cache: dict[int, dict[bytes, tuple[dict[str, str], str]]] = {}
+        self._label_version = attribution.version if attribution is not None else 0
         self.attached_points: list[AttachPoint] = []
+        self._allowed: set[int] = set()                    # cgroup ids in the allowed_cgroups map
+        # uprobe attach point -> (device, inode) of each copy of its file -> BCC event names there
+        self._copies: dict[str, dict[tuple[int, int], list[bytes]]] = {}
+        self._node_copy: dict[str, tuple[int, int]] = {}   # attach point -> the node's copy
+        self._addresses: dict[tuple, int | None] = {}      # ((dev, ino), function) -> address
+        # Counts of map rows removed after their cgroup vanished, by label text: kept while other
+        # rows share those labels, so a series never goes backwards (e.g. a restarted container).
+        self._retired: dict[int, dict[str, Series]] = {}
+        self._unknown_since: dict[int, float] = {}         # cgroup id -> when first seen unknown
+        self.unknown_cgroups = 0                           # distinct unknown cgroup ids at the last scrape
+        self._unknown_seen: set[int] = set()
         self._lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _generate(self, probes: list[ResolvedProbe]) -> codegen.Program:
-        return codegen.generate(probes, self.pset.labels, self.pset.max_series_per_probe)
+        return codegen.generate(probes, self.pset.labels, self.pset.max_series_per_probe, self.cgroup_filter)
 
     def render(self) -> str:
         return self._generate(self.resolved).text
@@ -158,6 +205,8 @@ class ProbeSetProgram:
             self._prepare_maps(rp)
         for point in self.program.attach_points:
             self._attach(point)
+        if self.selection is not None:
+            self.refresh()
 
     def _prepare_maps(self, rp: ResolvedProbe) -> None:
         # Open every table now: BCC reads /sys/devices/system/cpu/possible when it opens a per-CPU
@@ -187,10 +236,11 @@ class ProbeSetProgram:
                 self.bpf.attach_kfunc(fn_name=fn)
             elif point.mechanism == "fexit":
                 self.bpf.attach_kretfunc(fn_name=fn)
-            elif point.mechanism == "uprobe":
-                self.bpf.attach_uprobe(name=site.path.encode(), addr=site.address, fn_name=fn)
-            elif point.mechanism == "uretprobe":
-                self.bpf.attach_uretprobe(name=site.path.encode(), addr=site.address, fn_name=fn)
+            elif point.mechanism in USER_MECHANISMS:
+                if site.path:   # the node's copy; containers' copies are placed by refresh()
+                    self._place(point, site.path, site.address)
+                    st = os.stat(site.path)
+                    self._node_copy[point.fn_name] = (st.st_dev, st.st_ino)
             elif point.mechanism == "tracepoint":
                 self.bpf.attach_tracepoint(tp=site.tracepoint.encode(), fn_name=fn)
             else:
@@ -209,6 +259,13 @@ class ProbeSetProgram:
             # A latency function counts as attached only when both its entry and return are.
             pair_ok = all(p in self.attached_points for p in self._points_of(pid, site.function))
             st.functions[site.function] = pair_ok
+
+    def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
+        """Attach a uprobe point's function to one copy of its file; the BCC event names created."""
+        before = set(self.bpf.uprobe_fds)
+        attach = self.bpf.attach_uprobe if point.mechanism == "uprobe" else self.bpf.attach_uretprobe
+        attach(name=path.encode(), addr=address, fn_name=point.fn_name.encode())
+        return [ev for ev in self.bpf.uprobe_fds if ev not in before]
 
     def _points_of(self, probe_id: int, function: str) -> list[AttachPoint]:
         return [p for p in self.program.attach_points if probe_id in p.probes and p.site.function == function]
@@ -247,9 +304,9 @@ class ProbeSetProgram:
             elif name == "comm":
                 labels["comm"] = bytes(key.comm).split(b"\0", 1)[0].decode(errors="replace")
         if key_uses_cgroup(self.pset.labels):
-            workload = self.attribution.workload(key.cgroup) if self.attribution else {}
-            if workload is None:
-                workload, settled = {}, False
+            workload = {}
+            if self.attribution is not None:
+                workload, settled = self.attribution.lookup(key.cgroup)
             for name in ("namespace", "pod", "container"):
                 if name in self.pset.labels:
                     labels[name] = workload.get(name, "")
@@ -267,34 +324,45 @@ class ProbeSetProgram:
         with self._lock:
             self._label_cache.clear()
 
-    def _labels_for(self, rp: ResolvedProbe, cache: dict, raw: bytes, key_type) -> tuple[dict[str, str], str]:
-        entry = cache.get(raw)
+    def _labels_for(self, rp: ResolvedProbe, cache: dict, seen: dict, raw: bytes, key_type) -> tuple[dict[str, str], str]:
+        """Labels of a raw map key, from `cache` (last scrape's) or decoded; kept in `seen` (this
+        scrape's cache) unless not settled yet."""
+        entry = seen.get(raw) or cache.get(raw)
         if entry is None:
             labels, settled = self._decode_labels(rp, key_type.from_buffer_copy(raw))
             entry = (labels, label_text(labels))
-            if settled:   # a cgroup not found yet is looked up again next scrape
-                cache[raw] = entry
+            if not settled:   # a cgroup or pod not found yet is looked up again next scrape
+                if labels.get("pod") == UNKNOWN or labels.get("container") == UNKNOWN:
+                    self._unknown_seen.add(int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little"))
+                return entry
+        seen[raw] = entry
         return entry
 
     def read_series(self) -> dict[int, list[Series]]:
         """Per probe id: the series of its maps, per-CPU values summed, rows with equal labels merged
-        (cgroup ids are recycled, and several may map to one workload)."""
+        (several cgroups may map to one workload, e.g. a restarted container), plus the counts of
+        rows refresh() retired under labels that still have rows."""
         out: dict[int, list[Series]] = {}
         with self._lock:
             if self.bpf is None:
                 return out
+            version = self.attribution.version if self.attribution is not None else 0
+            if version != self._label_version:     # pods' names changed: decode again
+                self._label_cache.clear()
+                self._label_version = version
+            self._unknown_seen = set()
             for rp in self._usable():
                 counts = self.bpf[f"counts_p{rp.id}"]
                 cpus = counts.total_cpu
                 value_fmt = struct.Struct(f"<{2 * cpus}Q")        # {count, sum_ns} per CPU
-                cache = self._label_cache.setdefault(rp.id, {})
+                cache, seen = self._label_cache.get(rp.id, {}), {}
                 merged: dict[str, Series] = {}
                 for raw, value in read_raw(counts):
                     v = value_fmt.unpack(value)
                     count = sum(v[0::2])
                     if count == 0 and raw.startswith(_OVERFLOW_KEY_PREFIX):
                         continue
-                    labels, text = self._labels_for(rp, cache, raw, counts.Key)
+                    labels, text = self._labels_for(rp, cache, seen, raw, counts.Key)
                     s = merged.get(text)
                     if s is None:
                         s = merged[text] = Series(labels, text, 0, 0, {} if rp.probe.latency else None)
@@ -304,14 +372,207 @@ class ProbeSetProgram:
                     key_size = ctypes.sizeof(counts.Key)     # hkey = {series key, u32 bucket, pad}
                     bucket_fmt = struct.Struct(f"<{cpus}Q")
                     for raw, value in read_raw(self.bpf[f"hist_p{rp.id}"]):
-                        _, text = self._labels_for(rp, cache, raw[:key_size], counts.Key)
+                        _, text = self._labels_for(rp, cache, seen, raw[:key_size], counts.Key)
                         s = merged.get(text)
                         if s is None:
                             continue  # bucket written before its count: seen next scrape
                         bucket = int.from_bytes(raw[key_size:key_size + 4], "little")
                         s.buckets[bucket] = s.buckets.get(bucket, 0) + sum(bucket_fmt.unpack(value))
+                self._label_cache[rp.id] = seen     # bounded by the map: keys gone from it are forgotten
+                retired = self._retired.get(rp.id, {})
+                for text in list(retired):
+                    s = merged.get(text)
+                    if s is None:
+                        del retired[text]            # no row has these labels any more: the series ends
+                        continue
+                    _add_series(s, retired[text])
                 out[rp.id] = list(merged.values())
+            self.unknown_cgroups = len(self._unknown_seen)
         return out
+
+    # --- keeping up with pods and cgroups ---------------------------------------------------
+
+    def refresh(self) -> None:
+        """Housekeeping, every few seconds and when pods change: the allowed-cgroups filter and the
+        containers' uprobe copies follow the selected pods; rows of cgroups that vanished longer
+        than the retention ago are removed from the maps."""
+        with self._lock:
+            if self.bpf is None:
+                return
+            snapshot = self._cgroup_rows()      # read before the rescan: see _retire
+            if self.attribution is not None:
+                self.attribution.rescan()
+            if self.cgroup_filter:
+                self._sync_filter()
+            if self.selection is not None:
+                self._sync_copies()
+            if self.attribution is not None:
+                self._retire(snapshot)
+
+    def _sync_filter(self) -> None:
+        wanted = self.attribution.tree.ids_of_pods(self.selection.uids())
+        if len(wanted) > MAX_ALLOWED_CGROUPS:
+            log.warning("probeset %s: %d selected cgroups, more than the filter's %d; the rest are not counted",
+                        self.pset.name, len(wanted), MAX_ALLOWED_CGROUPS)
+            wanted = set(sorted(wanted)[:MAX_ALLOWED_CGROUPS])
+        table = self.bpf["allowed_cgroups"]
+        for cgroup in wanted - self._allowed:
+            table[table.Key(cgroup)] = table.Leaf(1)
+        for cgroup in self._allowed - wanted:
+            try:
+                del table[table.Key(cgroup)]
+            except KeyError:
+                pass
+        self._allowed = wanted
+
+    def _container_roots(self) -> list[tuple[int, str]]:
+        """(pid, /proc/<pid>/root) for one process of each distinct root file system among the
+        selected pods' processes: one view into each container."""
+        out, seen = [], set()
+        for uid in self.selection.uids():
+            for pid in self.attribution.tree.pids_of_pod(uid):
+                root = f"/proc/{pid}/root"
+                try:
+                    st = os.stat(root)
+                except OSError:
+                    continue   # ended
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    out.append((pid, root))
+        return out
+
+    def _copies_now(self, binary: str) -> list[str]:
+        if self.selection is None or self.attribution is None:
+            return []
+        out = []
+        for pid, root in self._container_roots():
+            try:
+                out.append(host.find_binary(binary, root, pid))
+            except (host.HostError, OSError):
+                continue
+        return out
+
+    def _address_in(self, path: str, file_key: tuple[int, int], function: str) -> int | None:
+        key = (file_key, function)
+        if key not in self._addresses:
+            try:
+                found = dict(host.elf_functions(path, function))
+            except host.HostError as e:
+                log.warning("probeset %s: %s", self.pset.name, e)
+                found = {}
+            self._addresses[key] = found.get(function)
+            if function not in found:
+                log.warning("probeset %s: %s has no function %s: that copy is not probed",
+                            self.pset.name, path, function)
+        return self._addresses[key]
+
+    def _sync_copies(self) -> None:
+        points = self.user_points()
+        if not points:
+            return
+        files: dict[str, dict[tuple[int, int], str]] = {}      # binary -> file key -> a path to it
+        for binary in {p.site.binary for p in points}:
+            found = files[binary] = {}
+            for pid, root in self._container_roots():
+                try:
+                    path = host.find_binary(binary, root, pid)
+                    st = os.stat(path)
+                except (host.HostError, OSError):
+                    continue   # this container has no such file (or just ended)
+                found.setdefault((st.st_dev, st.st_ino), path)
+        for point in {p.fn_name: p for p in points}.values():
+            have = self._copies.setdefault(point.fn_name, {})
+            wanted = files[point.site.binary]
+            for file_key, path in wanted.items():
+                if file_key in have or file_key == self._node_copy.get(point.fn_name):
+                    continue
+                address = self._address_in(path, file_key, point.site.function)
+                try:
+                    have[file_key] = self._place(point, path, address) if address is not None else []
+                except Exception as e:  # the copy vanished, or the kernel refused: next refresh retries
+                    log.warning("probeset %s: %s %s: %s", self.pset.name, point.mechanism, path, e)
+            for file_key in [k for k in have if k not in wanted]:
+                for event in have.pop(file_key):
+                    try:
+                        self.bpf.detach_uprobe_event(event)
+                    except Exception as e:
+                        log.warning("probeset %s: detaching %s: %s", self.pset.name, event.decode(), e)
+
+    def user_points(self) -> list[AttachPoint]:
+        return [p for p in self.attached_points if p.mechanism in USER_MECHANISMS]
+
+    @property
+    def allowed_cgroups(self) -> int | None:
+        """Cgroups in the in-kernel filter, or None without one."""
+        return len(self._allowed) if self.cgroup_filter else None
+
+    def copies(self, point: AttachPoint) -> int:
+        """How many files this uprobe point is attached to (the node's copy and containers')."""
+        return (point.fn_name in self._node_copy) + sum(1 for evs in self._copies.get(point.fn_name, {}).values() if evs)
+
+    def _cgroup_rows(self) -> dict[int, list[bytes]]:
+        if not key_uses_cgroup(self.pset.labels):
+            return {}
+        return {rp.id: [raw for raw, _ in read_raw(self.bpf[f"counts_p{rp.id}"])
+                        if not raw.startswith(_OVERFLOW_KEY_PREFIX)] for rp in self._usable()}
+
+    def _retire(self, snapshot: dict[int, list[bytes]]) -> None:
+        """Remove the rows of cgroups past their retention (and of cgroups never seen, once a scan
+        that began after they were first noticed still did not find them): counts move to
+        self._retired under the row's labels, map entries are deleted, so the maps stay bounded."""
+        tree = self.attribution.tree
+        now = time.monotonic()
+        expired: set[int] = set()
+        for rows in snapshot.values():
+            for raw in rows:
+                cgroup = int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little")
+                _, state = tree.path(cgroup)
+                if state != "unknown":
+                    self._unknown_since.pop(cgroup, None)
+                    continue
+                first = self._unknown_since.setdefault(cgroup, now)
+                if tree.last_scan > first:
+                    expired.add(cgroup)
+        if not expired:
+            return
+        for rp in self._usable():
+            counts = self.bpf[f"counts_p{rp.id}"]
+            cache = self._label_cache.setdefault(rp.id, {})
+            retired = self._retired.setdefault(rp.id, {})
+            cpus = counts.total_cpu
+            value_fmt = struct.Struct(f"<{2 * cpus}Q")
+            gone_keys = {}
+            for raw, value in read_raw(counts):
+                if raw.startswith(_OVERFLOW_KEY_PREFIX):
+                    continue
+                if int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little") not in expired:
+                    continue
+                labels, text = cache.get(raw) or self._decode_labels_text(rp, raw, counts.Key)
+                v = value_fmt.unpack(value)
+                acc = retired.setdefault(text, Series(labels, text, 0, 0, {} if rp.probe.latency else None))
+                acc.count += sum(v[0::2])
+                acc.sum_ns += sum(v[1::2])
+                gone_keys[raw] = acc
+            if rp.probe.latency:
+                key_size = ctypes.sizeof(counts.Key)
+                hist = self.bpf[f"hist_p{rp.id}"]
+                bucket_fmt = struct.Struct(f"<{cpus}Q")
+                for raw, value in read_raw(hist):
+                    acc = gone_keys.get(raw[:key_size])
+                    if acc is None:
+                        continue
+                    bucket = int.from_bytes(raw[key_size:key_size + 4], "little")
+                    acc.buckets[bucket] = acc.buckets.get(bucket, 0) + sum(bucket_fmt.unpack(value))
+                    _delete(hist, raw)
+            for raw in gone_keys:
+                _delete(counts, raw)
+                cache.pop(raw, None)
+        for cgroup in expired:
+            self._unknown_since.pop(cgroup, None)
+
+    def _decode_labels_text(self, rp: ResolvedProbe, raw: bytes, key_type) -> tuple[dict[str, str], str]:
+        labels, _ = self._decode_labels(rp, key_type.from_buffer_copy(raw))
+        return labels, label_text(labels)
 
     def read_missed(self) -> dict[tuple[int, str], int]:
         """(probe id, reason) -> events whose return could not be paired or recorded."""

@@ -5,6 +5,7 @@ left out; the others go on."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import host
 from .features import Features
@@ -36,8 +37,9 @@ class Site:
     mechanism: str              # kprobe kretprobe fentry fexit uprobe uretprobe tracepoint
     role: str                   # "count": record here; "start": remember entry time; "finish": pair and record
     kernel_function: str = ""   # kprobe/fentry target
-    path: str = ""              # uprobe file
-    address: int = 0            # uprobe symbol address in that file
+    binary: str = ""            # uprobe: BINARY as the probe names it (each copy of it is attached)
+    path: str = ""              # uprobe: the node's copy, attached at start ("" if not observed)
+    address: int = 0            # uprobe: the function's address in that copy
     tracepoint: str = ""        # CATEGORY:NAME
     fields: tuple[GroupField, ...] = ()   # groupBy sources at this site, in groupBy order
 
@@ -64,7 +66,9 @@ class ResolvedProbe:
     def describe_sites(self) -> list[str]:
         seen, lines = set(), []
         for s in self.sites:
-            if s.mechanism in ("uprobe", "uretprobe"):
+            if s.mechanism in ("uprobe", "uretprobe") and not s.path:
+                text = f"{s.mechanism} {s.binary}:{s.function} in each selected pod's copy"
+            elif s.mechanism in ("uprobe", "uretprobe"):
                 text = f"{s.mechanism} {s.path}:{s.function} at offset {s.address:#x}"
             elif s.mechanism == "tracepoint":
                 text = f"tracepoint {s.tracepoint}"
@@ -129,19 +133,42 @@ def _resolve_tracepoint(rp: ResolvedProbe) -> None:
     rp.via = "tracepoint"
 
 
-def _resolve_user(rp: ResolvedProbe) -> None:
+@dataclass(frozen=True)
+class UserTargets:
+    """Where uprobes go. Standalone: the host's file only. Cluster mode: the node's copy (through
+    `host_root`) when host processes are observed, and each selected container's copy, attached as
+    pods come (`copies(binary)` lists the copies present now; used to expand a glob symbol when the
+    node's copy is not observed)."""
+
+    host_root: str = "/"
+    observe_host: bool = True
+    copies: Callable[[str], list[str]] | None = None
+
+
+def _resolve_user(rp: ResolvedProbe, targets: UserTargets) -> None:
     p = rp.probe
-    path = host.resolve_binary(p.binary)
-    found = host.elf_functions(path, p.symbol)
-    if not found:
-        what = "symbol matches" if host.is_glob(p.symbol) else "function symbol"
-        raise host.HostError(f"{path}: no {what} {p.symbol!r}")
+    path = host.find_binary(p.binary, targets.host_root) if targets.observe_host else ""
+    if not path and host.is_glob(p.symbol):
+        copies = targets.copies(p.binary) if targets.copies else []
+        if not copies:
+            raise host.HostError(f"symbol glob {p.symbol!r} needs a copy of {p.binary} to expand, and no selected "
+                                 "pod has one yet: name the function exactly, or apply the ProbeSet once the pods run")
+        source = copies[0]
+    else:
+        source = path
+    if source:
+        found = host.elf_functions(source, p.symbol)
+        if not found:
+            what = "symbol matches" if host.is_glob(p.symbol) else "function symbol"
+            raise host.HostError(f"{source}: no {what} {p.symbol!r}")
+    else:
+        found = [(p.symbol, 0)]   # placed in each container's copy as its pods come
     if len(found) > p.max_functions:
         raise host.HostError(_too_many(p, "functions", len(found), [n for n, _ in found]))
     fields = tuple(_arg_field(label) for label in p.group_by)
     for i, (name, addr) in enumerate(found):
         rp.functions.append(name)
-        common = dict(function=name, path=path, address=addr, fields=fields)
+        common = dict(function=name, binary=p.binary, path=path, address=addr if path else 0, fields=fields)
         if p.latency:
             rp.sites.append(Site(i, mechanism="uprobe", role="start", **common))
             rp.sites.append(Site(i, mechanism="uretprobe", role="finish", **common))
@@ -185,13 +212,13 @@ def _resolve_kernel(rp: ResolvedProbe, features: Features) -> None:
     rp.via = mechanism
 
 
-def resolve_probe(probe: Probe, features: Features | None) -> ResolvedProbe:
+def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets = UserTargets()) -> ResolvedProbe:
     rp = ResolvedProbe(probe)
     try:
         if probe.kind == "tracepoint":
             _resolve_tracepoint(rp)
         elif probe.kind in ("uprobe", "uretprobe"):
-            _resolve_user(rp)
+            _resolve_user(rp, targets)
         else:
             if features is None:
                 raise host.HostError("kernel features unknown")
@@ -204,10 +231,10 @@ def resolve_probe(probe: Probe, features: Features | None) -> ResolvedProbe:
     return rp
 
 
-def resolve(pset: ProbeSet, features: Features | None = None) -> list[ResolvedProbe]:
+def resolve(pset: ProbeSet, features: Features | None = None, targets: UserTargets = UserTargets()) -> list[ResolvedProbe]:
     """One ResolvedProbe per valid probe, in spec order. Kernel features are detected (by trying)
     only when a kprobe-family probe needs them."""
     if features is None and any(p.kind in ("kprobe", "kretprobe") for p in pset.probes):
         from .features import detect
         features = detect()
-    return [resolve_probe(p, features) for p in pset.probes]
+    return [resolve_probe(p, features, targets) for p in pset.probes]

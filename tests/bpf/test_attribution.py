@@ -1,12 +1,18 @@
-"""Standalone attribution from cgroup paths: processes in cgroups named like the kubelet's get the
-pod UID and container ID labels; host processes get empty ones."""
+"""Pod attribution and pod-targeted probes on this kernel, with fake pods: cgroup v2 directories
+named as the kubelet names them (systemd driver, containerd), processes started inside them, and
+pod objects fed to the agent's pod index as the API watch would."""
 
 import os
+import shutil
+import subprocess
+import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
-from probeset_agent.attribution import CgroupAttribution, cgroup2_root, workload_of_path
+from probeset_agent.attribution import UNKNOWN, Attribution, CgroupTree, cgroup2_root, workload_of_path
+from probeset_agent.pods import PodIndex, PodInfo, PodSelection
 from tests.support import Target
 
 
@@ -23,56 +29,257 @@ def test_kubelet_cgroup_names_are_parsed():
     assert workload_of_path("/system.slice/ssh.service") == {}
 
 
+@dataclass
+class FakePod:
+    uid: str
+    namespace: str
+    name: str
+    labels: dict
+    path: str                        # the pod's cgroup directory
+    containers: dict                 # container name -> (container ID, cgroup directory)
+
+    def cgroup(self, container: str = "app") -> str:
+        return self.containers[container][1]
+
+    def info(self) -> PodInfo:
+        return PodInfo(self.uid, self.namespace, self.name, dict(self.labels),
+                       {cid: name for name, (cid, _) in self.containers.items()})
+
+
+class FakePods:
+    """Creates kubelet-named cgroups; removes them (and anything left in them) at the end."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.base = os.path.join(root, "kubepods.slice", "kubepods-besteffort.slice")
+        self.pods: list[FakePod] = []
+
+    def add(self, namespace="default", name=None, labels=None, containers=("app",)) -> FakePod:
+        uid = str(uuid.uuid4())
+        path = os.path.join(self.base, f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice")
+        made = {}
+        for container in containers:
+            cid = uuid.uuid4().hex * 2
+            made[container] = (cid, os.path.join(path, f"cri-containerd-{cid}.scope"))
+            os.makedirs(made[container][1])
+        pod = FakePod(uid, namespace, name or f"pod-{uid[:8]}", labels or {}, path, made)
+        self.pods.append(pod)
+        return pod
+
+    def remove_container(self, pod: FakePod, container: str) -> None:
+        _, path = pod.containers.pop(container)
+        self._rmdir(path)
+
+    def remove(self, pod: FakePod) -> None:
+        for container in list(pod.containers):
+            self.remove_container(pod, container)
+        self._rmdir(pod.path)
+        self.pods.remove(pod)
+
+    def _rmdir(self, path: str) -> None:
+        if not os.path.isdir(path):
+            return
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            left = [line.strip() for line in f if line.strip()]
+        for pid in left:   # a process still there (a failed test): back to the root cgroup
+            with open(os.path.join(self.root, "cgroup.procs"), "w") as f:
+                f.write(pid)
+        os.rmdir(path)
+
+    def cleanup(self) -> None:
+        for pod in list(self.pods):
+            self.remove(pod)
+        for d in (self.base, os.path.dirname(self.base)):
+            if os.path.isdir(d) and not [e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e))]:
+                os.rmdir(d)
+
+
 @pytest.fixture
-def pod_cgroups():
-    """Two fake pods' container cgroups in the cgroup v2 tree, named as the systemd driver does."""
+def fake_pods():
     root = cgroup2_root()
     if root is None:
-        pytest.skip("no cgroup v2 hierarchy mounted")
-    made, pods = [], []
-    base = os.path.join(root, "kubepods.slice", "kubepods-besteffort.slice")
-    for _ in range(2):
-        uid, cid = str(uuid.uuid4()), uuid.uuid4().hex * 2
-        path = os.path.join(base, f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice",
-                            f"cri-containerd-{cid}.scope")
-        os.makedirs(path)
-        made.append(path)
-        pods.append((uid, cid, path))
-    yield root, pods
-    for path in made:
-        for d in (path, os.path.dirname(path)):
-            if os.path.isdir(d):
-                os.rmdir(d)
-    for d in (base, os.path.dirname(base)):
-        if os.path.isdir(d) and not [e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e))]:
-            os.rmdir(d)
+        pytest.skip("no cgroup v2 hierarchy mounted (bpf_get_current_cgroup_id needs one)")
+    pods = FakePods(root)
+    yield pods
+    pods.cleanup()
 
 
-def test_events_are_labelled_with_pod_and_container(pod_cgroups, target_binary, run_probeset):
-    root, pods = pod_cgroups
-    targets = []
-    try:
-        for (uid, cid, path), n in zip(pods, (7, 11)):
-            t = Target(target_binary)
-            targets.append(t)
-            with open(os.path.join(path, "cgroup.procs"), "w") as f:
-                f.write(str(t.pid))
-        host = Target(target_binary)
-        targets.append(host)
-        prog = run_probeset([{"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}],
-                            labels=["node", "namespace", "pod", "container"])
-        prog.attribution = CgroupAttribution(root)
-        targets[0].run("work 7")
-        targets[1].run("work 11")
-        host.run("work 3")
-        mine = {(s.labels["pod"], s.labels["container"]): s.count for s in prog.read_series()[0]
-                if s.labels["pod"] in {uid for uid, _, _ in pods} or s.labels["pod"] == ""}
-        (uid0, cid0, _), (uid1, cid1, _) = pods
-        assert mine[(uid0, cid0)] == 7 and mine[(uid1, cid1)] == 11
-        assert mine[("", "")] == 3          # the host process: empty workload labels
-        assert all(s.labels["namespace"] == "" for s in prog.read_series()[0])
-    finally:
-        for t in targets:
-            with open(os.path.join(root, "cgroup.procs"), "w") as f:   # back to the root before rmdir
-                f.write(str(t.pid))
+@pytest.fixture
+def targets():
+    """Start Targets; closes them all at the end."""
+    started = []
+
+    def start(argv, cgroup=None) -> Target:
+        t = Target(argv, cgroup)
+        started.append(t)
+        return t
+    yield start
+    for t in started:
+        if t.proc.poll() is None:
             t.close()
+
+
+def by_labels(prog, probe_id=0, keys=("namespace", "pod", "container")) -> dict[tuple, int]:
+    out = {}
+    for s in prog.read_series().get(probe_id, []):
+        k = tuple(s.labels[name] for name in keys)
+        out[k] = out.get(k, 0) + s.count
+    return out
+
+
+WORKLOAD = ["node", "namespace", "pod", "container"]
+
+
+def test_standalone_labels_are_pod_uid_and_container_id(fake_pods, targets, target_binary, run_probeset):
+    a, b = fake_pods.add(), fake_pods.add()
+    ta, tb, host = targets(target_binary, a.cgroup()), targets(target_binary, b.cgroup()), targets(target_binary)
+    prog = run_probeset([{"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}], labels=WORKLOAD,
+                        program={"attribution": Attribution(CgroupTree(fake_pods.root))})
+    ta.run("work 7")
+    tb.run("work 11")
+    host.run("work 3")
+    counts = by_labels(prog)
+    assert counts[("", a.uid, a.containers["app"][0])] == 7
+    assert counts[("", b.uid, b.containers["app"][0])] == 11
+    assert counts[("", "", "")] == 3          # host processes: empty workload labels
+
+
+def test_names_come_from_the_pod_index(fake_pods, targets, target_binary, run_probeset):
+    pods = PodIndex()
+    a = fake_pods.add("shop", "checkout-1", containers=("app", "sidecar"))
+    ta, ts = targets(target_binary, a.cgroup("app")), targets(target_binary, a.cgroup("sidecar"))
+    prog = run_probeset([{"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}], labels=WORKLOAD,
+                        program={"attribution": Attribution(CgroupTree(fake_pods.root), pods)})
+    ta.run("work 5")
+    ts.run("work 2")
+    # Not in the index yet: UID and container ID meanwhile, looked up again at every scrape.
+    assert by_labels(prog)[("", a.uid, a.containers["app"][0])] == 5
+    pods.update(a.info())
+    assert by_labels(prog) == {("shop", "checkout-1", "app"): 5, ("shop", "checkout-1", "sidecar"): 2}
+
+
+def test_namespaced_probeset_counts_only_its_namespace(fake_pods, targets, target_binary, run_probeset):
+    """Kernel-side filter: a tracepoint (which fires for every process on the node) and a uprobe
+    count only the events of the namespace's pods, not of other namespaces' pods or the host."""
+    pods = PodIndex()
+    mine, other = fake_pods.add("team-a"), fake_pods.add("team-b")
+    for pod in (mine, other):
+        pods.update(pod.info())
+    t_mine, t_other = targets(target_binary, mine.cgroup()), targets(target_binary, other.cgroup())
+    host = targets(target_binary)
+    attribution = Attribution(CgroupTree(fake_pods.root), pods, rescan_interval=0)
+    prog = run_probeset(
+        [{"name": "sleeps", "tracepoint": "syscalls:sys_enter_clock_nanosleep"},
+         {"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}],
+        namespace="team-a", labels=WORKLOAD,
+        program={"attribution": attribution, "selection": PodSelection(pods, "team-a", None)})
+    assert prog.allowed_cgroups == 2                       # the pod's cgroup and its container's
+    for t in (t_mine, t_other, host):
+        t.run("sleep 4 1")
+        t.run("work 9")
+    name = mine.info().name
+    assert by_labels(prog, 0) == {("team-a", name, "app"): 4}
+    assert by_labels(prog, 1) == {("team-a", name, "app"): 9}
+
+    # A new pod of the namespace is followed; a deleted one is dropped from the filter.
+    late = fake_pods.add("team-a")
+    pods.update(late.info())
+    t_late = targets(target_binary, late.cgroup())
+    prog.refresh()
+    assert prog.allowed_cgroups == 4
+    t_late.run("work 6")
+    pods.delete(mine.uid)
+    prog.refresh()
+    t_mine.run("work 100")                                 # no longer selected: not counted
+    assert by_labels(prog, 1) == {("team-a", name, "app"): 9, ("team-a", late.info().name, "app"): 6}
+
+
+@pytest.fixture
+def container_root(tmp_path, target_binary):
+    """A root file system with its own copies of the target and the libraries it loads (libc, the
+    dynamic linker): what a container image brings."""
+    root = tmp_path / "rootfs"
+    shutil.copy(target_binary, root / "target") if root.mkdir() is None else None
+    out = subprocess.run(["ldd", target_binary], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        path = next((p for p in line.split() if p.startswith("/")), None)
+        if path:
+            dest = root / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(os.path.realpath(path), dest)      # a file of its own: another inode
+    return str(root)
+
+
+def test_uprobe_attaches_to_the_containers_own_library(fake_pods, targets, target_binary, container_root,
+                                                       run_probeset):
+    libc = os.path.join(container_root, "lib/x86_64-linux-gnu/libc.so.6")
+    assert os.path.isfile(libc), "ldd did not name /lib/x86_64-linux-gnu/libc.so.6"
+    pods = PodIndex()
+    ctr = fake_pods.add("team-a")
+    pods.update(ctr.info())
+    # The "container": its own mount namespace and root, in the pod's cgroup.
+    inside = targets(["unshare", "--mount", "chroot", container_root, "/target"], ctr.cgroup())
+    host = targets(target_binary)
+    prog = run_probeset(
+        [{"name": "usleep", "uprobe": "libc:usleep"}], namespace="team-a", labels=WORKLOAD,
+        program={"attribution": Attribution(CgroupTree(fake_pods.root), pods, rescan_interval=0),
+                 "selection": PodSelection(pods, "team-a", None)})
+    (point,) = prog.user_points()
+    assert prog.copies(point) == 1
+    (events,) = [evs for evs in prog._copies[point.fn_name].values() if evs]
+    placed = os.stat(libc)
+    assert list(prog._copies[point.fn_name]) == [(placed.st_dev, placed.st_ino)]   # the copy, not the host's
+    assert os.stat(os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")).st_ino != placed.st_ino
+    inside.run("sleep 5 1")
+    host.run("sleep 8 1")
+    assert by_labels(prog) == {("team-a", ctr.name, "app"): 5}
+
+    # The container ends: its copy is detached at the next refresh.
+    inside.close()
+    prog.refresh()
+    assert prog.copies(point) == 0 and not any(prog._copies[point.fn_name].values())
+
+
+def test_unknown_cgroups_fold_into_one_series_and_age_out(fake_pods, targets, target_binary, run_probeset):
+    """Cgroups that vanish before the agent ever scans them: one __unknown__ series, counted."""
+    prog = run_probeset([{"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}], labels=WORKLOAD,
+                        program={"attribution": Attribution(CgroupTree(fake_pods.root), rescan_interval=0)})
+    for n in (3, 4):
+        pod = fake_pods.add()
+        t = targets(target_binary, pod.cgroup())
+        t.run(f"work {n}")
+        t.close()
+        fake_pods.remove(pod)
+    assert by_labels(prog) == {(UNKNOWN, UNKNOWN, UNKNOWN): 7}
+    assert prog.unknown_cgroups == 2
+    prog.refresh()   # first sighting as unknown
+    prog.refresh()   # a later scan still does not find them: their rows leave the map
+    assert by_labels(prog) == {}
+    assert len(list(prog.bpf["counts_p0"].items())) == 1     # just the overflow slot
+
+
+def test_vanished_container_keeps_its_series_until_retention(fake_pods, targets, target_binary, run_probeset):
+    """A container's series keeps its labels after the cgroup goes; after the retention its rows
+    are removed, and counts retired under labels other rows still have keep the series monotonic."""
+    pods = PodIndex()
+    pod = fake_pods.add("shop", "cart-1", containers=("app", "old"))
+    pods.update(pod.info())
+    tree = CgroupTree(fake_pods.root, retention=0.5)
+    prog = run_probeset([{"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}],
+                        labels=["namespace", "pod"],
+                        program={"attribution": Attribution(tree, pods, rescan_interval=0)})
+    prog.attribution.rescan(force=True)
+    t_app, t_old = targets(target_binary, pod.cgroup("app")), targets(target_binary, pod.cgroup("old"))
+    t_app.run("work 5")
+    t_old.run("work 7")
+    t_old.close()
+    fake_pods.remove_container(pod, "old")
+    prog.refresh()                                         # gone, within retention: kept
+    assert by_labels(prog, keys=("namespace", "pod")) == {("shop", "cart-1"): 12}
+    rows_before = len(list(prog.bpf["counts_p0"].items()))
+    time.sleep(0.6)
+    for _ in range(3):
+        prog.refresh()
+    assert len(list(prog.bpf["counts_p0"].items())) == rows_before - 1    # the old container's row left
+    t_app.run("work 1")
+    assert by_labels(prog, keys=("namespace", "pod")) == {("shop", "cart-1"): 13}   # never goes backwards

@@ -1,0 +1,195 @@
+"""The pods of this node, from the API server: names for the pod UIDs and container IDs found in
+cgroups, and pod labels for podSelector. Deleted pods are remembered for `retention` seconds so
+the series of a finished pod keep their names until they age out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"   # static pods: the kubelet's UID for the pod
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    uid: str                    # the UID in the pod's cgroup names (a static pod's config hash)
+    namespace: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    containers: dict[str, str] = field(default_factory=dict)   # container ID -> container name
+
+
+def pod_info(pod: dict) -> PodInfo:
+    """From a Pod as JSON (API field names)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    containers = {}
+    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+        for cs in status.get(key) or []:
+            cid = (cs.get("containerID") or "").rpartition("://")[2]
+            if cid:
+                containers[cid] = cs.get("name", "")
+    uid = (meta.get("annotations") or {}).get(MIRROR_ANNOTATION) or meta.get("uid", "")
+    return PodInfo(uid, meta.get("namespace", ""), meta.get("name", ""), dict(meta.get("labels") or {}),
+                   containers)
+
+
+def selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions); None or {} matches everything."""
+    if not selector:
+        return True
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for req in selector.get("matchExpressions") or []:
+        key, op, values = req["key"], req["operator"], req.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+class PodIndex:
+    def __init__(self, retention: float = 300.0):
+        self.retention = retention
+        self._pods: dict[str, PodInfo] = {}
+        self._deleted: dict[str, float] = {}    # uid -> when deleted
+        self._lock = threading.Lock()
+        self.version = 0                         # bumped on every change that can alter labels
+        self.synced = threading.Event()          # set once the first listing is in
+
+    def replace(self, pods: list[PodInfo]) -> None:
+        """The full listing: pods missing from it count as deleted now."""
+        now = time.monotonic()
+        with self._lock:
+            current = {p.uid: p for p in pods}
+            for uid in self._pods.keys() - current.keys():
+                self._deleted.setdefault(uid, now)
+                current[uid] = self._pods[uid]
+            for uid in [u for u in self._deleted if u in {p.uid for p in pods}]:
+                del self._deleted[uid]
+            self._pods = current
+            self._expire(now)
+            self.version += 1
+        self.synced.set()
+
+    def update(self, pod: PodInfo) -> None:
+        with self._lock:
+            if self._pods.get(pod.uid) == pod and pod.uid not in self._deleted:
+                return
+            self._pods[pod.uid] = pod
+            self._deleted.pop(pod.uid, None)
+            self._expire(time.monotonic())
+            self.version += 1
+
+    def delete(self, uid: str) -> None:
+        with self._lock:
+            if uid in self._pods:
+                self._deleted.setdefault(uid, time.monotonic())
+                self.version += 1
+
+    def _expire(self, now: float) -> None:
+        for uid in [u for u, t in self._deleted.items() if now - t > self.retention]:
+            del self._deleted[uid]
+            self._pods.pop(uid, None)
+
+    def expire(self) -> None:
+        with self._lock:
+            before = len(self._pods)
+            self._expire(time.monotonic())
+            if len(self._pods) != before:
+                self.version += 1
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def names(self, uid: str, container_id: str | None) -> dict[str, str] | None:
+        """{namespace, pod, container} names, or None while the pod (or container) is not known."""
+        with self._lock:
+            pod = self._pods.get(uid)
+        if pod is None:
+            return None
+        container = ""
+        if container_id:
+            container = pod.containers.get(container_id)
+            if container is None:
+                return None
+        return {"namespace": pod.namespace, "pod": pod.name, "container": container}
+
+    def selected(self, namespace: str | None, selector: dict | None) -> list[str]:
+        """UIDs of the running (not deleted) pods in `namespace` (None: any) matching `selector`."""
+        with self._lock:
+            return [p.uid for p in self._pods.values() if p.uid not in self._deleted
+                    and (namespace is None or p.namespace == namespace) and selector_matches(selector, p.labels)]
+
+
+@dataclass(frozen=True)
+class PodSelection:
+    """Which pods a ProbeSet observes in cluster mode: `namespace` (None: every namespace) and
+    `selector`. `host` is True when host processes are observed too (node scope without a
+    podSelector); then no in-kernel filter is needed."""
+
+    pods: PodIndex
+    namespace: str | None
+    selector: dict | None
+
+    @property
+    def host(self) -> bool:
+        return self.namespace is None and not self.selector
+
+    def uids(self) -> list[str]:
+        return self.pods.selected(self.namespace, self.selector)
+
+
+class PodWatcher:
+    """Lists and watches the pods of `node` into `index`; `on_change` runs after each change."""
+
+    def __init__(self, api_client, node: str, index: PodIndex, on_change=None):
+        from kubernetes import client
+        self.core = client.CoreV1Api(api_client)
+        self.api_client = self.core.api_client
+        self.node, self.index, self.on_change = node, index, on_change
+        self.stopping = threading.Event()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:   # a failing consumer must not end the watch
+                log.exception("pod change handler failed")
+
+    def run(self) -> None:
+        from kubernetes import watch
+        selector = f"spec.nodeName={self.node}"
+        while not self.stopping.is_set():
+            try:
+                listing = self.core.list_pod_for_all_namespaces(field_selector=selector)
+                self.index.replace([pod_info(self.api_client.sanitize_for_serialization(p))
+                                    for p in listing.items])
+                self._changed()
+                w = watch.Watch()
+                for event in w.stream(self.core.list_pod_for_all_namespaces, field_selector=selector,
+                                      resource_version=listing.metadata.resource_version, timeout_seconds=60):
+                    if self.stopping.is_set():
+                        w.stop()
+                        break
+                    info = pod_info(self.api_client.sanitize_for_serialization(event["object"]))
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.index.update(info)
+                    elif event["type"] == "DELETED":
+                        self.index.delete(info.uid)
+                    self._changed()
+            except Exception as e:   # API away, watch expired (410): list again; probes keep running
+                log.warning("watching pods of node %s: %s", self.node, e)
+                self.stopping.wait(5)
+
+    def stop(self) -> None:
+        self.stopping.set()
