@@ -132,6 +132,7 @@ def start_operator(installed, tmp_path):
     def start(index=0):
         env = dict(os.environ, KUBECONFIG=kubeconfig, PROBESET_OPERATOR_NAMESPACE=OPERATOR_NS,
                    PROBESET_AGENT_IMAGE="registry.example/probeset:test", PROBESET_PEERING=peering)
+        env.pop("PROBESET_NODE_WIDE_NAMESPACES", None)   # the default: the operator's namespace only
         port = free_port()
         p = Process(PROBESET + ["operator", "--liveness", f"http://127.0.0.1:{port}/healthz"], env,
                     tmp_path / f"operator-{index}-{len(running)}.log")

@@ -1,8 +1,10 @@
 """End to end in a real API server: a Node named after this host, the operator's DaemonSet, and a
 test "node runner" that starts the scheduled pod's container command here, as a kubelet would
-(same args, same env, the agent ServiceAccount's credentials). The agent attaches real uprobes on
-this host, reports its node in the ProbeSet's status, serves exact counts, hot-reloads on edit,
-and detaches when the ProbeSet is deleted."""
+(same args, same env, the agent ServiceAccount's credentials). Pods of this node are played too
+(fake_kubelet.py): Pod objects with container IDs in their status, processes in cgroups named after
+them. The agent attaches real uprobes on this host, counts only its namespace's pods (named
+namespace/pod/container), reports its node in the ProbeSet's status, serves exact counts,
+hot-reloads on edit, detaches when the ProbeSet is deleted, and refuses a scope it is not granted."""
 
 import os
 import signal
@@ -14,7 +16,8 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from probeset_operator.render import LABEL_UID, METRICS_PORT
+from probeset_operator.render import LABEL_UID, METRICS_PORT, AgentSettings, render_daemonset
+from tests.k8s.fake_kubelet import fake_kubelet  # noqa: F401
 from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, Process, api, condition,  # noqa: F401
                                     get_ds, get_ps, installed, namespace, probeset, service_account_kubeconfig,
                                     start_operator, wait_for)
@@ -40,25 +43,58 @@ def node(api):
 
 
 @pytest.fixture
-def target(build_c):
-    t = Target(build_c("probeset_target", TARGET_C))
-    yield t
-    t.close()
+def target_binary(build_c):
+    return build_c("probeset_target", TARGET_C)
+
+
+@pytest.fixture
+def targets():
+    """Start Targets (in a cgroup or not); all are closed at the end."""
+    started = []
+
+    def start(argv, cgroup=None) -> Target:
+        t = Target(argv, cgroup)
+        started.append(t)
+        return t
+    yield start
+    for t in started:
+        if t.proc.poll() is None:
+            t.close()
+
+
+@pytest.fixture
+def other_namespace(api, namespace):
+    name = f"{namespace}-other"
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+def run_container_here(container: dict, node: str, kubeconfig: str, log_path):
+    """Start a pod's container command (API field names) on this host with its environment, like a
+    kubelet."""
+    env = {"PATH": os.environ["PATH"], "KUBECONFIG": kubeconfig}
+    for e in container.get("env") or []:
+        if e.get("valueFrom") is not None:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+            env[e["name"]] = node
+        else:
+            env[e["name"]] = e["value"]
+    # The image's entrypoint is `probeset`; here, this checkout's.
+    argv = [sys.executable, "-m", "probeset_agent.cli", *container["args"]]
+    return Process(argv, env, log_path)
 
 
 def run_pod_here(api, pod, kubeconfig, log_path):
-    """Start the pod's container command on this host with its environment, like a kubelet."""
-    (container,) = pod.spec.containers
-    env = {"PATH": os.environ["PATH"], "KUBECONFIG": kubeconfig}
-    for e in container.env:
-        if e.value_from is not None:
-            assert e.value_from.field_ref.field_path == "spec.nodeName"
-            env[e.name] = pod.spec.node_name
-        else:
-            env[e.name] = e.value
-    # The image's entrypoint is `probeset`; here, this checkout's.
-    argv = [sys.executable, "-m", "probeset_agent.cli", *container.args]
-    return Process(argv, env, log_path)
+    (container,) = api.sanitize_for_serialization(pod)["spec"]["containers"]
+    return run_container_here(container, pod.spec.node_name, kubeconfig, log_path)
+
+
+def stop_agent(agent) -> int:
+    code = agent.stop(signal.SIGTERM)
+    print(f"----- agent log -----\n{agent.text()[-4000:]}", file=sys.stderr)
+    return code
 
 
 def metrics():
@@ -67,17 +103,49 @@ def metrics():
     return [s for f in text_string_to_metric_families(text) for s in f.samples]
 
 
-def events_of(probe, by="function"):
-    return {s.labels[by]: s.value for s in metrics() if s.name == "probeset_events_total" and s.labels["probe"] == probe}
+def samples(name, **labels):
+    return [s for s in metrics() if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
 
 
-def test_agent_from_the_daemonset_attaches_reports_reloads_and_detaches(api, namespace, node, target,
-                                                                          start_operator, installed, tmp_path):
+def gauge(name, **labels):
+    """The value of the one sample of `name` with these labels, or None."""
+    found = samples(name, **labels)
+    assert len(found) <= 1, found
+    return found[0].value if found else None
+
+
+WORKLOAD = ("node", "namespace", "pod", "container")
+
+
+def events_of(probe, by=WORKLOAD):
+    """{(label values of `by`): events} of one probe."""
+    out = {}
+    for s in samples("probeset_events_total", probe=probe):
+        key = tuple(s.labels[name] for name in by)
+        out[key] = out.get(key, 0) + s.value
+    return out
+
+
+def agent_report(api, namespace, name):
+    obj = get_ps(api, namespace, name)
+    return obj, ((obj.get("status") or {}).get("agents") or {}).get(NODE)
+
+
+def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and_detaches(
+        api, namespace, other_namespace, node, fake_kubelet, target_binary, targets, start_operator,
+        installed, tmp_path):
+    """Scope Namespace (the default): events of the namespace's pod are counted and named
+    namespace/pod/container; the same function called by a host process and by a pod of another
+    namespace on the node is not counted (the in-kernel cgroup filter)."""
     start_operator()
     objs = client.CustomObjectsApi(api)
-    work = {"name": "work", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid}
+    # The neighbours: a pod of another namespace on this node, and a process of the host.
+    neighbour = fake_kubelet.run_pod(other_namespace, "other-1")
+    t_neighbour, t_host = targets(target_binary, neighbour.cgroup()), targets(target_binary)
+
+    work = {"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}
     objs.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
-        "e2e", [work], nodeSelector={"probeset-test": "e2e"}, labels=["node"]))
+        "e2e", [work], nodeSelector={"probeset-test": "e2e"}, labels=list(WORKLOAD)))
     uid = wait_for("ProbeSet", lambda: get_ps(api, namespace, "e2e"))["metadata"]["uid"]
     pod = wait_for("agent pod bound to this node", lambda: next(iter(
         p for p in client.CoreV1Api(api).list_namespaced_pod(OPERATOR_NS, label_selector=f"{LABEL_UID}={uid}").items
@@ -86,48 +154,95 @@ def test_agent_from_the_daemonset_attaches_reports_reloads_and_detaches(api, nam
     agent_kubeconfig = service_account_kubeconfig(installed, tmp_path, "probeset-agent")
     agent = run_pod_here(api, pod, agent_kubeconfig, tmp_path / "agent.log")
     try:
-        obj = wait_for("the agent's report", lambda: (o := get_ps(api, namespace, "e2e")) and
-                       (o.get("status") or {}).get("agents", {}).get(NODE, {}).get("attached") == 1 and o, timeout=60)
+        obj = wait_for("the agent's report", lambda: (r := agent_report(api, namespace, "e2e"))[1] and
+                       r[1].get("attached") == 1 and r[0], timeout=60)
         assert obj["status"]["agents"][NODE]["generation"] == obj["metadata"]["generation"]
         assert "failed" not in obj["status"]["agents"][NODE]
         obj = wait_for("Ready", lambda: (o := get_ps(api, namespace, "e2e")) and
                        (condition(o, "Ready") or {}).get("status") == "True" and o)
         assert obj["status"]["nodes"]["summary"] == "1/1" and obj["status"]["probes"] == "1/1"
+        assert gauge("probeset_allowed_cgroups", probeset="e2e") == 0    # no pod of the namespace yet
 
-        target.run("work 123")
-        assert events_of("work") == {"probeset_target_work": 123}
+        # A pod of the namespace starts after the agent: the pod watch and the housekeeping follow it
+        # (its two cgroups, the pod's and the container's, into the filter; its copy of the binary).
+        app = fake_kubelet.run_pod(namespace, "app-1")
+        t_app = targets(target_binary, app.cgroup())
+        wait_for("the pod in the filter and its copy probed", lambda:
+                 gauge("probeset_allowed_cgroups", probeset="e2e") == 2 and
+                 gauge("probeset_uprobe_files", probeset="e2e", probe="work") == 1, timeout=30)
+        mine = (NODE, namespace, "app-1", "app")
+
+        t_app.run("work 123")
+        t_neighbour.run("work 70")
+        t_host.run("work 50")
+        counts = wait_for("the pod's events, named", lambda: (c := events_of("work")) and mine in c and c)
+        assert counts == {mine: 123}
+        assert gauge("probeset_unknown_cgroups", probeset="e2e") == 0
 
         # Edit: add a probe. The agent reloads (counters restart) and reports the new generation.
-        ret = {"name": "ret", "uretprobe": f"{target.path}:probeset_target_work", "pid": target.pid,
-               "groupBy": ["retval"]}
+        ret = {"name": "ret", "uretprobe": f"{target_binary}:probeset_target_work", "groupBy": ["retval"]}
         objs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "e2e",
                                             {"spec": {"probes": [work, ret]}})
-        wait_for("the reloaded agent's report", lambda: (o := get_ps(api, namespace, "e2e")) and
-                 o["status"]["agents"][NODE].get("generation") == o["metadata"]["generation"] and
-                 o["status"]["agents"][NODE].get("attached") == 2, timeout=60)
-        target.run("work 30")
-        assert events_of("work") == {"probeset_target_work": 30}
-        assert events_of("ret", by="retval") == {"1": 10, "0": 20}
+        wait_for("the reloaded agent's report", lambda: (r := agent_report(api, namespace, "e2e"))[1] and
+                 r[1].get("generation") == r[0]["metadata"]["generation"] and r[1].get("attached") == 2, timeout=60)
+        assert gauge("probeset_allowed_cgroups", probeset="e2e") == 2
+        assert gauge("probeset_uprobe_files", probeset="e2e", probe="ret") == 1
+        for t in (t_app, t_neighbour, t_host):
+            t.run("work 30")
+        assert events_of("work") == {mine: 30}
+        assert events_of("ret", WORKLOAD + ("retval",)) == {mine + ("1",): 10, mine + ("0",): 20}
 
         # A probe that cannot attach: the node reports it, the set is Degraded with the reason.
-        missing = {"name": "missing", "uprobe": f"{target.path}:no_such_function"}
+        # (A tracepoint: with scope Namespace a uprobe is placed in each pod's copy of its file as
+        # pods come, and a copy without the function is logged, not reported.)
+        missing = {"name": "missing", "tracepoint": "probeset_test:no_such_tracepoint"}
         objs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "e2e",
                                             {"spec": {"probes": [work, ret, missing]}})
         obj = wait_for("Degraded", lambda: (o := get_ps(api, namespace, "e2e")) and
                        (condition(o, "Degraded") or {}).get("status") == "True" and o, timeout=60)
-        assert "no_such_function" in condition(obj, "Degraded")["message"]
+        assert "no_such_tracepoint" in condition(obj, "Degraded")["message"]
         assert obj["status"]["agents"][NODE]["failed"][0]["name"] == "missing"
         wait_for("ProbeFailed event", lambda: [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
                                                if e.reason == "ProbeFailed" and NODE in e.message])
-        target.run("work 5")
-        assert events_of("work") == {"probeset_target_work": 5}      # the good probes kept working
+        for t in (t_app, t_neighbour, t_host):
+            t.run("work 5")
+        assert events_of("work") == {mine: 5}      # the good probes kept working, still filtered
 
         # Delete: the agent detaches, the DaemonSet goes.
         objs.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "e2e")
-        wait_for("the agent to detach", lambda: "detaching" in agent.text() and not [
-            s for s in metrics() if s.name == "probeset_events_total"])
+        wait_for("the agent to detach", lambda: "detaching" in agent.text() and not samples("probeset_events_total"))
         wait_for("DaemonSet deleted", lambda: get_ds(api, namespace, "e2e") is None)
     finally:
-        code = agent.stop(signal.SIGTERM)
-        print(f"----- agent log -----\n{agent.text()[-4000:]}", file=sys.stderr)
+        code = stop_agent(agent)
+    assert code == 0
+
+
+def test_agent_refuses_node_scope_outside_the_granted_namespaces(api, namespace, installed, tmp_path):
+    """The operator runs no agent for such a set (test_operator.py); an agent that gets one anyway
+    (its spec edited under it: the agent sees the edit before the operator) refuses it itself."""
+    objs = client.CustomObjectsApi(api)
+    obj = objs.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
+        "wide", [{"name": "execs", "tracepoint": "sched:sched_process_exec"}], scope="Node", labels=["node"]))
+    # The agent container as the operator renders it (its own namespace; nodeWideNamespaces unset).
+    (container,) = render_daemonset(obj, OPERATOR_NS, AgentSettings())["spec"]["template"]["spec"]["containers"]
+    agent = run_container_here(container, NODE, service_account_kubeconfig(installed, tmp_path, "probeset-agent"),
+                               tmp_path / "agent.log")
+    try:
+        _, report = wait_for("the agent's refusal", lambda: (r := agent_report(api, namespace, "wide"))[1] and r,
+                             timeout=60)
+        assert (report["generation"], report["attached"], report["total"]) == (obj["metadata"]["generation"], 0, 1)
+        (failed,) = report["failed"]
+        assert failed["name"] == "(spec)" and not failed["attached"]
+        assert "spec.scope" in failed["error"] and OPERATOR_NS in failed["error"] and namespace in failed["error"]
+        assert not samples("probeset_probe_attached") and not samples("probeset_events_total")
+
+        # Back to the default scope: the agent runs it, and the refusal leaves the report.
+        objs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "wide", {"spec": {"scope": "Namespace"}})
+        _, report = wait_for("the agent's report", lambda: (r := agent_report(api, namespace, "wide"))[1] and
+                             r[1]["generation"] == r[0]["metadata"]["generation"] and r, timeout=60)
+        assert report["attached"] == 1 and "failed" not in report
+        assert gauge("probeset_probe_attached", probeset="wide", probe="execs") == 1
+        assert agent.proc.poll() is None
+    finally:
+        code = stop_agent(agent)
     assert code == 0

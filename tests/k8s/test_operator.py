@@ -36,8 +36,12 @@ def test_reconcile_create_update_delete(api, namespace, start_operator):
     (container,) = ds.spec.template.spec.containers
     assert container.image == "registry.example/probeset:test"
     assert container.security_context.privileged and ds.spec.template.spec.host_pid
-    assert {e.name: e.value for e in container.env if e.value} == {"PROBESET_NAMESPACE": namespace,
-                                                                   "PROBESET_NAME": "dns"}
+    assert [(e.name, e.value, e.value_from and e.value_from.field_ref.field_path) for e in container.env] == [
+        ("NODE_NAME", None, "spec.nodeName"),
+        ("PROBESET_NAMESPACE", namespace, None),
+        ("PROBESET_NAME", "dns", None),
+        ("PROBESET_OPERATOR_NAMESPACE", OPERATOR_NS, None),
+        ("PROBESET_NODE_WIDE_NAMESPACES", OPERATOR_NS, None)]    # the default: the operator's namespace
     assert ds.spec.template.spec.node_selector == {"probeset-test": "none"}
     uid = ds.metadata.uid
     obj = wait_for("Valid condition", lambda: condition(get_ps(api, namespace, "dns"), "Valid") and
@@ -71,6 +75,48 @@ def test_invalid_probeset_gets_valid_false_and_an_event_and_no_agents(api, names
                                         if e.involved_object.name == "two" and e.reason == "InvalidSpec"])
     assert events[0].type == "Warning" and "exactly one of" in events[0].message
     assert get_ds(api, namespace, "two") is None
+
+
+def test_node_scope_is_only_for_the_granted_namespaces(api, namespace, start_operator):
+    """spec.scope Node (host processes and every pod on the node) outside the namespaces the admin
+    lists (here the default: the operator's own) is invalid: no agents; in the operator's namespace
+    it is fine."""
+    start_operator()
+    objs = client.CustomObjectsApi(api)
+    probes = [{"name": "execs", "tracepoint": "sched:sched_process_exec"}]
+    objs.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
+        "wide", probes, scope="Node", nodeSelector={"probeset-test": "none"}))
+    obj = wait_for("Valid=False", lambda: (o := get_ps(api, namespace, "wide")) and
+                   (c := condition(o, "Valid")) and c["status"] == "False" and o)
+    valid = condition(obj, "Valid")
+    assert valid["reason"] == "InvalidSpec" and valid["observedGeneration"] == obj["metadata"]["generation"]
+    assert valid["message"].startswith("spec.scope: ") and OPERATOR_NS in valid["message"] and \
+        f"this ProbeSet is in {namespace}" in valid["message"]
+    assert condition(obj, "Ready")["status"] == "False"
+    wait_for("Event", lambda: [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
+                               if e.involved_object.name == "wide" and e.reason == "InvalidSpec"
+                               and "spec.scope" in e.message])
+    assert get_ds(api, namespace, "wide") is None
+
+    # The same set in the operator's namespace is valid and gets its agents.
+    objs.create_namespaced_custom_object(GROUP, VERSION, OPERATOR_NS, PLURAL, probeset(
+        namespace, probes, scope="Node", nodeSelector={"probeset-test": "none"}))
+    try:
+        wait_for("DaemonSet", lambda: get_ds(api, OPERATOR_NS, namespace))
+        assert condition(get_ps(api, OPERATOR_NS, namespace), "Valid")["status"] == "True"
+        # Removing the scope makes the first one valid too.
+        objs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "wide", {"spec": {"scope": None}})
+        wait_for("DaemonSet of the corrected set", lambda: get_ds(api, namespace, "wide"))
+        assert condition(get_ps(api, namespace, "wide"), "Valid")["status"] == "True"
+    finally:
+        # Removed while the operator runs (its finalizer deletes the DaemonSets): the operator's
+        # namespace outlives the test.
+        for ns, name in ((OPERATOR_NS, namespace), (namespace, "wide")):
+            objs.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            wait_for(f"ProbeSet {ns}/{name} gone", lambda: not [
+                o for o in objs.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+                if o["metadata"]["name"] == name])
+    assert get_ds(api, OPERATOR_NS, namespace) is None and get_ds(api, namespace, "wide") is None
 
 
 def test_restart_is_idempotent(api, namespace, start_operator):
