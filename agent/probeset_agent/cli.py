@@ -105,8 +105,9 @@ class Housekeeper:
     """Every `interval` seconds, and at once when woken (a pod changed): rescan the cgroup tree,
     forget pods past their retention, and let each program follow pods and age out series."""
 
-    def __init__(self, programs: list, attribution, pods=None, interval: float = 2.0):
+    def __init__(self, programs: list, attribution, pods=None, interval: float = 2.0, after=None):
         self.programs, self.attribution, self.pods, self.interval = programs, attribution, pods, interval
+        self.after = after    # called after each round (the cluster agent reports status changes)
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -120,6 +121,8 @@ class Housekeeper:
                     self.pods.expire()
                 for prog in list(self.programs):
                     prog.refresh()
+                if self.after is not None:
+                    self.after()
             except Exception:   # keep the probes running; the next round tries again
                 log.exception("housekeeping failed")
 
@@ -274,6 +277,7 @@ def cmd_agent(args) -> int:
     # With hostPID, /proc/1/root is the node's file system (the agent's own / is its image).
     agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock(), attribution,
                          pods, node_wide, host_root=args.host_root)
+    housekeeper.after = agent.report_if_changed
     # The watches block in socket reads; they run in their own threads so a signal stops the agent at once.
     threading.Thread(target=watcher.run, name="probeset-pods", daemon=True).start()
     if not pods.synced.wait(30):

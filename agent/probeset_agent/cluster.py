@@ -48,6 +48,7 @@ class ClusterAgent:
         self.node_wide = node_wide          # namespaces whose ProbeSets may have scope Node
         self.host_root = host_root          # the node's file system, for node-wide uprobes
         self.generation: int | None = None
+        self._reported: list | None = None   # the probe statuses last reported
         self.stopping = threading.Event()
 
     # --- applying a ProbeSet object ---------------------------------------------------------
@@ -81,12 +82,27 @@ class ClusterAgent:
                 prog.stop()
                 return
             self.programs.append(prog)
+        self._reported = None
+        self.report_if_changed()
+
+    def report_if_changed(self) -> None:
+        """Report the running program's probe statuses when they differ from the last report (at
+        start, and after housekeeping: e.g. a uprobe that found its first container copy)."""
+        with self.lock:
+            prog = self.programs[0] if self.programs else None
+        if prog is None:
+            return
         statuses = prog.probe_statuses()
+        snapshot = [(st.name, st.error, sorted(st.functions.items())) for st in statuses]
+        if snapshot == self._reported:
+            return
+        before = {name: error for name, error, _ in self._reported or []}
+        self._reported = snapshot
         for st in statuses:
-            if st.error:
+            if st.error and before.get(st.name) != st.error:
                 log.warning("probe %s: %s", st.name, st.error)
-        self._report(node_report(statuses, generation, len(statuses)))
-        failed = [st for st in statuses if st.error]
+        self._report(node_report(statuses, self.generation, len(statuses)))
+        failed = [st for st in statuses if st.error and before.get(st.name) != st.error]
         if failed:
             self._event("Warning", "ProbeFailed",
                         f"node {self.node}: " + "; ".join(f"{st.name}: {st.error}" for st in failed)[:1000])

@@ -136,6 +136,8 @@ class ProbeSetProgram:
                                         "and none is mounted on this node")
         self.bpf = None
         self.program: codegen.Program | None = None
+        self.compiled: list[ResolvedProbe] = []            # the probes in self.bpf (read even if partly failed)
+        self._attach_errors: dict[int, str | None] = {}    # probe id -> its error once start() attached
         # probe id -> raw map key -> (labels, rendered labels); kept across scrapes so a scrape
         # decodes only keys it has not seen. invalidate_labels() drops it (attribution changed).
         self._label_cache: dict[int, dict[bytes, tuple[dict[str, str], str]]] = {}
@@ -145,6 +147,7 @@ class ProbeSetProgram:
         # uprobe attach point -> (device, inode) of each copy of its file -> BCC event names there
         self._copies: dict[str, dict[tuple[int, int], list[bytes]]] = {}
         self._node_copy: dict[str, tuple[int, int]] = {}   # attach point -> the node's copy
+        self._lacking: dict[str, dict[tuple[int, int], str]] = {}   # attach point -> copies without its function
         self._addresses: dict[tuple, int | None] = {}      # ((dev, ino), function) -> address
         # Counts of map rows removed after their cgroup vanished, by label text: kept while other
         # rows share those labels, so a series never goes backwards (e.g. a restarted container).
@@ -172,6 +175,7 @@ class ProbeSetProgram:
             return ""
         self.program = self._generate(usable)
         self.bpf, error = compile_program(self.program.text)
+        self.compiled = usable if self.bpf is not None else []
         return error
 
     def compile(self) -> bool:
@@ -201,10 +205,11 @@ class ProbeSetProgram:
     def start(self) -> None:
         if not self.compile():
             return
-        for rp in self._usable():
+        for rp in self.compiled:
             self._prepare_maps(rp)
         for point in self.program.attach_points:
             self._attach(point)
+        self._attach_errors = {i: st.error for i, st in self.status.items()}
         if self.selection is not None:
             self.refresh()
 
@@ -351,7 +356,7 @@ class ProbeSetProgram:
                 self._label_cache.clear()
                 self._label_version = version
             self._unknown_seen = set()
-            for rp in self._usable():
+            for rp in self.compiled:
                 counts = self.bpf[f"counts_p{rp.id}"]
                 cpus = counts.total_cpu
                 value_fmt = struct.Struct(f"<{2 * cpus}Q")        # {count, sum_ns} per CPU
@@ -425,32 +430,35 @@ class ProbeSetProgram:
                 pass
         self._allowed = wanted
 
-    def _container_roots(self) -> list[tuple[int, str]]:
-        """(pid, /proc/<pid>/root) for one process of each distinct root file system among the
-        selected pods' processes: one view into each container."""
-        out, seen = [], set()
+    def _container_roots(self) -> list[tuple[str, list[int]]]:
+        """The selected pods' processes grouped by root file system (one group per container
+        image, in effect), with a pod UID each group belongs to: any live process of a group shows
+        that container's files."""
+        groups: dict[tuple[int, int], tuple[str, list[int]]] = {}
         for uid in self.selection.uids():
             for pid in self.attribution.tree.pids_of_pod(uid):
-                root = f"/proc/{pid}/root"
                 try:
-                    st = os.stat(root)
+                    st = os.stat(f"/proc/{pid}/root")
                 except OSError:
                     continue   # ended
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    out.append((pid, root))
-        return out
+                groups.setdefault((st.st_dev, st.st_ino), (uid, []))[1].append(pid)
+        return list(groups.values())
+
+    def _copy_in(self, binary: str, pids: list[int]) -> tuple[str, os.stat_result] | None:
+        """BINARY in the root these processes share, through the first of them that shows it (a few
+        are tried: one may have just ended)."""
+        for pid in pids[:3]:
+            try:
+                path = host.find_binary(binary, f"/proc/{pid}/root", pid)
+                return path, os.stat(path)
+            except (host.HostError, OSError):
+                continue
+        return None
 
     def _copies_now(self, binary: str) -> list[str]:
         if self.selection is None or self.attribution is None:
             return []
-        out = []
-        for pid, root in self._container_roots():
-            try:
-                out.append(host.find_binary(binary, root, pid))
-            except (host.HostError, OSError):
-                continue
-        return out
+        return [found[0] for _, pids in self._container_roots() if (found := self._copy_in(binary, pids))]
 
     def _address_in(self, path: str, file_key: tuple[int, int], function: str) -> int | None:
         key = (file_key, function)
@@ -462,7 +470,7 @@ class ProbeSetProgram:
                 found = {}
             self._addresses[key] = found.get(function)
             if function not in found:
-                log.warning("probeset %s: %s has no function %s: that copy is not probed",
+                log.warning("probeset %s: %s has no function %s: that copy is not probed (see the probe's status)",
                             self.pset.name, path, function)
         return self._addresses[key]
 
@@ -470,33 +478,73 @@ class ProbeSetProgram:
         points = self.user_points()
         if not points:
             return
-        files: dict[str, dict[tuple[int, int], str]] = {}      # binary -> file key -> a path to it
+        files: dict[str, dict[tuple[int, int], tuple[str, str]]] = {}   # binary -> file -> (path, where)
+        groups = self._container_roots()
         for binary in {p.site.binary for p in points}:
             found = files[binary] = {}
-            for pid, root in self._container_roots():
-                try:
-                    path = host.find_binary(binary, root, pid)
-                    st = os.stat(path)
-                except (host.HostError, OSError):
-                    continue   # this container has no such file (or just ended)
-                found.setdefault((st.st_dev, st.st_ino), path)
+            for uid, pids in groups:
+                copy = self._copy_in(binary, pids)
+                if copy:
+                    path, st = copy
+                    inside = "/" + path.split("/root/", 1)[1] if path.startswith("/proc/") else path
+                    found.setdefault((st.st_dev, st.st_ino), (path, f"{inside} in pod {self._pod_name(uid)}"))
         for point in {p.fn_name: p for p in points}.values():
             have = self._copies.setdefault(point.fn_name, {})
+            lacking = self._lacking.setdefault(point.fn_name, {})
             wanted = files[point.site.binary]
-            for file_key, path in wanted.items():
-                if file_key in have or file_key == self._node_copy.get(point.fn_name):
+            for file_key, (path, where) in wanted.items():
+                if file_key in have or file_key in lacking or file_key == self._node_copy.get(point.fn_name):
                     continue
                 address = self._address_in(path, file_key, point.site.function)
+                if address is None:
+                    lacking[file_key] = f"no function {point.site.function} in {where}"
+                    continue
                 try:
-                    have[file_key] = self._place(point, path, address) if address is not None else []
+                    have[file_key] = self._place(point, path, address)
+                    log.info("probeset %s: %s %s attached to %s (file %d:%d)", self.pset.name, point.mechanism,
+                             point.site.function, where, *file_key)
                 except Exception as e:  # the copy vanished, or the kernel refused: next refresh retries
-                    log.warning("probeset %s: %s %s: %s", self.pset.name, point.mechanism, path, e)
+                    log.warning("probeset %s: %s %s: %s", self.pset.name, point.mechanism, where, e)
             for file_key in [k for k in have if k not in wanted]:
+                log.info("probeset %s: %s %s detached from file %d:%d (no selected container has it)",
+                         self.pset.name, point.mechanism, point.site.function, *file_key)
                 for event in have.pop(file_key):
                     try:
                         self.bpf.detach_uprobe_event(event)
                     except Exception as e:
                         log.warning("probeset %s: detaching %s: %s", self.pset.name, event.decode(), e)
+            for file_key in [k for k in lacking if k not in wanted]:
+                del lacking[file_key]
+        present = {k for found in files.values() for k in found}
+        self._addresses = {k: v for k, v in self._addresses.items() if k[0] in present}
+        self._update_user_status()
+
+    def _pod_name(self, uid: str) -> str:
+        named = self.selection.pods.names(uid, None)
+        return f"{named['namespace']}/{named['pod']}" if named else uid
+
+    def _update_user_status(self) -> None:
+        """uprobe probes: a function is attached when each of its attach points is on some copy; a
+        selected container's copy without the function is an error (while that copy exists), and
+        so is a container-only probe no selected pod has the file for."""
+        for rp in self.compiled:
+            points = [p for p in self.user_points() if rp.id in p.probes]
+            if not points:
+                continue
+            st = self.status[rp.id]
+            lacking: list[str] = []
+            for function in rp.functions:
+                mine = [p for p in points if p.site.function == function]
+                st.functions[function] = bool(mine) and all(self.copies(p) > 0 for p in mine)
+                for p in mine:
+                    lacking += [w for w in self._lacking.get(p.fn_name, {}).values() if w not in lacking]
+            error = self._attach_errors.get(rp.id)
+            if not error and lacking:
+                error = "; ".join(lacking[:3]) + (f"; ... {len(lacking) - 3} more" if len(lacking) > 3 else "")
+            elif not error and not any(st.functions.values()) and not any(p.site.path for p in points):
+                error = (f"no selected pod has {rp.probe.binary} (yet): the probe attaches to each selected "
+                         "container's copy as its pods run")
+            st.error = error
 
     def user_points(self) -> list[AttachPoint]:
         return [p for p in self.attached_points if p.mechanism in USER_MECHANISMS]
@@ -514,7 +562,7 @@ class ProbeSetProgram:
         if not key_uses_cgroup(self.pset.labels):
             return {}
         return {rp.id: [raw for raw, _ in read_raw(self.bpf[f"counts_p{rp.id}"])
-                        if not raw.startswith(_OVERFLOW_KEY_PREFIX)] for rp in self._usable()}
+                        if not raw.startswith(_OVERFLOW_KEY_PREFIX)] for rp in self.compiled}
 
     def _retire(self, snapshot: dict[int, list[bytes]]) -> None:
         """Remove the rows of cgroups past their retention (and of cgroups never seen, once a scan
@@ -535,7 +583,7 @@ class ProbeSetProgram:
                     expired.add(cgroup)
         if not expired:
             return
-        for rp in self._usable():
+        for rp in self.compiled:
             counts = self.bpf[f"counts_p{rp.id}"]
             cache = self._label_cache.setdefault(rp.id, {})
             retired = self._retired.setdefault(rp.id, {})
@@ -581,7 +629,7 @@ class ProbeSetProgram:
             if self.bpf is None:
                 return out
             table = self.bpf["missed"]
-            for rp in self._usable():
+            for rp in self.compiled:
                 if not rp.probe.latency:
                     continue   # only entry/return pairing can miss in the program itself
                 for r, reason in enumerate(MISSED_REASONS):

@@ -283,3 +283,25 @@ def test_vanished_container_keeps_its_series_until_retention(fake_pods, targets,
     assert len(list(prog.bpf["counts_p0"].items())) == rows_before - 1    # the old container's row left
     t_app.run("work 1")
     assert by_labels(prog, keys=("namespace", "pod")) == {("shop", "cart-1"): 13}   # never goes backwards
+
+
+def test_container_uprobe_status_says_what_is_missing_where(fake_pods, targets, target_binary, run_probeset):
+    """A pod-targeted uprobe is attached when some selected container's copy has it; a copy without
+    the function, or no copy at all, is a probe error naming the binary and the pod."""
+    pods = PodIndex()
+    pod = fake_pods.add("team-a", "web-1")
+    pods.update(pod.info())
+    targets(target_binary, pod.cgroup())
+    prog = run_probeset(
+        [{"name": "ok", "uprobe": f"{target_binary}:probeset_target_work"},
+         {"name": "typo", "uprobe": f"{target_binary}:probeset_target_wrok"},
+         {"name": "absent", "uprobe": "/opt/no/such/server:handle"}],
+        namespace="team-a", labels=WORKLOAD,
+        program={"attribution": Attribution(CgroupTree(fake_pods.root), pods, rescan_interval=0),
+                 "selection": PodSelection(pods, "team-a", None)})
+    st = {s.name: s for s in prog.probe_statuses()}
+    assert st["ok"].error is None and st["ok"].functions == {"probeset_target_work": True}
+    assert st["typo"].error == f"no function probeset_target_wrok in {target_binary} in pod team-a/web-1"
+    assert st["typo"].functions == {"probeset_target_wrok": False}
+    assert st["absent"].error.startswith("no selected pod has /opt/no/such/server (yet)")
+    assert not st["typo"].attached and not st["absent"].attached
