@@ -154,22 +154,26 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
     agent_kubeconfig = service_account_kubeconfig(installed, tmp_path, "probeset-agent")
     agent = run_pod_here(api, pod, agent_kubeconfig, tmp_path / "agent.log")
     try:
+        # No pod of the namespace has the binary yet: the node says so (not attached, with the reason).
         obj = wait_for("the agent's report", lambda: (r := agent_report(api, namespace, "e2e"))[1] and
-                       r[1].get("attached") == 1 and r[0], timeout=60)
-        assert obj["status"]["agents"][NODE]["generation"] == obj["metadata"]["generation"]
-        assert "failed" not in obj["status"]["agents"][NODE]
-        obj = wait_for("Ready", lambda: (o := get_ps(api, namespace, "e2e")) and
-                       (condition(o, "Ready") or {}).get("status") == "True" and o)
-        assert obj["status"]["nodes"]["summary"] == "1/1" and obj["status"]["probes"] == "1/1"
-        assert gauge("probeset_allowed_cgroups", probeset="e2e") == 0    # no pod of the namespace yet
+                       r[1].get("failed") and r[0], timeout=60)
+        report = obj["status"]["agents"][NODE]
+        assert report["generation"] == obj["metadata"]["generation"] and report["attached"] == 0
+        assert report["failed"][0]["error"].startswith(f"no selected pod has {target_binary} (yet)")
+        assert gauge("probeset_allowed_cgroups", probeset="e2e") == 0
 
         # A pod of the namespace starts after the agent: the pod watch and the housekeeping follow it
-        # (its two cgroups, the pod's and the container's, into the filter; its copy of the binary).
+        # (its two cgroups, the pod's and the container's, into the filter; its copy of the binary),
+        # and the node reports the probe attached.
         app = fake_kubelet.run_pod(namespace, "app-1")
         t_app = targets(target_binary, app.cgroup())
         wait_for("the pod in the filter and its copy probed", lambda:
                  gauge("probeset_allowed_cgroups", probeset="e2e") == 2 and
                  gauge("probeset_uprobe_files", probeset="e2e", probe="work") == 1, timeout=30)
+        obj = wait_for("Ready", lambda: (o := get_ps(api, namespace, "e2e")) and
+                       (condition(o, "Ready") or {}).get("status") == "True" and o, timeout=30)
+        assert obj["status"]["nodes"]["summary"] == "1/1" and obj["status"]["probes"] == "1/1"
+        assert obj["status"]["agents"][NODE]["attached"] == 1 and "failed" not in obj["status"]["agents"][NODE]
         mine = (NODE, namespace, "app-1", "app")
 
         t_app.run("work 123")
@@ -192,16 +196,17 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
         assert events_of("work") == {mine: 30}
         assert events_of("ret", WORKLOAD + ("retval",)) == {mine + ("1",): 10, mine + ("0",): 20}
 
-        # A probe that cannot attach: the node reports it, the set is Degraded with the reason.
-        # (A tracepoint: with scope Namespace a uprobe is placed in each pod's copy of its file as
-        # pods come, and a copy without the function is logged, not reported.)
-        missing = {"name": "missing", "tracepoint": "probeset_test:no_such_tracepoint"}
+        # A probe that cannot attach: the node reports it, the set is Degraded with the reason (here
+        # the pod's copy of the binary has no such function).
+        missing = {"name": "missing", "uprobe": f"{target_binary}:no_such_function"}
         objs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "e2e",
                                             {"spec": {"probes": [work, ret, missing]}})
         obj = wait_for("Degraded", lambda: (o := get_ps(api, namespace, "e2e")) and
                        (condition(o, "Degraded") or {}).get("status") == "True" and o, timeout=60)
-        assert "no_such_tracepoint" in condition(obj, "Degraded")["message"]
-        assert obj["status"]["agents"][NODE]["failed"][0]["name"] == "missing"
+        assert "no function no_such_function" in condition(obj, "Degraded")["message"]
+        (failed,) = obj["status"]["agents"][NODE]["failed"]
+        assert failed["name"] == "missing"
+        assert failed["error"] == f"no function no_such_function in {target_binary} in pod {namespace}/app-1"
         wait_for("ProbeFailed event", lambda: [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
                                                if e.reason == "ProbeFailed" and NODE in e.message])
         for t in (t_app, t_neighbour, t_host):
