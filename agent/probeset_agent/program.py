@@ -571,16 +571,17 @@ class ProbeSetProgram:
         tree = self.attribution.tree
         now = time.monotonic()
         expired: set[int] = set()
+        unknown_since = {}
         for rows in snapshot.values():
             for raw in rows:
                 cgroup = int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little")
                 _, state = tree.path(cgroup)
                 if state != "unknown":
-                    self._unknown_since.pop(cgroup, None)
                     continue
-                first = self._unknown_since.setdefault(cgroup, now)
+                first = unknown_since[cgroup] = self._unknown_since.get(cgroup, now)
                 if tree.last_scan > first:
                     expired.add(cgroup)
+        self._unknown_since = unknown_since     # only ids still in the maps
         if not expired:
             return
         for rp in self.compiled:
@@ -616,7 +617,7 @@ class ProbeSetProgram:
                 _delete(counts, raw)
                 cache.pop(raw, None)
         for cgroup in expired:
-            self._unknown_since.pop(cgroup, None)
+            del self._unknown_since[cgroup]
 
     def _decode_labels_text(self, rp: ResolvedProbe, raw: bytes, key_type) -> tuple[dict[str, str], str]:
         labels, _ = self._decode_labels(rp, key_type.from_buffer_copy(raw))

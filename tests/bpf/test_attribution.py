@@ -305,3 +305,28 @@ def test_container_uprobe_status_says_what_is_missing_where(fake_pods, targets, 
     assert st["typo"].functions == {"probeset_target_wrok": False}
     assert st["absent"].error.startswith("no selected pod has /opt/no/such/server (yet)")
     assert not st["typo"].attached and not st["absent"].attached
+
+
+def test_cluster_example_counts_the_selected_pods_lookups(fake_pods, targets, build_c, start_program):
+    """examples/cluster/dns-latency-pods.yaml: the shop namespace's app=web pods, not its app=db pod
+    nor another namespace's web pod."""
+    from tests.bpf.test_examples import COMM, LOOKUPS_C, load
+    driver = build_c(COMM, LOOKUPS_C)
+    (pset,) = load("examples/cluster/dns-latency-pods.yaml")
+    pods = PodIndex()
+    web = fake_pods.add("shop", "web-1", {"app": "web"})
+    db = fake_pods.add("shop", "db-1", {"app": "db"})
+    elsewhere = fake_pods.add("other", "web-1", {"app": "web"})
+    for pod in (web, db, elsewhere):
+        pods.update(pod.info())
+    drivers = [targets(driver, pod.cgroup()) for pod in (web, db, elsewhere)] + [targets(driver)]
+    prog = start_program(pset, attribution=Attribution(CgroupTree(fake_pods.root), pods, rescan_interval=0),
+                         selection=PodSelection(pods, pset.namespace, pset.pod_selector))
+    st = {s.name: s for s in prog.probe_statuses()}
+    assert st["getaddrinfo"].error is None and st["getaddrinfo"].attached
+    assert prog.allowed_cgroups == 2                       # web-1's pod and container cgroups
+    for d in drivers:
+        d.run("lookup 3")
+    assert by_labels(prog, 0) == {("shop", "web-1", "app"): 3}
+    (series,) = prog.read_series()[0]
+    assert sum(series.buckets.values()) == 3               # three latencies, one per lookup

@@ -26,7 +26,7 @@ def set_errors(d):
     return [str(e) for e in exc.value.errors]
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("examples/*.yaml")))
+@pytest.mark.parametrize("path", sorted(glob.glob("examples/*.yaml") + glob.glob("examples/cluster/*.yaml")))
 def test_examples_are_valid(path):
     with open(path) as f:
         for d in yaml.safe_load_all(f):
