@@ -329,18 +329,17 @@ class ProbeSetProgram:
         with self._lock:
             self._label_cache.clear()
 
-    def _labels_for(self, rp: ResolvedProbe, cache: dict, seen: dict, raw: bytes, key_type) -> tuple[dict[str, str], str]:
-        """Labels of a raw map key, from `cache` (last scrape's) or decoded; kept in `seen` (this
-        scrape's cache) unless not settled yet."""
-        entry = seen.get(raw) or cache.get(raw)
+    def _labels_for(self, rp: ResolvedProbe, cache: dict, raw: bytes, key_type) -> tuple[dict[str, str], str]:
+        """Labels of a raw map key, cached unless not settled yet. The cache stays as small as the
+        maps: rows leave them only through _retire(), which drops their entries too."""
+        entry = cache.get(raw)
         if entry is None:
             labels, settled = self._decode_labels(rp, key_type.from_buffer_copy(raw))
             entry = (labels, label_text(labels))
-            if not settled:   # a cgroup or pod not found yet is looked up again next scrape
-                if labels.get("pod") == UNKNOWN or labels.get("container") == UNKNOWN:
-                    self._unknown_seen.add(int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little"))
-                return entry
-        seen[raw] = entry
+            if settled:
+                cache[raw] = entry
+            elif labels.get("pod") == UNKNOWN or labels.get("container") == UNKNOWN:
+                self._unknown_seen.add(int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little"))
         return entry
 
     def read_series(self) -> dict[int, list[Series]]:
@@ -360,14 +359,14 @@ class ProbeSetProgram:
                 counts = self.bpf[f"counts_p{rp.id}"]
                 cpus = counts.total_cpu
                 value_fmt = struct.Struct(f"<{2 * cpus}Q")        # {count, sum_ns} per CPU
-                cache, seen = self._label_cache.get(rp.id, {}), {}
+                cache = self._label_cache.setdefault(rp.id, {})
                 merged: dict[str, Series] = {}
                 for raw, value in read_raw(counts):
                     v = value_fmt.unpack(value)
                     count = sum(v[0::2])
                     if count == 0 and raw.startswith(_OVERFLOW_KEY_PREFIX):
                         continue
-                    labels, text = self._labels_for(rp, cache, seen, raw, counts.Key)
+                    labels, text = self._labels_for(rp, cache, raw, counts.Key)
                     s = merged.get(text)
                     if s is None:
                         s = merged[text] = Series(labels, text, 0, 0, {} if rp.probe.latency else None)
@@ -377,13 +376,12 @@ class ProbeSetProgram:
                     key_size = ctypes.sizeof(counts.Key)     # hkey = {series key, u32 bucket, pad}
                     bucket_fmt = struct.Struct(f"<{cpus}Q")
                     for raw, value in read_raw(self.bpf[f"hist_p{rp.id}"]):
-                        _, text = self._labels_for(rp, cache, seen, raw[:key_size], counts.Key)
+                        _, text = self._labels_for(rp, cache, raw[:key_size], counts.Key)
                         s = merged.get(text)
                         if s is None:
                             continue  # bucket written before its count: seen next scrape
                         bucket = int.from_bytes(raw[key_size:key_size + 4], "little")
                         s.buckets[bucket] = s.buckets.get(bucket, 0) + sum(bucket_fmt.unpack(value))
-                self._label_cache[rp.id] = seen     # bounded by the map: keys gone from it are forgotten
                 retired = self._retired.get(rp.id, {})
                 for text in list(retired):
                     s = merged.get(text)
