@@ -57,6 +57,29 @@ def workload_of_path(path: str) -> dict[str, str]:
     return out
 
 
+def _cgroup_dirs(root: str) -> dict[int, str]:
+    """cgroup id -> path (relative to the hierarchy's root) of every cgroup. The ids come from the
+    directory entries themselves (a cgroup's id is its directory's inode number, which readdir
+    returns): no stat per cgroup."""
+    try:
+        out = {os.stat(root).st_ino: "/"}
+    except OSError:
+        return {}
+    stack = [(root, "")]
+    while stack:
+        path, rel = stack.pop()
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = f"{rel}/{entry.name}"
+                        out[entry.inode()] = sub
+                        stack.append((entry.path, sub))
+        except OSError:
+            continue   # removed while walking
+    return out
+
+
 class CgroupTree:
     """The cgroup v2 tree as last scanned: id -> path, which pod each belongs to, and which ids
     vanished when (forgotten `retention` seconds later)."""
@@ -74,12 +97,7 @@ class CgroupTree:
         if not self.root:
             return
         started = time.monotonic()   # anything that existed at this moment and still does is found
-        paths: dict[int, str] = {}
-        for dirpath, _dirs, _files in os.walk(self.root):
-            try:
-                paths[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, self.root).lstrip(".")
-            except OSError:
-                continue   # removed while walking
+        paths = _cgroup_dirs(self.root)
         pod_ids: dict[str, set[int]] = {}
         for cid, path in paths.items():
             pod = workload_of_path(path).get("pod")
