@@ -43,6 +43,22 @@ def start_program():
 
 
 @pytest.fixture
+def targets():
+    """Start tests.support.Target processes (in a cgroup or not); all are closed at the end."""
+    from tests.support import Target
+    started = []
+
+    def start(argv, cgroup=None):
+        t = Target(argv, cgroup)
+        started.append(t)
+        return t
+    yield start
+    for t in started:
+        if t.proc.poll() is None:
+            t.close()
+
+
+@pytest.fixture
 def run_probeset(start_program):
     """Start a ProbeSet made of these probes and spec fields (labels: [node] unless given);
     `program` holds ProbeSetProgram arguments (attribution, selection)."""

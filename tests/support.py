@@ -96,3 +96,15 @@ def counts(prog, probe: str, by: str = "function") -> dict[str, int]:
 
 def status(prog, probe: str):
     return next(st for st in prog.probe_statuses() if st.name == probe)
+
+
+def remove_cgroup(root: str, path: str) -> None:
+    """rmdir a cgroup v2 directory; a process still in it (a failed test) goes back to the root first."""
+    if not os.path.isdir(path):
+        return
+    with open(os.path.join(path, "cgroup.procs")) as f:
+        left = [line.strip() for line in f if line.strip()]
+    for pid in left:
+        with open(os.path.join(root, "cgroup.procs"), "w") as f:
+            f.write(pid)
+    os.rmdir(path)

@@ -13,7 +13,7 @@ import pytest
 
 from probeset_agent.attribution import UNKNOWN, Attribution, CgroupTree, cgroup2_root, workload_of_path
 from probeset_agent.pods import PodIndex, PodInfo, PodSelection
-from tests.support import Target
+from tests.support import remove_cgroup
 
 
 def test_kubelet_cgroup_names_are_parsed():
@@ -77,14 +77,7 @@ class FakePods:
         self.pods.remove(pod)
 
     def _rmdir(self, path: str) -> None:
-        if not os.path.isdir(path):
-            return
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            left = [line.strip() for line in f if line.strip()]
-        for pid in left:   # a process still there (a failed test): back to the root cgroup
-            with open(os.path.join(self.root, "cgroup.procs"), "w") as f:
-                f.write(pid)
-        os.rmdir(path)
+        remove_cgroup(self.root, path)
 
     def cleanup(self) -> None:
         for pod in list(self.pods):
@@ -102,21 +95,6 @@ def fake_pods():
     pods = FakePods(root)
     yield pods
     pods.cleanup()
-
-
-@pytest.fixture
-def targets():
-    """Start Targets; closes them all at the end."""
-    started = []
-
-    def start(argv, cgroup=None) -> Target:
-        t = Target(argv, cgroup)
-        started.append(t)
-        return t
-    yield start
-    for t in started:
-        if t.proc.poll() is None:
-            t.close()
 
 
 def by_labels(prog, probe_id=0, keys=("namespace", "pod", "container")) -> dict[tuple, int]:

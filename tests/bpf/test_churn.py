@@ -9,14 +9,14 @@ from probeset_agent.attribution import Attribution, CgroupTree
 from probeset_agent.cli import Housekeeper
 from probeset_agent.collector import MetricsCollector
 from probeset_agent.pods import PodIndex, PodSelection
-from tests.bpf.test_attribution import WORKLOAD, by_labels, fake_pods, targets  # noqa: F401 (fixtures)
+from tests.bpf.test_attribution import WORKLOAD, by_labels, fake_pods  # noqa: F401 (a fixture)
 
 CHURN_SECONDS = int(os.environ.get("PROBESET_CHURN_SECONDS", "60"))
 RETENTION = 2.0
 INTERVAL = 0.5
 
 
-def test_a_minute_of_pod_churn(fake_pods, targets, target_binary, run_probeset):  # noqa: F811
+def test_a_minute_of_pod_churn(fake_pods, targets, target_binary, run_probeset):  # noqa: F811 (fake_pods)
     pods = PodIndex(retention=RETENTION)
     survivors = [fake_pods.add("team-a", f"survivor-{i}") for i in range(2)]
     for pod in survivors:

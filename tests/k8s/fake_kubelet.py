@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from probeset_agent.attribution import cgroup2_root
 from tests.k8s.operator_env import wait_for
+from tests.support import remove_cgroup
 
 QOS_DIR = ("kubepods", "besteffort")    # a pod without resources is BestEffort
 
@@ -90,14 +91,7 @@ class FakeKubelet:
         self.pods.remove(pod)
 
     def _rmdir(self, path: str) -> None:
-        if not os.path.isdir(path):
-            return
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            left = [line.strip() for line in f if line.strip()]
-        for pid in left:   # a process still there (a failed test): back to the root cgroup
-            with open(os.path.join(self.root, "cgroup.procs"), "w") as f:
-                f.write(pid)
-        os.rmdir(path)
+        remove_cgroup(self.root, path)
 
     def cleanup(self) -> None:
         for pod in list(self.pods):

@@ -21,7 +21,7 @@ from tests.k8s.fake_kubelet import fake_kubelet  # noqa: F401
 from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, Process, api, condition,  # noqa: F401
                                     get_ds, get_ps, installed, namespace, probeset, service_account_kubeconfig,
                                     start_operator, wait_for)
-from tests.support import TARGET_C, Target, bcc_missing_reason
+from tests.support import TARGET_C, bcc_missing_reason
 
 pytestmark = [pytest.mark.k8s,
               pytest.mark.skipif(bcc_missing_reason() is not None, reason=bcc_missing_reason() or "")]
@@ -45,21 +45,6 @@ def node(api):
 @pytest.fixture
 def target_binary(build_c):
     return build_c("probeset_target", TARGET_C)
-
-
-@pytest.fixture
-def targets():
-    """Start Targets (in a cgroup or not); all are closed at the end."""
-    started = []
-
-    def start(argv, cgroup=None) -> Target:
-        t = Target(argv, cgroup)
-        started.append(t)
-        return t
-    yield start
-    for t in started:
-        if t.proc.poll() is None:
-            t.close()
 
 
 @pytest.fixture
