@@ -259,3 +259,63 @@ def _veth_gro_traffic():
     finally:
         subprocess.run(["ip", "link", "del", "psa"], check=False)
         subprocess.run(["ip", "netns", "del", "psrx"], check=False)
+
+
+READS_C = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    char b;
+    int fd = open("/dev/zero", O_RDONLY);
+    for (long i = 0; i < n; i++) read(fd, &b, 1);
+    return 0;
+}
+"""
+
+
+def test_namespaced_kernel_probes_count_only_the_namespaces_pods(run_probeset, build_c):
+    """The in-kernel cgroup filter holds for kprobes and fentry too: a namespaced set counts the
+    vfs_read() calls of its namespace's pod, not those of another namespace's pod or of the host
+    (which reads all the time)."""
+    from probeset_agent.attribution import Attribution, CgroupTree, cgroup2_root
+    from probeset_agent.pods import PodIndex, PodSelection
+    from tests.bpf.test_attribution import FakePods
+    root = cgroup2_root()
+    assert root, "the guest mounts cgroup2 (tests/vm/init)"
+    exe = build_c("reads_n", READS_C)
+    fake, pods = FakePods(root), PodIndex()
+    try:
+        mine, other = fake.add("team-a", "mine"), fake.add("team-b", "other")
+        for pod in (mine, other):
+            pods.update(pod.info())
+        prog = run_probeset(
+            [{"name": "kp", "kprobe": "vfs_read", "attach": "kprobe"},
+             {"name": "fe", "kprobe": "vfs_read", "attach": "fentry"}],
+            namespace="team-a", labels=["namespace", "pod", "container"],
+            program={"attribution": Attribution(CgroupTree(root), pods),
+                     "selection": PodSelection(pods, "team-a", None)})
+        for name, via in (("kp", "kprobe"), ("fe", "fentry")):
+            st = status(prog, name)
+            assert st.error is None and st.via == via, st
+
+        def run_in(cgroup, n):
+            def enter():
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            subprocess.run([exe, str(n)], check=True, preexec_fn=enter if cgroup else None)
+
+        def seen(probe):
+            rp = next(r for r in prog.resolved if r.probe.name == probe)
+            return {(s.labels["namespace"], s.labels["pod"], s.labels["container"]): s.count
+                    for s in prog.read_series()[rp.id]}
+        run_in(mine.cgroup(), 0)                 # the program's own start-up reads (the loader's)
+        startup = {probe: seen(probe).get(("team-a", "mine", "app"), 0) for probe in ("kp", "fe")}
+        run_in(mine.cgroup(), 40)
+        run_in(other.cgroup(), 25)
+        run_in(None, 15)                         # a host process
+        for probe in ("kp", "fe"):
+            assert seen(probe) == {("team-a", "mine", "app"): 2 * startup[probe] + 40}, (probe, startup)
+    finally:
+        fake.cleanup()
