@@ -156,21 +156,6 @@ def test_two_replicas_do_not_both_act(api, namespace, start_operator):
     standby = next(p for p in replicas if p is not active[0])
     active[0].stop()
     wait_for("the standby to resume", lambda: _active(standby), timeout=90)
-    # Deleted while an operator runs (its finalizer removes the DaemonSet): nothing is left behind
-    # for later tests (a leftover finalizer would block the namespace's and the CRD's deletion).
-    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "pair")
-    wait_for("ProbeSet pair gone", lambda: _gone(api, namespace, "pair"), timeout=60)
-    assert get_ds(api, namespace, "pair") is None
-
-
-def _gone(api, namespace, name) -> bool:
-    try:
-        get_ps(api, namespace, name)
-        return False
-    except ApiException as e:
-        if e.status == 404:
-            return True
-        raise
 
 
 def test_liveness_endpoint(start_operator):
