@@ -185,4 +185,4 @@ class Attribution:
         named = self.pods.names(found["pod"], found.get("container"))
         if named is None:
             return labels, False                 # not in the pod index (yet): UID and ID meanwhile
-        return named, True
+        return named

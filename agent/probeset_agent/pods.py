@@ -111,18 +111,17 @@ class PodIndex:
     def __len__(self) -> int:
         return len(self._pods)
 
-    def names(self, uid: str, container_id: str | None) -> dict[str, str] | None:
-        """{namespace, pod, container} names, or None while the pod (or container) is not known."""
+    def names(self, uid: str, container_id: str | None) -> tuple[dict[str, str], bool] | None:
+        """({namespace, pod, container} names, settled), or None while the pod is not known. A
+        container ID not (yet) in the pod's statuses (a container just started, or the pod's
+        sandbox) gives an empty container name, not settled: asked again later."""
         with self._lock:
             pod = self._pods.get(uid)
         if pod is None:
             return None
-        container = ""
-        if container_id:
-            container = pod.containers.get(container_id)
-            if container is None:
-                return None
-        return {"namespace": pod.namespace, "pod": pod.name, "container": container}
+        container = pod.containers.get(container_id, "") if container_id else ""
+        settled = not container_id or container_id in pod.containers
+        return {"namespace": pod.namespace, "pod": pod.name, "container": container}, settled
 
     def selected(self, namespace: str | None, selector: dict | None) -> list[str]:
         """UIDs of the running (not deleted) pods in `namespace` (None: any) matching `selector`."""

@@ -519,7 +519,7 @@ class ProbeSetProgram:
 
     def _pod_name(self, uid: str) -> str:
         named = self.selection.pods.names(uid, None)
-        return f"{named['namespace']}/{named['pod']}" if named else uid
+        return f"{named[0]['namespace']}/{named[0]['pod']}" if named else uid
 
     def _update_user_status(self) -> None:
         """uprobe probes: a function is attached when each of its attach points is on some copy; a

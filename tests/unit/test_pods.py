@@ -1,0 +1,93 @@
+"""The node's pod index (names, selectors, retention) and file lookups inside a container's root."""
+
+import time
+
+import pytest
+
+from probeset_agent import host
+from probeset_agent.pods import PodIndex, pod_info, selector_matches
+
+CID_APP, CID_INIT, CID_SANDBOX = "a" * 64, "b" * 64, "c" * 64
+
+
+def pod(uid="u-1", name="web-1", namespace="shop", labels=None, annotations=None):
+    return {"metadata": {"uid": uid, "name": name, "namespace": namespace, "labels": labels or {"app": "web"},
+                         "annotations": annotations or {}},
+            "status": {"containerStatuses": [{"name": "app", "containerID": f"containerd://{CID_APP}"},
+                                             {"name": "starting"}],          # no ID yet
+                       "initContainerStatuses": [{"name": "init", "containerID": f"cri-o://{CID_INIT}"}]}}
+
+
+def test_pod_info_maps_container_ids_to_names():
+    info = pod_info(pod())
+    assert (info.uid, info.namespace, info.name, info.labels) == ("u-1", "shop", "web-1", {"app": "web"})
+    assert info.containers == {CID_APP: "app", CID_INIT: "init"}
+
+
+def test_static_pods_are_found_by_their_mirror_annotation():
+    # The kubelet names a static pod's cgroups after its config hash, which the mirror pod carries.
+    assert pod_info(pod(annotations={"kubernetes.io/config.mirror": "hash123"})).uid == "hash123"
+
+
+@pytest.mark.parametrize("selector, labels, matches", [
+    (None, {}, True),
+    ({}, {"a": "1"}, True),
+    ({"matchLabels": {"app": "web"}}, {"app": "web", "x": "y"}, True),
+    ({"matchLabels": {"app": "web"}}, {"app": "db"}, False),
+    ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}, {"tier": "b"}, True),
+    ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]}, {}, False),
+    ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]}, {"tier": "a"}, False),
+    ({"matchExpressions": [{"key": "canary", "operator": "Exists"}]}, {"canary": ""}, True),
+    ({"matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]}, {"canary": ""}, False),
+    ({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]},
+     {"app": "web"}, True),
+])
+def test_label_selectors(selector, labels, matches):
+    assert selector_matches(selector, labels) is matches
+
+
+def test_names_selection_and_retention():
+    index = PodIndex(retention=0.2)
+    index.update(pod_info(pod()))
+    index.update(pod_info(pod("u-2", "db-1", labels={"app": "db"})))
+    index.update(pod_info(pod("u-3", "web-1", namespace="other")))
+    assert index.names("u-1", CID_APP) == ({"namespace": "shop", "pod": "web-1", "container": "app"}, True)
+    assert index.names("u-1", None) == ({"namespace": "shop", "pod": "web-1", "container": ""}, True)
+    # The sandbox (or a container whose status has not arrived): named pod, empty container, asked again.
+    assert index.names("u-1", CID_SANDBOX) == ({"namespace": "shop", "pod": "web-1", "container": ""}, False)
+    assert index.names("u-9", None) is None
+    assert sorted(index.selected("shop", None)) == ["u-1", "u-2"]
+    assert index.selected("shop", {"matchLabels": {"app": "web"}}) == ["u-1"]
+    assert sorted(index.selected(None, {"matchLabels": {"app": "web"}})) == ["u-1", "u-3"]
+
+    version = index.version
+    index.delete("u-1")
+    assert index.version > version
+    assert index.selected("shop", None) == ["u-2"]          # no longer selected at once...
+    assert index.names("u-1", CID_APP)[0]["pod"] == "web-1"  # ...but still named within the retention
+    time.sleep(0.3)
+    index.expire()
+    assert index.names("u-1", CID_APP) is None and len(index) == 2
+
+    # A full listing: pods missing from it count as deleted.
+    index.replace([pod_info(pod("u-2", "db-1"))])
+    assert index.selected(None, None) == ["u-2"] and len(index) == 2
+
+
+def test_paths_resolve_inside_the_containers_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    lib = root / "usr/lib/x86_64-linux-gnu/libdemo.so.1"
+    lib.write_bytes(b"\x7fELF" + b"\0" * 60)
+    (root / "lib").symlink_to("usr/lib")                                  # relative, as usrmerge
+    (root / "usr/lib/x86_64-linux-gnu/libdemo.so").symlink_to("/usr/lib/x86_64-linux-gnu/libdemo.so.1")  # absolute
+    # An absolute link target means the container's /, not ours.
+    assert host.path_in_root(str(root), "/usr/lib/x86_64-linux-gnu/libdemo.so") == str(lib)
+    assert host.path_in_root(str(root), "/lib/x86_64-linux-gnu/libdemo.so.1") == str(lib)
+    assert host.find_binary("libdemo", str(root)) == str(lib)       # found through both links
+    assert host.find_binary("/lib/x86_64-linux-gnu/libdemo.so.1", str(root)) == str(lib)
+    with pytest.raises(host.HostError, match="not found under"):
+        host.find_binary("libnothere", str(root))
+    with pytest.raises(host.HostError, match="no such file"):
+        host.find_binary("/opt/app/server", str(root))
