@@ -171,3 +171,20 @@ def _try(fn):
         return fn()
     except OSError:
         return False
+
+
+def test_reports_of_nodes_without_an_agent_are_dropped(api, namespace, start_operator):
+    """A node's report stays only while an agent pod of the set runs there (a node removed, or no
+    longer selected, leaves none): the summary timer deletes the others."""
+    start_operator()
+    objs = client.CustomObjectsApi(api)
+    objs.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
+        "ghosts", [{"name": "t", "tracepoint": "sched:sched_process_exec"}], nodeSelector={"probeset-test": "none"}))
+    wait_for("Valid", lambda: (c := condition(get_ps(api, namespace, "ghosts"), "Valid")) and c["status"] == "True")
+    report = {"generation": 1, "attached": 1, "total": 1, "updated": "2026-01-01T00:00:00Z"}
+    objs.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "ghosts",
+                                               {"status": {"agents": {"gone-node": report}}})
+    assert get_ps(api, namespace, "ghosts")["status"]["agents"] == {"gone-node": report}
+    obj = wait_for("the stale report dropped", lambda: (o := get_ps(api, namespace, "ghosts")) and
+                   not (o["status"].get("agents") or {}) and o, timeout=30)
+    assert obj["status"]["nodes"]["summary"] == "0/0"
