@@ -7,6 +7,7 @@ exact reason and the other probes of the set keep working.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import os
 import struct
@@ -74,6 +75,7 @@ def label_text(labels: dict[str, str]) -> str:
 
 
 _OVERFLOW_KEY_PREFIX = OVERFLOW_FUNC.to_bytes(4, "little")
+_INSTANCES = itertools.count(1)
 CGROUP_KEY_OFFSET = 8          # series key: u32 func, u32 pad, u64 cgroup, ...
 USER_MECHANISMS = ("uprobe", "uretprobe")
 
@@ -141,6 +143,7 @@ class ProbeSetProgram:
         # probe id -> raw map key -> (labels, rendered labels); kept across scrapes so a scrape
         # decodes only keys it has not seen. invalidate_labels() drops it (attribution changed).
         self._label_cache: dict[int, dict[bytes, tuple[dict[str, str], str]]] = {}
+        self._instance = next(_INSTANCES)     # tells this program's tracefs kretprobes from others'
         self._label_version = attribution.version if attribution is not None else 0
         self.attached_points: list[AttachPoint] = []
         self._allowed: set[int] = set()                    # cgroup ids in the allowed_cgroups map
@@ -236,7 +239,7 @@ class ProbeSetProgram:
                 self.bpf.attach_kprobe(event=site.kernel_function.encode(), fn_name=fn)
             elif point.mechanism == "kretprobe":
                 max_active = max((self._probe(p).probe.max_active or 0) for p in point.probes) or default_max_active()
-                self.bpf.attach_kretprobe(event=site.kernel_function.encode(), fn_name=fn, maxactive=max_active)
+                self._attach_kretprobe(point, max_active)
             elif point.mechanism == "fentry":
                 self.bpf.attach_kfunc(fn_name=fn)
             elif point.mechanism == "fexit":
@@ -264,6 +267,25 @@ class ProbeSetProgram:
             # A latency function counts as attached only when both its entry and return are.
             pair_ok = all(p in self.attached_points for p in self._points_of(pid, site.function))
             st.functions[site.function] = pair_ok
+
+    def _kretprobe_event(self, point: AttachPoint) -> bytes:
+        """The tracefs name of a kretprobe: BCC's own (r_<function>) made unique per program, since
+        BCC names it after the function and process only, and two ProbeSets of one process may
+        probe the same function's return."""
+        function = point.site.kernel_function.replace(".", "_")
+        return f"r_{function}_ps{self._instance}".encode()
+
+    def _attach_kretprobe(self, point: AttachPoint, max_active: int) -> None:
+        """BCC's attach_kretprobe() with a name of ours (libbcc creates <name>_bcc_<pid> in tracefs,
+        because maxactive is given); registered with the BPF object so that cleanup() detaches it."""
+        from bcc import lib
+        fn = self.bpf.load_func(point.fn_name.encode(), self.bpf.KPROBE)
+        event = self._kretprobe_event(point)
+        fd = lib.bpf_attach_kprobe(fn.fd, 1, event, point.site.kernel_function.encode(), 0, max_active)
+        if fd < 0:
+            raise RuntimeError(f"cannot attach a kretprobe to {point.site.kernel_function} "
+                               "(not traceable: inlined, marked notrace, or missing)")
+        self.bpf._add_kprobe_fd(event, point.fn_name.encode(), fd)
 
     def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         """Attach a uprobe point's function to one copy of its file; the BCC event names created."""
@@ -641,7 +663,7 @@ class ProbeSetProgram:
     def _kernel_missed(self) -> dict[tuple[int, str], int]:
         """kretprobe returns the kernel dropped for lack of instances (maxActive), from tracefs'
         kprobe_profile, for the kretprobes BCC created there."""
-        points = {f"r_{p.site.kernel_function.replace('.', '_')}_bcc_{os.getpid()}": p
+        points = {f"{self._kretprobe_event(p).decode()}_bcc_{os.getpid()}": p
                   for p in self.attached_points if p.mechanism == "kretprobe"}
         if not points:
             return {}

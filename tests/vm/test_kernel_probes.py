@@ -146,10 +146,15 @@ def test_glob_counts_per_function(run_probeset):
 
 def test_kretprobe_instance_shortage_is_reported(run_probeset):
     """maxActive=1: one thread blocked in read() holds the only kretprobe instance; every other
-    return in the meantime is missed, and the agent reports exactly the kernel's count."""
+    return in the meantime is missed, and the agent reports exactly the kernel's count. A second
+    ProbeSet of the same process has its own kretprobe on the same function (its own tracefs name
+    and instance pool): it sees every return and misses none."""
     prog = run_probeset([{"name": "ret", "kretprobe": "vfs_read", "attach": "kprobe", "maxActive": 1,
                           "pid": os.getpid()}])
+    other = run_probeset([{"name": "ret", "kretprobe": "vfs_read", "attach": "kprobe", "pid": os.getpid()}],
+                         name="other")
     assert status(prog, "ret").via == "kprobe"
+    assert status(other, "ret").error is None and status(other, "ret").functions == {"vfs_read": True}
     r, w = os.pipe()
     blocked = threading.Thread(target=os.read, args=(r, 1))
     blocked.start()
@@ -157,8 +162,10 @@ def test_kretprobe_instance_shortage_is_reported(run_probeset):
     zero = os.open("/dev/zero", os.O_RDONLY)
     before_missed = prog.read_missed()[(0, "kretprobe_maxactive")]
     before = totals(prog, "ret")
+    before_other = totals(other, "ret")
     for _ in range(N):
         os.read(zero, 1)
+    counted_other = delta(totals(other, "ret"), before_other)
     missed = prog.read_missed()[(0, "kretprobe_maxactive")] - before_missed
     os.close(zero)
     counted = delta(totals(prog, "ret"), before)
@@ -170,6 +177,8 @@ def test_kretprobe_instance_shortage_is_reported(run_probeset):
     # count: its two reads (the text, then end of file) are misses too.
     assert missed == N + PROFILE_READS
     assert counted == {}                # none of those returns reached the program
+    assert counted_other == {"vfs_read": N}
+    assert other.read_missed()[(0, "kretprobe_maxactive")] == 0
 
 
 def test_vfsstat_example_attaches_and_counts(tmp_path):
