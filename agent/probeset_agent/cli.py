@@ -275,8 +275,12 @@ def cmd_agent(args) -> int:
     node_wide = node_wide_namespaces(os.environ.get(NODE_WIDE_NAMESPACES_ENV),
                                      os.environ.get("PROBESET_OPERATOR_NAMESPACE", "probeset-system"))
     # With hostPID, /proc/1/root is the node's file system (the agent's own / is its image).
+    from .host import node_root
+    host_root, warning = node_root(args.host_root)
+    if warning:
+        log.warning("%s", warning)
     agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock(), attribution,
-                         pods, node_wide, host_root=args.host_root)
+                         pods, node_wide, host_root=host_root)
     housekeeper.after = agent.report_if_changed
     # The watches block in socket reads; they run in their own threads so a signal stops the agent at once.
     threading.Thread(target=watcher.run, name="probeset-pods", daemon=True).start()

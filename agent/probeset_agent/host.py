@@ -244,6 +244,19 @@ def path_in_root(root: str, path: str) -> str:
     return os.path.join(root, *resolved)
 
 
+def node_root(candidate: str) -> tuple[str, str | None]:
+    """The root to resolve the node's files in, and a warning: `candidate` (/proc/1/root: with
+    hostPID, the node's root), "/" when that is our own root anyway (library names then go through
+    the dynamic linker cache), or "/" with a warning when it cannot be read."""
+    try:
+        os.listdir(candidate)
+        there, here = os.stat(candidate), os.stat("/")
+    except OSError as e:
+        return "/", (f"cannot read {candidate} ({e.strerror}): node-wide uprobes resolve files in the agent's "
+                     "own file system (run the agent with hostPID and privileged)")
+    return ("/" if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino) else candidate), None
+
+
 def find_binary(binary: str, root: str, pid: int | None = None) -> str:
     """BINARY as seen from another root (a container's /proc/<pid>/root, or the node's
     /proc/1/root from inside the agent's pod): a path under `root`. A library name is looked up in

@@ -29,7 +29,7 @@ class AgentSettings:
     image_pull_policy: str = "IfNotPresent"
     service_account: str = "probeset-agent"
     resources: dict = field(default_factory=lambda: {
-        "requests": {"cpu": "50m", "memory": "160Mi"},
+        "requests": {"cpu": "50m", "memory": "200Mi"},
         "limits": {"memory": "400Mi"},
     })
     priority_class: str | None = None

@@ -91,7 +91,7 @@ def test_default_render_objects(chart):
     assert env["PROBESET_AGENT_PRIORITY_CLASS"] == ""
     assert env["PROBESET_PEERING"] == "probeset"
     assert env["PROBESET_NODE_WIDE_NAMESPACES"] == NS      # empty nodeWideNamespaces: the release namespace
-    assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == {"requests": {"cpu": "50m", "memory": "160Mi"},
+    assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == {"requests": {"cpu": "50m", "memory": "200Mi"},
                                                            "limits": {"memory": "400Mi"}}
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == []
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}

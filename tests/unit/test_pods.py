@@ -91,3 +91,10 @@ def test_paths_resolve_inside_the_containers_root(tmp_path):
         host.find_binary("libnothere", str(root))
     with pytest.raises(host.HostError, match="no such file"):
         host.find_binary("/opt/app/server", str(root))
+
+
+def test_node_root_is_our_root_or_a_readable_other_one(tmp_path):
+    assert host.node_root("/proc/self/root") == ("/", None)             # our own root: "/" itself
+    assert host.node_root(str(tmp_path)) == (str(tmp_path), None)       # another root we can read
+    root, warning = host.node_root(str(tmp_path / "missing"))           # unreadable: ours, said so
+    assert root == "/" and "node-wide uprobes resolve files in the agent's own file system" in warning
