@@ -364,6 +364,44 @@ class ProbeSetProgram:
                 self._unknown_seen.add(int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little"))
         return entry
 
+    def _sum_rows(self, rp: ResolvedProbe, into: dict[str, Series], keep=None) -> tuple[list[bytes], list[bytes]]:
+        """Add the rows of a probe's maps (those `keep(raw key)` accepts; all by default) into
+        `into`, by label text: per-CPU values summed, histogram buckets to their row's series. The
+        raw keys taken: (count rows, histogram rows)."""
+        counts = self.bpf[f"counts_p{rp.id}"]
+        cpus = counts.total_cpu
+        value_fmt = struct.Struct(f"<{2 * cpus}Q")        # {count, sum_ns} per CPU
+        cache = self._label_cache.setdefault(rp.id, {})
+        rows: dict[bytes, Series] = {}
+        track = rp.probe.latency or keep is not None     # a plain scrape of counts needs no row list
+        for raw, value in read_raw(counts):
+            if keep is not None and not keep(raw):
+                continue
+            v = value_fmt.unpack(value)
+            count = sum(v[0::2])
+            if count == 0 and raw.startswith(_OVERFLOW_KEY_PREFIX):
+                continue
+            labels, text = self._labels_for(rp, cache, raw, counts.Key)
+            s = into.get(text)
+            if s is None:
+                s = into[text] = Series(labels, text, 0, 0, {} if rp.probe.latency else None)
+            s.count += count
+            s.sum_ns += sum(v[1::2])
+            if track:
+                rows[raw] = s
+        hist_rows = []
+        if rp.probe.latency:
+            key_size = ctypes.sizeof(counts.Key)     # hkey = {series key, u32 bucket, pad}
+            bucket_fmt = struct.Struct(f"<{cpus}Q")
+            for raw, value in read_raw(self.bpf[f"hist_p{rp.id}"]):
+                s = rows.get(raw[:key_size])
+                if s is None:
+                    continue  # not taken, or a bucket written before its count: seen next time
+                bucket = int.from_bytes(raw[key_size:key_size + 4], "little")
+                s.buckets[bucket] = s.buckets.get(bucket, 0) + sum(bucket_fmt.unpack(value))
+                hist_rows.append(raw)
+        return list(rows), hist_rows
+
     def read_series(self) -> dict[int, list[Series]]:
         """Per probe id: the series of its maps, per-CPU values summed, rows with equal labels merged
         (several cgroups may map to one workload, e.g. a restarted container), plus the counts of
@@ -378,32 +416,8 @@ class ProbeSetProgram:
                 self._label_version = version
             self._unknown_seen = set()
             for rp in self.compiled:
-                counts = self.bpf[f"counts_p{rp.id}"]
-                cpus = counts.total_cpu
-                value_fmt = struct.Struct(f"<{2 * cpus}Q")        # {count, sum_ns} per CPU
-                cache = self._label_cache.setdefault(rp.id, {})
                 merged: dict[str, Series] = {}
-                for raw, value in read_raw(counts):
-                    v = value_fmt.unpack(value)
-                    count = sum(v[0::2])
-                    if count == 0 and raw.startswith(_OVERFLOW_KEY_PREFIX):
-                        continue
-                    labels, text = self._labels_for(rp, cache, raw, counts.Key)
-                    s = merged.get(text)
-                    if s is None:
-                        s = merged[text] = Series(labels, text, 0, 0, {} if rp.probe.latency else None)
-                    s.count += count
-                    s.sum_ns += sum(v[1::2])
-                if rp.probe.latency:
-                    key_size = ctypes.sizeof(counts.Key)     # hkey = {series key, u32 bucket, pad}
-                    bucket_fmt = struct.Struct(f"<{cpus}Q")
-                    for raw, value in read_raw(self.bpf[f"hist_p{rp.id}"]):
-                        _, text = self._labels_for(rp, cache, raw[:key_size], counts.Key)
-                        s = merged.get(text)
-                        if s is None:
-                            continue  # bucket written before its count: seen next scrape
-                        bucket = int.from_bytes(raw[key_size:key_size + 4], "little")
-                        s.buckets[bucket] = s.buckets.get(bucket, 0) + sum(bucket_fmt.unpack(value))
+                self._sum_rows(rp, merged)
                 retired = self._retired.get(rp.id, {})
                 for text in list(retired):
                     s = merged.get(text)
@@ -604,44 +618,19 @@ class ProbeSetProgram:
         self._unknown_since = unknown_since     # only ids still in the maps
         if not expired:
             return
+        def expiring(raw: bytes) -> bool:
+            return (not raw.startswith(_OVERFLOW_KEY_PREFIX)
+                    and int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little") in expired)
         for rp in self.compiled:
-            counts = self.bpf[f"counts_p{rp.id}"]
-            cache = self._label_cache.setdefault(rp.id, {})
-            retired = self._retired.setdefault(rp.id, {})
-            cpus = counts.total_cpu
-            value_fmt = struct.Struct(f"<{2 * cpus}Q")
-            gone_keys = {}
-            for raw, value in read_raw(counts):
-                if raw.startswith(_OVERFLOW_KEY_PREFIX):
-                    continue
-                if int.from_bytes(raw[CGROUP_KEY_OFFSET:CGROUP_KEY_OFFSET + 8], "little") not in expired:
-                    continue
-                labels, text = cache.get(raw) or self._decode_labels_text(rp, raw, counts.Key)
-                v = value_fmt.unpack(value)
-                acc = retired.setdefault(text, Series(labels, text, 0, 0, {} if rp.probe.latency else None))
-                acc.count += sum(v[0::2])
-                acc.sum_ns += sum(v[1::2])
-                gone_keys[raw] = acc
-            if rp.probe.latency:
-                key_size = ctypes.sizeof(counts.Key)
-                hist = self.bpf[f"hist_p{rp.id}"]
-                bucket_fmt = struct.Struct(f"<{cpus}Q")
-                for raw, value in read_raw(hist):
-                    acc = gone_keys.get(raw[:key_size])
-                    if acc is None:
-                        continue
-                    bucket = int.from_bytes(raw[key_size:key_size + 4], "little")
-                    acc.buckets[bucket] = acc.buckets.get(bucket, 0) + sum(bucket_fmt.unpack(value))
-                    _delete(hist, raw)
-            for raw in gone_keys:
+            count_rows, hist_rows = self._sum_rows(rp, self._retired.setdefault(rp.id, {}), expiring)
+            for raw in hist_rows:
+                _delete(self.bpf[f"hist_p{rp.id}"], raw)
+            counts, cache = self.bpf[f"counts_p{rp.id}"], self._label_cache[rp.id]
+            for raw in count_rows:
                 _delete(counts, raw)
                 cache.pop(raw, None)
         for cgroup in expired:
             del self._unknown_since[cgroup]
-
-    def _decode_labels_text(self, rp: ResolvedProbe, raw: bytes, key_type) -> tuple[dict[str, str], str]:
-        labels, _ = self._decode_labels(rp, key_type.from_buffer_copy(raw))
-        return labels, label_text(labels)
 
     def read_missed(self) -> dict[tuple[int, str], int]:
         """(probe id, reason) -> events whose return could not be paired or recorded."""
