@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 import yaml
 from common import ROOT, loadavg, machine, median, save_json
-from startup import PROBESET, cpu_seconds, free_port, memory_mb, scrape
+from startup import measure_agent
 
 sys.path.insert(0, str(ROOT))          # tests.k8s.cluster
 sys.path.insert(0, str(ROOT / "operator"))
@@ -50,38 +47,14 @@ def setup(cluster) -> None:
 
 
 def one_run(kubeconfig: str) -> dict:
-    port = free_port()
     env = dict(os.environ, KUBECONFIG=kubeconfig, NODE_NAME="bench-node", PROBESET_NAMESPACE=NAMESPACE,
                PROBESET_NAME=NAME, PROBESET_NODE_WIDE_NAMESPACES=NAMESPACE)
-    with tempfile.TemporaryFile(mode="w+") as log:
-        t0 = time.monotonic()
-        agent = subprocess.Popen([str(PROBESET), "agent", "--listen", f"127.0.0.1:{port}"],
-                                 stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=env)
-        try:
-            while True:
-                body = scrape(port)
-                if body and b'probeset_probe_attached{probeset="gethostlatency"' in body:
-                    break
-                if agent.poll() is not None or time.monotonic() - t0 > 120:
-                    log.seek(0)
-                    raise RuntimeError(f"agent did not serve its probes: {log.read()[-2000:]}")
-                time.sleep(0.05)
-            attached = [line for line in body.decode().splitlines()
-                        if line.startswith('probeset_probe_attached{probeset="gethostlatency"')]
-            if not all(line.endswith(" 1") for line in attached):
-                log.seek(0)
-                raise RuntimeError(f"a probe did not attach: {attached}\n{log.read()[-2000:]}")
-            first = time.monotonic() - t0
-            mem_first, cpu = memory_mb(agent.pid), cpu_seconds(agent.pid)
-            for _ in range(5):
-                scrape(port)
-            mem_after = memory_mb(agent.pid)
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
-    return {"first_response_s": first, "agent_cpu_s": cpu, "rss_mb": mem_first["VmRSS"],
-            "hwm_mb": mem_first["VmHWM"], "rss_anon_mb": mem_first["RssAnon"], "rss_file_mb": mem_first["RssFile"],
-            "rss_after_scrapes_mb": mem_after["VmRSS"], "hwm_after_scrapes_mb": mem_after["VmHWM"]}
+    marker = b'probeset_probe_attached{probeset="gethostlatency"'
+    result, body, log, _ = measure_agent(["agent"], lambda body: marker in body, env)
+    attached = [line for line in body.decode().splitlines() if line.startswith(marker.decode())]
+    if not all(line.endswith(" 1") for line in attached):
+        raise RuntimeError(f"a probe did not attach: {attached}\n{log[-2000:]}")
+    return result
 
 
 def main() -> None:

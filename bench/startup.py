@@ -79,20 +79,23 @@ def log_phases(log: str, t0_wall: float) -> dict[str, float]:
     return phases
 
 
-def one_run(paths: list[str]) -> dict:
+def measure_agent(args: list[str], ready, env: dict | None = None, timeout: float = 120.0):
+    """Spawn `probeset ARGS --listen 127.0.0.1:PORT`, poll /metrics every 10 ms until ready(body),
+    then read its memory and CPU time, scrape 5 more times, read memory again, stop it (SIGTERM).
+    Returns (measurements, the first ready body, the agent's log, the wall time it was spawned)."""
     port = free_port()
     with tempfile.TemporaryFile(mode="w+") as log:
         t0_wall, t0 = time.time(), time.monotonic()
-        agent = subprocess.Popen([str(PROBESET), "run", *paths, "--listen", f"127.0.0.1:{port}"],
-                                 stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+        agent = subprocess.Popen([str(PROBESET), *args, "--listen", f"127.0.0.1:{port}"],
+                                 stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=env)
         try:
             while True:
                 body = scrape(port)
-                if body and b"probeset_" in body:
+                if body and ready(body):
                     break
-                if agent.poll() is not None:
+                if agent.poll() is not None or time.monotonic() - t0 > timeout:
                     log.seek(0)
-                    raise RuntimeError(f"agent exited with {agent.returncode}: {log.read()[-2000:]}")
+                    raise RuntimeError(f"agent exited ({agent.returncode}) or timed out: {log.read()[-2000:]}")
                 time.sleep(0.01)
             first = time.monotonic() - t0
             mem_first, cpu = memory_mb(agent.pid), cpu_seconds(agent.pid)
@@ -103,10 +106,16 @@ def one_run(paths: list[str]) -> dict:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
         log.seek(0)
-        return {"first_response_s": first, "agent_cpu_s": cpu, "rss_mb": mem_first["VmRSS"], "hwm_mb": mem_first["VmHWM"],
-                "rss_anon_mb": mem_first["RssAnon"], "rss_file_mb": mem_first["RssFile"],
-                "rss_after_scrapes_mb": mem_after["VmRSS"], "hwm_after_scrapes_mb": mem_after["VmHWM"],
-                **log_phases(log.read(), t0_wall)}
+        text = log.read()
+    result = {"first_response_s": first, "agent_cpu_s": cpu, "rss_mb": mem_first["VmRSS"], "hwm_mb": mem_first["VmHWM"],
+              "rss_anon_mb": mem_first["RssAnon"], "rss_file_mb": mem_first["RssFile"],
+              "rss_after_scrapes_mb": mem_after["VmRSS"], "hwm_after_scrapes_mb": mem_after["VmHWM"]}
+    return result, body, text, t0_wall
+
+
+def one_run(paths: list[str]) -> dict:
+    result, _, log, t0_wall = measure_agent(["run", *paths], lambda body: b"probeset_" in body)
+    return {**result, **log_phases(log, t0_wall)}
 
 
 def phases(path: str) -> None:
