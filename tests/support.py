@@ -108,3 +108,10 @@ def remove_cgroup(root: str, path: str) -> None:
         with open(os.path.join(root, "cgroup.procs"), "w") as f:
             f.write(pid)
     os.rmdir(path)
+
+
+def remove_empty_cgroup_parents(*paths: str) -> None:
+    """rmdir these cgroup directories, innermost first, where no child cgroup is left in them."""
+    for d in paths:
+        if os.path.isdir(d) and not [e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e))]:
+            os.rmdir(d)

@@ -71,11 +71,11 @@ class PodIndex:
         now = time.monotonic()
         with self._lock:
             current = {p.uid: p for p in pods}
+            for uid in current.keys() & self._deleted.keys():
+                del self._deleted[uid]                    # listed again
             for uid in self._pods.keys() - current.keys():
                 self._deleted.setdefault(uid, now)
                 current[uid] = self._pods[uid]
-            for uid in [u for u in self._deleted if u in {p.uid for p in pods}]:
-                del self._deleted[uid]
             self._pods = current
             self._expire(now)
             self.version += 1

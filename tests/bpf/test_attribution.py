@@ -13,7 +13,7 @@ import pytest
 
 from probeset_agent.attribution import UNKNOWN, Attribution, CgroupTree, cgroup2_root, workload_of_path
 from probeset_agent.pods import PodIndex, PodInfo, PodSelection
-from tests.support import remove_cgroup
+from tests.support import remove_cgroup, remove_empty_cgroup_parents
 
 
 def test_kubelet_cgroup_names_are_parsed():
@@ -82,9 +82,7 @@ class FakePods:
     def cleanup(self) -> None:
         for pod in list(self.pods):
             self.remove(pod)
-        for d in (self.base, os.path.dirname(self.base)):
-            if os.path.isdir(d) and not [e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e))]:
-                os.rmdir(d)
+        remove_empty_cgroup_parents(self.base, os.path.dirname(self.base))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from probeset_agent.attribution import cgroup2_root
 from tests.k8s.operator_env import wait_for
-from tests.support import remove_cgroup
+from tests.support import remove_cgroup, remove_empty_cgroup_parents
 
 QOS_DIR = ("kubepods", "besteffort")    # a pod without resources is BestEffort
 
@@ -97,9 +97,7 @@ class FakeKubelet:
         for pod in list(self.pods):
             self.remove(pod)
         base = os.path.join(self.root, *QOS_DIR)
-        for d in (base, os.path.dirname(base)):
-            if os.path.isdir(d) and not [e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e))]:
-                os.rmdir(d)
+        remove_empty_cgroup_parents(base, os.path.dirname(base))
 
 
 @pytest.fixture
