@@ -103,14 +103,13 @@ class CgroupTree:
             pod = workload_of_path(path).get("pod")
             if pod:
                 pod_ids.setdefault(pod, set()).add(cid)
-        now = started
         with self.lock:
             for cid, path in self.live.items():
                 if cid not in paths:
-                    self.gone[cid] = (path, now)
-            for cid in [c for c, (_, t) in self.gone.items() if c in paths or now - t > self.retention]:
+                    self.gone[cid] = (path, started)
+            for cid in [c for c, (_, t) in self.gone.items() if c in paths or started - t > self.retention]:
                 del self.gone[cid]
-            self.live, self.pod_ids, self.last_scan = paths, pod_ids, now
+            self.live, self.pod_ids, self.last_scan = paths, pod_ids, started
 
     def path(self, cgroup_id: int) -> tuple[str | None, str]:
         """(path, state) with state "live", "gone" or "unknown"."""
@@ -121,11 +120,6 @@ class CgroupTree:
             if cgroup_id in self.gone:
                 return self.gone[cgroup_id][0], "gone"
         return None, "unknown"
-
-    def expired(self, cgroup_id: int) -> bool:
-        """True for an id that is neither live nor within its retention: its series may go."""
-        with self.lock:
-            return cgroup_id not in self.live and cgroup_id not in self.gone
 
     def ids_of_pods(self, uids) -> set[int]:
         with self.lock:

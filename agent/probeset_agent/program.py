@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import codegen, host
-from .attribution import UNKNOWN
+from .attribution import UNKNOWN, WORKLOAD_LABELS
 from .codegen import MAX_ALLOWED_CGROUPS, MISSED_REASONS, OVERFLOW_FUNC, AttachPoint, key_uses_cgroup
 from .features import Features
 from .loader import compile_program
@@ -141,7 +141,7 @@ class ProbeSetProgram:
         self.compiled: list[ResolvedProbe] = []            # the probes in self.bpf (read even if partly failed)
         self._attach_errors: dict[int, str | None] = {}    # probe id -> its error once start() attached
         # probe id -> raw map key -> (labels, rendered labels); kept across scrapes so a scrape
-        # decodes only keys it has not seen. invalidate_labels() drops it (attribution changed).
+        # decodes only keys it has not seen. Dropped when the attribution's version changes (names).
         self._label_cache: dict[int, dict[bytes, tuple[dict[str, str], str]]] = {}
         self._instance = next(_INSTANCES)     # tells this program's tracefs kretprobes from others'
         self._label_version = attribution.version if attribution is not None else 0
@@ -334,7 +334,7 @@ class ProbeSetProgram:
             workload = {}
             if self.attribution is not None:
                 workload, settled = self.attribution.lookup(key.cgroup)
-            for name in ("namespace", "pod", "container"):
+            for name in WORKLOAD_LABELS:
                 if name in self.pset.labels:
                     labels[name] = workload.get(name, "")
         for i, label in enumerate(rp.probe.group_by):
@@ -345,11 +345,6 @@ class ProbeSetProgram:
             value = raw - (1 << 64) if label in rp.signed_labels and raw >= 1 << 63 else raw
             labels[label] = rp.symbols.get(label, {}).get(value, str(value))
         return labels, settled
-
-    def invalidate_labels(self) -> None:
-        """Forget decoded labels: call when what a cgroup id means (pod, container) has changed."""
-        with self._lock:
-            self._label_cache.clear()
 
     def _labels_for(self, rp: ResolvedProbe, cache: dict, raw: bytes, key_type) -> tuple[dict[str, str], str]:
         """Labels of a raw map key, cached unless not settled yet. The cache stays as small as the
