@@ -27,7 +27,7 @@ NAMESPACE, NAME = "bench", "gethostlatency"
 
 def setup(cluster) -> None:
     from kubernetes import client
-    from probeset_operator.crd import build_crd
+    from probeset_api.crd import build_crd
     with cluster.api_client() as api:
         client.ApiextensionsV1Api(api).create_custom_resource_definition(build_crd())
         client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})

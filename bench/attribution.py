@@ -26,7 +26,7 @@ from common import bpf_stats_enabled, build_driver, loadavg, machine, median, ru
 from probeset_agent.attribution import Attribution, CgroupTree, cgroup2_root
 from probeset_agent.pods import PodIndex, PodInfo, PodSelection
 from probeset_agent.program import ProbeSetProgram
-from probeset_agent.spec import parse_probeset
+from probeset_api.spec import parse_probeset
 
 LABELS = ["node", "namespace", "pod", "container"]
 

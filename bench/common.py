@@ -92,7 +92,7 @@ class Generated:
 
     def start(self):
         from probeset_agent.program import ProbeSetProgram
-        from probeset_agent.spec import parse_probeset
+        from probeset_api.spec import parse_probeset
         self.prog = ProbeSetProgram(parse_probeset(self.doc), node="bench")
         self.prog.start()
         bad = [st.error for st in self.prog.probe_statuses() if st.error or not all(st.functions.values())]

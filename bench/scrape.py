@@ -44,7 +44,7 @@ def timed(fn, n: int) -> tuple[float, float, object]:
 
 
 def measure(series: int, scrapes: int, latency: bool, profile: bool) -> dict:
-    from probeset_agent.collector import MetricsCollector
+    from probeset_agent.exposition import MetricsCollector
     probe = {"uprobe": f"{DRIVER}:bench_target", "groupBy": ["arg0"], "latency": latency}
     gen = Generated(f"scrape-{series}", probe, max_series=max(20000, series))
     gen.start()

@@ -127,19 +127,20 @@ def phases(path: str) -> None:
 
     mark("interpreter up, bench modules imported")
     import prometheus_client  # noqa: F401
-    from probeset_agent import codegen, collector, program  # noqa: F401
+    from probeset_agent import codegen, exposition, program  # noqa: F401
     mark("import prometheus_client, probeset_agent")
     import bcc  # noqa: F401
     mark("import bcc")
     from probeset_agent.features import detect
     from probeset_agent.loader import compile_program
-    from probeset_agent.spec import load_documents, parse_probeset
+    from probeset_api.spec import load_documents, parse_probeset
     features = detect()
     mark("features.detect(): compiles and loads a trial program")
     pset = parse_probeset(load_documents(open(ROOT / path).read())[0])
     prog = program.ProbeSetProgram(pset, "bench", features)
     mark("parse + resolve")
-    bpf, _ = compile_program(codegen.generate(prog._usable(), pset.labels, pset.max_series_per_probe).text)
+    bpf = compile_program(codegen.generate([rp for rp in prog.resolved if rp.ok], pset.labels,
+                                            pset.max_series_per_probe).text)
     mark("compile the ProbeSet's program (alone, to time it)")
     bpf.cleanup()
     prog.start()

@@ -62,7 +62,7 @@ def targets():
 def run_probeset(start_program):
     """Start a ProbeSet made of these probes and spec fields (labels: [node] unless given);
     `program` holds ProbeSetProgram arguments (attribution, selection)."""
-    from probeset_agent.spec import parse_probeset
+    from probeset_api.spec import parse_probeset
 
     def start(probes, name="test", namespace=None, program=None, **spec):
         meta = {"name": name} if namespace is None else {"name": name, "namespace": namespace}

@@ -1,1 +1,1 @@
-__version__ = "0.1.0"
+"""The node agent: a ProbeSet becomes one BPF program on this host, its maps become Prometheus metrics."""

@@ -154,6 +154,26 @@ class Attribution:
         """Changes whenever names may have changed (labels decoded before must be decoded again)."""
         return self.pods.version if self.pods is not None else 0
 
+    @property
+    def available(self) -> bool:
+        """Whether cgroup ids can be attributed here (a cgroup v2 hierarchy is mounted)."""
+        return bool(self.tree.root)
+
+    @property
+    def last_scan(self) -> float:
+        """When the last scan began (time.monotonic())."""
+        return self.tree.last_scan
+
+    def state(self, cgroup_id: int) -> str:
+        """"live", "gone" (kept for the retention) or "unknown"."""
+        return self.tree.path(cgroup_id)[1]
+
+    def cgroups_of_pods(self, uids) -> set[int]:
+        return self.tree.ids_of_pods(uids)
+
+    def pids_of_pod(self, uid: str) -> list[int]:
+        return self.tree.pids_of_pod(uid)
+
     def rescan(self, force: bool = False) -> None:
         with self._scan_lock:
             if force or time.monotonic() - self.tree.last_scan >= self.rescan_interval:

@@ -12,24 +12,14 @@ import datetime
 import logging
 import threading
 
+from probeset_api import API_GROUP, API_VERSION, KIND, PLURAL
+from probeset_api.spec import SpecError, parse_probeset, scope_error
+from probeset_api.status import NodeReport
+
 from .pods import PodSelection
-from .spec import API_GROUP, API_VERSION, SpecError, parse_probeset, scope_error
+from .report import node_report, spec_failure
 
 log = logging.getLogger(__name__)
-PLURAL = "probesets"
-
-
-def node_report(statuses, generation: int | None, total: int) -> dict:
-    """status.agents.<node> for a node running these probe statuses."""
-    failed = [st.as_dict() for st in statuses if st.error is not None]
-    return {
-        "generation": generation,
-        "attached": sum(1 for st in statuses if st.error is None),
-        "total": total,
-        "updated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        # None deletes the key in a merge patch: a recovered node drops its old failures.
-        "failed": failed or None,
-    }
 
 
 class ClusterAgent:
@@ -69,8 +59,7 @@ class ClusterAgent:
                 raise SpecError([denied])
         except SpecError as e:
             log.error("ProbeSet %s/%s is invalid: %s", self.namespace, self.name, e)
-            self._report({"generation": generation, "attached": 0, "total": len(obj["spec"].get("probes") or []),
-                          "failed": [{"name": "(spec)", "attached": False, "error": str(e)[:1000]}]})
+            self._report(spec_failure(generation, len(obj["spec"].get("probes") or []), str(e)))
             return
         selection = None
         if self.pods is not None:
@@ -113,8 +102,8 @@ class ClusterAgent:
         for prog in old:
             prog.stop()
 
-    def _report(self, entry: dict) -> None:
-        body = {"status": {"agents": {self.node: entry}}}
+    def _report(self, report: NodeReport) -> None:
+        body = {"status": {"agents": {self.node: report.to_status()}}}
         try:
             self.custom.patch_namespaced_custom_object_status(
                 API_GROUP, API_VERSION, self.namespace, PLURAL, self.name, body)
@@ -127,7 +116,7 @@ class ClusterAgent:
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{self.name}.", namespace=self.namespace),
             involved_object=client.V1ObjectReference(
-                api_version=f"{API_GROUP}/{API_VERSION}", kind="ProbeSet", name=self.name,
+                api_version=f"{API_GROUP}/{API_VERSION}", kind=KIND, name=self.name,
                 namespace=self.namespace),
             reason=reason, message=message, type=kind, first_timestamp=now, last_timestamp=now, count=1,
             source=client.V1EventSource(component="probeset-agent", host=self.node))

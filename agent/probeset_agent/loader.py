@@ -38,12 +38,16 @@ def _bpf_class():
     return ExplicitBPF
 
 
+class CompileError(Exception):
+    """The program did not compile or load; the message has clang's or the verifier's first errors."""
+
+
 def compile_program(text: str):
-    """(BPF object, "") or (None, reason)."""
+    """The loaded BPF object; CompileError with the reason when it fails."""
     with captured_stderr() as err:
         try:
-            return _bpf_class()(text=text.encode()), ""
+            return _bpf_class()(text=text.encode())
         except Exception as e:  # bcc raises bare Exception
             failure = e
     lines = [ln.strip() for ln in err[0].splitlines() if "error" in ln.lower()] or err[0].splitlines()[-3:]
-    return None, "BPF compile failed: " + ("; ".join(lines[:3]) or str(failure))
+    raise CompileError("BPF compile failed: " + ("; ".join(lines[:3]) or str(failure)))

@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from probeset_api.schema import ARG_FIELDS, KERNEL_KINDS, USER_KINDS
+from probeset_api.spec import Probe, ProbeSet
+
 from . import host
 from .features import Features
-from .spec import ARG_FIELDS, Probe, ProbeSet
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,9 @@ class ResolvedProbe:
     def describe_sites(self) -> list[str]:
         seen, lines = set(), []
         for s in self.sites:
-            if s.mechanism in ("uprobe", "uretprobe") and not s.path:
+            if s.mechanism in USER_KINDS and not s.path:
                 text = f"{s.mechanism} {s.binary}:{s.function} in each selected pod's copy"
-            elif s.mechanism in ("uprobe", "uretprobe"):
+            elif s.mechanism in USER_KINDS:
                 text = f"{s.mechanism} {s.path}:{s.function} at offset {s.address:#x}"
             elif s.mechanism == "tracepoint":
                 text = f"tracepoint {s.tracepoint}"
@@ -217,7 +219,7 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
     try:
         if probe.kind == "tracepoint":
             _resolve_tracepoint(rp)
-        elif probe.kind in ("uprobe", "uretprobe"):
+        elif probe.kind in USER_KINDS:
             _resolve_user(rp, targets)
         else:
             if features is None:
@@ -234,7 +236,7 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
 def resolve(pset: ProbeSet, features: Features | None = None, targets: UserTargets = UserTargets()) -> list[ResolvedProbe]:
     """One ResolvedProbe per valid probe, in spec order. Kernel features are detected (by trying)
     only when a kprobe-family probe needs them."""
-    if features is None and any(p.kind in ("kprobe", "kretprobe") for p in pset.probes):
+    if features is None and any(p.kind in KERNEL_KINDS for p in pset.probes):
         from .features import detect
         features = detect()
     return [resolve_probe(p, features, targets) for p in pset.probes]

@@ -1,12 +1,14 @@
-"""kopf handlers: validate ProbeSets, reconcile their agent DaemonSets, aggregate node status.
+"""kopf handlers: the glue between the API and the operator's pure logic (summary.py, render.py).
 
-Settings come from the environment once, at start-up (see `settings_from_env`); the handlers keep
-no module-level state.
+Each handler reads what it needs, calls pure code, and writes the result. Failures carry kopf's
+retry policy: an invalid spec is a PermanentError (nothing to retry until the spec changes; its
+status says why), an API failure a TemporaryError with a delay. Settings come from the environment
+once, at start-up (`settings_from_env`); the handlers keep no module-level state.
 """
 
 from __future__ import annotations
 
-import datetime
+import json
 import logging
 import os
 import random
@@ -15,34 +17,34 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from probeset_agent.spec import (API_GROUP, API_VERSION, NODE_WIDE_NAMESPACES_ENV, ProbeSet, SpecError,
-                                  node_wide_namespaces, parse_probeset, scope_error)
+from probeset_api import API_GROUP, API_VERSION, PLURAL
+from probeset_api.spec import (ProbeSet, SpecError, node_wide_from_env, operator_namespace_from_env,
+                               parse_probeset, scope_error)
+from probeset_api.status import NodeReport
 
 from .render import LABEL_UID, AgentSettings, daemonset_name, render_daemonset
+from .summary import MESSAGE_MAX, Verdict, is_valid, set_condition, summarize
 
-PLURAL = "probesets"
 PEERING_NAME = "probeset"
+FIELD_MANAGER = "probeset-operator"
 FINALIZER = f"{API_GROUP}/agents"
 AGGREGATE_INTERVAL = 5.0
-MESSAGE_MAX = 300
+API_RETRY_DELAY = 10.0
 
 
-def settings_from_env() -> tuple[str, AgentSettings]:
+def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
     """(operator namespace, agent settings) from the environment the Helm chart sets."""
-    import json
-    namespace = os.environ.get("PROBESET_OPERATOR_NAMESPACE", "probeset-system")
     agent = AgentSettings()
-    agent.image = os.environ.get("PROBESET_AGENT_IMAGE", agent.image)
-    agent.image_pull_policy = os.environ.get("PROBESET_AGENT_IMAGE_PULL_POLICY", agent.image_pull_policy)
-    agent.service_account = os.environ.get("PROBESET_AGENT_SERVICE_ACCOUNT", agent.service_account)
-    agent.priority_class = os.environ.get("PROBESET_AGENT_PRIORITY_CLASS") or None
-    if os.environ.get("PROBESET_AGENT_RESOURCES"):
-        agent.resources = json.loads(os.environ["PROBESET_AGENT_RESOURCES"])
-    if os.environ.get("PROBESET_AGENT_TOLERATIONS"):
-        agent.extra_tolerations = json.loads(os.environ["PROBESET_AGENT_TOLERATIONS"])
-    agent.node_wide_namespaces = tuple(sorted(node_wide_namespaces(os.environ.get(NODE_WIDE_NAMESPACES_ENV),
-                                                                   namespace)))
-    return namespace, agent
+    agent.image = environ.get("PROBESET_AGENT_IMAGE", agent.image)
+    agent.image_pull_policy = environ.get("PROBESET_AGENT_IMAGE_PULL_POLICY", agent.image_pull_policy)
+    agent.service_account = environ.get("PROBESET_AGENT_SERVICE_ACCOUNT", agent.service_account)
+    agent.priority_class = environ.get("PROBESET_AGENT_PRIORITY_CLASS") or None
+    if environ.get("PROBESET_AGENT_RESOURCES"):
+        agent.resources = json.loads(environ["PROBESET_AGENT_RESOURCES"])
+    if environ.get("PROBESET_AGENT_TOLERATIONS"):
+        agent.extra_tolerations = json.loads(environ["PROBESET_AGENT_TOLERATIONS"])
+    agent.node_wide_namespaces = tuple(sorted(node_wide_from_env(environ)))
+    return operator_namespace_from_env(environ), agent
 
 
 def validate(body: dict, operator_namespace: str, agent: AgentSettings) -> ProbeSet:
@@ -77,84 +79,34 @@ class _QuietTimer(logging.Filter):
         return not record.getMessage().startswith("Timer 'aggregate' succeeded")
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def set_condition(status: dict, patch: kopf.Patch, ctype: str, state: str, reason: str, message: str,
-                  generation: int | None) -> None:
-    """Update one condition in patch.status.conditions, keeping lastTransitionTime when unchanged."""
-    conditions = [dict(c) for c in (patch.status.get("conditions") or status.get("conditions") or [])]
-    old = next((c for c in conditions if c.get("type") == ctype), None)
-    new = {"type": ctype, "status": state, "reason": reason, "message": message[:MESSAGE_MAX],
-           "observedGeneration": generation,
-           "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == state
-           and old.get("lastTransitionTime") else _now()}
-    conditions = [c for c in conditions if c.get("type") != ctype] + [new]
-    patch.status["conditions"] = sorted(conditions, key=lambda c: ["Valid", "Ready", "Degraded"].index(c["type"])
-                                        if c["type"] in ("Valid", "Ready", "Degraded") else 9)
-
-
-def _apps() -> client.AppsV1Api:
-    return client.AppsV1Api()
-
-
-def apply_daemonset(manifest: dict) -> str:
-    """Create or update (rolling) the DaemonSet; returns what was done, for the log."""
-    apps = _apps()
-    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+def _api_call(what: str, call, *args, **kwargs):
+    """An API call whose failure is retried by kopf after a delay; a 404 returns None."""
     try:
-        current = apps.read_namespaced_daemon_set(name, ns)
+        return call(*args, **kwargs)
     except ApiException as e:
-        if e.status != 404:
-            raise
-        apps.create_namespaced_daemon_set(ns, manifest)
-        return "created"
-    current_dict = client.ApiClient().sanitize_for_serialization(current)
-    wanted = {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": manifest["spec"]}
-    difference = _difference(current_dict, wanted, "")
-    if difference is None:
-        return "unchanged"
-    manifest = dict(manifest, metadata=dict(manifest["metadata"],
-                                            resourceVersion=current.metadata.resource_version))
-    apps.replace_namespaced_daemon_set(name, ns, manifest)
-    return f"updated ({difference} changed)"
+        if e.status == 404:
+            return None
+        raise kopf.TemporaryError(f"{what}: {e.status} {e.reason}", delay=API_RETRY_DELAY) from e
 
 
-def _difference(actual, wanted, path: str) -> str | None:
-    """The first field path where `actual` lacks `wanted`'s value, or None. The server adds
-    defaults (ignored here) and omits zero values, empty lists and maps."""
-    if actual is None and (wanted in ({}, [], False, "") or wanted == 0):
-        return None   # zero values are omitted in the server's JSON
-    if wanted in ({}, []) and actual in ({}, []):
-        return None
-    if isinstance(wanted, dict):
-        if not isinstance(actual, dict):
-            return path or "."
-        for k, v in wanted.items():
-            found = _difference(actual.get(k), v, f"{path}.{k}")
-            if found:
-                return found
-        return None
-    if isinstance(wanted, list):
-        if not isinstance(actual, list) or len(actual) != len(wanted):
-            return path
-        for i, (a, w) in enumerate(zip(actual, wanted)):
-            found = _difference(a, w, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return None if actual == wanted else path
+def apply_daemonset(manifest: dict) -> None:
+    """Server-side apply: the API server merges, and a manifest equal to what runs changes nothing
+    (no rollout)."""
+    meta = manifest["metadata"]
+    _api_call(f"applying DaemonSet {meta['namespace']}/{meta['name']}", client.AppsV1Api().patch_namespaced_daemon_set,
+              meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER, force=True,
+              _content_type="application/apply-patch+yaml")
 
 
 def delete_daemonset(namespace: str, name: str) -> bool:
-    try:
-        _apps().delete_namespaced_daemon_set(name, namespace, propagation_policy="Background")
-        return True
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        raise
+    """True if there was one to delete."""
+    return _api_call(f"deleting DaemonSet {namespace}/{name}", client.AppsV1Api().delete_namespaced_daemon_set,
+                     name, namespace, propagation_policy="Background") is not None
+
+
+def _set(status: kopf.Status, patch: kopf.Patch, ctype: str, verdict: Verdict, generation: int | None) -> None:
+    current = patch.status.get("conditions") or status.get("conditions") or []
+    patch.status["conditions"] = set_condition(current, ctype, verdict, generation)
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
@@ -162,29 +114,29 @@ def delete_daemonset(namespace: str, name: str) -> bool:
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL)
 def reconcile(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
               logger: logging.Logger, **_) -> None:
+    """Validate; a valid set gets its agent DaemonSet, an invalid one loses it."""
     generation = meta.get("generation")
     ds_name = daemonset_name(meta["namespace"], meta["name"])
     try:
         pset = validate(dict(body), memo.namespace, memo.agent)
     except SpecError as e:
         message = str(e)
-        set_condition(status, patch, "Valid", "False", "InvalidSpec", message, generation)
-        set_condition(status, patch, "Ready", "False", "InvalidSpec", "no agents run for an invalid spec",
-                      generation)
+        _set(status, patch, "Valid", Verdict("False", "InvalidSpec", message), generation)
+        _set(status, patch, "Ready", Verdict("False", "InvalidSpec", "no agents run for an invalid spec"), generation)
         patch.status["message"] = message[:MESSAGE_MAX]
         patch.status["observedGeneration"] = generation
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
         if delete_daemonset(memo.namespace, ds_name):
             logger.info("deleted DaemonSet %s/%s of an invalid ProbeSet", memo.namespace, ds_name)
-        return
+        raise kopf.PermanentError(f"invalid spec: {message[:MESSAGE_MAX]}") from None
     rejected = "; ".join(r.reason for r in pset.rejected)
     if rejected:
-        set_condition(status, patch, "Valid", "False", "InvalidProbes", rejected, generation)
+        _set(status, patch, "Valid", Verdict("False", "InvalidProbes", rejected), generation)
         kopf.warn(body, reason="InvalidProbes", message=rejected[:1000])
     else:
-        set_condition(status, patch, "Valid", "True", "SpecValid", "", generation)
-    result = apply_daemonset(render_daemonset(dict(body), memo.namespace, memo.agent))
-    logger.info("DaemonSet %s/%s %s", memo.namespace, ds_name, result)
+        _set(status, patch, "Valid", Verdict("True", "SpecValid"), generation)
+    apply_daemonset(render_daemonset(dict(body), memo.namespace, memo.agent))
+    logger.info("DaemonSet %s/%s applied for generation %s", memo.namespace, ds_name, generation)
     patch.status["observedGeneration"] = generation
 
 
@@ -199,49 +151,29 @@ def remove_agents(meta: kopf.Meta, memo: kopf.Memo, logger: logging.Logger, **_)
 def aggregate(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
               **_) -> None:
     """status.nodes/probes/message and the Ready/Degraded conditions, from the DaemonSet and the
-    agents' reports; reports of nodes that no longer run an agent are dropped."""
-    generation = meta.get("generation")
-    if not any(c.get("type") == "Valid" and c.get("status") != "False" for c in status.get("conditions") or []):
+    agents' reports (summary.summarize); reports of nodes that no longer run an agent are dropped."""
+    if not is_valid(status.get("conditions") or []):
         return   # invalid sets have no agents; reconcile() wrote their status
+    generation = meta.get("generation")
     ds_name = daemonset_name(meta["namespace"], meta["name"])
-    try:
-        ds = _apps().read_namespaced_daemon_set(ds_name, memo.namespace)
-    except ApiException as e:
-        if e.status == 404:
-            return
-        raise
-    pods = client.CoreV1Api().list_namespaced_pod(memo.namespace, label_selector=f"{LABEL_UID}={meta['uid']}")
-    scheduled = {p.spec.node_name for p in pods.items if p.spec.node_name}
+    ds = _api_call(f"reading DaemonSet {memo.namespace}/{ds_name}", client.AppsV1Api().read_namespaced_daemon_set,
+                   ds_name, memo.namespace)
+    if ds is None:
+        return
+    pods = _api_call(f"listing agent pods in {memo.namespace}", client.CoreV1Api().list_namespaced_pod,
+                     memo.namespace, label_selector=f"{LABEL_UID}={meta['uid']}")
+    scheduled = {p.spec.node_name for p in (pods.items if pods else []) if p.spec.node_name}
     desired = (ds.status.desired_number_scheduled or 0) if ds.status else 0
-    total = len(body.get("spec", {}).get("probes") or [])
-    agents = dict(status.get("agents") or {})
-    current = {node: a for node, a in agents.items() if node in scheduled and a.get("generation") == generation}
-    ready_nodes = [n for n, a in current.items() if not a.get("failed") and a.get("attached") == total]
-    failing = {n: a for n, a in current.items() if a.get("failed")}
-    stale = [node for node in agents if node not in scheduled]
-    if stale:
-        patch.status["agents"] = {node: None for node in stale}
-
-    nodes = {"desired": desired, "ready": len(ready_nodes), "failing": len(failing),
-             "summary": f"{len(ready_nodes)}/{desired}"}
-    attached = min((a.get("attached", 0) for a in current.values()), default=0)
-    patch.status["nodes"] = nodes
-    patch.status["probes"] = f"{attached}/{total}"
-    if failing:
-        node, report = sorted(failing.items())[0]
-        first = report["failed"][0]
-        message = f"{len(failing)} node(s) with failed probes; {node}: {first.get('name')}: {first.get('error')}"
-        set_condition(status, patch, "Degraded", "True", "ProbesFailed", message, generation)
-    else:
-        message = "" if desired and len(ready_nodes) == desired else \
-            f"waiting for agents: {len(ready_nodes)}/{desired} nodes report every probe attached"
-        set_condition(status, patch, "Degraded", "False", "AllProbesAttached" if not message else "Pending",
-                      "", generation)
-    ready = desired > 0 and len(ready_nodes) == desired
-    set_condition(status, patch, "Ready", "True" if ready else "False",
-                  "AgentsReady" if ready else ("NoNodes" if desired == 0 else "AgentsNotReady"),
-                  message or "", generation)
-    patch.status["message"] = message[:MESSAGE_MAX]
+    reports = {node: NodeReport.from_status(entry) for node, entry in (status.get("agents") or {}).items()
+               if isinstance(entry, dict)}
+    summary = summarize(reports, scheduled, desired, len(body.get("spec", {}).get("probes") or []), generation)
+    if summary.stale:
+        patch.status["agents"] = {node: None for node in summary.stale}
+    patch.status["nodes"] = vars(summary.nodes).copy()
+    patch.status["probes"] = summary.probes
+    _set(status, patch, "Degraded", summary.degraded, generation)
+    _set(status, patch, "Ready", summary.ready, generation)
+    patch.status["message"] = summary.message
     _drop_unchanged(status, patch)
 
 

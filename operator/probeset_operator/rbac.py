@@ -3,13 +3,13 @@ charts/probeset/templates/rbac.yaml is the same, and tests/helm checks it)."""
 
 from __future__ import annotations
 
-from probeset_agent.spec import API_GROUP
+from probeset_api import API_GROUP, PLURAL
 
 # (apiGroups, resources, verbs, why)
 OPERATOR_CLUSTER_RULES = [
-    ([API_GROUP], ["probesets"], ["get", "list", "watch", "patch"],
+    ([API_GROUP], [PLURAL], ["get", "list", "watch", "patch"],
      "follow ProbeSets in every namespace; patch adds and removes the finalizer"),
-    ([API_GROUP], ["probesets/status"], ["get", "patch"], "write conditions and the node summary"),
+    ([API_GROUP], [f"{PLURAL}/status"], ["get", "patch"], "write conditions and the node summary"),
     ([""], ["events"], ["create"], "Events on ProbeSets (InvalidSpec, ...)"),
     (["events.k8s.io"], ["events"], ["create"], "the same, through the newer events API"),
     (["kopf.dev"], ["clusterkopfpeerings"], ["get", "list", "watch", "patch"],
@@ -27,8 +27,8 @@ OPERATOR_NAMESPACE_RULES = [
 ]
 
 AGENT_CLUSTER_RULES = [
-    ([API_GROUP], ["probesets"], ["get", "list", "watch"], "read and follow its ProbeSet"),
-    ([API_GROUP], ["probesets/status"], ["patch"], "report its node's result (status.agents.<node>)"),
+    ([API_GROUP], [PLURAL], ["get", "list", "watch"], "read and follow its ProbeSet"),
+    ([API_GROUP], [f"{PLURAL}/status"], ["patch"], "report its node's result (status.agents.<node>)"),
     ([""], ["events"], ["create"], "an Event when a probe fails on its node"),
     ([""], ["pods"], ["get", "list", "watch"],
      "names for the pod UIDs and container IDs found in cgroups, and pod labels for podSelector "

@@ -4,7 +4,7 @@ DaemonSets live in the operator's namespace, not the ProbeSet's: agents are priv
 (hostPID, BPF, host mounts), which Pod Security Admission's "privileged" level must allow. Granting
 that to one operator namespace keeps user namespaces at "baseline"/"restricted". Owner references
 cannot cross namespaces, so the ProbeSet carries a finalizer and the operator deletes its DaemonSet
-on deletion (and removes orphans whose ProbeSet uid is gone).
+on deletion.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from probeset_agent.spec import API_GROUP, NODE_WIDE_NAMESPACES_ENV
+from probeset_api import API_GROUP, NODE_WIDE_NAMESPACES_ENV, OPERATOR_NAMESPACE_ENV
 
 METRICS_PORT = 9437
 LABEL_UID = f"{API_GROUP}/probeset-uid"
@@ -90,7 +90,7 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
             {"name": "PROBESET_NAMESPACE", "value": ns},
             {"name": "PROBESET_NAME", "value": name},
             # The agent applies the operator's scope rule itself (an edited spec reaches it first).
-            {"name": "PROBESET_OPERATOR_NAMESPACE", "value": operator_namespace},
+            {"name": OPERATOR_NAMESPACE_ENV, "value": operator_namespace},
             {"name": NODE_WIDE_NAMESPACES_ENV,
              "value": ",".join(sorted(settings.node_wide(operator_namespace)))},
         ],

@@ -202,9 +202,8 @@ def test_uprobe_attaches_to_the_containers_own_library(fake_pods, targets, targe
                  "selection": PodSelection(pods, "team-a", None)})
     (point,) = prog.user_points()
     assert prog.copies(point) == 1
-    (events,) = [evs for evs in prog._copies[point.fn_name].values() if evs]
     placed = os.stat(libc)
-    assert list(prog._copies[point.fn_name]) == [(placed.st_dev, placed.st_ino)]   # the copy, not the host's
+    assert prog.placement.attached_files(point) == [(placed.st_dev, placed.st_ino)]   # the copy, not the host's
     assert os.stat(os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")).st_ino != placed.st_ino
     inside.run("sleep 5 1")
     host.run("sleep 8 1")
@@ -213,7 +212,7 @@ def test_uprobe_attaches_to_the_containers_own_library(fake_pods, targets, targe
     # The container ends: its copy is detached at the next refresh.
     inside.close()
     prog.refresh()
-    assert prog.copies(point) == 0 and not any(prog._copies[point.fn_name].values())
+    assert prog.copies(point) == 0 and prog.placement.attached_files(point) == []
 
 
 def test_unknown_cgroups_fold_into_one_series_and_age_out(fake_pods, targets, target_binary, run_probeset):

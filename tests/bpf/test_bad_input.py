@@ -51,12 +51,12 @@ def test_glob_bounded_by_max_functions(run_probeset):
 def test_a_probe_that_breaks_compilation_is_isolated(target, run_probeset, monkeypatch):
     """Fault injection: make the C of one probe invalid; that probe is reported, the others run."""
     from probeset_agent import codegen
-    real = codegen._site_block
+    real = codegen.site_block
 
     def broken_for_probe_1(rp, site, labels):
         block = real(rp, site, labels)
         return codegen.CCode(block + "    this_is_not_c;\n") if rp.id == 1 else block
-    monkeypatch.setattr(codegen, "_site_block", broken_for_probe_1)
+    monkeypatch.setattr(codegen, "site_block", broken_for_probe_1)
     prog = run_probeset([
         {"name": "first", "uprobe": f"{target.path}:probeset_target_alpha", "pid": target.pid},
         {"name": "broken", "uprobe": f"{target.path}:probeset_target_beta", "pid": target.pid},

@@ -6,8 +6,8 @@ import threading
 import time
 
 from probeset_agent.attribution import Attribution, CgroupTree
-from probeset_agent.cli import Housekeeper
-from probeset_agent.collector import MetricsCollector
+from probeset_agent.housekeeping import Housekeeper
+from probeset_agent.exposition import MetricsCollector
 from probeset_agent.pods import PodIndex, PodSelection
 from tests.bpf.test_attribution import WORKLOAD, by_labels, fake_pods  # noqa: F401 (a fixture)
 
@@ -88,4 +88,4 @@ def test_a_minute_of_pod_churn(fake_pods, targets, target_binary, run_probeset):
     assert prog.allowed_cgroups == 2 * len(survivors)                          # pod + container cgroups
     assert len(pods) == len(survivors)
     assert not attribution.tree.gone
-    assert len(prog._label_cache[0]) <= len(survivors)
+    assert prog.readout.cached_keys(0) <= len(survivors)

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import yaml
 
-PROBESET = [sys.executable, "-m", "probeset_agent.cli"]
+PROBESET = [sys.executable, "-m", "probeset_cli"]
 
 
 def write_set(tmp_path, probes, name="cli"):

@@ -4,7 +4,7 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from probeset_agent.collector import MetricsCollector
+from probeset_agent.exposition import MetricsCollector
 
 
 def families(prog):

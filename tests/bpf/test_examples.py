@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from probeset_agent.features import detect
-from probeset_agent.spec import parse_probeset
+from probeset_api.spec import parse_probeset
 from tests.support import counts, status
 
 LOOKUPS_C = r"""

@@ -45,7 +45,7 @@ def test_latency_histogram_count_and_sum(target, run_probeset):
     assert series.count == 20
     assert sum(series.buckets.values()) == 20
     assert 20 * 2_000_000 <= series.sum_ns <= 20 * 50_000_000
-    from probeset_agent.maps import bucket_upper_ns
+    from probeset_agent.histogram import bucket_upper_ns
     assert min(bucket_upper_ns(i) for i in series.buckets) >= 2_000_000
     assert prog.read_missed()[(0, "unpaired_return")] == 0
 

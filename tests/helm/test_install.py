@@ -203,7 +203,7 @@ def test_operator_with_the_charts_rbac_reconciles_a_probeset(kube, release, tmp_
         env = dict(os.environ, KUBECONFIG=kubeconfig, PROBESET_OPERATOR_NAMESPACE=NS,
                    PROBESET_AGENT_IMAGE="registry.example/probeset:test", PROBESET_PEERING=peering)
         port = free_port()
-        op = Process([sys.executable, "-m", "probeset_agent.cli", "operator",
+        op = Process([sys.executable, "-m", "probeset_cli", "operator",
                       "--liveness", f"http://127.0.0.1:{port}/healthz"], env, tmp_path / "operator.log")
         try:
             objs.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, probeset(

@@ -13,13 +13,13 @@ import yaml
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
-from probeset_operator.crd import build_crd
+from probeset_api.crd import build_crd
 from probeset_operator.rbac import peering_objects, role_objects
 from probeset_operator.render import daemonset_name
 
 OPERATOR_NS = "probeset-system"
 GROUP, VERSION, PLURAL = "probeset.io", "v1alpha1", "probesets"
-PROBESET = [sys.executable, "-m", "probeset_agent.cli"]
+PROBESET = [sys.executable, "-m", "probeset_cli"]
 
 
 def wait_for(what, predicate, timeout=45.0, interval=0.3):

@@ -67,7 +67,7 @@ def run_container_here(container: dict, node: str, kubeconfig: str, log_path):
         else:
             env[e["name"]] = e["value"]
     # The image's entrypoint is `probeset`; here, this checkout's.
-    argv = [sys.executable, "-m", "probeset_agent.cli", *container["args"]]
+    argv = [sys.executable, "-m", "probeset_cli", *container["args"]]
     return Process(argv, env, log_path)
 
 

@@ -6,9 +6,9 @@ import pytest
 
 from probeset_agent import codegen
 from probeset_agent.codegen import CCode, CName, fill, generate
-from probeset_agent.maps import bucket_index, bucket_upper_ns, cumulative_buckets, export_bounds_ns
+from probeset_agent.histogram import NUM_BUCKETS, bucket_index, bucket_upper_ns, cumulative_buckets, export_bounds_ns
 from probeset_agent.resolve import GroupField, ResolvedProbe, Site
-from probeset_agent.spec import Probe
+from probeset_api.spec import Probe
 
 
 def uprobe(index, name, latency=False, group_by=(), pid=None, comm=None, kind="uprobe"):
@@ -111,7 +111,7 @@ def test_bucket_math_matches_boundaries():
         i = bucket_index(ns)
         assert ns <= bucket_upper_ns(i)
         assert i == 0 or ns > bucket_upper_ns(i - 1)
-    assert bucket_index(2**64 - 1) < codegen.NUM_BUCKETS
+    assert bucket_index(2**64 - 1) < NUM_BUCKETS
     uppers = [bucket_upper_ns(i) for i in range(40)]
     assert uppers == sorted(set(uppers))                       # strictly increasing
     assert bucket_upper_ns(bucket_index(1000)) == 1024

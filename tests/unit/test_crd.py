@@ -1,7 +1,7 @@
 """crds/ is generated from the model: a drift fails here."""
 
-from probeset_operator.crd import build_crd, crd_yaml
-from probeset_agent.spec import crd_schema
+from probeset_api.crd import build_crd, crd_yaml
+from probeset_api.schema import crd_schema
 
 
 def test_crd_file_matches_the_model():

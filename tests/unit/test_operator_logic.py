@@ -3,30 +3,23 @@
 import kopf
 import pytest
 
-from probeset_agent.cluster import node_report
-from probeset_agent.program import ProbeStatus
-from probeset_agent.spec import SpecError
+from kubernetes.client.exceptions import ApiException
+
+from probeset_agent.report import ProbeStatus, node_report
+from probeset_api.spec import SpecError
+from probeset_api.status import NodeReport, ProbeResult
 from probeset_operator import handlers
-from probeset_operator.handlers import _difference, settings_from_env, validate
+from probeset_operator.handlers import settings_from_env, validate
 from probeset_operator.rbac import AGENT_CLUSTER_RULES
 from probeset_operator.render import AgentSettings
-
-
-def test_difference_ignores_server_defaults_and_omitted_zero_values():
-    wanted = {"spec": {"a": 1, "tolerations": [], "nodeSelector": {}, "ro": False, "list": [{"x": 1}]}}
-    actual = {"spec": {"a": 1, "added": "by the server", "list": [{"x": 1, "default": True}]}}
-    assert _difference(actual, wanted, "") is None
-    actual["spec"]["list"][0]["x"] = 2
-    assert _difference(actual, wanted, "") == ".spec.list[0].x"
-    assert _difference({"spec": {"a": 1, "list": []}}, wanted, "") == ".spec.list"
 
 
 def test_node_report_is_small_unless_something_fails():
     ok = ProbeStatus("a", 0, "uprobe", "uprobe", functions={"f": True})
     bad = ProbeStatus("b", 1, "kprobe", error="kprobes are not supported")
-    healthy = node_report([ok], 3, 1)
+    healthy = node_report([ok], 3, 1).to_status()
     assert healthy["failed"] is None and healthy["attached"] == 1 and healthy["generation"] == 3
-    report = node_report([ok, bad], 4, 2)
+    report = node_report([ok, bad], 4, 2).to_status()
     assert report["attached"] == 1 and report["total"] == 2
     assert report["failed"] == [{"name": "b", "attached": False, "attachedVia": None, "functions": 0,
                                  "error": "kprobes are not supported"}]
@@ -69,7 +62,7 @@ def test_validate_grants_scope_node_only_to_the_allowlist():
 def cluster(monkeypatch):
     """reconcile() with the API calls replaced: what it applied, deleted and posted."""
     calls = {"applied": [], "deleted": [], "events": []}
-    monkeypatch.setattr(handlers, "apply_daemonset", lambda m: calls["applied"].append(m) or "created")
+    monkeypatch.setattr(handlers, "apply_daemonset", lambda m: calls["applied"].append(m))
     monkeypatch.setattr(handlers, "delete_daemonset", lambda ns, name: calls["deleted"].append((ns, name)) or True)
     monkeypatch.setattr(kopf, "warn", lambda body, reason, message: calls["events"].append((reason, message)))
     return calls
@@ -79,13 +72,17 @@ def reconcile(body, allowlist):
     memo = kopf.Memo()
     memo.namespace, memo.agent = "probeset-system", AgentSettings(node_wide_namespaces=allowlist)
     patch = kopf.Patch()
-    handlers.reconcile(body=body, meta=body["metadata"], status={}, patch=patch, memo=memo,
-                       logger=handlers.logging.getLogger("test"))
+    try:
+        handlers.reconcile(body=body, meta=body["metadata"], status={}, patch=patch, memo=memo,
+                           logger=handlers.logging.getLogger("test"))
+    except kopf.PermanentError:
+        patch.status["raised"] = "PermanentError"
     return patch.status
 
 
 def test_reconcile_rejects_scope_node_outside_the_allowlist(cluster):
     status = reconcile(probeset("web", scope="Node"), ("probeset-system",))
+    assert status["raised"] == "PermanentError"      # nothing to retry until the spec changes
     valid = next(c for c in status["conditions"] if c["type"] == "Valid")
     assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
     assert valid["message"].startswith("spec.scope: Node (host processes")
@@ -98,6 +95,7 @@ def test_reconcile_runs_scope_node_inside_the_allowlist(cluster):
     status = reconcile(probeset("obs", scope="Node"), ("obs", "probeset-system"))
     valid = next(c for c in status["conditions"] if c["type"] == "Valid")
     assert (valid["status"], valid["reason"]) == ("True", "SpecValid")
+    assert "raised" not in status and status["observedGeneration"] == 2
     assert cluster["events"] == [] and cluster["deleted"] == []
     (ds,) = cluster["applied"]
     env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -106,3 +104,37 @@ def test_reconcile_runs_scope_node_inside_the_allowlist(cluster):
 
 def test_agent_may_read_pods():
     assert ([""], ["pods"], ["get", "list", "watch"]) in [(g, r, v) for g, r, v, _ in AGENT_CLUSTER_RULES]
+
+
+def test_node_report_round_trips_through_the_status():
+    report = NodeReport(generation=5, attached=1, total=2, updated="2026-12-02T00:00:00Z",
+                        failed=(ProbeResult(name="b", attached=False, error="gone"),))
+    assert NodeReport.from_status(report.to_status()) == report
+    # What another agent version wrote: unknown keys ignored, missing ones defaulted.
+    assert NodeReport.from_status({"generation": 1, "attached": 2, "extra": True}) == \
+        NodeReport(generation=1, attached=2, total=0)
+
+
+@pytest.mark.parametrize("status,error", [(500, kopf.TemporaryError), (403, kopf.TemporaryError), (409, kopf.TemporaryError)])
+def test_api_failures_are_retried_after_a_delay(status, error):
+    def failing(*_, **__):
+        raise ApiException(status=status, reason="boom")
+    with pytest.raises(error) as e:
+        handlers._api_call("reading", failing)
+    assert e.value.delay == handlers.API_RETRY_DELAY and f"{status} boom" in str(e.value)
+
+
+def test_api_not_found_is_none_not_an_error():
+    def missing(*_, **__):
+        raise ApiException(status=404, reason="Not Found")
+    assert handlers._api_call("deleting", missing) is None
+    assert handlers._api_call("reading", lambda: "ds") == "ds"
+
+
+def test_invalid_spec_is_permanent_and_deletes_agents(cluster):
+    body = probeset("web")
+    body["spec"]["probes"] = [{"name": "Bad!", "kprobe": "vfs_read"}]
+    status = reconcile(body, ("probeset-system",))
+    assert status["raised"] == "PermanentError"
+    assert [c["reason"] for c in status["conditions"]] == ["InvalidSpec", "InvalidSpec"]
+    assert cluster["deleted"] == [("probeset-system", "probeset-web-dns")] and cluster["applied"] == []

@@ -6,7 +6,8 @@ import json
 import pytest
 import yaml
 
-from probeset_agent.spec import SpecError, crd_schema, parse_probeset
+from probeset_api.schema import crd_schema
+from probeset_api.spec import SpecError, parse_probeset
 
 
 def doc(probes, **spec):
@@ -165,18 +166,18 @@ def test_crd_schema_is_structural_and_has_descriptions():
 
 
 def test_docs_reference_is_generated_from_the_schema():
-    from probeset_agent.spec import reference_markdown
+    from probeset_api.schema import reference_markdown
     with open("docs/probeset.md") as f:
         text = f.read()
-    start = text.index("<!-- generated: probeset_agent.spec.reference_markdown() -->\n") + len(
-        "<!-- generated: probeset_agent.spec.reference_markdown() -->\n")
+    start = text.index("<!-- generated: probeset_api.schema.reference_markdown() -->\n") + len(
+        "<!-- generated: probeset_api.schema.reference_markdown() -->\n")
     end = text.index("<!-- end generated -->")
     assert text[start:end] == reference_markdown(), "regenerate docs/probeset.md's field table"
 
 
 def test_schema_defaults_filled_in_by_the_api_server_are_valid():
     """The API server applies the CRD's defaults to every probe; the model must accept them."""
-    from probeset_agent.spec import PROBE_SCHEMA, SPEC_SCHEMA
+    from probeset_api.schema import PROBE_SCHEMA, SPEC_SCHEMA
     probe_defaults = {k: v["default"] for k, v in PROBE_SCHEMA["properties"].items() if "default" in v}
     spec_defaults = {k: v["default"] for k, v in SPEC_SCHEMA["properties"].items() if "default" in v}
     probes = [{"name": n, kind: target, **probe_defaults} for n, kind, target in (
@@ -205,12 +206,13 @@ def test_scope_is_an_enum():
     ("obs, platform ,obs,", {"obs", "platform"}),
 ])
 def test_node_wide_namespaces(value, want):
-    from probeset_agent.spec import node_wide_namespaces
+    from probeset_api.spec import node_wide_namespaces
     assert node_wide_namespaces(value, "probeset-system") == frozenset(want)
 
 
 def test_scope_error():
-    from probeset_agent.spec import FieldError, scope_error
+    from probeset_api.schema import FieldError
+    from probeset_api.spec import scope_error
 
     def pset(scope, namespace):
         d = doc([{"name": "a", "kprobe": "f"}], **({"scope": scope} if scope else {}))

@@ -16,7 +16,7 @@ import yaml
 
 from probeset_agent.features import detect
 from probeset_agent.program import ProbeSetProgram
-from probeset_agent.spec import parse_probeset
+from probeset_api.spec import parse_probeset
 from tests.support import counts, status
 
 pytestmark = pytest.mark.kernel_vm
@@ -93,7 +93,7 @@ def test_counts_retval_split_and_latency(run_probeset, attaches):
         for name in (f"read_{attach}", f"ret_{attach}", f"lat_{attach}"):
             st = status(prog, name)
             assert st.error is None and st.via == via[attach] and st.functions == {"vfs_read": True}, st
-    from probeset_agent.collector import MetricsCollector
+    from probeset_agent.exposition import MetricsCollector
     text = MetricsCollector([prog], "guest").render()
     for attach in attaches:
         assert (f'probeset_probe_attached{{probeset="test",probe="read_{attach}",function="vfs_read",'
@@ -116,7 +116,7 @@ def test_counts_retval_split_and_latency(run_probeset, attaches):
 
 
 def test_check_says_which_mechanism_auto_picks(tmp_path, capsys):
-    from probeset_agent.cli import main
+    from probeset_cli import main
     path = tmp_path / "auto.yaml"
     path.write_text(yaml.safe_dump({
         "apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": "auto"},

@@ -1,26 +1,24 @@
-"""probeset: run ProbeSets on this host (standalone agent), check them, render their BPF C.
+"""The agent's commands (the `probeset` CLI, probeset_cli, wires them):
 
-  probeset run FILE...      attach and serve Prometheus metrics (root)
-  probeset check FILE...    what would attach on this host and how; exit 0 only if everything would
-  probeset render FILE      print the generated BPF C program
-  probeset agent            cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME
-  probeset operator         the operator: one agent DaemonSet per ProbeSet, status aggregated
-  probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
-  probeset crd              print the ProbeSet CustomResourceDefinition
+  run FILE...      attach the ProbeSets of files and serve Prometheus metrics (root)
+  check FILE...    what would attach on this host and how; exit 0 only if everything would
+  render FILE      print the generated BPF C program
+  agent            cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
+import platform
 import signal
 import socket
 import sys
 import threading
 
-from .spec import ProbeSet, SpecError, load_documents, parse_probeset
+from probeset_api.spec import ProbeSet, SpecError, load_documents, node_wide_from_env, parse_probeset
+
+from .housekeeping import Housekeeper
 
 log = logging.getLogger("probeset")
 
@@ -93,46 +91,12 @@ def _start_agent_common(args):
 
 
 def _serve_metrics(programs: list, node: str, features, listen: str):
-    from .collector import MetricsCollector, serve
+    from .exposition import MetricsCollector, serve
     host, port = _parse_listen(listen)
     server = serve(MetricsCollector(programs, node, features), host, port)
     log.info("serving metrics on http://%s:%d/metrics", host, port)
     sys.stdout.flush()
     return server
-
-
-class Housekeeper:
-    """Every `interval` seconds, and at once when woken (a pod changed): rescan the cgroup tree,
-    forget pods past their retention, and let each program follow pods and age out series."""
-
-    def __init__(self, programs: list, attribution, pods=None, interval: float = 2.0, after=None):
-        self.programs, self.attribution, self.pods, self.interval = programs, attribution, pods, interval
-        self.after = after    # called after each round (the cluster agent reports status changes)
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            self.wake.wait(self.interval)
-            self.wake.clear()
-            try:
-                self.attribution.rescan(force=True)
-                if self.pods is not None:
-                    self.pods.expire()
-                for prog in list(self.programs):
-                    prog.refresh()
-                if self.after is not None:
-                    self.after()
-            except Exception:   # keep the probes running; the next round tries again
-                log.exception("housekeeping failed")
-
-    def start(self) -> "Housekeeper":
-        threading.Thread(target=self.run, name="probeset-housekeeping", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.wake.set()
 
 
 def _on_stop_signals(stop: threading.Event) -> None:
@@ -186,25 +150,6 @@ def cmd_render(args) -> int:
             if st.error:
                 print(f"/* not generated: {st.name}: see `probeset check` */", file=sys.stderr)
         print(prog.render())
-    return 0
-
-
-def cmd_schema(args) -> int:
-    from .spec import crd_schema
-    json.dump(crd_schema(), sys.stdout, indent=2)
-    print()
-    return 0
-
-
-def cmd_crd(args) -> int:
-    from probeset_operator.crd import crd_yaml
-    sys.stdout.write(crd_yaml())
-    return 0
-
-
-def cmd_operator(args) -> int:
-    from probeset_operator import handlers
-    handlers.run(liveness=args.liveness)
     return 0
 
 
@@ -267,13 +212,11 @@ def cmd_agent(args) -> int:
     programs: list = []
     from .attribution import Attribution, CgroupTree
     from .pods import PodIndex, PodWatcher
-    from .spec import NODE_WIDE_NAMESPACES_ENV, node_wide_namespaces
     pods = PodIndex(retention=args.retention)
     attribution = Attribution(CgroupTree(retention=args.retention), pods)
     housekeeper = Housekeeper(programs, attribution, pods)
     watcher = PodWatcher(None, node, pods, on_change=housekeeper.wake.set)
-    node_wide = node_wide_namespaces(os.environ.get(NODE_WIDE_NAMESPACES_ENV),
-                                     os.environ.get("PROBESET_OPERATOR_NAMESPACE", "probeset-system"))
+    node_wide = node_wide_from_env(os.environ)
     # With hostPID, /proc/1/root is the node's file system (the agent's own / is its image).
     from .host import node_root
     host_root, warning = node_root(args.host_root)
@@ -303,6 +246,7 @@ def cmd_agent(args) -> int:
 
 
 _bpf_stats_fd = None
+BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}    # __NR_bpf (asm/unistd.h): the architectures host.py knows
 
 
 def _enable_bpf_stats() -> None:
@@ -311,7 +255,10 @@ def _enable_bpf_stats() -> None:
     import ctypes
     global _bpf_stats_fd
     libc = ctypes.CDLL(None, use_errno=True)
-    bpf_syscall, bpf_enable_stats, bpf_stats_run_time = 321, 32, 0
+    bpf_syscall, bpf_enable_stats, bpf_stats_run_time = BPF_SYSCALL.get(platform.machine()), 32, 0
+    if bpf_syscall is None:
+        log.warning("cannot enable BPF stats: bpf syscall number unknown on %s", platform.machine())
+        return
     attr = (ctypes.c_uint32 * 32)()
     attr[0] = bpf_stats_run_time
     fd = libc.syscall(bpf_syscall, bpf_enable_stats, ctypes.byref(attr), ctypes.sizeof(attr))
@@ -319,45 +266,3 @@ def _enable_bpf_stats() -> None:
         log.warning("cannot enable BPF stats: %s", os.strerror(ctypes.get_errno()))
     else:
         _bpf_stats_fd = fd
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="probeset", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="attach the ProbeSets of FILE(s) and serve metrics (root)")
-    run.add_argument("files", nargs="+", metavar="FILE")
-    run.add_argument("--listen", default=DEFAULT_LISTEN, help=f"metrics address (default {DEFAULT_LISTEN})")
-    run.add_argument("--node", help="value of the node label (default $NODE_NAME or the hostname)")
-    run.add_argument("--bpf-stats", action="store_true",
-                     help="enable kernel BPF run-time stats while running (probeset_bpf_run_seconds_total)")
-    run.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
-                     help=f"keep the series of a vanished cgroup this long (default {DEFAULT_RETENTION:g})")
-    check = sub.add_parser("check", help="tell what would attach on this host, without attaching")
-    check.add_argument("files", nargs="+", metavar="FILE")
-    render = sub.add_parser("render", help="print the generated BPF C program")
-    render.add_argument("file", metavar="FILE")
-    agent = sub.add_parser("agent", help="cluster mode: run the ProbeSet $PROBESET_NAMESPACE/$PROBESET_NAME "
-                                         "from the API server, follow its changes, report status (root)")
-    agent.add_argument("--listen", default="0.0.0.0:9437", help="metrics address (default 0.0.0.0:9437)")
-    agent.add_argument("--node", help="node name (default $NODE_NAME or the hostname)")
-    agent.add_argument("--bpf-stats", action="store_true", help="enable kernel BPF run-time stats while running")
-    agent.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
-                       help=f"keep the series of a vanished cgroup or deleted pod this long (default {DEFAULT_RETENTION:g})")
-    agent.add_argument("--host-root", default="/proc/1/root",
-                       help="the node's root file system, for uprobes on the node's own files (default "
-                            "/proc/1/root: the node's, with hostPID)")
-    operator = sub.add_parser("operator", help="run the operator (kopf): ProbeSets -> agent DaemonSets")
-    operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
-                          help="liveness endpoint (default http://0.0.0.0:8080/healthz)")
-    sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")
-    sub.add_parser("crd", help="print the ProbeSet CustomResourceDefinition (YAML)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    handler = {"run": cmd_run, "check": cmd_check, "render": cmd_render, "schema": cmd_schema,
-               "crd": cmd_crd, "agent": cmd_agent, "operator": cmd_operator}[args.command]
-    return handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
-"""The metrics collector: reads the BPF maps of every running ProbeSet when scraped and writes the
-Prometheus text exposition (format 0.0.4) directly.
+"""The exposition: each running ProbeSet's snapshot (snapshot.py), taken when scraped, as the
+Prometheus text format (0.0.4), served over HTTP.
 
 It writes the text itself, rather than through prometheus_client's registry, because a scrape of
 10,000 series must stay within tens of milliseconds: each series' label block is rendered once and
-cached by its raw map key (program.py), and a sample line is then one string join.
+cached by its raw map key (readout.py), and a sample line is then one string join.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import threading
 
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
-from .maps import cumulative_buckets
-from .program import OVERFLOW_LABEL, ProbeSetProgram, label_text
+from probeset_api import __version__
+
+from .histogram import cumulative_buckets
+from .readout import OVERFLOW_LABEL, label_text
+from .snapshot import SetSnapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -51,8 +53,10 @@ def _bcc_version() -> str:
 
 
 class MetricsCollector:
-    def __init__(self, programs: list[ProbeSetProgram], node: str, features=None):
-        self.programs = programs         # the cluster agent swaps its contents on reload
+    """Renders the snapshots of `sources` (objects with .snapshot(): running ProbeSets)."""
+
+    def __init__(self, sources: list, node: str, features=None):
+        self.sources = sources           # the cluster agent swaps its contents on reload
         self.node = node
         self.features = features
         self._bcc_version = _bcc_version()
@@ -72,30 +76,28 @@ class MetricsCollector:
                 "kprobe": ("yes" if feats["kprobe"] == "yes" else "no") if feats else "unknown",
                 "fentry": ("yes" if feats["fentry"] == "yes" else "no") if feats else "unknown"}
         lines["probeset_agent_info"].append(f"probeset_agent_info{label_text(info)} 1\n")
-        for prog in list(self.programs):   # a copy: the cluster agent swaps programs on reload
-            self._render_program(prog, lines)
+        for source in list(self.sources):   # a copy: the cluster agent swaps programs on reload
+            self._render_set(source.snapshot(), lines)
         out = []
         for name, (kind, help_text) in FAMILIES.items():
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
             out.extend(lines[name])
         return "".join(out)
 
-    def _render_program(self, prog: ProbeSetProgram, lines: dict[str, list[str]]) -> None:
-        name = prog.pset.name
-        for st in prog.probe_statuses():
+    def _render_set(self, snap: SetSnapshot, lines: dict[str, list[str]]) -> None:
+        name = snap.name
+        for st in snap.statuses:
             for function, ok in st.functions.items():
                 labels = label_text({"probeset": name, "probe": st.name, "function": function, "via": st.via})
                 lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} {1 if ok else 0}\n")
             if not st.functions:   # never resolved: still visible, as not attached
                 labels = label_text({"probeset": name, "probe": st.name, "function": "", "via": st.via})
                 lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} 0\n")
-        by_id = {rp.id: rp for rp in prog.resolved}
         events, latency = lines["probeset_events_total"], lines["probeset_latency_seconds"]
-        for probe_id, series in prog.read_series().items():
-            rp = by_id[probe_id]
-            per_power = rp.probe.buckets_per_power_of_two
+        for probe in snap.probes:
+            per_power = probe.buckets_per_power_of_two
             folded = 0
-            for s in series:
+            for s in probe.series:
                 if s.labels["function"] == OVERFLOW_LABEL:
                     folded += s.count
                 events.append(f"probeset_events_total{s.text} {s.count}\n")
@@ -106,25 +108,22 @@ class MetricsCollector:
                         latency.append(f'probeset_latency_seconds_bucket{base}{le}"}} {n}\n')
                     latency.append(f"probeset_latency_seconds_count{s.text} {buckets[-1][1]}\n")
                     latency.append(f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n")
-            labels = label_text({"probeset": name, "probe": rp.probe.name})
+            labels = label_text({"probeset": name, "probe": probe.probe})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
         set_labels = label_text({"probeset": name})
-        lines["probeset_unknown_cgroups"].append(f"probeset_unknown_cgroups{set_labels} {prog.unknown_cgroups}\n")
-        if prog.allowed_cgroups is not None:
-            lines["probeset_allowed_cgroups"].append(f"probeset_allowed_cgroups{set_labels} {prog.allowed_cgroups}\n")
-        for point in prog.user_points():
-            labels = label_text({"probeset": name, "probe": prog.probe_names(point),
-                                 "function": point.site.function, "via": point.mechanism})
-            lines["probeset_uprobe_files"].append(f"probeset_uprobe_files{labels} {prog.copies(point)}\n")
-        for (probe_id, reason), n in sorted(prog.read_missed().items()):
-            labels = label_text({"probeset": name, "probe": by_id[probe_id].probe.name, "reason": reason})
+        lines["probeset_unknown_cgroups"].append(f"probeset_unknown_cgroups{set_labels} {snap.unknown_cgroups}\n")
+        if snap.allowed_cgroups is not None:
+            lines["probeset_allowed_cgroups"].append(f"probeset_allowed_cgroups{set_labels} {snap.allowed_cgroups}\n")
+        for sample in snap.uprobe_files:
+            lines["probeset_uprobe_files"].append(f"probeset_uprobe_files{label_text(sample.labels)} {sample.value}\n")
+        for probe, reason, n in snap.missed:
+            labels = label_text({"probeset": name, "probe": probe, "reason": reason})
             lines["probeset_missed_events_total"].append(f"probeset_missed_events_total{labels} {n}\n")
-        for point, run_ns, run_cnt in prog.read_program_stats():
-            labels = label_text({"probeset": name, "probe": prog.probe_names(point),
-                                 "function": point.site.function, "via": point.mechanism})
+        for sample in snap.run_ns:
             lines["probeset_bpf_run_seconds_total"].append(
-                f"probeset_bpf_run_seconds_total{labels} {floatToGoString(run_ns / 1e9)}\n")
-            lines["probeset_bpf_runs_total"].append(f"probeset_bpf_runs_total{labels} {run_cnt}\n")
+                f"probeset_bpf_run_seconds_total{label_text(sample.labels)} {floatToGoString(sample.value / 1e9)}\n")
+        for sample in snap.runs:
+            lines["probeset_bpf_runs_total"].append(f"probeset_bpf_runs_total{label_text(sample.labels)} {sample.value}\n")
 
 
 def serve(collector: MetricsCollector, host: str, port: int) -> http.server.ThreadingHTTPServer:

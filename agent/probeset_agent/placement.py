@@ -1,0 +1,171 @@
+"""Where a ProbeSet's probes act, in cluster mode: the in-kernel filter of the selected pods' cgroup
+ids, and uprobes placed on each selected container's own copy of a file.
+
+A uprobe fires for the file (device, inode) it is attached to, so a container's processes are only
+seen through the copy of the file in their own root. Each copy is attached once, at its own
+address of the function, and detached when no selected container has it any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+from . import host
+from .codegen import MAX_ALLOWED_CGROUPS, AttachPoint
+
+log = logging.getLogger(__name__)
+
+FileKey = tuple[int, int]          # (device, inode) of one copy of a file
+
+
+class Placement:
+    """`selection` (pods.PodSelection) names the pods; `attribution` finds their cgroups and
+    processes. `attach(point, path, address)` attaches a uprobe point to one copy and returns the
+    BCC event names made; `detach(event)` removes one."""
+
+    def __init__(self, set_name: str, selection, attribution, filtering: bool):
+        self.set_name, self.selection, self.attribution = set_name, selection, attribution
+        self.filtering = filtering                  # the set counts only the selected pods' events
+        self._allowed: set[int] = set()             # cgroup ids in the allowed_cgroups map
+        self._copies: dict[str, dict[FileKey, list[bytes]]] = {}   # point -> copy -> BCC events
+        self._node_copy: dict[str, FileKey] = {}                   # point -> the node's copy
+        self._lacking: dict[str, dict[FileKey, str]] = {}          # point -> copies without the function
+        self._addresses: dict[tuple[FileKey, str], int | None] = {}
+
+    # --- the cgroup filter ----------------------------------------------------------------------
+
+    @property
+    def allowed_cgroups(self) -> int | None:
+        """Cgroups in the in-kernel filter, or None without one."""
+        return len(self._allowed) if self.filtering else None
+
+    def sync_filter(self, table) -> None:
+        """Make the allowed_cgroups map hold the selected pods' cgroups."""
+        wanted = self.attribution.cgroups_of_pods(self.selection.uids())
+        if len(wanted) > MAX_ALLOWED_CGROUPS:
+            log.warning("probeset %s: %d selected cgroups, more than the filter's %d; the rest are not counted",
+                        self.set_name, len(wanted), MAX_ALLOWED_CGROUPS)
+            wanted = set(sorted(wanted)[:MAX_ALLOWED_CGROUPS])
+        for cgroup in wanted - self._allowed:
+            table[table.Key(cgroup)] = table.Leaf(1)
+        for cgroup in self._allowed - wanted:
+            try:
+                del table[table.Key(cgroup)]
+            except KeyError:
+                pass
+        self._allowed = wanted
+
+    # --- containers' copies of probed files ----------------------------------------------------
+
+    def _container_roots(self) -> list[tuple[str, list[int]]]:
+        """The selected pods' processes grouped by root file system (one group per container
+        image, in effect), with a pod UID each group belongs to: any live process of a group shows
+        that container's files."""
+        groups: dict[FileKey, tuple[str, list[int]]] = {}
+        for uid in self.selection.uids():
+            for pid in self.attribution.pids_of_pod(uid):
+                try:
+                    st = os.stat(f"/proc/{pid}/root")
+                except OSError:
+                    continue   # ended
+                groups.setdefault((st.st_dev, st.st_ino), (uid, []))[1].append(pid)
+        return list(groups.values())
+
+    @staticmethod
+    def _copy_in(binary: str, pids: list[int]) -> tuple[str, os.stat_result] | None:
+        """BINARY in the root these processes share, through the first of them that shows it (a few
+        are tried: one may have just ended)."""
+        for pid in pids[:3]:
+            try:
+                path = host.find_binary(binary, f"/proc/{pid}/root", pid)
+                return path, os.stat(path)
+            except (host.HostError, OSError):
+                continue
+        return None
+
+    def copies_now(self, binary: str) -> list[str]:
+        """Paths of BINARY in the selected containers now (to expand a glob symbol)."""
+        if self.selection is None or self.attribution is None:
+            return []
+        return [found[0] for _, pids in self._container_roots() if (found := self._copy_in(binary, pids))]
+
+    def _address_in(self, path: str, file_key: FileKey, function: str) -> int | None:
+        key = (file_key, function)
+        if key not in self._addresses:
+            try:
+                found = dict(host.elf_functions(path, function))
+            except host.HostError as e:
+                log.warning("probeset %s: %s", self.set_name, e)
+                found = {}
+            self._addresses[key] = found.get(function)
+            if function not in found:
+                log.warning("probeset %s: %s has no function %s: that copy is not probed (see the probe's status)",
+                            self.set_name, path, function)
+        return self._addresses[key]
+
+    def place_node_copy(self, point: AttachPoint, attach: Callable) -> None:
+        """Attach a point to the node's copy of its file (resolved at start)."""
+        attach(point, point.site.path, point.site.address)
+        st = os.stat(point.site.path)
+        self._node_copy[point.fn_name] = (st.st_dev, st.st_ino)
+
+    def sync_copies(self, points: list[AttachPoint], attach: Callable, detach: Callable) -> None:
+        """Attach each uprobe point to every selected container's copy of its file that lacks it;
+        detach it from copies no selected container has any more."""
+        files: dict[str, dict[FileKey, tuple[str, str]]] = {}   # binary -> file -> (path, where)
+        groups = self._container_roots()
+        for binary in {p.site.binary for p in points}:
+            found = files[binary] = {}
+            for uid, pids in groups:
+                copy = self._copy_in(binary, pids)
+                if copy:
+                    path, st = copy
+                    inside = "/" + path.split("/root/", 1)[1] if path.startswith("/proc/") else path
+                    found.setdefault((st.st_dev, st.st_ino), (path, f"{inside} in pod {self._pod_name(uid)}"))
+        for point in {p.fn_name: p for p in points}.values():
+            have = self._copies.setdefault(point.fn_name, {})
+            lacking = self._lacking.setdefault(point.fn_name, {})
+            wanted = files[point.site.binary]
+            for file_key, (path, where) in wanted.items():
+                if file_key in have or file_key in lacking or file_key == self._node_copy.get(point.fn_name):
+                    continue
+                address = self._address_in(path, file_key, point.site.function)
+                if address is None:
+                    lacking[file_key] = f"no function {point.site.function} in {where}"
+                    continue
+                try:
+                    have[file_key] = attach(point, path, address)
+                    log.info("probeset %s: %s %s attached to %s (file %d:%d)", self.set_name, point.mechanism,
+                             point.site.function, where, *file_key)
+                except Exception as e:  # the copy vanished, or the kernel refused: next sync retries
+                    log.warning("probeset %s: %s %s: %s", self.set_name, point.mechanism, where, e)
+            for file_key in [k for k in have if k not in wanted]:
+                log.info("probeset %s: %s %s detached from file %d:%d (no selected container has it)",
+                         self.set_name, point.mechanism, point.site.function, *file_key)
+                for event in have.pop(file_key):
+                    try:
+                        detach(event)
+                    except Exception as e:
+                        log.warning("probeset %s: detaching %s: %s", self.set_name, event.decode(), e)
+            for file_key in [k for k in lacking if k not in wanted]:
+                del lacking[file_key]
+        present = {k for found in files.values() for k in found}
+        self._addresses = {k: v for k, v in self._addresses.items() if k[0] in present}
+
+    def _pod_name(self, uid: str) -> str:
+        named = self.selection.pods.names(uid, None)
+        return f"{named[0]['namespace']}/{named[0]['pod']}" if named else uid
+
+    def copies(self, point: AttachPoint) -> int:
+        """How many files this uprobe point is attached to (the node's copy and containers')."""
+        return (point.fn_name in self._node_copy) + sum(1 for evs in self._copies.get(point.fn_name, {}).values() if evs)
+
+    def attached_files(self, point: AttachPoint) -> list[FileKey]:
+        """The containers' copies (device, inode) this point is attached to now."""
+        return [k for k, evs in self._copies.get(point.fn_name, {}).items() if evs]
+
+    def lacking(self, point: AttachPoint) -> list[str]:
+        """Where a selected container's copy has no such function."""
+        return list(self._lacking.get(point.fn_name, {}).values())

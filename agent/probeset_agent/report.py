@@ -1,0 +1,45 @@
+"""How the agent reports a probe's outcome: one typed result per probe (ProbeStatus), whatever step
+failed (validation, resolution, compile, attach, placement). Exceptions are for everything else.
+A node's statuses become the NodeReport of the status contract (probeset_api.status)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from probeset_api.status import NodeReport, ProbeResult, now
+
+
+@dataclass
+class ProbeStatus:
+    name: str
+    index: int
+    kind: str
+    via: str = ""
+    targets: list[str] = field(default_factory=list)
+    functions: dict[str, bool] = field(default_factory=dict)   # function label -> attached
+    error: str | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self.error is None or any(self.functions.values())
+
+    def fail(self, reason: str) -> None:
+        """Record why the probe (or part of it) does not work; the first reason is kept."""
+        self.error = self.error or reason
+
+    def result(self) -> ProbeResult:
+        return ProbeResult(name=self.name, attached=self.attached, attachedVia=self.via or None,
+                           functions=sum(self.functions.values()), error=self.error)
+
+
+def node_report(statuses: list[ProbeStatus], generation: int | None, total: int) -> NodeReport:
+    """status.agents.<node> for a node running these probe statuses."""
+    return NodeReport(generation=generation, attached=sum(1 for st in statuses if st.error is None),
+                      total=total, updated=now(),
+                      failed=tuple(st.result() for st in statuses if st.error is not None))
+
+
+def spec_failure(generation: int | None, total: int, reason: str) -> NodeReport:
+    """The report of a node whose agent cannot run the spec at all."""
+    return NodeReport(generation=generation, attached=0, total=total, updated=now(),
+                      failed=(ProbeResult(name="(spec)", attached=False, error=reason[:1000]),))

@@ -1,0 +1,240 @@
+"""The ProbeSet model: typed probes and sets parsed from a document, and the scope policy.
+
+The schema (schema.py) says what a valid document is; `parse_probeset()` checks a document against
+it (field path + reason for every error) and then adds the rules a schema cannot express (exactly
+one probe kind, unique names, ...). Static validation only: whether a symbol or tracepoint exists on
+a host is decided later (the agent's resolve step), per probe, so one bad probe never stops the others.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import (API_GROUP, API_VERSION, DEFAULT_OPERATOR_NAMESPACE, KIND, NODE_WIDE_NAMESPACES_ENV,
+               OPERATOR_NAMESPACE_ENV)
+from .schema import (ARG_FIELDS, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS, PROBE_KINDS,
+                     PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA, FieldError,
+                     check_schema, show)
+
+
+class SpecError(ValueError):
+    """A ProbeSet that cannot be used at all (set-level errors)."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One validated probe. `kind` is which of PROBE_KINDS it is; `target` that field's value."""
+
+    index: int
+    name: str
+    kind: str
+    target: str
+    latency: bool = PROBE_DEFAULTS["latency"]
+    group_by: tuple[str, ...] = ()
+    pid: int | None = None
+    comm: str | None = None
+    max_active: int | None = None
+    attach: str = PROBE_DEFAULTS["attach"]
+    max_functions: int = PROBE_DEFAULTS["maxFunctions"]
+    buckets_per_power_of_two: int = PROBE_DEFAULTS["bucketsPerPowerOfTwo"]
+
+    @property
+    def path(self) -> str:
+        return f"spec.probes[{self.index}]"
+
+    @property
+    def binary(self) -> str:
+        """For uprobes: the BINARY half of BINARY:SYMBOL."""
+        return self.target.split(":", 1)[0]
+
+    @property
+    def symbol(self) -> str:
+        """For uprobes: SYMBOL; for tracepoints: NAME; for kprobes: the function."""
+        return self.target.split(":", 1)[-1]
+
+    @property
+    def is_return(self) -> bool:
+        return self.kind in RETURN_KINDS
+
+
+@dataclass(frozen=True)
+class RejectedProbe:
+    """A probe that failed static validation: reported, never attached."""
+
+    index: int
+    name: str        # its name if it had a usable one, else its path
+    errors: tuple[FieldError, ...]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(str(e) for e in self.errors)
+
+
+@dataclass
+class ProbeSet:
+    name: str
+    namespace: str | None
+    probes: list[Probe]
+    labels: tuple[str, ...]
+    max_series_per_probe: int
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    pod_selector: dict | None = None
+    scope: str = SPEC_DEFAULTS["scope"]
+    # Probes rejected by static validation: reported, never attached; the rest still run.
+    rejected: list[RejectedProbe] = field(default_factory=list)
+    generation: int | None = None
+
+
+def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
+    errors = []
+    kinds = [k for k in PROBE_KINDS if k in raw]
+    if len(kinds) != 1:
+        found = ", ".join(kinds) if kinds else "none"
+        errors.append(FieldError(path, f"exactly one of {', '.join(PROBE_KINDS)} is required (found: {found})"))
+        return errors
+    kind = kinds[0]
+    if raw.get("latency") and kind == "tracepoint":
+        errors.append(FieldError(f"{path}.latency", "latency needs a function probe (kprobe, kretprobe, "
+                                                    "uprobe, uretprobe), not a tracepoint"))
+    if "maxActive" in raw and kind not in KERNEL_KINDS:
+        errors.append(FieldError(f"{path}.maxActive", f"only applies to kprobe/kretprobe, not {kind}"))
+    if "maxActive" in raw and kind == "kprobe" and not raw.get("latency"):
+        errors.append(FieldError(f"{path}.maxActive", "only applies to return probes (kretprobe, or latency: true)"))
+    # Value checks, not presence checks: the API server fills in schema defaults (attach: auto, ...).
+    raw = {**PROBE_DEFAULTS, **raw}
+    if raw["bucketsPerPowerOfTwo"] != PROBE_DEFAULTS["bucketsPerPowerOfTwo"] and not raw["latency"]:
+        errors.append(FieldError(f"{path}.bucketsPerPowerOfTwo", "only applies with latency: true"))
+    if raw["attach"] != PROBE_DEFAULTS["attach"] and kind not in KERNEL_KINDS:
+        errors.append(FieldError(f"{path}.attach", f"only applies to kprobe/kretprobe, not {kind}"))
+    group_by = raw.get("groupBy") or []
+    if len(set(group_by)) != len(group_by):
+        errors.append(FieldError(f"{path}.groupBy", "names must be unique"))
+    for i, name in enumerate(group_by):
+        where = f"{path}.groupBy[{i}]"
+        if not isinstance(name, str):
+            continue
+        if name in RESERVED_LABELS and name != "comm":
+            errors.append(FieldError(where, f"{name!r} is a label the agent sets itself"))
+        elif kind == "tracepoint" or name == "comm":
+            continue  # tracepoint fields are checked against the format file on the host
+        elif name == "retval":
+            if kind not in RETURN_KINDS and not raw.get("latency"):
+                errors.append(FieldError(where, "retval needs a return probe (kretprobe, uretprobe) or latency: true"))
+        elif name in ARG_FIELDS and kind in RETURN_KINDS and not raw.get("latency"):
+            errors.append(FieldError(where, f"{name} of a return probe needs latency: true (arguments are "
+                                            "captured at entry; at return their registers are gone)"))
+        elif name not in ARG_FIELDS:
+            errors.append(FieldError(where, f"{name!r} is not available for {kind}: use arg0..arg5"
+                                            + (", retval" if kind in RETURN_KINDS else "") + " or comm"))
+    return errors
+
+
+# SPEC_SCHEMA without the per-probe schema: probes are checked one by one, so that a bad probe
+# rejects only itself (set-level errors reject the whole set).
+_SPEC_SET_LEVEL = {**SPEC_SCHEMA, "properties": {
+    **SPEC_SCHEMA["properties"],
+    "probes": {k: v for k, v in SPEC_SCHEMA["properties"]["probes"].items() if k != "items"}}}
+
+
+def parse_probeset(doc: Any) -> ProbeSet:
+    """Validate one ProbeSet document. Set-level errors raise SpecError; per-probe errors are
+    collected in ProbeSet.rejected so the valid probes can still run."""
+    if not isinstance(doc, dict):
+        raise SpecError([FieldError("(document)", f"expected a mapping, got {type(doc).__name__}")])
+    errors: list[FieldError] = []
+    if doc.get("apiVersion") != f"{API_GROUP}/{API_VERSION}":
+        errors.append(FieldError("apiVersion", f"expected {API_GROUP}/{API_VERSION}, got {show(doc.get('apiVersion'))}"))
+    if doc.get("kind") != KIND:
+        errors.append(FieldError("kind", f"expected {KIND}, got {show(doc.get('kind'))}"))
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not re.fullmatch(METADATA_NAME_RE, name):
+        errors.append(FieldError("metadata.name", f"{show(name)} is not a valid name (lowercase DNS subdomain)"))
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        errors.append(FieldError("spec", "required mapping is missing"))
+        raise SpecError(errors)
+    errors += check_schema(spec, _SPEC_SET_LEVEL, "spec")
+    if errors:
+        raise SpecError(errors)
+
+    probes: list[Probe] = []
+    rejected: list[RejectedProbe] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(spec["probes"]):
+        path = f"spec.probes[{i}]"
+        probe_errors = check_schema(raw, PROBE_SCHEMA, path)
+        if not probe_errors:
+            probe_errors = _probe_semantic_errors(raw, path)
+        pname = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(pname, str) and pname in seen:
+            probe_errors.append(FieldError(f"{path}.name", f'duplicate name "{pname}" (also spec.probes[{seen[pname]}])'))
+        elif isinstance(pname, str):
+            seen[pname] = i
+        if probe_errors:
+            label = pname if isinstance(pname, str) and re.fullmatch(NAME_RE, pname) else path
+            rejected.append(RejectedProbe(i, label, tuple(probe_errors)))
+            continue
+        kind = next(k for k in PROBE_KINDS if k in raw)
+        raw = {**PROBE_DEFAULTS, **raw}
+        probes.append(Probe(
+            index=i, name=raw["name"], kind=kind, target=raw[kind],
+            latency=raw["latency"],
+            group_by=tuple(raw.get("groupBy") or ()),
+            pid=raw.get("pid"), comm=raw.get("comm"),
+            max_active=raw.get("maxActive"), attach=raw["attach"],
+            max_functions=raw["maxFunctions"],
+            buckets_per_power_of_two=raw["bucketsPerPowerOfTwo"],
+        ))
+    spec = {**SPEC_DEFAULTS, **spec}
+    return ProbeSet(
+        name=name, namespace=meta.get("namespace"), probes=probes, labels=tuple(dict.fromkeys(spec["labels"])),
+        max_series_per_probe=spec["maxSeriesPerProbe"],
+        node_selector=dict(spec.get("nodeSelector") or {}),
+        tolerations=list(spec.get("tolerations") or []),
+        pod_selector=spec.get("podSelector"),
+        scope=spec["scope"],
+        rejected=rejected,
+        generation=meta.get("generation"),
+    )
+
+
+def node_wide_namespaces(value: str | None, default: str) -> frozenset[str]:
+    """The namespaces whose ProbeSets may use scope Node, from a comma-separated list (the
+    PROBESET_NODE_WIDE_NAMESPACES setting); empty or unset means just `default` (the operator's)."""
+    names = frozenset(n.strip() for n in (value or "").split(",") if n.strip())
+    return names or frozenset({default})
+
+
+def node_wide_from_env(environ: Mapping[str, str]) -> frozenset[str]:
+    """node_wide_namespaces() as the operator and its agents read it from their environment."""
+    return node_wide_namespaces(environ.get(NODE_WIDE_NAMESPACES_ENV), operator_namespace_from_env(environ))
+
+
+def operator_namespace_from_env(environ: Mapping[str, str]) -> str:
+    return environ.get(OPERATOR_NAMESPACE_ENV) or DEFAULT_OPERATOR_NAMESPACE
+
+
+def scope_error(pset: ProbeSet, allowed: frozenset[str]) -> FieldError | None:
+    """Why this set may not have its scope, or None. Scope Node (host processes and every pod on the
+    node) is reserved to the admin-listed namespaces `allowed`; a standalone file (no namespace) is
+    not a cluster object and is always node-wide. The operator and the agent both apply this."""
+    if pset.scope != "Node" or pset.namespace is None or pset.namespace in allowed:
+        return None
+    return FieldError("spec.scope", f"Node (host processes and every pod on the node) is allowed only for "
+                                    f"ProbeSets in namespace(s) {', '.join(sorted(allowed))}; this ProbeSet "
+                                    f"is in {pset.namespace}: remove spec.scope or ask the cluster admin")
+
+
+def load_documents(text: str) -> list[Any]:
+    """The YAML documents of a file (empty documents skipped)."""
+    import yaml
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+

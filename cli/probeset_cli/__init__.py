@@ -1,0 +1,94 @@
+"""probeset: run ProbeSets on this host (standalone agent), check them, render their BPF C; in a
+cluster, the node agent and the operator.
+
+  probeset run FILE...      attach and serve Prometheus metrics (root)
+  probeset check FILE...    what would attach on this host and how; exit 0 only if everything would
+  probeset render FILE      print the generated BPF C program
+  probeset agent            cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME
+  probeset operator         the operator: one agent DaemonSet per ProbeSet, status aggregated
+  probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
+  probeset crd              print the ProbeSet CustomResourceDefinition
+
+This module only wires the commands: the agent (probeset_agent.commands), the operator
+(probeset_operator) and the API (probeset_api) do the work, and none of them imports another's
+commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from probeset_agent import commands as agent
+
+DEFAULT_RETENTION = agent.DEFAULT_RETENTION
+
+
+def cmd_schema(args) -> int:
+    from probeset_api.schema import crd_schema
+    json.dump(crd_schema(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def cmd_crd(args) -> int:
+    from probeset_api.crd import crd_yaml
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def cmd_operator(args) -> int:
+    from probeset_operator import handlers
+    handlers.run(liveness=args.liveness)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="probeset", description=__doc__.split("\n\nThis module")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="attach the ProbeSets of FILE(s) and serve metrics (root)")
+    run.add_argument("files", nargs="+", metavar="FILE")
+    run.add_argument("--listen", default=agent.DEFAULT_LISTEN, help=f"metrics address (default {agent.DEFAULT_LISTEN})")
+    run.add_argument("--node", help="value of the node label (default $NODE_NAME or the hostname)")
+    run.add_argument("--bpf-stats", action="store_true",
+                     help="enable kernel BPF run-time stats while running (probeset_bpf_run_seconds_total)")
+    run.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
+                     help=f"keep the series of a vanished cgroup this long (default {DEFAULT_RETENTION:g})")
+    check = sub.add_parser("check", help="tell what would attach on this host, without attaching")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    render = sub.add_parser("render", help="print the generated BPF C program")
+    render.add_argument("file", metavar="FILE")
+    node_agent = sub.add_parser("agent", help="cluster mode: run the ProbeSet $PROBESET_NAMESPACE/$PROBESET_NAME "
+                                              "from the API server, follow its changes, report status (root)")
+    node_agent.add_argument("--listen", default="0.0.0.0:9437", help="metrics address (default 0.0.0.0:9437)")
+    node_agent.add_argument("--node", help="node name (default $NODE_NAME or the hostname)")
+    node_agent.add_argument("--bpf-stats", action="store_true", help="enable kernel BPF run-time stats while running")
+    node_agent.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
+                            help="keep the series of a vanished cgroup or deleted pod this long "
+                                 f"(default {DEFAULT_RETENTION:g})")
+    node_agent.add_argument("--host-root", default="/proc/1/root",
+                            help="the node's root file system, for uprobes on the node's own files (default "
+                                 "/proc/1/root: the node's, with hostPID)")
+    operator = sub.add_parser("operator", help="run the operator (kopf): ProbeSets -> agent DaemonSets")
+    operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                          help="liveness endpoint (default http://0.0.0.0:8080/healthz)")
+    sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")
+    sub.add_parser("crd", help="print the ProbeSet CustomResourceDefinition (YAML)")
+    return parser
+
+
+COMMANDS = {"run": agent.cmd_run, "check": agent.cmd_check, "render": agent.cmd_render, "agent": agent.cmd_agent,
+            "operator": cmd_operator, "schema": cmd_schema, "crd": cmd_crd}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

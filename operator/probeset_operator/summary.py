@@ -1,0 +1,74 @@
+"""What the operator writes into a ProbeSet's status, computed without the API: the summary of the
+agents' reports and the conditions. Pure functions; handlers.py reads and writes the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from probeset_api.status import CONDITION_TYPES, NodeCounts, NodeReport, now
+
+MESSAGE_MAX = 300
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One condition's state, reason and message."""
+
+    status: str
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Summary:
+    nodes: NodeCounts
+    probes: str                  # attached on every reporting node / in the spec
+    message: str
+    ready: Verdict
+    degraded: Verdict
+    stale: tuple[str, ...]       # nodes whose reports are dropped: no agent pod runs there
+
+
+def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int, total: int,
+              generation: int | None) -> Summary:
+    """The summary of the agents' reports. Only reports of nodes with an agent pod (`scheduled`)
+    that describe this generation count; the others are stale (old generation) or dropped (no pod)."""
+    current = {n: r for n, r in reports.items() if n in scheduled and r.generation == generation}
+    ready_nodes = [n for n, r in current.items() if not r.failed and r.attached == total]
+    failing = {n: r for n, r in current.items() if r.failed}
+    attached = min((r.attached for r in current.values()), default=0)
+    nodes = NodeCounts(desired=desired, ready=len(ready_nodes), failing=len(failing),
+                       summary=f"{len(ready_nodes)}/{desired}")
+    if failing:
+        node, report = sorted(failing.items())[0]
+        first = report.failed[0]
+        message = f"{len(failing)} node(s) with failed probes; {node}: {first.name}: {first.error}"
+        degraded = Verdict("True", "ProbesFailed", message)
+    else:
+        message = "" if desired and len(ready_nodes) == desired else \
+            f"waiting for agents: {len(ready_nodes)}/{desired} nodes report every probe attached"
+        degraded = Verdict("False", "Pending" if message else "AllProbesAttached")
+    is_ready = desired > 0 and len(ready_nodes) == desired
+    ready = Verdict("True" if is_ready else "False",
+                    "AgentsReady" if is_ready else ("NoNodes" if desired == 0 else "AgentsNotReady"), message)
+    return Summary(nodes, f"{attached}/{total}", message[:MESSAGE_MAX], ready, degraded,
+                   tuple(sorted(n for n in reports if n not in scheduled)))
+
+
+def set_condition(conditions: list[dict], ctype: str, verdict: Verdict, generation: int | None,
+                  at: str | None = None) -> list[dict]:
+    """`conditions` with `ctype` set to `verdict`; lastTransitionTime kept while the state stays.
+    Sorted Valid, Ready, Degraded, then any others."""
+    old = next((c for c in conditions if c.get("type") == ctype), None)
+    kept = old["lastTransitionTime"] if old and old.get("status") == verdict.status and \
+        old.get("lastTransitionTime") else None
+    new = {"type": ctype, "status": verdict.status, "reason": verdict.reason,
+           "message": verdict.message[:MESSAGE_MAX], "observedGeneration": generation,
+           "lastTransitionTime": kept or at or now()}
+    out = [dict(c) for c in conditions if c.get("type") != ctype] + [new]
+    return sorted(out, key=lambda c: CONDITION_TYPES.index(c["type"]) if c["type"] in CONDITION_TYPES else 9)
+
+
+def is_valid(conditions: list[dict]) -> bool:
+    """Whether the last validation passed (agents may run): Valid is not False."""
+    return any(c.get("type") == "Valid" and c.get("status") != "False" for c in conditions)
