@@ -14,6 +14,7 @@ from typing import Callable
 
 from . import host
 from .codegen import MAX_ALLOWED_CGROUPS, AttachPoint
+from .resolve import ResolvedProbe
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,23 @@ class Placement:
         """The containers' copies (device, inode) this point is attached to now."""
         return [k for k, evs in self._copies.get(point.fn_name, {}).items() if evs]
 
-    def lacking(self, point: AttachPoint) -> list[str]:
-        """Where a selected container's copy has no such function."""
-        return list(self._lacking.get(point.fn_name, {}).values())
+    def probe_status(self, rp: ResolvedProbe, points: list[AttachPoint],
+                     attach_error: str | None) -> tuple[dict[str, bool], str | None]:
+        """(function -> attached, error) of a uprobe probe with these attach points: a function is
+        attached when each of its points is on some copy; a selected container's copy without the
+        function is an error (while that copy exists), and so is a container-only probe no selected
+        pod has the file for."""
+        functions: dict[str, bool] = {}
+        lacking: list[str] = []
+        for function in rp.functions:
+            mine = [p for p in points if p.site.function == function]
+            functions[function] = bool(mine) and all(self.copies(p) > 0 for p in mine)
+            for p in mine:
+                lacking += [w for w in self._lacking.get(p.fn_name, {}).values() if w not in lacking]
+        error = attach_error
+        if not error and lacking:
+            error = "; ".join(lacking[:3]) + (f"; ... {len(lacking) - 3} more" if len(lacking) > 3 else "")
+        elif not error and not any(functions.values()) and not any(p.site.path for p in points):
+            error = (f"no selected pod has {rp.probe.binary} (yet): the probe attaches to each selected "
+                     "container's copy as its pods run")
+        return functions, error

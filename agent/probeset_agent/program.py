@@ -19,6 +19,7 @@ from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet
 
 from . import codegen
+from .attach import attach_point, default_max_active, kretprobe_event, place, prepare_maps
 from .codegen import AttachPoint
 from .features import Features
 from .health import missed_by_kernel, missed_in_program, run_stats
@@ -34,12 +35,6 @@ from .snapshot import PointSample, ProbeSeries, SetSnapshot
 log = logging.getLogger(__name__)
 
 _INSTANCES = itertools.count(1)
-
-
-def default_max_active() -> int:
-    """The kernel's own default kretprobe pool, max(10, 2 * CPUs). We always pass it explicitly:
-    BCC then creates the kretprobe through tracefs, where the kernel reports its misses."""
-    return max(10, 2 * (os.cpu_count() or 1))
 
 
 def missing_kernel_headers() -> str | None:
@@ -143,84 +138,33 @@ class ProbeSetProgram:
         if not self.compile():
             return
         for rp in self.compiled:
-            self._prepare_maps(rp)
+            prepare_maps(self.bpf, rp, self.program.layouts[rp.id])
         for point in self.program.attach_points:
             self._attach(point)
         self._attach_errors = {i: st.error for i, st in self.status.items()}
         if self.selection is not None:
             self.refresh()
 
-    def _prepare_maps(self, rp: ResolvedProbe) -> None:
-        # Open every table now: BCC reads /sys/devices/system/cpu/possible when it opens a per-CPU
-        # table, and a scrape should touch nothing but the maps.
-        if rp.probe.latency:
-            self.bpf[f"hist_p{rp.id}"]
-        self.bpf["missed"]
-        counts = self.bpf[f"counts_p{rp.id}"]
-        # The overflow series always has a slot.
-        counts[counts.Key.from_buffer_copy(self.program.layouts[rp.id].overflow_key())] = counts.Leaf()
-        if rp.probe.comm is not None:
-            table = self.bpf[f"comm_filter_p{rp.id}"]
-            want = table.Leaf()
-            want.c = rp.probe.comm.encode()[:15]
-            table[table.Key(0)] = want
-
     def _attach(self, point: AttachPoint) -> None:
-        site, fn = point.site, point.fn_name.encode()
+        max_active = max((self._probe(p).probe.max_active or 0) for p in point.probes) or default_max_active()
         try:
-            if point.mechanism == "kprobe":
-                self.bpf.attach_kprobe(event=site.kernel_function.encode(), fn_name=fn)
-            elif point.mechanism == "kretprobe":
-                self._attach_kretprobe(point)
-            elif point.mechanism == "fentry":
-                self.bpf.attach_kfunc(fn_name=fn)
-            elif point.mechanism == "fexit":
-                self.bpf.attach_kretfunc(fn_name=fn)
-            elif point.mechanism in USER_KINDS:
-                if site.path:   # the node's copy; containers' copies are placed by refresh()
-                    self.placement.place_node_copy(point, self._place)
-            elif point.mechanism == "tracepoint":
-                self.bpf.attach_tracepoint(tp=site.tracepoint.encode(), fn_name=fn)
-            else:
-                raise AssertionError(point.mechanism)
+            attach_point(self.bpf, point, self._instance, max_active,
+                         lambda p: self.placement.place_node_copy(p, self._place))
         except Exception as e:   # bcc raises bare Exception with its own message
-            reason = f"{point.mechanism} {site.function}: {e}"
+            reason = f"{point.mechanism} {point.site.function}: {e}"
             log.warning("probeset %s: %s", self.pset.name, reason)
             for pid in point.probes:
-                self.status[pid].functions[site.function] = False
+                self.status[pid].functions[point.site.function] = False
                 self.status[pid].fail(reason)
             return
         self.attached_points.append(point)
         for pid in point.probes:
             # A latency function counts as attached only when both its entry and return are.
-            mine = [p for p in self.program.attach_points if pid in p.probes and p.site.function == site.function]
-            self.status[pid].functions[site.function] = all(p in self.attached_points for p in mine)
-
-    def _kretprobe_event(self, point: AttachPoint) -> bytes:
-        """The tracefs name of a kretprobe: BCC's own (r_<function>) made unique per program, since
-        BCC names it after the function and process only, and two ProbeSets of one process may
-        probe the same function's return."""
-        return f"r_{point.site.kernel_function.replace('.', '_')}_ps{self._instance}".encode()
-
-    def _attach_kretprobe(self, point: AttachPoint) -> None:
-        """BCC's attach_kretprobe() with a name of ours (libbcc creates <name>_bcc_<pid> in tracefs,
-        because maxactive is given); registered with the BPF object so that cleanup() detaches it."""
-        from bcc import lib
-        max_active = max((self._probe(p).probe.max_active or 0) for p in point.probes) or default_max_active()
-        fn = self.bpf.load_func(point.fn_name.encode(), self.bpf.KPROBE)
-        event = self._kretprobe_event(point)
-        fd = lib.bpf_attach_kprobe(fn.fd, 1, event, point.site.kernel_function.encode(), 0, max_active)
-        if fd < 0:
-            raise RuntimeError(f"cannot attach a kretprobe to {point.site.kernel_function} "
-                               "(not traceable: inlined, marked notrace, or missing)")
-        self.bpf._add_kprobe_fd(event, point.fn_name.encode(), fd)
+            mine = [p for p in self.program.attach_points if pid in p.probes and p.site.function == point.site.function]
+            self.status[pid].functions[point.site.function] = all(p in self.attached_points for p in mine)
 
     def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
-        """Attach a uprobe point's function to one copy of its file; the BCC event names created."""
-        before = set(self.bpf.uprobe_fds)
-        attach = self.bpf.attach_uprobe if point.mechanism == "uprobe" else self.bpf.attach_uretprobe
-        attach(name=path.encode(), addr=address, fn_name=point.fn_name.encode())
-        return [ev for ev in self.bpf.uprobe_fds if ev not in before]
+        return place(self.bpf, point, path, address)
 
     def _probe(self, probe_id: int) -> ResolvedProbe:
         return next(rp for rp in self.resolved if rp.id == probe_id)
@@ -273,27 +217,12 @@ class ProbeSetProgram:
                 delete_row(counts, raw)
 
     def _update_user_status(self) -> None:
-        """uprobe probes: a function is attached when each of its attach points is on some copy; a
-        selected container's copy without the function is an error (while that copy exists), and
-        so is a container-only probe no selected pod has the file for."""
         for rp in self.compiled:
             points = [p for p in self.user_points() if rp.id in p.probes]
-            if not points:
-                continue
-            st = self.status[rp.id]
-            lacking: list[str] = []
-            for function in rp.functions:
-                mine = [p for p in points if p.site.function == function]
-                st.functions[function] = bool(mine) and all(self.copies(p) > 0 for p in mine)
-                for p in mine:
-                    lacking += [w for w in self.placement.lacking(p) if w not in lacking]
-            error = self._attach_errors.get(rp.id)
-            if not error and lacking:
-                error = "; ".join(lacking[:3]) + (f"; ... {len(lacking) - 3} more" if len(lacking) > 3 else "")
-            elif not error and not any(st.functions.values()) and not any(p.site.path for p in points):
-                error = (f"no selected pod has {rp.probe.binary} (yet): the probe attaches to each selected "
-                         "container's copy as its pods run")
-            st.error = error
+            if points:
+                st = self.status[rp.id]
+                functions, st.error = self.placement.probe_status(rp, points, self._attach_errors.get(rp.id))
+                st.functions.update(functions)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -337,7 +266,7 @@ class ProbeSetProgram:
             if self.bpf is None:
                 return {}
             out = missed_in_program(self.bpf["missed"], [rp.id for rp in self.compiled if rp.probe.latency])
-            kretprobes = {f"{self._kretprobe_event(p).decode()}_bcc_{os.getpid()}": p
+            kretprobes = {f"{kretprobe_event(p, self._instance).decode()}_bcc_{os.getpid()}": p
                           for p in self.attached_points if p.mechanism == "kretprobe"}
             for key, n in missed_by_kernel(kretprobes).items():
                 out[key] = out.get(key, 0) + n

@@ -1,0 +1,83 @@
+"""Attaching a compiled program's functions with BCC, one attach point at a time, and preparing its
+maps before the first event. Failures raise (BCC's bare Exception, or RuntimeError): the program
+turns them into the probe's status."""
+
+from __future__ import annotations
+
+import os
+
+from probeset_api.schema import USER_KINDS
+
+from .codegen import AttachPoint
+from .layout import KeyLayout
+from .resolve import ResolvedProbe
+
+
+def default_max_active() -> int:
+    """The kernel's own default kretprobe pool, max(10, 2 * CPUs). We always pass it explicitly:
+    BCC then creates the kretprobe through tracefs, where the kernel reports its misses."""
+    return max(10, 2 * (os.cpu_count() or 1))
+
+
+def prepare_maps(bpf, rp: ResolvedProbe, layout: KeyLayout) -> None:
+    """Open every table now (BCC reads /sys/devices/system/cpu/possible when it opens a per-CPU
+    table, and a scrape should touch nothing but the maps); give the overflow series its slot; set
+    the comm filter."""
+    if rp.probe.latency:
+        bpf[f"hist_p{rp.id}"]
+    bpf["missed"]
+    counts = bpf[f"counts_p{rp.id}"]
+    counts[counts.Key.from_buffer_copy(layout.overflow_key())] = counts.Leaf()
+    if rp.probe.comm is not None:
+        table = bpf[f"comm_filter_p{rp.id}"]
+        want = table.Leaf()
+        want.c = rp.probe.comm.encode()[:15]
+        table[table.Key(0)] = want
+
+
+def kretprobe_event(point: AttachPoint, instance: int) -> bytes:
+    """The tracefs name of a kretprobe: BCC's own (r_<function>) made unique per program, since BCC
+    names it after the function and process only, and two ProbeSets of one process may probe the
+    same function's return. libbcc appends _bcc_<pid>."""
+    return f"r_{point.site.kernel_function.replace('.', '_')}_ps{instance}".encode()
+
+
+def attach_point(bpf, point: AttachPoint, instance: int, max_active: int, place_node_copy) -> None:
+    """Attach one point; uprobes go to the node's copy through `place_node_copy(point)` (the
+    containers' copies are placed later, by the placement)."""
+    site, fn = point.site, point.fn_name.encode()
+    if point.mechanism == "kprobe":
+        bpf.attach_kprobe(event=site.kernel_function.encode(), fn_name=fn)
+    elif point.mechanism == "kretprobe":
+        _attach_kretprobe(bpf, point, kretprobe_event(point, instance), max_active)
+    elif point.mechanism == "fentry":
+        bpf.attach_kfunc(fn_name=fn)
+    elif point.mechanism == "fexit":
+        bpf.attach_kretfunc(fn_name=fn)
+    elif point.mechanism in USER_KINDS:
+        if site.path:
+            place_node_copy(point)
+    elif point.mechanism == "tracepoint":
+        bpf.attach_tracepoint(tp=site.tracepoint.encode(), fn_name=fn)
+    else:
+        raise AssertionError(point.mechanism)
+
+
+def _attach_kretprobe(bpf, point: AttachPoint, event: bytes, max_active: int) -> None:
+    """BCC's attach_kretprobe() with a name of ours (libbcc creates <name>_bcc_<pid> in tracefs,
+    because maxactive is given); registered with the BPF object so that cleanup() detaches it."""
+    from bcc import lib
+    fn = bpf.load_func(point.fn_name.encode(), bpf.KPROBE)
+    fd = lib.bpf_attach_kprobe(fn.fd, 1, event, point.site.kernel_function.encode(), 0, max_active)
+    if fd < 0:
+        raise RuntimeError(f"cannot attach a kretprobe to {point.site.kernel_function} "
+                           "(not traceable: inlined, marked notrace, or missing)")
+    bpf._add_kprobe_fd(event, point.fn_name.encode(), fd)
+
+
+def place(bpf, point: AttachPoint, path: str, address: int) -> list[bytes]:
+    """Attach a uprobe point's function to one copy of its file; the BCC event names created."""
+    before = set(bpf.uprobe_fds)
+    attach = bpf.attach_uprobe if point.mechanism == "uprobe" else bpf.attach_uretprobe
+    attach(name=path.encode(), addr=address, fn_name=point.fn_name.encode())
+    return [ev for ev in bpf.uprobe_fds if ev not in before]
