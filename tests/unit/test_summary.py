@@ -1,0 +1,77 @@
+"""The operator's status summary, without the API: agents' reports in, counts and conditions out."""
+
+import pytest
+
+from probeset_api.status import NodeReport, ProbeResult
+from probeset_operator.summary import Verdict, is_valid, set_condition, summarize
+
+
+def ok(generation=3, attached=2, total=2):
+    return NodeReport(generation=generation, attached=attached, total=total)
+
+
+def failed(generation=3, name="dns", error="no symbol"):
+    return NodeReport(generation=generation, attached=1, total=2,
+                      failed=(ProbeResult(name=name, attached=False, error=error),))
+
+
+CASES = [
+    # (name, reports, scheduled, desired, expected: summary, probes, ready, degraded, stale, message)
+    ("all nodes ready", {"a": ok(), "b": ok()}, {"a", "b"}, 2,
+     ("2/2", "2/2", ("True", "AgentsReady"), ("False", "AllProbesAttached"), (), "")),
+    ("no nodes selected", {}, set(), 0,
+     ("0/0", "0/2", ("False", "NoNodes"), ("False", "Pending"), (),
+      "waiting for agents: 0/0 nodes report every probe attached")),
+    ("one agent not reported yet", {"a": ok()}, {"a", "b"}, 2,
+     ("1/2", "2/2", ("False", "AgentsNotReady"), ("False", "Pending"), (),
+      "waiting for agents: 1/2 nodes report every probe attached")),
+    ("a report of the old generation does not count", {"a": ok(), "b": ok(generation=2)}, {"a", "b"}, 2,
+     ("1/2", "2/2", ("False", "AgentsNotReady"), ("False", "Pending"), (),
+      "waiting for agents: 1/2 nodes report every probe attached")),
+    ("a failing node degrades the set and names the first failure", {"a": ok(), "b": failed(), "c": failed(name="x")},
+     {"a", "b", "c"}, 3,
+     ("1/3", "1/2", ("False", "AgentsNotReady"), ("True", "ProbesFailed"), (),
+      "2 node(s) with failed probes; b: dns: no symbol")),
+    ("a node without an agent pod is stale", {"a": ok(), "gone": failed()}, {"a"}, 1,
+     ("1/1", "2/2", ("True", "AgentsReady"), ("False", "AllProbesAttached"), ("gone",), "")),
+    ("attached counts the weakest node", {"a": ok(), "b": ok(attached=1)}, {"a", "b"}, 2,
+     ("1/2", "1/2", ("False", "AgentsNotReady"), ("False", "Pending"), (),
+      "waiting for agents: 1/2 nodes report every probe attached")),
+]
+
+
+@pytest.mark.parametrize("name,reports,scheduled,desired,expected", CASES, ids=[c[0] for c in CASES])
+def test_summary(name, reports, scheduled, desired, expected):
+    s = summarize(reports, scheduled, desired, total=2, generation=3)
+    assert (s.nodes.summary, s.probes, (s.ready.status, s.ready.reason), (s.degraded.status, s.degraded.reason),
+            s.stale, s.message) == expected
+    assert s.ready.message == s.message and s.nodes.desired == desired
+
+
+def test_long_messages_are_cut():
+    s = summarize({"a": failed(error="x" * 1000)}, {"a"}, 1, total=2, generation=3)
+    assert len(s.message) == 300 and s.degraded.message.startswith("1 node(s) with failed probes; a: dns: xxx")
+
+
+def test_set_condition_keeps_transition_time_while_the_state_stays():
+    first = set_condition([], "Ready", Verdict("False", "AgentsNotReady", "waiting"), 1, at="t1")
+    assert first == [{"type": "Ready", "status": "False", "reason": "AgentsNotReady", "message": "waiting",
+                      "observedGeneration": 1, "lastTransitionTime": "t1"}]
+    same = set_condition(first, "Ready", Verdict("False", "AgentsNotReady", "still"), 2, at="t2")
+    assert same[0]["lastTransitionTime"] == "t1" and same[0]["message"] == "still"
+    flipped = set_condition(same, "Ready", Verdict("True", "AgentsReady"), 2, at="t3")
+    assert flipped[0]["lastTransitionTime"] == "t3"
+
+
+def test_conditions_are_ordered_valid_ready_degraded():
+    conditions = []
+    for ctype in ("Degraded", "Custom", "Ready", "Valid"):
+        conditions = set_condition(conditions, ctype, Verdict("True", "R"), 1, at="t")
+    assert [c["type"] for c in conditions] == ["Valid", "Ready", "Degraded", "Custom"]
+
+
+@pytest.mark.parametrize("conditions,valid", [
+    ([], False), ([{"type": "Valid", "status": "True"}], True), ([{"type": "Valid", "status": "False"}], False),
+    ([{"type": "Ready", "status": "True"}], False)])
+def test_is_valid(conditions, valid):
+    assert is_valid(conditions) is valid
