@@ -89,13 +89,21 @@ def _api_call(what: str, call, *args, **kwargs):
         raise kopf.TemporaryError(f"{what}: {e.status} {e.reason}", delay=API_RETRY_DELAY) from e
 
 
-def apply_daemonset(manifest: dict) -> None:
+def apply_daemonset(manifest: dict) -> str:
     """Server-side apply: the API server merges, and a manifest equal to what runs changes nothing
-    (no rollout)."""
+    (no rollout). Returns what happened, for the log: created, unchanged or updated."""
     meta = manifest["metadata"]
-    _api_call(f"applying DaemonSet {meta['namespace']}/{meta['name']}", client.AppsV1Api().patch_namespaced_daemon_set,
-              meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER, force=True,
-              _content_type="application/apply-patch+yaml")
+    what = f"DaemonSet {meta['namespace']}/{meta['name']}"
+    apps = client.AppsV1Api()
+    before = _api_call(f"reading {what}", apps.read_namespaced_daemon_set, meta["name"], meta["namespace"])
+    after = _api_call(f"applying {what}", apps.patch_namespaced_daemon_set, meta["name"], meta["namespace"],
+                      manifest, field_manager=FIELD_MANAGER, force=True,
+                      _content_type="application/apply-patch+yaml")
+    if before is None:
+        return "created"
+    # Not the resourceVersion: a no-op apply still rewrites managedFields' time on v1.20 servers.
+    kept = [(m.generation, m.labels, m.annotations) for m in (before.metadata, after.metadata)] if after else []
+    return "unchanged" if kept and kept[0] == kept[1] else "updated"
 
 
 def delete_daemonset(namespace: str, name: str) -> bool:
@@ -135,8 +143,8 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf
         kopf.warn(body, reason="InvalidProbes", message=rejected[:1000])
     else:
         _set(status, patch, "Valid", Verdict("True", "SpecValid"), generation)
-    apply_daemonset(render_daemonset(dict(body), memo.namespace, memo.agent))
-    logger.info("DaemonSet %s/%s applied for generation %s", memo.namespace, ds_name, generation)
+    result = apply_daemonset(render_daemonset(dict(body), memo.namespace, memo.agent))
+    logger.info("DaemonSet %s/%s %s", memo.namespace, ds_name, result)
     patch.status["observedGeneration"] = generation
 
 

@@ -62,7 +62,7 @@ def test_validate_grants_scope_node_only_to_the_allowlist():
 def cluster(monkeypatch):
     """reconcile() with the API calls replaced: what it applied, deleted and posted."""
     calls = {"applied": [], "deleted": [], "events": []}
-    monkeypatch.setattr(handlers, "apply_daemonset", lambda m: calls["applied"].append(m))
+    monkeypatch.setattr(handlers, "apply_daemonset", lambda m: calls["applied"].append(m) or "created")
     monkeypatch.setattr(handlers, "delete_daemonset", lambda ns, name: calls["deleted"].append((ns, name)) or True)
     monkeypatch.setattr(kopf, "warn", lambda body, reason, message: calls["events"].append((reason, message)))
     return calls
