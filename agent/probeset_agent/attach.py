@@ -4,6 +4,7 @@ turns them into the probe's status."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from probeset_api.schema import USER_KINDS
@@ -11,6 +12,8 @@ from probeset_api.schema import USER_KINDS
 from .codegen import AttachPoint
 from .layout import KeyLayout
 from .resolve import ResolvedProbe
+
+log = logging.getLogger(__name__)
 
 
 def default_max_active() -> int:
@@ -81,3 +84,22 @@ def place(bpf, point: AttachPoint, path: str, address: int) -> list[bytes]:
     attach = bpf.attach_uprobe if point.mechanism == "uprobe" else bpf.attach_uretprobe
     attach(name=path.encode(), addr=address, fn_name=point.fn_name.encode())
     return [ev for ev in bpf.uprobe_fds if ev not in before]
+
+
+def detach_all(bpf) -> None:
+    """bpf.cleanup(), except that a probe which fails to detach (e.g. tracefs unmounted under a
+    tracefs-made kretprobe or uprobe) is logged and forgotten, and every other one still detached."""
+    kinds = [(bpf.kprobe_fds, bpf.detach_kprobe_event), (bpf.uprobe_fds, bpf.detach_uprobe_event),
+             (bpf.tracepoint_fds, bpf.detach_tracepoint), (bpf.raw_tracepoint_fds, bpf.detach_raw_tracepoint),
+             (bpf.kfunc_entry_fds, bpf.detach_kfunc), (bpf.kfunc_exit_fds, bpf.detach_kretfunc)]
+    for fds, detach in kinds:
+        for name in list(fds):
+            try:
+                detach(name)
+            except Exception as e:   # bcc raises bare Exception
+                log.warning("detaching %s: %s", name.decode(errors="replace") if isinstance(name, bytes) else name, e)
+                fds.pop(name, None)
+    try:
+        bpf.cleanup()
+    except Exception as e:
+        log.warning("releasing the BPF program: %s", e)

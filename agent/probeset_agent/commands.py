@@ -16,7 +16,10 @@ import socket
 import sys
 import threading
 
-from probeset_api.spec import ProbeSet, SpecError, load_documents, node_wide_from_env, parse_probeset
+from probeset_api.spec import (MAX_DOCUMENT_BYTES, DocumentError, ProbeSet, SpecError, load_documents,
+                               node_wide_from_env, parse_probeset)
+
+from .host import shorten
 
 from .housekeeping import Housekeeper
 
@@ -30,19 +33,20 @@ def _load_sets(paths: list[str]) -> tuple[list[tuple[str, ProbeSet]], list[str]]
     """Valid ProbeSets of the files, and one message per document that is not usable."""
     sets, problems = [], []
     for path in paths:
+        shown = shorten(path)
         try:
-            with open(path) as f:
-                docs = load_documents(f.read())
+            with open(path, errors="replace") as f:
+                docs = load_documents(f.read(MAX_DOCUMENT_BYTES + 1))
         except OSError as e:
-            problems.append(f"{path}: {e.strerror}")
+            problems.append(f"{shown}: {e.strerror}")
             continue
-        except Exception as e:  # yaml.YAMLError and friends
-            problems.append(f"{path}: not valid YAML: {e}")
+        except DocumentError as e:
+            problems.append(f"{shown}: {e}")
             continue
         if not docs:
-            problems.append(f"{path}: no YAML documents")
+            problems.append(f"{shown}: no YAML documents")
         for i, doc in enumerate(docs):
-            where = path if len(docs) == 1 else f"{path} (document {i + 1})"
+            where = shown if len(docs) == 1 else f"{shown} (document {i + 1})"
             try:
                 sets.append((where, parse_probeset(doc)))
             except SpecError as e:
@@ -52,11 +56,6 @@ def _load_sets(paths: list[str]) -> tuple[list[tuple[str, ProbeSet]], list[str]]
 
 def _node_name() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
-
-
-def _parse_listen(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _print_status(where: str, prog) -> bool:
@@ -90,13 +89,24 @@ def _start_agent_common(args):
     return features
 
 
-def _serve_metrics(programs: list, node: str, features, listen: str):
-    from .exposition import MetricsCollector, serve
-    host, port = _parse_listen(listen)
-    server = serve(MetricsCollector(programs, node, features), host, port)
-    log.info("serving metrics on http://%s:%d/metrics", host, port)
+def _bind_metrics(listen: str):
+    """The metrics server, bound; None (the reason logged) when the address is invalid or taken.
+    Done first: a bad --listen must not cost a compile and attach before it fails."""
+    from .server import MetricsServer, parse_listen
+    try:
+        host, port = parse_listen(listen)
+        return MetricsServer(host, port)
+    except (ValueError, OSError) as e:
+        log.error("cannot serve metrics on %s: %s", shorten(listen), getattr(e, "strerror", None) or e)
+        return None
+
+
+def _serve_metrics(server, programs: list, node: str, features) -> None:
+    from .exposition import MetricsCollector
+    collector = MetricsCollector(programs, node, features)
+    server.start(lambda: collector.render().encode())
+    log.info("serving metrics on http://%s:%d/metrics", *server.address)
     sys.stdout.flush()
-    return server
 
 
 def _on_stop_signals(stop: threading.Event) -> None:
@@ -168,6 +178,9 @@ def cmd_run(args) -> int:
             sets.remove((where, pset))
     if not sets:
         return 2
+    server = _bind_metrics(args.listen)
+    if server is None:
+        return 2
     node = args.node or _node_name()
     features = _start_agent_common(args)
     from .attribution import Attribution, CgroupTree
@@ -179,7 +192,7 @@ def cmd_run(args) -> int:
         _print_status(where, prog)
         programs.append(prog)
     housekeeper = Housekeeper(programs, attribution).start()
-    server = _serve_metrics(programs, node, features, args.listen)
+    _serve_metrics(server, programs, node, features)
     stop = threading.Event()
     _on_stop_signals(stop)
     try:
@@ -202,6 +215,9 @@ def cmd_agent(args) -> int:
     namespace, name = os.environ.get("PROBESET_NAMESPACE"), os.environ.get("PROBESET_NAME")
     if not namespace or not name:
         log.error("PROBESET_NAMESPACE and PROBESET_NAME must name the ProbeSet to run")
+        return 2
+    server = _bind_metrics(args.listen)
+    if server is None:
         return 2
     try:
         config.load_incluster_config()
@@ -229,7 +245,7 @@ def cmd_agent(args) -> int:
     threading.Thread(target=watcher.run, name="probeset-pods", daemon=True).start()
     if not pods.synced.wait(30):
         log.warning("no pod listing after 30 s: pods will be named as the listing arrives")
-    server = _serve_metrics(programs, node, features, args.listen)
+    _serve_metrics(server, programs, node, features)
     _on_stop_signals(agent.stopping)
     threading.Thread(target=agent.run, name="probeset-watch", daemon=True).start()
     housekeeper.start()

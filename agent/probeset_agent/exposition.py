@@ -1,5 +1,5 @@
 """The exposition: each running ProbeSet's snapshot (snapshot.py), taken when scraped, as the
-Prometheus text format (0.0.4), served over HTTP.
+Prometheus text format (0.0.4); server.py serves it.
 
 It writes the text itself, rather than through prometheus_client's registry, because a scrape of
 10,000 series must stay within tens of milliseconds: each series' label block is rendered once and
@@ -8,9 +8,7 @@ cached by its raw map key (readout.py), and a sample line is then one string joi
 
 from __future__ import annotations
 
-import http.server
 import platform
-import threading
 
 from prometheus_client.utils import floatToGoString
 
@@ -19,8 +17,6 @@ from probeset_api import __version__
 from .histogram import cumulative_buckets
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 FAMILIES = {
     "probeset_events_total": ("counter", "Events seen by a probe, aggregated in the kernel."),
@@ -124,32 +120,3 @@ class MetricsCollector:
                 f"probeset_bpf_run_seconds_total{label_text(sample.labels)} {floatToGoString(sample.value / 1e9)}\n")
         for sample in snap.runs:
             lines["probeset_bpf_runs_total"].append(f"probeset_bpf_runs_total{label_text(sample.labels)} {sample.value}\n")
-
-
-def serve(collector: MetricsCollector, host: str, port: int) -> http.server.ThreadingHTTPServer:
-    """Serve /metrics (the collector's text) and /healthz (cheap, for kubelet probes) in a thread."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                body, ctype = collector.render().encode(), CONTENT_TYPE
-            elif path == "/healthz":
-                body, ctype = b"ok\n", "text/plain"
-            elif path == "/":
-                body, ctype = b"probeset agent: /metrics, /healthz\n", "text/plain"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):   # one line per scrape would drown the agent's own log
-            pass
-
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    return server

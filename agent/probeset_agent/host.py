@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ class TracepointFormat:
     def full_name(self) -> str:
         return f"{self.category}:{self.event}"
 
+
+log = logging.getLogger(__name__)
+# An ELF symbol usable as a `function` label value (the file belongs to the workload, not to us).
+_SYMBOL = re.compile(r"[A-Za-z0-9_.@$]{1,1024}")
 
 _FIELD_LINE = re.compile(
     r"field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>[01]);")
@@ -295,7 +300,9 @@ def find_binary(binary: str, root: str, pid: int | None = None) -> str:
 
 def elf_functions(path: str, pattern: str) -> list[tuple[str, int]]:
     """(symbol, address) for the function symbols of an ELF file matching a glob; one entry per
-    address (aliases such as malloc/__libc_malloc share one)."""
+    address (aliases such as malloc/__libc_malloc share one). A symbol whose name is not a label
+    value (not UTF-8, or outside the symbol pattern: the file is the workload's, not ours) is
+    skipped, and the skipped count logged."""
     from bcc import BPF
     rx = fnmatch.translate(pattern).encode()
     try:
@@ -303,12 +310,27 @@ def elf_functions(path: str, pattern: str) -> list[tuple[str, int]]:
     except Exception as e:  # bcc raises a bare Exception with the libbcc error code
         raise HostError(f"binary {path}: cannot read its symbols: {e}") from None
     by_addr: dict[int, str] = {}
-    for name, addr in found:
-        name = name.decode()
+    skipped = 0
+    for raw, addr in found:
+        try:
+            name = raw.decode()
+        except UnicodeDecodeError:
+            name = ""
+        if not _SYMBOL.fullmatch(name):
+            skipped += 1
+            continue
         # Prefer the name the user wrote (exact match), then the shortest alias.
         if addr not in by_addr or name == pattern or (by_addr[addr] != pattern and len(name) < len(by_addr[addr])):
             by_addr[addr] = name
+    if skipped:
+        log.warning("binary %s: %d symbol(s) matching %r skipped: not usable as a label (not UTF-8, or "
+                    "characters outside [A-Za-z0-9_.@$])", shorten(path), skipped, pattern)
     return sorted(((n, a) for a, n in by_addr.items()), key=lambda x: x[0])
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """A user- or workload-supplied string as it may appear in a message: bounded."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # --- stale tracefs probes ------------------------------------------------------------------------

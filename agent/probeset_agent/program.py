@@ -19,7 +19,7 @@ from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet
 
 from . import codegen
-from .attach import attach_point, default_max_active, kretprobe_event, place, prepare_maps
+from .attach import attach_point, default_max_active, detach_all, kretprobe_event, place, prepare_maps
 from .codegen import AttachPoint
 from .features import Features
 from .health import missed_by_kernel, missed_in_program, run_stats
@@ -172,7 +172,7 @@ class ProbeSetProgram:
     def stop(self) -> None:
         with self._lock:
             if self.bpf is not None:
-                self.bpf.cleanup()
+                detach_all(self.bpf)
                 self.bpf = None
             self.attached_points = []
 

@@ -4,6 +4,7 @@ left out; the others go on."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -12,6 +13,8 @@ from probeset_api.spec import Probe, ProbeSet
 
 from . import host
 from .features import Features
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,10 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
             _resolve_kernel(rp, features)
     except host.HostError as e:
         return ResolvedProbe(probe, error=str(e))
+    except Exception as e:   # whatever a host file holds, one probe's failure stays its own
+        log.exception("probe %s: resolving %s failed", probe.name, host.shorten(probe.target))
+        return ResolvedProbe(probe, error=f"cannot resolve {probe.kind} {host.shorten(probe.target)}: "
+                                           f"{type(e).__name__}: {host.shorten(str(e))}")
     labels = {gf.label: gf for s in rp.sites for gf in s.fields}
     rp.string_labels = frozenset(k for k, gf in labels.items() if gf.is_string)
     rp.signed_labels = frozenset(k for k, gf in labels.items() if gf.signed)

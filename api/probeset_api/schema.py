@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,8 +228,17 @@ def _type_ok(value: Any, typ: str) -> bool:
     raise AssertionError(typ)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
 def show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else '"' + value.encode("unicode_escape").decode() + '"'
+    """A value as an error message may quote it: at most 80 characters, whatever its size (only
+    a bounded part of it is ever rendered)."""
+    if isinstance(value, str):
+        text = '"' + value[:80].encode("unicode_escape").decode() + ('"' if len(value) <= 80 else "")
+    else:
+        text = _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -1,0 +1,242 @@
+"""Serving /metrics to whoever can reach the port, with every resource a client controls bounded.
+
+- Connections: at most `max_connections` open; a new one beyond that closes the oldest still
+  sending its request. An open connection costs a file descriptor and its request buffer, not a
+  thread: one selector thread reads requests, without blocking on any client.
+- Time: a request must arrive whole within `request_timeout` seconds of the connection; a response
+  must be taken within `send_timeout` seconds. Slow or silent clients are closed.
+- Size: a request larger than MAX_REQUEST_BYTES is refused (431).
+- Work: complete requests go to `workers` threads through a bounded queue (503 when it is full).
+  Concurrent scrapes share one rendering: a request that arrives while the text is being rendered
+  waits for that rendering instead of starting its own, so memory holds one body however many
+  scrapers there are, and a scrape never sees counts older than its own arrival minus one render.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_REQUEST_BYTES = 16384
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT, both explicit ([::1]:9437 for IPv6): an address that binds every interface is
+    a decision, so it must be written (0.0.0.0:9437), never implied by a missing host."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9437 (0.0.0.0:9437 for every "
+                         "interface)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {text!r}: the port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+class SharedRendering:
+    """render() once for all the callers that arrive while it runs."""
+
+    def __init__(self, render: Callable[[], bytes]):
+        self._render = render
+        self._cond = threading.Condition()
+        self._busy = False
+        self._round = 0
+        self.waiting = 0          # callers waiting for the rendering in progress
+        self._result: tuple[bytes | None, BaseException | None] = (None, None)
+
+    def get(self) -> bytes:
+        with self._cond:
+            if self._busy:
+                waiting_for = self._round
+                self.waiting += 1
+                self._cond.wait_for(lambda: self._round != waiting_for)
+                self.waiting -= 1
+                body, error = self._result
+                if error is not None:
+                    raise error
+                return body
+            self._busy = True
+        body, error = None, None
+        try:
+            body = self._render()
+        except BaseException as e:   # handed to every waiter
+            error = e
+        with self._cond:
+            self._result = (body, error)
+            self._busy = False
+            self._round += 1
+            self._cond.notify_all()
+        if error is not None:
+            raise error
+        return body
+
+
+@dataclass
+class _Pending:
+    sock: socket.socket
+    deadline: float
+    buf: bytearray = field(default_factory=bytearray)
+
+
+class MetricsServer:
+    """Binds at construction (so a bad or busy address fails before anything is attached); serves
+    after start()."""
+
+    def __init__(self, host: str, port: int, max_connections: int = 256, workers: int = 4,
+                 request_timeout: float = 5.0, send_timeout: float = 30.0, backlog: int = 128):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=backlog)
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()[:2]
+        self.max_connections, self.workers = max_connections, workers
+        self.request_timeout, self.send_timeout = request_timeout, send_timeout
+        self._work: queue.Queue = queue.Queue(maxsize=max(workers * 4, 16))
+        self._pending: dict[socket.socket, _Pending] = {}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._rendering: SharedRendering | None = None
+        self.refused = 0                                   # connections closed for a bound (for tests, logs)
+
+    def start(self, render: Callable[[], bytes]) -> "MetricsServer":
+        self._rendering = SharedRendering(render)
+        self._threads = [threading.Thread(target=self._read_requests, name="metrics-accept", daemon=True)]
+        self._threads += [threading.Thread(target=self._answer, name=f"metrics-{i}", daemon=True)
+                          for i in range(self.workers)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        for _ in range(self.workers):
+            try:
+                self._work.put_nowait(None)
+            except queue.Full:
+                break
+        for t in self._threads:
+            t.join(timeout=2)
+        self.sock.close()
+        for pending in list(self._pending.values()):
+            pending.sock.close()
+
+    # --- the selector thread: accept and read requests -------------------------------------------
+
+    def _read_requests(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        while not self._stopping.is_set():
+            for key, _ in sel.select(timeout=0.25):
+                if key.fileobj is self.sock:
+                    self._accept(sel)
+                else:
+                    self._receive(sel, key.fileobj)
+            now = time.monotonic()
+            for sock in [s for s, p in self._pending.items() if p.deadline < now]:
+                self._drop(sel, sock)
+        sel.close()
+
+    def _accept(self, sel) -> None:
+        for _ in range(64):              # a burst, without starving the reads
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:         # e.g. EMFILE: the process's own limit; try again later
+                log.warning("metrics: accept: %s", e)
+                return
+            if len(self._pending) >= self.max_connections:
+                oldest = min(self._pending.values(), key=lambda p: p.deadline)
+                self._drop(sel, oldest.sock)
+            sock.setblocking(False)
+            self._pending[sock] = _Pending(sock, time.monotonic() + self.request_timeout)
+            sel.register(sock, selectors.EVENT_READ)
+
+    def _drop(self, sel, sock: socket.socket) -> None:
+        sel.unregister(sock)
+        del self._pending[sock]
+        sock.close()
+        self.refused += 1
+
+    def _receive(self, sel, sock: socket.socket) -> None:
+        pending = self._pending[sock]
+        try:
+            data = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(sel, sock)
+            return
+        pending.buf += data
+        end = pending.buf.find(b"\r\n\r\n")
+        if end < 0 and len(pending.buf) <= MAX_REQUEST_BYTES:
+            return
+        sel.unregister(sock)
+        del self._pending[sock]
+        sock.setblocking(True)
+        sock.settimeout(1.0)             # short answers from this thread must not wait on a client
+        if end < 0:
+            self._reply(sock, 431, b"request header fields too large\n")
+            return
+        request_line = bytes(pending.buf[:pending.buf.find(b"\r\n")])
+        try:
+            self._work.put_nowait((sock, request_line))
+        except queue.Full:
+            self._reply(sock, 503, b"busy: too many scrapes at once\n")
+            self.refused += 1
+
+    # --- the workers: answer complete requests ------------------------------------------------
+
+    def _answer(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            sock, request_line = item
+            sock.settimeout(self.send_timeout)
+            try:
+                self._respond(sock, request_line)
+            except Exception:
+                log.exception("metrics: answering %r failed", request_line[:100])
+                sock.close()
+
+    def _respond(self, sock: socket.socket, request_line: bytes) -> None:
+        parts = request_line.split()
+        if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
+            self._reply(sock, 405 if len(parts) == 3 else 400, b"only GET /metrics, /healthz\n")
+            return
+        path = parts[1].split(b"?", 1)[0]
+        if path == b"/metrics":
+            self._reply(sock, 200, self._rendering.get(), CONTENT_TYPE, head=parts[0] == b"HEAD")
+        elif path == b"/healthz":
+            self._reply(sock, 200, b"ok\n")
+        elif path == b"/":
+            self._reply(sock, 200, b"probeset agent: /metrics, /healthz\n")
+        else:
+            self._reply(sock, 404, b"not found\n")
+
+    @staticmethod
+    def _reply(sock: socket.socket, status: int, body: bytes, ctype: str = "text/plain",
+               head: bool = False) -> None:
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
+        header = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                  "Connection: close\r\n\r\n").encode()
+        try:
+            sock.sendall(header)
+            if not head:
+                sock.sendall(body)       # not header + body: that would copy the body per scrape
+        except OSError:
+            pass   # the client went away or was too slow (send_timeout)
+        finally:
+            sock.close()

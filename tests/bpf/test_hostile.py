@@ -1,0 +1,100 @@
+"""Hostile input the agent must survive without losing other probes or sets: a workload's binary
+with symbols that are not text, a bad or busy --listen, tracefs gone at shutdown."""
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from tests.bpf.test_cli import PROBESET, free_port, sample, scrape, start_agent, write_set
+from tests.support import counts, status
+
+
+def non_utf8_copy(target_binary: str, tmp_path) -> str:
+    """The target with one function symbol renamed to bytes that are not UTF-8 (same length, so
+    the ELF stays valid): probeset_target_beta -> probeset_target_bet\\xff."""
+    data = open(target_binary, "rb").read()
+    assert b"probeset_target_beta\0" in data
+    path = tmp_path / "hostile_target"
+    path.write_bytes(data.replace(b"probeset_target_beta\0", b"probeset_target_bet\xff\0"))
+    shutil.copymode(target_binary, path)
+    return str(path)
+
+
+def test_symbol_that_is_not_text_is_skipped_not_fatal(target_binary, tmp_path, run_probeset, build_c):
+    from tests.support import Target
+    path = non_utf8_copy(target_binary, tmp_path)
+    target = Target(path)
+    try:
+        prog = run_probeset([{"name": "glob", "uprobe": f"{path}:probeset_target_*", "pid": target.pid},
+                             {"name": "other", "uprobe": f"{path}:probeset_target_alpha", "pid": target.pid}])
+        assert status(prog, "glob").error is None and status(prog, "other").error is None
+        functions = set(status(prog, "glob").functions)
+        assert "probeset_target_work" in functions and not any("bet" in f for f in functions)
+        target.run("work 7")
+        target.run("alpha 3")
+        target.run("beta 5")           # the skipped symbol: not probed
+        assert counts(prog, "glob")["probeset_target_work"] == 7
+        assert counts(prog, "other") == {"probeset_target_alpha": 3}
+    finally:
+        target.close()
+
+
+def test_check_and_run_survive_such_a_binary(target_binary, tmp_path):
+    path = non_utf8_copy(target_binary, tmp_path)
+    spec = write_set(tmp_path, [{"name": "glob", "uprobe": f"{path}:probeset_target_*"}])
+    out = subprocess.run(PROBESET + ["check", spec], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "symbol(s) matching 'probeset_target_*' skipped" in out.stderr
+
+
+def test_bad_listen_fails_before_attaching(tmp_path):
+    spec = write_set(tmp_path, [{"name": "tp", "tracepoint": "sched:sched_process_exec"}])
+    for listen, reason in (("19418", "expected HOST:PORT"), (":9437", "expected HOST:PORT"),
+                           ("127.0.0.1:99999", "port must be")):
+        t = time.monotonic()
+        out = subprocess.run(PROBESET + ["run", spec, "--listen", listen], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and reason in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "ProbeSet cli" not in out.stdout   # nothing was attached
+        assert time.monotonic() - t < 10
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(PROBESET + ["run", spec, "--listen", f"127.0.0.1:{port}"], capture_output=True,
+                             text=True, timeout=30)
+    assert out.returncode == 2 and "Address already in use" in out.stderr and "Traceback" not in out.stderr
+    assert "ProbeSet cli" not in out.stdout
+
+
+def test_tracefs_unmounted_at_shutdown_still_detaches_cleanly(tmp_path, target):
+    """The agent runs in a mount namespace of its own, where tracefs is then unmounted (the
+    host's mount stays): SIGTERM must still end with exit 0, no traceback."""
+    spec = write_set(tmp_path, [{"name": "work", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid},
+                                {"name": "tp", "tracepoint": "sched:sched_process_exec"}])
+    port = free_port()
+    agent = subprocess.Popen(["unshare", "--mount", "--propagation", "private", *PROBESET, "run", spec,
+                              "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                scrape(port)
+                break
+            except OSError:
+                assert agent.poll() is None and time.monotonic() < deadline, agent.stdout.read() if agent.poll() else ""
+                time.sleep(0.2)
+        target.run("work 5")
+        assert sample(scrape(port), "probeset_events_total", probe="work", function="probeset_target_work") == 5
+        subprocess.run(["nsenter", "-t", str(agent.pid), "-m", "umount", "/sys/kernel/tracing"], check=True)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    log = agent.stdout.read()
+    assert "Traceback" not in log and "detached" in log
+    with open("/sys/kernel/tracing/uprobe_events") as f:      # the host's tracefs is still there
+        f.read()

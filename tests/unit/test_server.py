@@ -1,0 +1,205 @@
+"""/metrics cannot be exhausted by its clients: a real MetricsServer in its own process, serving a
+large synthetic exposition (8 MB, 0.2 s to render), against slow, idle and many concurrent clients.
+Memory, threads and latency are read from /proc and asserted with bounds."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from probeset_agent.server import SharedRendering, parse_listen
+from tests.support import wait_for
+
+BODY_MB = 8
+SERVER = f"""
+import sys, threading, time
+from probeset_agent.server import MetricsServer
+server = MetricsServer("127.0.0.1", 0, max_connections=256, workers=4, request_timeout=2.0, send_timeout=10.0)
+renders = [0]
+def render():
+    renders[0] += 1
+    time.sleep(0.2)
+    return b"x" * ({BODY_MB} << 20)
+server.start(render)
+print(server.address[1], flush=True)
+for line in sys.stdin:
+    print(renders[0], server.refused, flush=True)
+"""
+
+
+class Served:
+    def __init__(self):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(["agent", "api"]))
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+        self.port = int(self.proc.stdout.readline())
+
+    def status(self, key: str) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+    def rss_mb(self) -> float:
+        return self.status("VmRSS") / 1024
+
+    def threads(self) -> int:
+        return self.status("Threads")
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def counters(self) -> tuple[int, int]:
+        self.proc.stdin.write("?\n")
+        self.proc.stdin.flush()
+        renders, refused = self.proc.stdout.readline().split()
+        return int(renders), int(refused)
+
+    def scrape(self, timeout: float = 10.0) -> tuple[int, float]:
+        t = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=timeout) as r:
+            n = len(r.read())
+        return n, time.monotonic() - t
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def served():
+    s = Served()
+    s.scrape()          # warm: the first body allocated
+    yield s
+    s.close()
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_half_open_requests_cost_neither_threads_nor_memory(served):
+    base_rss, base_threads = served.rss_mb(), served.threads()
+    held = []
+    for _ in range(200):
+        s = connect(served.port)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")      # never finished
+        held.append(s)
+    n, seconds = served.scrape()                                 # a real scraper is still answered
+    assert n == BODY_MB << 20 and seconds < 3
+    assert served.threads() == base_threads                       # no thread per connection
+    assert served.rss_mb() < base_rss + 3 * BODY_MB, (base_rss, served.rss_mb())
+    # Each half-open request is closed when its request_timeout (2 s) ends.
+    wait_for(lambda: all(s.recv(1) == b"" for s in held), 10, "half-open connections closed by the server")
+    for s in held:
+        s.close()
+
+
+def test_idle_connections_are_bounded(served):
+    base_threads = served.threads()
+    held = [connect(served.port) for _ in range(1200)]
+    wait_for(lambda: served.counters()[1] >= 1200 - 256, 10, "connections beyond 256 closed")
+    assert served.fds() < 256 + 32                                 # at most max_connections held
+    assert served.threads() == base_threads
+    n, seconds = served.scrape()
+    assert n == BODY_MB << 20 and seconds < 3
+    for s in held:
+        s.close()
+
+
+def test_concurrent_scrapers_share_renderings(served):
+    base_rss = served.rss_mb()
+    renders_before, _ = served.counters()
+    latencies, errors = [], []
+
+    def scraper():
+        for _ in range(5):
+            try:
+                n, seconds = served.scrape(timeout=30)
+                assert n == BODY_MB << 20
+                latencies.append(seconds)
+            except Exception as e:   # collected: a 503 or a timeout fails the test below
+                errors.append(repr(e))
+    threads = [threading.Thread(target=scraper) for _ in range(20)]
+    peak = [0.0]
+
+    def watch():
+        while any(t.is_alive() for t in threads):
+            peak[0] = max(peak[0], served.rss_mb())
+            time.sleep(0.05)
+    for t in threads:
+        t.start()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    for t in threads + [watcher]:
+        t.join()
+    renders, _ = served.counters()
+    assert errors == [] or all("503" in e for e in errors), errors
+    assert len(latencies) + len(errors) == 100
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    assert p99 < 5.0, latencies[-5:]
+    assert renders - renders_before < 100 / 2, "concurrent scrapes rendered one body each"
+    # At most one body per worker (4) being sent, the last result kept for waiters, and one being
+    # rendered, plus one of slack: bounded by the server's workers, not by the 20 scrapers (each
+    # rendering its own would hold 20 bodies, 160 MB).
+    assert peak[0] < base_rss + (4 + 3) * BODY_MB, (base_rss, peak[0])
+
+
+def test_oversized_and_bad_requests_are_refused(served):
+    s = connect(served.port)
+    s.sendall(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 431 ")
+    s = connect(served.port)
+    s.sendall(b"POST /metrics HTTP/1.1\r\n\r\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 405 ")
+    s = connect(served.port)
+    s.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+    answer = b""
+    while chunk := s.recv(200):
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok\n")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("127.0.0.1:9437", ("127.0.0.1", 9437)), ("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:9437", ("::1", 9437)),
+    ("19418", "expected HOST:PORT"), (":9437", "expected HOST:PORT"), ("localhost:0", "port must be"),
+    ("127.0.0.1:70000", "port must be"), ("127.0.0.1:http", "port must be")])
+def test_listen_address_is_explicit(text, expected):
+    if isinstance(expected, tuple):
+        assert parse_listen(text) == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            parse_listen(text)
+
+
+def test_shared_rendering_hands_one_result_or_error_to_every_waiter():
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def render():
+        calls.append(1)
+        started.set()
+        release.wait(5)
+        if len(calls) == 2:
+            raise RuntimeError("map gone")
+        return b"body%d" % len(calls)
+    shared = SharedRendering(render)
+    results = []
+    first = threading.Thread(target=lambda: results.append(shared.get()))
+    first.start()
+    started.wait(5)
+    waiters = [threading.Thread(target=lambda: results.append(shared.get())) for _ in range(5)]
+    for t in waiters:
+        t.start()
+    wait_for(lambda: shared.waiting == 5, 5, "the five callers waiting for the rendering in progress")
+    release.set()
+    for t in [first] + waiters:
+        t.join(5)
+    assert len(calls) == 1 and results == [b"body1"] * 6
+    with pytest.raises(RuntimeError, match="map gone"):
+        shared.get()
+    assert shared.get() == b"body3"
