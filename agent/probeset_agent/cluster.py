@@ -13,7 +13,7 @@ import logging
 import threading
 
 from probeset_api import API_GROUP, API_VERSION, KIND, PLURAL
-from probeset_api.spec import SpecError, parse_probeset, scope_error
+from probeset_api.spec import SpecError, parse_probeset, restrict_values, scope_error, value_policy
 from probeset_api.status import NodeReport
 
 from .pods import PodSelection
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class ClusterAgent:
     def __init__(self, api_client, namespace: str, name: str, node: str, programs: list, features,
                  lock: threading.Lock, attribution=None, pods=None, node_wide: frozenset[str] = frozenset(),
-                 host_root: str = "/"):
+                 host_root: str = "/", tenant_values: frozenset[str] = frozenset()):
         from kubernetes import client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -37,6 +37,7 @@ class ClusterAgent:
         self.pods = pods                    # pods.PodIndex of this node (names, podSelector)
         self.node_wide = node_wide          # namespaces whose ProbeSets may have scope Node
         self.host_root = host_root          # the node's file system, for node-wide uprobes
+        self.tenant_values = tenant_values  # values the admin allows namespaced sets (KIND:TARGET:FIELD)
         self.generation: int | None = None
         self._reported: list | None = None   # the probe statuses last reported
         self.stopping = threading.Event()
@@ -64,7 +65,9 @@ class ClusterAgent:
         selection = None
         if self.pods is not None:
             selection = PodSelection(self.pods, None if pset.scope == "Node" else pset.namespace, pset.pod_selector)
-        prog = ProbeSetProgram(pset, self.node, self.features, self.attribution, selection, self.host_root)
+        policy = value_policy(pset, self.tenant_values)
+        prog = ProbeSetProgram(restrict_values(pset, policy), self.node, self.features, self.attribution, selection,
+                               self.host_root, policy)
         prog.start()
         with self.lock:
             if self.stopping.is_set():   # stop() ran while this program was starting

@@ -17,7 +17,7 @@ import sys
 import threading
 
 from probeset_api.spec import (MAX_DOCUMENT_BYTES, DocumentError, ProbeSet, SpecError, load_documents,
-                               node_wide_from_env, parse_probeset)
+                               node_wide_from_env, parse_probeset, tenant_values_from_env)
 
 from .host import shorten
 
@@ -239,7 +239,7 @@ def cmd_agent(args) -> int:
     if warning:
         log.warning("%s", warning)
     agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock(), attribution,
-                         pods, node_wide, host_root=host_root)
+                         pods, node_wide, host_root=host_root, tenant_values=tenant_values_from_env(os.environ))
     housekeeper.after = agent.report_if_changed
     # The watches block in socket reads; they run in their own threads so a signal stops the agent at once.
     threading.Thread(target=watcher.run, name="probeset-pods", daemon=True).start()

@@ -16,7 +16,7 @@ import threading
 import time
 
 from probeset_api.schema import USER_KINDS
-from probeset_api.spec import ProbeSet
+from probeset_api.spec import ProbeSet, ValuePolicy
 
 from . import codegen
 from .attach import attach_point, default_max_active, detach_all, kretprobe_event, place, prepare_maps
@@ -53,10 +53,11 @@ class ProbeSetProgram:
     """`attribution` (attribution.Attribution) labels events by workload. `selection`
     (pods.PodSelection, cluster mode) limits the set to some pods (see placement.py); the node's
     copy of a file (seen through `host_root`) is probed only when host processes are observed.
+    `policy` says which values a namespaced set may record (checked against tracepoint formats).
     refresh() keeps the placement current and ages out the series of vanished cgroups."""
 
     def __init__(self, pset: ProbeSet, node: str, features: Features | None = None,
-                 attribution=None, selection=None, host_root: str = "/"):
+                 attribution=None, selection=None, host_root: str = "/", policy: ValuePolicy = ValuePolicy()):
         self.pset, self.node = pset, node
         self.attribution, self.selection = attribution, selection
         filtering = selection is not None and not selection.host
@@ -65,7 +66,7 @@ class ProbeSetProgram:
             attribution.rescan(force=True)
         targets = UserTargets(host_root, observe_host=selection is None or selection.host,
                               copies=self.placement.copies_now)
-        self.resolved: list[ResolvedProbe] = resolve(pset, features, targets)
+        self.resolved: list[ResolvedProbe] = resolve(pset, features, targets, policy)
         self.status: dict[int, ProbeStatus] = {}
         for bad in pset.rejected:
             self.status[bad.index] = ProbeStatus(name=bad.name, index=bad.index, kind="", error=bad.reason)

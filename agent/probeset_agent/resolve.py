@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from probeset_api.schema import ARG_FIELDS, KERNEL_KINDS, USER_KINDS
-from probeset_api.spec import Probe, ProbeSet
+from probeset_api.spec import Probe, ProbeSet, ValuePolicy
 
 from . import host
 from .features import Features
@@ -110,12 +110,45 @@ def _tracepoint_field(fmt: host.TracepointFormat, label: str) -> GroupField:
                          "cannot be a label: only integers and strings can")
 
 
+# Integer types that name a task or its owner: another task's identity, for a namespaced set.
+_IDENTITY_TYPES = ("pid_t", "uid_t", "gid_t", "kuid_t", "kgid_t")
+_IDENTITY_SUFFIXES = ("pid", "tgid", "uid", "gid")
+
+
+def tenant_field_risk(f: host.TracepointField) -> str | None:
+    """Why a namespaced set may not record this tracepoint field, from its format; None if it may.
+    Allowed: integers of at most 4 bytes that are not a task's identity. Not: pointers and
+    pointer-sized integers (kernel addresses: call_site, skbaddr, ptr), strings (may name
+    another task: next_comm), pid/uid fields (another task's identity: next_pid)."""
+    base = f.ctype.replace("const ", "").replace("unsigned ", "").split()[0] if f.ctype else ""
+    if "*" in f.ctype:
+        return f"a pointer ({f.ctype}): a kernel address"
+    if f.is_string:
+        return f"a string ({f.ctype}): it may name another task or object"
+    if not f.is_integer or f.size > 4:
+        return f"a {f.size}-byte {f.ctype}: it can hold a kernel address"
+    if base in _IDENTITY_TYPES or f.name.endswith(_IDENTITY_SUFFIXES):
+        return f"{f.ctype} {f.name}: it can be another task's identity"
+    return None
+
+
 def _too_many(probe: Probe, what: str, count: int, sample: list[str]) -> str:
     return (f"{probe.kind} {probe.target!r} matches {count} {what}, more than maxFunctions={probe.max_functions}; "
             f"narrow the glob or raise maxFunctions (first matches: {', '.join(sample[:5])})")
 
 
-def _resolve_tracepoint(rp: ResolvedProbe) -> None:
+def _check_tenant_fields(p: Probe, fmt: host.TracepointFormat, policy: ValuePolicy) -> None:
+    for j, label in enumerate(p.group_by):
+        f = fmt.fields.get(label)
+        if f is None or label == "comm" or policy.allows("tracepoint", fmt.full_name, label):
+            continue
+        risk = tenant_field_risk(f)
+        if risk:
+            raise host.HostError(f"{p.path}.groupBy[{j}]: " + policy.denial(
+                f"field {label} of {fmt.full_name} is {risk}", "tracepoint", fmt.full_name, label))
+
+
+def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
     p = rp.probe
     names = host.match_tracepoints(p.target)
     if not names:
@@ -126,6 +159,8 @@ def _resolve_tracepoint(rp: ResolvedProbe) -> None:
     for i, name in enumerate(names):
         fmt = host.tracepoint_format(name)
         fields = tuple(_tracepoint_field(fmt, label) for label in p.group_by)
+        if policy.restricted:
+            _check_tenant_fields(p, fmt, policy)
         for gf in fields:
             shape = (gf.is_string, gf.signed)
             if kinds.setdefault(gf.label, shape) != shape:
@@ -217,11 +252,12 @@ def _resolve_kernel(rp: ResolvedProbe, features: Features) -> None:
     rp.via = mechanism
 
 
-def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets = UserTargets()) -> ResolvedProbe:
+def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets = UserTargets(),
+                  policy: ValuePolicy = ValuePolicy()) -> ResolvedProbe:
     rp = ResolvedProbe(probe)
     try:
         if probe.kind == "tracepoint":
-            _resolve_tracepoint(rp)
+            _resolve_tracepoint(rp, policy)
         elif probe.kind in USER_KINDS:
             _resolve_user(rp, targets)
         else:
@@ -240,10 +276,11 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
     return rp
 
 
-def resolve(pset: ProbeSet, features: Features | None = None, targets: UserTargets = UserTargets()) -> list[ResolvedProbe]:
+def resolve(pset: ProbeSet, features: Features | None = None, targets: UserTargets = UserTargets(),
+            policy: ValuePolicy = ValuePolicy()) -> list[ResolvedProbe]:
     """One ResolvedProbe per valid probe, in spec order. Kernel features are detected (by trying)
-    only when a kprobe-family probe needs them."""
+    only when a kprobe-family probe needs them. `policy`: what a namespaced set may record."""
     if features is None and any(p.kind in KERNEL_KINDS for p in pset.probes):
         from .features import detect
         features = detect()
-    return [resolve_probe(p, features, targets) for p in pset.probes]
+    return [resolve_probe(p, features, targets, policy) for p in pset.probes]

@@ -8,13 +8,14 @@ a host is decided later (the agent's resolve step), per probe, so one bad probe 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import (API_GROUP, API_VERSION, DEFAULT_OPERATOR_NAMESPACE, KIND, NODE_WIDE_NAMESPACES_ENV,
-               OPERATOR_NAMESPACE_ENV)
+               OPERATOR_NAMESPACE_ENV, TENANT_VALUES_ENV)
 from .schema import (ARG_FIELDS, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS, PROBE_KINDS,
                      PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA, FieldError,
                      check_schema, show)
@@ -232,6 +233,58 @@ def scope_error(pset: ProbeSet, allowed: frozenset[str]) -> FieldError | None:
     return FieldError("spec.scope", f"Node (host processes and every pod on the node) is allowed only for "
                                     f"ProbeSets in namespace(s) {', '.join(sorted(allowed))}; this ProbeSet "
                                     f"is in {pset.namespace}: remove spec.scope or ask the cluster admin")
+
+
+@dataclass(frozen=True)
+class ValuePolicy:
+    """What a ProbeSet may record as a label value (docs/operator.md, "Who may observe what").
+
+    A namespaced ProbeSet (scope Namespace, in a cluster) counts only its own pods' events, and
+    may not record a value that can carry a kernel address or another task's identity: kernel
+    function arguments and return values (they are kernel pointers as often as not), and
+    tracepoint fields other than small integers of the task's own (pointers, pointer-sized
+    integers, strings that may name another task, pid/uid fields). An administrator can allow
+    one value at a time: `KIND:TARGET:FIELD` (kprobe:vfs_read:arg2, tracepoint:net:net_dev_xmit:name).
+    A set with scope Node, or a standalone file, is not restricted."""
+
+    restricted: bool = False
+    allowed: frozenset[str] = frozenset()
+
+    def allows(self, kind: str, target: str, field_name: str) -> bool:
+        return not self.restricted or f"{kind}:{target}:{field_name}" in self.allowed
+
+    def denial(self, what: str, kind: str, target: str, field_name: str) -> str:
+        return (f"{what}: a namespaced ProbeSet may not record it (the cluster admin can allow it with "
+                f"tenantAllowedValues: {kind}:{target}:{field_name})")
+
+
+def tenant_values_from_env(environ: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(v.strip() for v in (environ.get(TENANT_VALUES_ENV) or "").split(",") if v.strip())
+
+
+def value_policy(pset: ProbeSet, allowed: frozenset[str]) -> ValuePolicy:
+    return ValuePolicy(restricted=pset.namespace is not None and pset.scope != "Node", allowed=allowed)
+
+
+def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
+    """The set with the probes that record values the policy denies moved to `rejected`, each
+    error naming the field. What needs the node's tracepoint formats is checked by the agent."""
+    if not policy.restricted:
+        return pset
+    keep, rejected = [], list(pset.rejected)
+    for probe in pset.probes:
+        errors = []
+        for j, name in enumerate(probe.group_by):
+            if probe.kind in KERNEL_KINDS and name != "comm" and not policy.allows(probe.kind, probe.target, name):
+                what = (f"{name} of kernel function {probe.target} can be a kernel address or another task's "
+                        "data")
+                errors.append(FieldError(f"{probe.path}.groupBy[{j}]", policy.denial(what, probe.kind, probe.target, name)))
+        if errors:
+            rejected.append(RejectedProbe(probe.index, probe.name, tuple(errors)))
+        else:
+            keep.append(probe)
+    rejected.sort(key=lambda r: r.index)
+    return dataclasses.replace(pset, probes=keep, rejected=rejected)
 
 
 MAX_DOCUMENT_BYTES = 1 << 20      # a ProbeSet file; the API server's own limit for an object is 1.5 MB

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from probeset_api import API_GROUP, API_VERSION, PLURAL
 from probeset_api.spec import (ProbeSet, SpecError, node_wide_from_env, operator_namespace_from_env,
-                               parse_probeset, scope_error)
+                               parse_probeset, restrict_values, scope_error, tenant_values_from_env, value_policy)
 from probeset_api.status import NodeReport
 
 from .render import LABEL_UID, AgentSettings, daemonset_name, render_daemonset
@@ -44,16 +44,19 @@ def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
     if environ.get("PROBESET_AGENT_TOLERATIONS"):
         agent.extra_tolerations = json.loads(environ["PROBESET_AGENT_TOLERATIONS"])
     agent.node_wide_namespaces = tuple(sorted(node_wide_from_env(environ)))
+    agent.tenant_values = tuple(sorted(tenant_values_from_env(environ)))
     return operator_namespace_from_env(environ), agent
 
 
 def validate(body: dict, operator_namespace: str, agent: AgentSettings) -> ProbeSet:
     """The ProbeSet an agent DaemonSet may run for `body`; SpecError when none: set-level errors,
-    a scope the namespace is not granted, or no valid probe at all."""
+    a scope the namespace is not granted, or no valid probe at all. Probes that would record
+    values a namespaced set may not (ValuePolicy) are rejected, each with its field."""
     pset = parse_probeset(body)
     error = scope_error(pset, agent.node_wide(operator_namespace))
     if error:
         raise SpecError([error])
+    pset = restrict_values(pset, value_policy(pset, frozenset(agent.tenant_values)))
     if not pset.probes:   # every probe rejected: nothing for an agent to run
         raise SpecError([e for r in pset.rejected for e in r.errors])
     return pset

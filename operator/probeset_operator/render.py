@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from probeset_api import API_GROUP, NODE_WIDE_NAMESPACES_ENV, OPERATOR_NAMESPACE_ENV
+from probeset_api import API_GROUP, NODE_WIDE_NAMESPACES_ENV, OPERATOR_NAMESPACE_ENV, TENANT_VALUES_ENV
 
 METRICS_PORT = 9437
 LABEL_UID = f"{API_GROUP}/probeset-uid"
@@ -37,6 +37,9 @@ class AgentSettings:
     # Namespaces whose ProbeSets may use scope Node (PROBESET_NODE_WIDE_NAMESPACES); empty: the
     # operator's namespace only.
     node_wide_namespaces: tuple[str, ...] = ()
+    # Values namespaced ProbeSets may record although they can carry addresses or other tasks'
+    # identity (PROBESET_TENANT_VALUES: KIND:TARGET:FIELD each); empty: none.
+    tenant_values: tuple[str, ...] = ()
 
     def node_wide(self, operator_namespace: str) -> frozenset[str]:
         """The namespaces allowed scope Node: node_wide_namespaces, or the operator's namespace."""
@@ -93,6 +96,7 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
             {"name": OPERATOR_NAMESPACE_ENV, "value": operator_namespace},
             {"name": NODE_WIDE_NAMESPACES_ENV,
              "value": ",".join(sorted(settings.node_wide(operator_namespace)))},
+            {"name": TENANT_VALUES_ENV, "value": ",".join(settings.tenant_values)},
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "securityContext": {"privileged": True, "runAsUser": 0},   # the image defaults to non-root

@@ -138,3 +138,36 @@ def test_invalid_spec_is_permanent_and_deletes_agents(cluster):
     assert status["raised"] == "PermanentError"
     assert [c["reason"] for c in status["conditions"]] == ["InvalidSpec", "InvalidSpec"]
     assert cluster["deleted"] == [("probeset-system", "probeset-web-dns")] and cluster["applied"] == []
+
+
+def test_namespaced_sets_may_not_record_kernel_values():
+    agent = AgentSettings(node_wide_namespaces=("obs",))
+    body = probeset("web")
+    body["spec"]["probes"] = [{"name": "ret", "kretprobe": "vfs_read", "groupBy": ["retval"]},
+                              {"name": "arg", "kprobe": "vfs_read", "groupBy": ["arg2", "comm"]},
+                              {"name": "user", "uprobe": "libc:malloc", "groupBy": ["arg0"]},
+                              {"name": "plain", "kprobe": "vfs_read", "groupBy": ["comm"]}]
+    pset = validate(body, "probeset-system", agent)
+    assert [p.name for p in pset.probes] == ["user", "plain"]
+    assert [str(e) for r in pset.rejected for e in r.errors] == [
+        "spec.probes[0].groupBy[0]: retval of kernel function vfs_read can be a kernel address or another task's "
+        "data: a namespaced ProbeSet may not record it (the cluster admin can allow it with tenantAllowedValues: "
+        "kretprobe:vfs_read:retval)",
+        "spec.probes[1].groupBy[0]: arg2 of kernel function vfs_read can be a kernel address or another task's "
+        "data: a namespaced ProbeSet may not record it (the cluster admin can allow it with tenantAllowedValues: "
+        "kprobe:vfs_read:arg2)"]
+    # The admin allows one value; scope Node (granted namespaces) is not restricted.
+    allowed = AgentSettings(node_wide_namespaces=("obs",), tenant_values=("kretprobe:vfs_read:retval",))
+    assert [p.name for p in validate(body, "probeset-system", allowed).probes] == ["ret", "user", "plain"]
+    wide = probeset("obs", scope="Node")
+    wide["spec"]["probes"] = body["spec"]["probes"]
+    assert len(validate(wide, "probeset-system", agent).probes) == 4
+
+
+def test_tenant_values_reach_operator_and_agents(monkeypatch):
+    monkeypatch.setenv("PROBESET_TENANT_VALUES", "kretprobe:vfs_read:retval, tracepoint:net:net_dev_xmit:name")
+    _, agent = settings_from_env()
+    assert agent.tenant_values == ("kretprobe:vfs_read:retval", "tracepoint:net:net_dev_xmit:name")
+    ds = handlers.render_daemonset(probeset("web"), "probeset-system", agent)
+    env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PROBESET_TENANT_VALUES"] == "kretprobe:vfs_read:retval,tracepoint:net:net_dev_xmit:name"

@@ -144,10 +144,11 @@ def test_concurrent_scrapers_share_renderings(served):
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     assert p99 < 5.0, latencies[-5:]
     assert renders - renders_before < 100 / 2, "concurrent scrapes rendered one body each"
-    # At most one body per worker (4) being sent, the last result kept for waiters, and one being
-    # rendered, plus one of slack: bounded by the server's workers, not by the 20 scrapers (each
+    # At most one body per worker (4) being sent, the last result kept for waiters and one being
+    # rendered, plus slack for freed bodies glibc keeps in its heap (its mmap threshold rises after
+    # the first 8 MB free): bounded by the server's workers, not by the 20 scrapers (each
     # rendering its own would hold 20 bodies, 160 MB).
-    assert peak[0] < base_rss + (4 + 3) * BODY_MB, (base_rss, peak[0])
+    assert peak[0] < base_rss + (4 + 5) * BODY_MB, (base_rss, peak[0])
 
 
 def test_oversized_and_bad_requests_are_refused(served):
