@@ -91,6 +91,7 @@ def test_default_render_objects(chart):
     assert env["PROBESET_AGENT_PRIORITY_CLASS"] == ""
     assert env["PROBESET_PEERING"] == "probeset"
     assert env["PROBESET_NODE_WIDE_NAMESPACES"] == NS      # empty nodeWideNamespaces: the release namespace
+    assert env["PROBESET_TENANT_VALUES"] == ""             # no value beyond the namespaced rule
     assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == {"requests": {"cpu": "50m", "memory": "200Mi"},
                                                            "limits": {"memory": "400Mi"}}
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == []
@@ -107,6 +108,7 @@ def test_values_reach_the_operator_env(chart):
     objs = by_kind(render(chart, {
         "replicas": 3, "image": {"repository": "reg.example/probeset", "tag": "v9"},
         "nodeWideNamespaces": ["obs", "platform-team"],
+        "tenantAllowedValues": ["kretprobe:vfs_read:retval", "tracepoint:net:net_dev_xmit:name"],
         "agent": {"image": "reg.example/agent:v9", "imagePullPolicy": "Always",
                   "priorityClassName": "system-node-critical", "resources": res, "tolerations": tol}},
         namespace="obs"))
@@ -121,6 +123,7 @@ def test_values_reach_the_operator_env(chart):
     assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == res
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == tol
     assert env["PROBESET_NODE_WIDE_NAMESPACES"] == "obs,platform-team"
+    assert env["PROBESET_TENANT_VALUES"] == "kretprobe:vfs_read:retval,tracepoint:net:net_dev_xmit:name"
 
 
 def test_rbac_equals_rbac_py(chart):
@@ -198,6 +201,8 @@ def test_lint(values):
     ({"nodeWideNamespaces": ["Bad_Namespace"]}, "/nodeWideNamespaces/0"),
     ({"nodeWideNamespaces": ["obs", "a" * 64]}, "/nodeWideNamespaces/1"),
     ({"nodeWideNamespaces": "obs"}, "/nodeWideNamespaces"),
+    ({"tenantAllowedValues": ["vfs_read:retval"]}, "/tenantAllowedValues/0"),
+    ({"tenantAllowedValues": ["uprobe:libc:malloc:arg0"]}, "/tenantAllowedValues/0"),
     ({"replica": 2}, "replica"),
 ])
 def test_bad_values_are_rejected_naming_the_field(chart, values, field):
