@@ -23,10 +23,16 @@ import time
 UNKNOWN = "__unknown__"
 WORKLOAD_LABELS = ("namespace", "pod", "container")
 
-# kubepods-burstable-pod1234abcd_5678_....slice (systemd) or pod1234abcd-5678-... (cgroupfs)
-_POD_RE = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
-# cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope (systemd) or <id> (cgroupfs)
-_CONTAINER_RE = re.compile(r"^(?:(?:cri-containerd|crio|docker)-)?([0-9a-f]{64})(?:\.scope)?$")
+_UID = r"([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+# The kubelet's layout, component by component, from the hierarchy's root:
+#   kubepods | kubepods.slice                                        the kubelet's cgroup root
+#   [burstable | besteffort | kubepods-<qos>.slice]                  QoS class (none: Guaranteed)
+#   pod<uid> | kubepods[-<qos>]-pod<uid_with_underscores>.slice        the pod
+#   <id> | cri-containerd-<id>.scope | crio-<id>.scope | docker-<id>.scope   a container
+_KUBEPODS = ("kubepods", "kubepods.slice")
+_QOS = ("burstable", "besteffort", "kubepods-burstable.slice", "kubepods-besteffort.slice")
+_POD_RE = re.compile(rf"(?:pod{_UID}|kubepods(?:-burstable|-besteffort)?-pod{_UID}\.slice)")
+_CONTAINER_RE = re.compile(r"(?:(?:cri-containerd|crio|docker)-)?([0-9a-f]{64})(?:\.scope)?")
 
 
 def cgroup2_root() -> str | None:
@@ -43,17 +49,22 @@ def cgroup2_root() -> str | None:
 
 
 def workload_of_path(path: str) -> dict[str, str]:
-    """{"pod": uid, "container": id} for a kubelet cgroup path; empty for host processes."""
-    if "kubepods" not in path:
+    """{"pod": uid, "container": id} for a cgroup path in the kubelet's layout (relative to the
+    cgroup v2 root); empty for anything else (host processes). Anchored: kubepods must be the
+    first component and the pod and container the components the kubelet puts them at, so a
+    cgroup a workload creates inside its own (say .../pod<uid>/<id>/pod<other uid>) belongs to
+    the container that made it, never to the pod it names."""
+    parts = path.strip("/").split("/")
+    if len(parts) < 2 or parts[0] not in _KUBEPODS:
         return {}
-    out = {}
-    for part in path.split("/"):
-        m = _POD_RE.search(part)
-        if m:
-            out["pod"] = m.group(1).replace("_", "-")
-        m = _CONTAINER_RE.match(part)
-        if m and "pod" in out:
-            out["container"] = m.group(1)
+    rest = parts[2:] if parts[1] in _QOS else parts[1:]
+    pod = _POD_RE.fullmatch(rest[0]) if rest else None
+    if pod is None:
+        return {}
+    out = {"pod": (pod.group(1) or pod.group(2)).replace("_", "-")}
+    container = _CONTAINER_RE.fullmatch(rest[1]) if len(rest) > 1 else None
+    if container:
+        out["container"] = container.group(1)
     return out
 
 
