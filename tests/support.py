@@ -2,6 +2,53 @@
 
 import os
 import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from probeset_agent.pods import PodInfo
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll until ``predicate()`` returns something truthy; return it, or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_stable(value, seconds: float, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``value()`` until it has returned the same truthy value for ``seconds`` in a row (a
+    state that has settled, not just passed through); return it, or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    last, since = None, None
+    while True:
+        now, current = time.monotonic(), value()
+        if not current or current != last:
+            last, since = current, now
+        elif now - since >= seconds:
+            return current
+        if now > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def holds_for(predicate, seconds: float, what: str, interval: float = 0.2) -> None:
+    """Check ``predicate()`` again and again for ``seconds``: a "nothing happens" check, which only
+    time can show; fails at the first poll where it does not hold."""
+    end = time.monotonic() + seconds
+    while True:
+        if not predicate():
+            pytest.fail(f"no longer true: {what}")
+        if time.monotonic() >= end:
+            return
+        time.sleep(interval)
 
 
 def bcc_missing_reason() -> str | None:
@@ -115,3 +162,61 @@ def remove_empty_cgroup_parents(*paths: str) -> None:
     for d in paths:
         if os.path.isdir(d) and not [e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e))]:
             os.rmdir(d)
+
+
+# --- fake pods: cgroup v2 directories named as the kubelet names them (systemd driver, containerd) ---
+
+@dataclass
+class FakePod:
+    uid: str
+    namespace: str
+    name: str
+    labels: dict
+    path: str                        # the pod's cgroup directory
+    containers: dict                 # container name -> (container ID, cgroup directory)
+
+    def cgroup(self, container: str = "app") -> str:
+        return self.containers[container][1]
+
+    def info(self) -> PodInfo:
+        return PodInfo(self.uid, self.namespace, self.name, dict(self.labels),
+                       {cid: name for name, (cid, _) in self.containers.items()})
+
+
+class FakePods:
+    """Creates kubelet-named cgroups; removes them (and anything left in them) at the end."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.base = os.path.join(root, "kubepods.slice", "kubepods-besteffort.slice")
+        self.pods: list[FakePod] = []
+
+    def add(self, namespace="default", name=None, labels=None, containers=("app",)) -> FakePod:
+        uid = str(uuid.uuid4())
+        path = os.path.join(self.base, f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice")
+        made = {}
+        for container in containers:
+            cid = uuid.uuid4().hex * 2
+            made[container] = (cid, os.path.join(path, f"cri-containerd-{cid}.scope"))
+            os.makedirs(made[container][1])
+        pod = FakePod(uid, namespace, name or f"pod-{uid[:8]}", labels or {}, path, made)
+        self.pods.append(pod)
+        return pod
+
+    def remove_container(self, pod: FakePod, container: str) -> None:
+        _, path = pod.containers.pop(container)
+        self._rmdir(path)
+
+    def remove(self, pod: FakePod) -> None:
+        for container in list(pod.containers):
+            self.remove_container(pod, container)
+        self._rmdir(pod.path)
+        self.pods.remove(pod)
+
+    def _rmdir(self, path: str) -> None:
+        remove_cgroup(self.root, path)
+
+    def cleanup(self) -> None:
+        for pod in list(self.pods):
+            self.remove(pod)
+        remove_empty_cgroup_parents(self.base, os.path.dirname(self.base))

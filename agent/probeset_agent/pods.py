@@ -58,8 +58,11 @@ def selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
 
 
 class PodIndex:
-    def __init__(self, retention: float = 300.0):
+    """`clock` gives the seconds that deletion times and retention are measured in (monotonic)."""
+
+    def __init__(self, retention: float = 300.0, clock=time.monotonic):
         self.retention = retention
+        self._clock = clock
         self._pods: dict[str, PodInfo] = {}
         self._deleted: dict[str, float] = {}    # uid -> when deleted
         self._lock = threading.Lock()
@@ -68,7 +71,7 @@ class PodIndex:
 
     def replace(self, pods: list[PodInfo]) -> None:
         """The full listing: pods missing from it count as deleted now."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             current = {p.uid: p for p in pods}
             for uid in current.keys() & self._deleted.keys():
@@ -87,13 +90,13 @@ class PodIndex:
                 return
             self._pods[pod.uid] = pod
             self._deleted.pop(pod.uid, None)
-            self._expire(time.monotonic())
+            self._expire(self._clock())
             self.version += 1
 
     def delete(self, uid: str) -> None:
         with self._lock:
             if uid in self._pods:
-                self._deleted.setdefault(uid, time.monotonic())
+                self._deleted.setdefault(uid, self._clock())
                 self.version += 1
 
     def _expire(self, now: float) -> None:
@@ -104,7 +107,7 @@ class PodIndex:
     def expire(self) -> None:
         with self._lock:
             before = len(self._pods)
-            self._expire(time.monotonic())
+            self._expire(self._clock())
             if len(self._pods) != before:
                 self.version += 1
 

@@ -6,14 +6,12 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
-from dataclasses import dataclass
 
 import pytest
 
 from probeset_agent.attribution import UNKNOWN, Attribution, CgroupTree, cgroup2_root, workload_of_path
-from probeset_agent.pods import PodIndex, PodInfo, PodSelection
-from tests.support import remove_cgroup, remove_empty_cgroup_parents
+from probeset_agent.pods import PodIndex, PodSelection
+from tests.support import FakePods, wait_for
 
 
 def test_kubelet_cgroup_names_are_parsed():
@@ -27,62 +25,15 @@ def test_kubelet_cgroup_names_are_parsed():
         "pod": uid, "container": cid}
     assert workload_of_path(f"/kubepods/pod{uid}") == {"pod": uid}
     assert workload_of_path("/system.slice/ssh.service") == {}
-
-
-@dataclass
-class FakePod:
-    uid: str
-    namespace: str
-    name: str
-    labels: dict
-    path: str                        # the pod's cgroup directory
-    containers: dict                 # container name -> (container ID, cgroup directory)
-
-    def cgroup(self, container: str = "app") -> str:
-        return self.containers[container][1]
-
-    def info(self) -> PodInfo:
-        return PodInfo(self.uid, self.namespace, self.name, dict(self.labels),
-                       {cid: name for name, (cid, _) in self.containers.items()})
-
-
-class FakePods:
-    """Creates kubelet-named cgroups; removes them (and anything left in them) at the end."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.base = os.path.join(root, "kubepods.slice", "kubepods-besteffort.slice")
-        self.pods: list[FakePod] = []
-
-    def add(self, namespace="default", name=None, labels=None, containers=("app",)) -> FakePod:
-        uid = str(uuid.uuid4())
-        path = os.path.join(self.base, f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice")
-        made = {}
-        for container in containers:
-            cid = uuid.uuid4().hex * 2
-            made[container] = (cid, os.path.join(path, f"cri-containerd-{cid}.scope"))
-            os.makedirs(made[container][1])
-        pod = FakePod(uid, namespace, name or f"pod-{uid[:8]}", labels or {}, path, made)
-        self.pods.append(pod)
-        return pod
-
-    def remove_container(self, pod: FakePod, container: str) -> None:
-        _, path = pod.containers.pop(container)
-        self._rmdir(path)
-
-    def remove(self, pod: FakePod) -> None:
-        for container in list(pod.containers):
-            self.remove_container(pod, container)
-        self._rmdir(pod.path)
-        self.pods.remove(pod)
-
-    def _rmdir(self, path: str) -> None:
-        remove_cgroup(self.root, path)
-
-    def cleanup(self) -> None:
-        for pod in list(self.pods):
-            self.remove(pod)
-        remove_empty_cgroup_parents(self.base, os.path.dirname(self.base))
+    # Anchored to the kubelet's layout: a cgroup nested in a container that names another pod is
+    # the container's; kubepods below the root is not the kubelet's.
+    victim = "2c5f39cb-3fb2-22e3-994f-1127e4ddb538"
+    assert workload_of_path(f"/kubepods/besteffort/pod{uid}/{cid}/pod{victim}") == {"pod": uid, "container": cid}
+    assert workload_of_path(f"/kubepods/besteffort/pod{uid}/{cid}/kubepods/pod{victim}/{'b' * 64}") == {
+        "pod": uid, "container": cid}
+    assert workload_of_path(f"{systemd}/kubepods-pod{victim.replace('-', '_')}.slice") == {"pod": uid, "container": cid}
+    assert workload_of_path(f"/user.slice/kubepods/pod{victim}/{cid}") == {}
+    assert workload_of_path(f"/kubepods/besteffort/x-pod{victim}") == {}
 
 
 @pytest.fixture
@@ -248,13 +199,19 @@ def test_vanished_container_keeps_its_series_until_retention(fake_pods, targets,
     t_app.run("work 5")
     t_old.run("work 7")
     t_old.close()
+    removed_at = time.monotonic()
     fake_pods.remove_container(pod, "old")
     prog.refresh()                                         # gone, within retention: kept
     assert by_labels(prog, keys=("namespace", "pod")) == {("shop", "cart-1"): 12}
     rows_before = len(list(prog.bpf["counts_p0"].items()))
-    time.sleep(0.6)
-    for _ in range(3):
+
+    def rows_after_refresh():
         prog.refresh()
+        return len(list(prog.bpf["counts_p0"].items()))
+    # CgroupTree measures its retention on the real clock: refresh until the row leaves, then check
+    # that it did not leave before the retention had passed.
+    wait_for(lambda: rows_after_refresh() < rows_before, 10, "the old container's row to be retired", 0.05)
+    assert time.monotonic() - removed_at >= tree.retention
     assert len(list(prog.bpf["counts_p0"].items())) == rows_before - 1    # the old container's row left
     t_app.run("work 1")
     assert by_labels(prog, keys=("namespace", "pod")) == {("shop", "cart-1"): 13}   # never goes backwards

@@ -10,6 +10,7 @@ from probeset_agent.housekeeping import Housekeeper
 from probeset_agent.exposition import MetricsCollector
 from probeset_agent.pods import PodIndex, PodSelection
 from tests.bpf.test_attribution import WORKLOAD, by_labels, fake_pods  # noqa: F401 (a fixture)
+from tests.support import wait_for
 
 CHURN_SECONDS = int(os.environ.get("PROBESET_CHURN_SECONDS", "60"))
 RETENTION = 2.0
@@ -77,9 +78,13 @@ def test_a_minute_of_pod_churn(fake_pods, targets, target_binary, run_probeset):
     assert all(series <= bound for series, bound in worst), max(worst, key=lambda w: w[0] - w[1])
 
     # Once the retention has passed, only the survivors remain: in the maps, the filter, every cache.
-    time.sleep(RETENTION + 4 * INTERVAL)
+    # The housekeeper (every INTERVAL) ages the churned pods out: wait until its rounds have done so.
+    def only_survivors_left():
+        return (len(pods) == len(survivors) and not attribution.tree.gone
+                and prog.allowed_cgroups == 2 * len(survivors)
+                and len(list(prog.bpf["counts_p0"].items())) == len(survivors) + 1)
     housekeeper.wake.set()
-    time.sleep(2 * INTERVAL)
+    wait_for(only_survivors_left, RETENTION + 4 * INTERVAL + 30, "the churned pods to age out", INTERVAL / 2)
     housekeeper.stop()
     prog.refresh()
     counts = by_labels(prog)

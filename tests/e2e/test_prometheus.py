@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import wait_for
+
 PROMETHEUS = "/usr/bin/prometheus"
 PROBESET = Path(sys.executable).with_name("probeset")   # the venv's console script, next to its python
 PROBESET_NAME = "e2e-prometheus"
@@ -391,8 +393,15 @@ def test_prometheus_scrapes_exact_counts(stack: Stack):
     inf = stack.scalar(f'sum(probeset_latency_seconds_bucket{{{lat},le="+Inf"}})')
     assert inf == SLEEP_CALLS, f"+Inf bucket {inf}"
 
-    # Still exact a few scrapes later (no double counting across scrapes).
-    time.sleep(2.2)
+    # Still exact a few scrapes later (no double counting across scrapes): wait until Prometheus has
+    # stored two more scrapes of the agent (1 s apart) after the latest one so far.
+    up_at = 'timestamp(up{job="probeset"})'
+    last_scrape = stack.scalar(up_at)
+
+    def two_more_scrapes() -> bool:
+        stack.check_alive()
+        return stack.scalar(up_at) >= last_scrape + 1.5
+    wait_for(two_more_scrapes, 15, "two more scrapes of the agent", 0.25)
     assert stack.scalar(f"sum(probeset_events_total{{{sel}}})") == TICK_CALLS
     stack.check_alive()
 

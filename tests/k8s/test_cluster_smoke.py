@@ -8,21 +8,11 @@ import uuid
 
 import pytest
 
+from tests.support import holds_for, wait_for
+
 client = pytest.importorskip("kubernetes.client", reason="the kubernetes Python client is not installed")
 
 pytestmark = pytest.mark.k8s
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll until ``predicate()`` returns something truthy; return it, or fail saying ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture
@@ -96,7 +86,8 @@ def test_daemonset_schedules_onto_node_and_is_garbage_collected(kube_api, namesp
     def pods():
         return core.list_namespaced_pod(namespace, label_selector="app=smoke").items
     created = wait_for(pods, 30, "the DaemonSet controller to create a pod")
-    time.sleep(2)   # long enough for a wrong second pod to show up
+    # That no second pod follows only time can show: 2 s is long enough for a wrong one to show up.
+    holds_for(lambda: len(pods()) == 1, 2, "a single pod for the single node")
     created = pods()
     assert len(created) == 1, [p.metadata.name for p in created]
     pod = created[0]

@@ -1,6 +1,5 @@
 """The operator against a real kube-apiserver: CRD, reconcile, invalid sets, peering, restart."""
 
-import time
 import urllib.request
 
 import pytest
@@ -10,6 +9,7 @@ from kubernetes.client.exceptions import ApiException
 from probeset_operator.render import daemonset_name
 from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, api, condition, get_ds,  # noqa: F401
                                     get_ps, installed, namespace, probeset, start_operator, wait_for)
+from tests.support import holds_for, wait_stable
 
 pytestmark = pytest.mark.k8s
 
@@ -143,17 +143,25 @@ def test_two_replicas_do_not_both_act(api, namespace, start_operator):
     # kopf peering: a replica that sees a higher-priority peer pauses; until the two have seen each
     # other (a fraction of a second) both may run, which the idempotent handlers make harmless.
     wait_for("exactly one active replica", lambda: sum(_active(p) for p in replicas) == 1)
-    time.sleep(3)
+    # The first replica up may be active alone until it sees its peer, which may outrank it: a
+    # paused replica logs nothing, so only time shows the election is over. Wait until the
+    # replicas' states have not changed for 3 s (counted from the last change).
+    wait_stable(lambda: tuple(_active(p) for p in replicas), 3, 60, "the peering election to settle")
     active = [p for p in replicas if _active(p)]
     assert len(active) == 1, [p.text()[-3000:] for p in replicas]
     client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
         "pair", [{"name": "t", "tracepoint": "sched:sched_process_exec"}], nodeSelector={"probeset-test": "none"}))
     wait_for("DaemonSet", lambda: get_ds(api, namespace, "pair"))
-    time.sleep(3)
-    created = f"DaemonSet {OPERATOR_NS}/{daemonset_name(namespace, 'pair')} created"
+    ds = f"DaemonSet {OPERATOR_NS}/{daemonset_name(namespace, 'pair')}"
+    created = f"{ds} created"
+    wait_for("the active replica to log the DaemonSet it created", lambda: created in active[0].text())
+    # That the standby does nothing only time can show: it would react to the same event, so a
+    # few seconds after the active one created the DaemonSet it must still have logged nothing
+    # about it (created, unchanged or updated).
+    standby = next(p for p in replicas if p is not active[0])
+    holds_for(lambda: ds not in standby.text(), 3, "the standby replica left the DaemonSet alone")
     assert [p for p in replicas if created in p.text()] == active, [p.text()[-3000:] for p in replicas]
     # The standby takes over when the active one stops.
-    standby = next(p for p in replicas if p is not active[0])
     active[0].stop()
     wait_for("the standby to resume", lambda: _active(standby), timeout=90)
 

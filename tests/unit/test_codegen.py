@@ -5,7 +5,8 @@ import re
 import pytest
 
 from probeset_agent import codegen
-from probeset_agent.codegen import CCode, CName, fill, generate
+from probeset_agent import ctemplates as T
+from probeset_agent.codegen import CCode, CName, fill, generate, join
 from probeset_agent.histogram import NUM_BUCKETS, bucket_index, bucket_upper_ns, cumulative_buckets, export_bounds_ns
 from probeset_agent.resolve import GroupField, ResolvedProbe, Site
 from probeset_api.spec import Probe
@@ -132,3 +133,23 @@ def test_cumulative_buckets():
 
 def test_ccode_is_the_only_composition_path():
     assert isinstance(fill("a@X@", X=CCode("b")), CCode)
+    assert fill("a@X@", X=CCode("b")) == "ab"
+    # fill()'s output is CCode, so it composes into the next template: a probe's pass function with
+    # its cgroup and pid checks, exactly.
+    pid_check = fill(T.PID_CHECK, PID=4242)
+    assert pid_check == "    if ((bpf_get_current_pid_tgid() >> 32) != 4242) return 0;\n"
+    checks = join([T.CGROUP_CHECK, pid_check])
+    assert isinstance(checks, CCode)
+    pass_func = fill(T.PASS_FUNC, P=3, CHECKS=checks)
+    assert isinstance(pass_func, CCode)
+    assert pass_func == ("static __always_inline int pass_p3(void) {\n"
+                         "    {\n"
+                         "        u64 cgroup = bpf_get_current_cgroup_id();\n"
+                         "        if (!allowed_cgroups.lookup(&cgroup)) return 0;\n"
+                         "    }\n"
+                         "    if ((bpf_get_current_pid_tgid() >> 32) != 4242) return 0;\n"
+                         "    return 1;\n"
+                         "}\n")
+    # The same text as a plain str is refused: nothing but fill()'s output and fixed fragments compose.
+    with pytest.raises(TypeError):
+        fill(T.PASS_FUNC, P=3, CHECKS=str(pid_check))

@@ -1,7 +1,10 @@
-"""crds/ is generated from the model: a drift fails here."""
+"""crds/ is generated from the model: a drift fails here. The CRD itself is checked against facts
+written out below (the model's patterns, enums, defaults and the status agents write), not against
+the model's own output."""
+
+import re
 
 from probeset_api.crd import build_crd, crd_yaml
-from probeset_api.schema import crd_schema
 
 
 def test_crd_file_matches_the_model():
@@ -9,8 +12,116 @@ def test_crd_file_matches_the_model():
         assert f.read() == crd_yaml(), "regenerate: probeset crd > crds/probeset.io_probesets.yaml"
 
 
-def test_crd_spec_is_the_models_schema_with_status_subresource():
-    version = build_crd()["spec"]["versions"][0]
-    assert version["schema"]["openAPIV3Schema"]["properties"]["spec"] == crd_schema()
+def _version() -> dict:
+    (version,) = build_crd()["spec"]["versions"]
+    return version
+
+
+def _root() -> dict:
+    return _version()["schema"]["openAPIV3Schema"]
+
+
+def test_crd_has_status_subresource_and_printer_columns():
+    version = _version()
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Ready", "Probes", "Age", "Message"]
+    assert _root()["required"] == ["spec"]
+
+
+def test_crd_spec_carries_the_models_patterns_enums_and_defaults():
+    spec = _root()["properties"]["spec"]
+    assert spec["type"] == "object" and spec["required"] == ["probes"]
+    probes = spec["properties"]["probes"]
+    assert (probes["type"], probes["minItems"], probes["maxItems"]) == ("array", 1, 64)
+    probe = probes["items"]
+    assert probe["type"] == "object" and probe["required"] == ["name"]
+    fields = probe["properties"]
+    assert set(fields) == {"name", "kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint", "latency",
+                           "bucketsPerPowerOfTwo", "groupBy", "pid", "comm", "maxActive", "attach", "maxFunctions"}
+    assert fields["name"]["pattern"] == r"^[a-z][a-z0-9_]{0,62}$"
+    assert fields["kprobe"]["pattern"] == fields["kretprobe"]["pattern"] == r"^[A-Za-z0-9_.*?]{1,128}$"
+    assert fields["uprobe"]["pattern"] == fields["uretprobe"]["pattern"] == (
+        r"^((/[A-Za-z0-9_+.\-]+)+|[A-Za-z0-9_+][A-Za-z0-9_+.\-]{0,127}):([A-Za-z_*?][A-Za-z0-9_.@$*?]{0,255})$")
+    assert fields["tracepoint"]["pattern"] == r"^[A-Za-z0-9_*?]{1,64}:[A-Za-z0-9_*?]{1,128}$"
+    assert fields["comm"]["pattern"] == r"^[^\x00-\x1f\x7f]{1,15}$"
+    assert fields["groupBy"]["maxItems"] == 4
+    assert fields["groupBy"]["items"] == {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"}
+    assert fields["latency"]["type"] == "boolean" and fields["latency"]["default"] is False
+    assert (fields["bucketsPerPowerOfTwo"]["enum"], fields["bucketsPerPowerOfTwo"]["default"]) == ([1, 2, 4], 1)
+    assert (fields["attach"]["enum"], fields["attach"]["default"]) == (["auto", "kprobe", "fentry"], "auto")
+    assert (fields["pid"]["minimum"], fields["pid"]["maximum"]) == (1, 4194304)
+    assert (fields["maxActive"]["minimum"], fields["maxActive"]["maximum"]) == (1, 4096)
+    assert (fields["maxFunctions"]["minimum"], fields["maxFunctions"]["maximum"],
+            fields["maxFunctions"]["default"]) == (1, 1000, 128)
+    assert "default" not in fields["pid"] and "default" not in fields["maxActive"]
+
+    top = spec["properties"]
+    assert top["labels"]["items"]["enum"] == ["node", "namespace", "pod", "container", "comm"]
+    assert top["labels"]["default"] == ["node", "namespace", "pod", "container"]
+    assert (top["maxSeriesPerProbe"]["minimum"], top["maxSeriesPerProbe"]["maximum"],
+            top["maxSeriesPerProbe"]["default"]) == (1, 100000, 5000)
+    assert (top["scope"]["enum"], top["scope"]["default"]) == (["Namespace", "Node"], "Namespace")
+    assert top["podSelector"]["properties"]["matchExpressions"]["items"]["properties"]["operator"]["enum"] == [
+        "In", "NotIn", "Exists", "DoesNotExist"]
+
+
+def test_crd_patterns_accept_and_reject_what_the_api_server_should():
+    # The API server searches with these patterns (ECMA syntax, anchored by ^...$ themselves).
+    fields = _root()["properties"]["spec"]["properties"]["probes"]["items"]["properties"]
+
+    def ok(field, value):
+        return re.search(fields[field]["pattern"], value) is not None
+    assert ok("uprobe", "libc:getaddrinfo") and ok("uprobe", "/usr/bin/app:handle_*")
+    assert not ok("uprobe", "libc:getaddrinfo; rm") and not ok("uprobe", "getaddrinfo")
+    assert ok("kprobe", "vfs_read") and ok("kprobe", "tcp_*") and not ok("kprobe", "vfs read")
+    assert ok("tracepoint", "net:net_dev_xmit") and not ok("tracepoint", "net_dev_xmit")
+    assert ok("name", "dns_latency") and not ok("name", "DNS") and not ok("name", "a" * 64)
+    assert ok("comm", "nginx") and not ok("comm", "x" * 16) and not ok("comm", "a\nb")
+
+
+def _named_fields(node: dict, path: str):
+    """(path, schema) of every named property under node, through arrays and maps."""
+    for name, sub in node.get("properties", {}).items():
+        yield f"{path}.{name}", sub
+        yield from _named_fields(sub, f"{path}.{name}")
+    for key, suffix in (("items", "[]"), ("additionalProperties", ".*")):
+        if isinstance(node.get(key), dict):
+            yield from _named_fields(node[key], path + suffix)
+
+
+def test_every_spec_and_status_field_is_described_and_no_hint_leaks():
+    root = _root()
+    fields = [*_named_fields(root["properties"]["spec"], "spec"), *_named_fields(root["properties"]["status"],
+                                                                                 "status")]
+    assert len(fields) > 50
+    undescribed = [path for path, sub in fields if not sub.get("description")]
+    assert undescribed == []
+
+    def private_keys(node, path="$"):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k.startswith("x-probeset-"):
+                    yield f"{path}.{k}"
+                yield from private_keys(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from private_keys(v, f"{path}[{i}]")
+    assert list(private_keys(build_crd())) == []
+    assert "x-probeset-" not in crd_yaml()
+
+
+def test_status_schema_has_what_agents_and_the_operator_write():
+    status = _root()["properties"]["status"]["properties"]
+    report = status["agents"]["additionalProperties"]
+    types = {name: sub["type"] for name, sub in report["properties"].items()}
+    assert types == {"generation": "integer", "attached": "integer", "total": "integer", "updated": "string",
+                     "failed": "array"}
+    failed = report["properties"]["failed"]["items"]["properties"]
+    assert {name: sub["type"] for name, sub in failed.items()} == {
+        "name": "string", "attached": "boolean", "attachedVia": "string", "functions": "integer", "error": "string"}
+    assert set(status) == {"observedGeneration", "message", "probes", "nodes", "conditions", "agents"}
+    assert set(status["nodes"]["properties"]) == {"desired", "ready", "failing", "summary"}
+    condition = status["conditions"]["items"]
+    assert condition["required"] == ["type", "status"]
+    assert condition["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
+    assert condition["properties"]["lastTransitionTime"]["format"] == "date-time"

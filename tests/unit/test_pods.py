@@ -1,7 +1,5 @@
 """The node's pod index (names, selectors, retention) and file lookups inside a container's root."""
 
-import time
-
 import pytest
 
 from probeset_agent import host
@@ -47,8 +45,22 @@ def test_label_selectors(selector, labels, matches):
     assert selector_matches(selector, labels) is matches
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_names_selection_and_retention():
-    index = PodIndex(retention=0.2)
+    clock = FakeClock()
+    index = PodIndex(retention=300, clock=clock)
     index.update(pod_info(pod()))
     index.update(pod_info(pod("u-2", "db-1", labels={"app": "db"})))
     index.update(pod_info(pod("u-3", "web-1", namespace="other")))
@@ -66,7 +78,10 @@ def test_names_selection_and_retention():
     assert index.version > version
     assert index.selected("shop", None) == ["u-2"]          # no longer selected at once...
     assert index.names("u-1", CID_APP)[0]["pod"] == "web-1"  # ...but still named within the retention
-    time.sleep(0.3)
+    clock.advance(299)
+    index.expire()
+    assert index.names("u-1", CID_APP)[0]["pod"] == "web-1"  # not yet past the retention
+    clock.advance(2)
     index.expire()
     assert index.names("u-1", CID_APP) is None and len(index) == 2
 

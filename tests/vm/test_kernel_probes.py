@@ -17,7 +17,7 @@ import yaml
 from probeset_agent.features import detect
 from probeset_agent.program import ProbeSetProgram
 from probeset_api.spec import parse_probeset
-from tests.support import counts, status
+from tests.support import FakePods, counts, status
 
 pytestmark = pytest.mark.kernel_vm
 
@@ -290,7 +290,6 @@ def test_namespaced_kernel_probes_count_only_the_namespaces_pods(run_probeset, b
     (which reads all the time)."""
     from probeset_agent.attribution import Attribution, CgroupTree, cgroup2_root
     from probeset_agent.pods import PodIndex, PodSelection
-    from tests.bpf.test_attribution import FakePods
     root = cgroup2_root()
     assert root, "the guest mounts cgroup2 (tests/vm/init)"
     exe = build_c("reads_n", READS_C)
