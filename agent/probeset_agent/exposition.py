@@ -36,6 +36,9 @@ FAMILIES = {
                                           "scope or podSelector)."),
     "probeset_uprobe_files": ("gauge", "Copies of the probed file a uprobe is attached to: the node's and each "
                                        "selected container's distinct one (device, inode)."),
+    "probeset_uprobe_reattached_total": ("counter", "uprobes placed again because their file changed: replaced "
+                                                    "(a new file at the path) or modified (written in place: "
+                                                    "processes that ran it may have computed wrong results)."),
     "probeset_agent_info": ("gauge", "Static facts about the agent and its node."),
 }
 
@@ -112,6 +115,9 @@ class MetricsCollector:
             lines["probeset_allowed_cgroups"].append(f"probeset_allowed_cgroups{set_labels} {snap.allowed_cgroups}\n")
         for sample in snap.uprobe_files:
             lines["probeset_uprobe_files"].append(f"probeset_uprobe_files{label_text(sample.labels)} {sample.value}\n")
+        for sample in snap.reattached:
+            lines["probeset_uprobe_reattached_total"].append(
+                f"probeset_uprobe_reattached_total{label_text(sample.labels)} {sample.value}\n")
         for probe, reason, n in snap.missed:
             labels = label_text({"probeset": name, "probe": probe, "reason": reason})
             lines["probeset_missed_events_total"].append(f"probeset_missed_events_total{labels} {n}\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Callable
 
 from . import host
@@ -21,6 +22,48 @@ log = logging.getLogger(__name__)
 FileKey = tuple[int, int]          # (device, inode) of one copy of a file
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """What a probed file was when a uprobe was placed on it."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str) -> "Stamp":
+        st = os.stat(path)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    @property
+    def key(self) -> FileKey:
+        return self.dev, self.ino
+
+    def change(self, now: "Stamp | None") -> str | None:
+        """"replaced" (the path is another file now: a rename, as install(1) does), "modified"
+        (written in place), or None."""
+        if now is None or now == self:
+            return None
+        return "replaced" if now.key != self.key else "modified"
+
+
+@dataclass
+class Placed:
+    """One copy of a file a uprobe point is attached to."""
+
+    path: str
+    address: int
+    stamp: Stamp
+    events: list[bytes] = field(default_factory=list)
+
+    def now(self) -> Stamp | None:
+        try:
+            return Stamp.of(self.path)
+        except OSError:
+            return None     # gone (a container's process ended): the sync of copies handles it
+
+
 class Placement:
     """`selection` (pods.PodSelection) names the pods; `attribution` finds their cgroups and
     processes. `attach(point, path, address)` attaches a uprobe point to one copy and returns the
@@ -30,8 +73,11 @@ class Placement:
         self.set_name, self.selection, self.attribution = set_name, selection, attribution
         self.filtering = filtering                  # the set counts only the selected pods' events
         self._allowed: set[int] = set()             # cgroup ids in the allowed_cgroups map
-        self._copies: dict[str, dict[FileKey, list[bytes]]] = {}   # point -> copy -> BCC events
-        self._node_copy: dict[str, FileKey] = {}                   # point -> the node's copy
+        self._copies: dict[str, dict[FileKey, Placed]] = {}        # point -> containers' copies
+        self._node: dict[str, list[Placed]] = {}                   # point -> the node's copy (and the
+        #                                                            one it replaced, still run by processes)
+        self.reattached: dict[tuple[str, str], int] = {}           # (point, reason) -> times
+        self.hazards: dict[str, str] = {}                          # point -> a modified-in-place warning
         self._lacking: dict[str, dict[FileKey, str]] = {}          # point -> copies without the function
         self._addresses: dict[tuple[FileKey, str], int | None] = {}
 
@@ -108,9 +154,69 @@ class Placement:
 
     def place_node_copy(self, point: AttachPoint, attach: Callable) -> None:
         """Attach a point to the node's copy of its file (resolved at start)."""
-        attach(point, point.site.path, point.site.address)
-        st = os.stat(point.site.path)
-        self._node_copy[point.fn_name] = (st.st_dev, st.st_ino)
+        stamp = Stamp.of(point.site.path)
+        events = attach(point, point.site.path, point.site.address)
+        self._node[point.fn_name] = [Placed(point.site.path, point.site.address, stamp, events)]
+
+    def check_files(self, points: list[AttachPoint], attach: Callable, detach: Callable,
+                    set_aside: Callable) -> list[tuple[AttachPoint, str]]:
+        """Re-place the uprobes of files that changed since they were placed; (point, reason) of
+        each. A replaced node file gets the uprobe on the new file, and the old one keeps it while
+        processes may still run it (one generation back: older ones are detached). A file written
+        in place is probed afresh: the kernel keeps the instruction it saved at attach time and
+        would replay it into the new code; processes that ran it meanwhile may have computed wrong
+        results, which `hazards` reports. `set_aside(events)` renames a copy's events so that
+        placing the same path again does not overwrite them (BCC names events by path and address)."""
+        changed = []
+        for point in {p.fn_name: p for p in points}.values():
+            copies = self._node.get(point.fn_name, [])[:1] + list(self._copies.get(point.fn_name, {}).values())
+            for placed in copies:
+                now = placed.now()
+                reason = placed.stamp.change(now)
+                if reason is None:
+                    continue
+                self._addresses.pop((now.key, point.site.function), None)   # the file's content changed
+                address = self._address_in(placed.path, now.key, point.site.function)
+                log.warning("probeset %s: %s %s: %s %s; placing the uprobe again", self.set_name, point.mechanism,
+                            point.site.function, placed.path, "was replaced" if reason == "replaced" else
+                            "was written in place")
+                if reason == "replaced":
+                    placed.events = set_aside(placed.events)
+                else:
+                    self._detach(placed, detach)
+                    self.hazards[point.fn_name] = (
+                        f"{placed.path} was written in place while probed: processes that ran it since may have "
+                        "executed the old instruction at the probe and computed wrong results; replace probed "
+                        "files by rename (install, mv) instead")
+                fresh = Placed(placed.path, address or 0, now, [])
+                if address is not None:
+                    try:
+                        fresh.events = attach(point, placed.path, address)
+                    except Exception as e:   # the kernel refused: the next round retries
+                        log.warning("probeset %s: %s %s: %s", self.set_name, point.mechanism, placed.path, e)
+                self._replace(point.fn_name, placed, fresh, reason, detach)
+                self.reattached[(point.fn_name, reason)] = self.reattached.get((point.fn_name, reason), 0) + 1
+                changed.append((point, reason))
+        return changed
+
+    def _replace(self, fn_name: str, old: Placed, new: Placed, reason: str, detach: Callable) -> None:
+        node = self._node.get(fn_name, [])
+        if node and node[0] is old:
+            for older in node[1:]:
+                self._detach(older, detach)
+            self._node[fn_name] = [new] + ([old] if reason == "replaced" else [])
+            return
+        copies = self._copies[fn_name]
+        del copies[old.stamp.key]
+        copies[new.stamp.key] = new       # a replaced container copy: the old one goes with its sync
+
+    def _detach(self, placed: Placed, detach: Callable) -> None:
+        for event in placed.events:
+            try:
+                detach(event)
+            except Exception as e:
+                log.warning("probeset %s: detaching %s: %s", self.set_name, event.decode(), e)
+        placed.events = []
 
     def sync_copies(self, points: list[AttachPoint], attach: Callable, detach: Callable) -> None:
         """Attach each uprobe point to every selected container's copy of its file that lacks it;
@@ -130,14 +236,15 @@ class Placement:
             lacking = self._lacking.setdefault(point.fn_name, {})
             wanted = files[point.site.binary]
             for file_key, (path, where) in wanted.items():
-                if file_key in have or file_key in lacking or file_key == self._node_copy.get(point.fn_name):
+                if file_key in have or file_key in lacking or file_key in self._node_keys(point):
                     continue
                 address = self._address_in(path, file_key, point.site.function)
                 if address is None:
                     lacking[file_key] = f"no function {point.site.function} in {where}"
                     continue
                 try:
-                    have[file_key] = attach(point, path, address)
+                    stamp = Stamp.of(path)
+                    have[file_key] = Placed(path, address, stamp, attach(point, path, address))
                     log.info("probeset %s: %s %s attached to %s (file %d:%d)", self.set_name, point.mechanism,
                              point.site.function, where, *file_key)
                 except Exception as e:  # the copy vanished, or the kernel refused: next sync retries
@@ -145,11 +252,7 @@ class Placement:
             for file_key in [k for k in have if k not in wanted]:
                 log.info("probeset %s: %s %s detached from file %d:%d (no selected container has it)",
                          self.set_name, point.mechanism, point.site.function, *file_key)
-                for event in have.pop(file_key):
-                    try:
-                        detach(event)
-                    except Exception as e:
-                        log.warning("probeset %s: detaching %s: %s", self.set_name, event.decode(), e)
+                self._detach(have.pop(file_key), detach)
             for file_key in [k for k in lacking if k not in wanted]:
                 del lacking[file_key]
         present = {k for found in files.values() for k in found}
@@ -159,13 +262,17 @@ class Placement:
         named = self.selection.pods.names(uid, None)
         return f"{named[0]['namespace']}/{named[0]['pod']}" if named else uid
 
+    def _node_keys(self, point: AttachPoint) -> set[FileKey]:
+        return {p.stamp.key for p in self._node.get(point.fn_name, [])}
+
     def copies(self, point: AttachPoint) -> int:
-        """How many files this uprobe point is attached to (the node's copy and containers')."""
-        return (point.fn_name in self._node_copy) + sum(1 for evs in self._copies.get(point.fn_name, {}).values() if evs)
+        """How many files this uprobe point is attached to (the node's copies and containers')."""
+        return sum(1 for p in self._node.get(point.fn_name, []) + list(self._copies.get(point.fn_name, {}).values())
+                   if p.events)
 
     def attached_files(self, point: AttachPoint) -> list[FileKey]:
         """The containers' copies (device, inode) this point is attached to now."""
-        return [k for k, evs in self._copies.get(point.fn_name, {}).items() if evs]
+        return [k for k, p in self._copies.get(point.fn_name, {}).items() if p.events]
 
     def probe_status(self, rp: ResolvedProbe, points: list[AttachPoint],
                      attach_error: str | None) -> tuple[dict[str, bool], str | None]:

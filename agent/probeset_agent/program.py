@@ -167,6 +167,17 @@ class ProbeSetProgram:
     def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         return place(self.bpf, point, path, address)
 
+    def _set_aside(self, events: list[bytes]) -> list[bytes]:
+        """Rename events in BCC's table (the fds stay attached, cleanup() still closes them)."""
+        aside = []
+        for event in events:
+            fd = self.bpf.uprobe_fds.pop(event, None)
+            if fd is not None:
+                name = b"%s_replaced%d" % (event, next(_INSTANCES))
+                self.bpf.uprobe_fds[name] = fd
+                aside.append(name)
+        return aside
+
     def _probe(self, probe_id: int) -> ResolvedProbe:
         return next(rp for rp in self.resolved if rp.id == probe_id)
 
@@ -191,12 +202,24 @@ class ProbeSetProgram:
             if self.placement.filtering:
                 self.placement.sync_filter(self.bpf["allowed_cgroups"])
             points = self.user_points()
-            if self.selection is not None and points:
-                self.placement.sync_copies(points, self._place, self.bpf.detach_uprobe_event)
-                self._update_user_status()
+            if points:
+                self._follow_files(points)
             if self.attribution is not None:
                 self._retire(self._unknown.expired(cgroups, self.attribution.state, self.attribution.last_scan,
                                                    time.monotonic()))
+
+    def _follow_files(self, points: list[AttachPoint]) -> None:
+        """uprobes follow their files: changed files are probed again (a file written in place is
+        a hazard the probe's status reports), containers' copies follow the selected pods."""
+        for point, reason in self.placement.check_files(points, self._place, self.bpf.detach_uprobe_event,
+                                                        self._set_aside):
+            if reason == "modified":
+                for pid in point.probes:
+                    self._attach_errors[pid] = self._attach_errors.get(pid) or self.placement.hazards[point.fn_name]
+                    self.status[pid].fail(self.placement.hazards[point.fn_name])
+        if self.selection is not None:
+            self.placement.sync_copies(points, self._place, self.bpf.detach_uprobe_event)
+            self._update_user_status()
 
     def _cgroups_in_maps(self) -> set[int]:
         if not key_uses_cgroup(self.pset.labels):
@@ -303,6 +326,8 @@ class ProbeSetProgram:
             return {"probeset": name, "probe": self.probe_names(point), "function": point.site.function,
                     "via": point.mechanism}
         snap.uprobe_files = [PointSample(point_labels(p), self.copies(p)) for p in self.user_points()]
+        snap.reattached = [PointSample({**point_labels(p), "reason": reason}, self.placement.reattached.get((p.fn_name, reason), 0))
+                           for p in self.user_points() for reason in ("replaced", "modified")]
         snap.missed = [(by_id[probe_id].probe.name, reason, n) for (probe_id, reason), n in sorted(self.read_missed().items())]
         for point, run_ns, run_cnt in self.read_program_stats():
             snap.run_ns.append(PointSample(point_labels(point), run_ns))

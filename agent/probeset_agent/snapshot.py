@@ -31,6 +31,7 @@ class SetSnapshot:
     probes: list[ProbeSeries] = field(default_factory=list)
     missed: list[tuple[str, str, int]] = field(default_factory=list)      # (probe, reason, events)
     uprobe_files: list[PointSample] = field(default_factory=list)         # copies attached
+    reattached: list[PointSample] = field(default_factory=list)           # uprobes placed again, by reason
     run_ns: list[PointSample] = field(default_factory=list)               # BPF run time
     runs: list[PointSample] = field(default_factory=list)                 # BPF runs
     unknown_cgroups: int = 0
