@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"   # static pods: the kubelet's UID for the pod
+SOURCE_ANNOTATION = "kubernetes.io/config.source"   # where the kubelet got the pod: file, http, api
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,31 @@ class PodInfo:
     name: str
     labels: dict[str, str] = field(default_factory=dict)
     containers: dict[str, str] = field(default_factory=dict)   # container ID -> container name
+    api_uid: str = ""           # metadata.uid; differs from uid only for a trusted mirror pod
+
+    def __post_init__(self):
+        if not self.api_uid:
+            object.__setattr__(self, "api_uid", self.uid)
+
+    @property
+    def mirrored(self) -> bool:
+        return self.uid != self.api_uid
+
+
+def trusted_mirror(meta: dict) -> str | None:
+    """The UID a static pod's cgroups carry, from its mirror pod, if the mirror is the kubelet's.
+    Anyone who may create pods can write annotations, so the annotation alone names nothing: the
+    kubelet's mirror pods also say their source is not the API (file, http) and are controlled by
+    their Node (an owner reference the kubelet sets). A claim of a UID that a pod of the API holds
+    is refused by the PodIndex."""
+    annotations = meta.get("annotations") or {}
+    mirror = annotations.get(MIRROR_ANNOTATION)
+    if not mirror or annotations.get(SOURCE_ANNOTATION) in (None, "", "api"):
+        return None
+    owners = meta.get("ownerReferences") or []
+    if not any(o.get("kind") == "Node" and o.get("apiVersion") == "v1" and o.get("controller") for o in owners):
+        return None
+    return mirror
 
 
 def pod_info(pod: dict) -> PodInfo:
@@ -32,9 +58,9 @@ def pod_info(pod: dict) -> PodInfo:
             cid = (cs.get("containerID") or "").rpartition("://")[2]
             if cid:
                 containers[cid] = cs.get("name", "")
-    uid = (meta.get("annotations") or {}).get(MIRROR_ANNOTATION) or meta.get("uid", "")
-    return PodInfo(uid, meta.get("namespace", ""), meta.get("name", ""), dict(meta.get("labels") or {}),
-                   containers)
+    api_uid = meta.get("uid", "")
+    return PodInfo(trusted_mirror(meta) or api_uid, meta.get("namespace", ""), meta.get("name", ""),
+                   dict(meta.get("labels") or {}), containers, api_uid)
 
 
 def selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
@@ -69,11 +95,29 @@ class PodIndex:
         self.version = 0                         # bumped on every change that can alter labels
         self.synced = threading.Event()          # set once the first listing is in
 
+    @staticmethod
+    def _put(pods: dict[str, PodInfo], pod: PodInfo) -> None:
+        """Index a pod by the UID its cgroups carry. A mirror pod's claim of a UID that an API pod
+        holds (or another mirror claims) is refused: it is indexed by its own metadata.uid."""
+        held = pods.get(pod.uid)
+        if pod.mirrored and held is not None and held.api_uid != pod.api_uid:
+            log.warning("pod %s/%s claims UID %s as a static pod, which pod %s/%s holds: claim ignored",
+                        pod.namespace, pod.name, pod.uid, held.namespace, held.name)
+            pod = PodInfo(pod.api_uid, pod.namespace, pod.name, pod.labels, pod.containers, pod.api_uid)
+        elif held is not None and held.mirrored and held.api_uid != pod.api_uid:
+            log.warning("pod %s/%s claimed UID %s as a static pod, which pod %s/%s holds: claim ignored",
+                        held.namespace, held.name, pod.uid, pod.namespace, pod.name)
+            pods[held.api_uid] = PodInfo(held.api_uid, held.namespace, held.name, held.labels, held.containers,
+                                         held.api_uid)
+        pods[pod.uid] = pod
+
     def replace(self, pods: list[PodInfo]) -> None:
         """The full listing: pods missing from it count as deleted now."""
         now = self._clock()
         with self._lock:
-            current = {p.uid: p for p in pods}
+            current: dict[str, PodInfo] = {}
+            for p in sorted(pods, key=lambda p: p.mirrored):     # API pods first: they hold their UIDs
+                self._put(current, p)
             for uid in current.keys() & self._deleted.keys():
                 del self._deleted[uid]                    # listed again
             for uid in self._pods.keys() - current.keys():
@@ -88,14 +132,16 @@ class PodIndex:
         with self._lock:
             if self._pods.get(pod.uid) == pod and pod.uid not in self._deleted:
                 return
-            self._pods[pod.uid] = pod
+            self._put(self._pods, pod)
             self._deleted.pop(pod.uid, None)
             self._expire(self._clock())
             self.version += 1
 
-    def delete(self, uid: str) -> None:
+    def delete(self, api_uid: str) -> None:
+        """The pod with this metadata.uid was deleted (it may be indexed by its mirror UID)."""
         with self._lock:
-            if uid in self._pods:
+            uid = next((k for k, p in self._pods.items() if p.api_uid == api_uid), None)
+            if uid is not None:
                 self._deleted.setdefault(uid, self._clock())
                 self.version += 1
 
@@ -187,7 +233,7 @@ class PodWatcher:
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self.index.update(info)
                     elif event["type"] == "DELETED":
-                        self.index.delete(info.uid)
+                        self.index.delete(info.api_uid)
                     self._changed()
             except Exception as e:   # API away, watch expired (410): list again; probes keep running
                 log.warning("watching pods of node %s: %s", self.node, e)

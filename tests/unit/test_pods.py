@@ -22,9 +22,55 @@ def test_pod_info_maps_container_ids_to_names():
     assert info.containers == {CID_APP: "app", CID_INIT: "init"}
 
 
+KUBELET_MIRROR = {"kubernetes.io/config.mirror": "hash123", "kubernetes.io/config.source": "file"}
+NODE_OWNER = [{"apiVersion": "v1", "kind": "Node", "name": "node-1", "uid": "n-1", "controller": True}]
+
+
+def mirror_pod(uid="m-1", annotations=KUBELET_MIRROR, owners=NODE_OWNER, **kw):
+    p = pod(uid=uid, annotations=dict(annotations), **kw)
+    p["metadata"]["ownerReferences"] = owners
+    return p
+
+
 def test_static_pods_are_found_by_their_mirror_annotation():
     # The kubelet names a static pod's cgroups after its config hash, which the mirror pod carries.
-    assert pod_info(pod(annotations={"kubernetes.io/config.mirror": "hash123"})).uid == "hash123"
+    info = pod_info(mirror_pod())
+    assert (info.uid, info.api_uid, info.mirrored) == ("hash123", "m-1", True)
+
+
+@pytest.mark.parametrize("annotations,owners", [
+    ({"kubernetes.io/config.mirror": "hash123"}, NODE_OWNER),                                   # no source
+    ({**KUBELET_MIRROR, "kubernetes.io/config.source": "api"}, NODE_OWNER),                     # from the API
+    (KUBELET_MIRROR, []),                                                                        # no Node owner
+    (KUBELET_MIRROR, [{**NODE_OWNER[0], "controller": False}]),
+    (KUBELET_MIRROR, [{**NODE_OWNER[0], "kind": "ReplicaSet", "apiVersion": "apps/v1"}]),
+])
+def test_a_mirror_annotation_alone_names_nothing(annotations, owners):
+    """Anyone who may create a pod can write annotations: only the kubelet's mirror pods are trusted."""
+    info = pod_info(mirror_pod(annotations=annotations, owners=owners))
+    assert (info.uid, info.mirrored) == ("m-1", False)
+
+
+def test_a_claim_of_another_pods_uid_is_refused():
+    """An attacker's pod that passes for a mirror pod naming a victim pod's UID: the victim keeps
+    its cgroups; the attacker is indexed by its own UID, whichever arrives first."""
+    victim = pod_info(pod(uid="victim-uid", name="db-0", namespace="bank"))
+    attacker = pod_info(mirror_pod(uid="attacker-uid", name="evil", namespace="team-x",
+                                   annotations={**KUBELET_MIRROR, "kubernetes.io/config.mirror": "victim-uid"}))
+    assert attacker.uid == "victim-uid"                 # it looks like a kubelet mirror pod...
+    for order in ([victim, attacker], [attacker, victim]):
+        index = PodIndex()
+        for p in order:
+            index.update(p)
+        assert index.names("victim-uid", None)[0]["namespace"] == "bank"
+        assert index.names("attacker-uid", None)[0]["namespace"] == "team-x"
+        assert index.selected("team-x", None) == ["attacker-uid"]
+        listed = PodIndex()
+        listed.replace(order)
+        assert listed.selected("team-x", None) == ["attacker-uid"] and listed.selected("bank", None) == ["victim-uid"]
+    index.delete("attacker-uid")                        # deleted by its own metadata.uid
+    index.expire()
+    assert index.selected("bank", None) == ["victim-uid"] and index.selected("team-x", None) == []
 
 
 @pytest.mark.parametrize("selector, labels, matches", [
