@@ -4,6 +4,7 @@ the series of a finished pod keep their names until they age out."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -103,12 +104,11 @@ class PodIndex:
         if pod.mirrored and held is not None and held.api_uid != pod.api_uid:
             log.warning("pod %s/%s claims UID %s as a static pod, which pod %s/%s holds: claim ignored",
                         pod.namespace, pod.name, pod.uid, held.namespace, held.name)
-            pod = PodInfo(pod.api_uid, pod.namespace, pod.name, pod.labels, pod.containers, pod.api_uid)
+            pod = dataclasses.replace(pod, uid=pod.api_uid)
         elif held is not None and held.mirrored and held.api_uid != pod.api_uid:
             log.warning("pod %s/%s claimed UID %s as a static pod, which pod %s/%s holds: claim ignored",
                         held.namespace, held.name, pod.uid, pod.namespace, pod.name)
-            pods[held.api_uid] = PodInfo(held.api_uid, held.namespace, held.name, held.labels, held.containers,
-                                         held.api_uid)
+            pods[held.api_uid] = dataclasses.replace(held, uid=held.api_uid)
         pods[pod.uid] = pod
 
     def replace(self, pods: list[PodInfo]) -> None:
