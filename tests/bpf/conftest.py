@@ -1,6 +1,7 @@
 import pytest
 
-from tests.support import TARGET_C, Target, bcc_missing_reason
+from probeset_agent.attribution import cgroup2_root
+from tests.support import TARGET_C, FakePods, Target, bcc_missing_reason
 
 def pytest_collection_modifyitems(items):
     reason = bcc_missing_reason()
@@ -20,3 +21,14 @@ def target(target_binary):
     t = Target(target_binary)
     yield t
     t.close()
+
+
+@pytest.fixture
+def fake_pods():
+    """Kubelet-named cgroups for fake pods (tests.support.FakePods), removed afterwards."""
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted (bpf_get_current_cgroup_id needs one)")
+    pods = FakePods(root)
+    yield pods
+    pods.cleanup()

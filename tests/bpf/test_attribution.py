@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from probeset_agent.attribution import UNKNOWN, Attribution, CgroupTree, cgroup2_root, workload_of_path
+from probeset_agent.attribution import UNKNOWN, Attribution, CgroupTree, workload_of_path
 from probeset_agent.pods import PodIndex, PodSelection
-from tests.support import FakePods, wait_for
+from tests.support import wait_for
 
 
 def test_kubelet_cgroup_names_are_parsed():
@@ -34,16 +34,6 @@ def test_kubelet_cgroup_names_are_parsed():
     assert workload_of_path(f"{systemd}/kubepods-pod{victim.replace('-', '_')}.slice") == {"pod": uid, "container": cid}
     assert workload_of_path(f"/user.slice/kubepods/pod{victim}/{cid}") == {}
     assert workload_of_path(f"/kubepods/besteffort/x-pod{victim}") == {}
-
-
-@pytest.fixture
-def fake_pods():
-    root = cgroup2_root()
-    if root is None:
-        pytest.skip("no cgroup v2 hierarchy mounted (bpf_get_current_cgroup_id needs one)")
-    pods = FakePods(root)
-    yield pods
-    pods.cleanup()
 
 
 def by_labels(prog, probe_id=0, keys=("namespace", "pod", "container")) -> dict[tuple, int]:

@@ -9,7 +9,7 @@ from probeset_agent.attribution import Attribution, CgroupTree
 from probeset_agent.housekeeping import Housekeeper
 from probeset_agent.exposition import MetricsCollector
 from probeset_agent.pods import PodIndex, PodSelection
-from tests.bpf.test_attribution import WORKLOAD, by_labels, fake_pods  # noqa: F401 (a fixture)
+from tests.bpf.test_attribution import WORKLOAD, by_labels
 from tests.support import wait_for
 
 CHURN_SECONDS = int(os.environ.get("PROBESET_CHURN_SECONDS", "60"))
@@ -17,7 +17,7 @@ RETENTION = 2.0
 INTERVAL = 0.5
 
 
-def test_a_minute_of_pod_churn(fake_pods, targets, target_binary, run_probeset):  # noqa: F811 (fake_pods)
+def test_a_minute_of_pod_churn(fake_pods, targets, target_binary, run_probeset):
     pods = PodIndex(retention=RETENTION)
     survivors = [fake_pods.add("team-a", f"survivor-{i}") for i in range(2)]
     for pod in survivors:

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from tests.bpf.test_cli import PROBESET, free_port, sample, scrape, start_agent, write_set
+from tests.bpf.test_cli import PROBESET, free_port, sample, scrape, write_set
 from tests.support import counts, status
 
 

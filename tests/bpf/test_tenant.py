@@ -9,11 +9,11 @@ import pytest
 from probeset_agent.attribution import Attribution, CgroupTree
 from probeset_agent.pods import PodIndex, PodSelection
 from probeset_api.spec import parse_probeset, restrict_values, value_policy
-from tests.bpf.test_attribution import WORKLOAD, by_labels, fake_pods  # noqa: F401 (fixture)
+from tests.bpf.test_attribution import WORKLOAD, by_labels
 from tests.support import status
 
 
-def start_namespaced(start_program, fake_pods, probes, allowed=frozenset(), scope=None):  # noqa: F811
+def start_namespaced(start_program, fake_pods, probes, allowed=frozenset(), scope=None):
     pods = PodIndex()
     mine = fake_pods.add("team-a")
     pods.update(mine.info())
@@ -50,7 +50,7 @@ LEAKS = [
 
 
 @pytest.mark.parametrize("probe,reason", LEAKS, ids=[r.split(": ")[1][:40] for _, r in LEAKS])
-def test_values_that_leak_are_refused_with_the_field(start_program, fake_pods, probe, reason):  # noqa: F811
+def test_values_that_leak_are_refused_with_the_field(start_program, fake_pods, probe, reason):
     prog, _ = start_namespaced(start_program, fake_pods, [{"name": "leak", **probe}])
     error = status(prog, "leak").error
     assert error.startswith(reason), error
@@ -58,7 +58,7 @@ def test_values_that_leak_are_refused_with_the_field(start_program, fake_pods, p
     assert prog.compiled == []                 # nothing was generated for it
 
 
-def test_safe_fields_and_own_values_still_count(start_program, fake_pods, targets, target_binary):  # noqa: F811
+def test_safe_fields_and_own_values_still_count(start_program, fake_pods, targets, target_binary):
     prog, mine = start_namespaced(start_program, fake_pods, [
         {"name": "sleeps", "tracepoint": "syscalls:sys_enter_clock_nanosleep", "groupBy": ["__syscall_nr"]},
         {"name": "args", "uprobe": f"{target_binary}:probeset_target_arg", "groupBy": ["arg0"]},
@@ -76,7 +76,7 @@ def test_safe_fields_and_own_values_still_count(start_program, fake_pods, target
     assert by_labels(prog, 2, ("pod", "comm")) == {(name, "probeset_target"): 3}
 
 
-def test_the_admin_can_allow_one_value(start_program, fake_pods, targets, target_binary):  # noqa: F811
+def test_the_admin_can_allow_one_value(start_program, fake_pods, targets, target_binary):
     prog, mine = start_namespaced(
         start_program, fake_pods,
         [{"name": "allowed", "tracepoint": "sched:sched_process_exec", "groupBy": ["pid"]},
@@ -86,7 +86,7 @@ def test_the_admin_can_allow_one_value(start_program, fake_pods, targets, target
     assert status(prog, "other").error.startswith("spec.probes[1].groupBy[0]: field old_pid of sched:sched_process_exec")
 
 
-def test_scope_node_is_not_restricted(start_program, fake_pods):  # noqa: F811
+def test_scope_node_is_not_restricted(start_program, fake_pods):
     prog, _ = start_namespaced(start_program, fake_pods,
                                [{"name": "wide", "tracepoint": "sched:sched_switch", "groupBy": ["next_comm"]}],
                                scope="Node")

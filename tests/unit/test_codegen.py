@@ -4,7 +4,6 @@ import re
 
 import pytest
 
-from probeset_agent import codegen
 from probeset_agent import ctemplates as T
 from probeset_agent.codegen import CCode, CName, fill, generate, join
 from probeset_agent.histogram import NUM_BUCKETS, bucket_index, bucket_upper_ns, cumulative_buckets, export_bounds_ns
