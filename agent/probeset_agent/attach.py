@@ -4,16 +4,81 @@ turns them into the probe's status."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import threading
 
 from probeset_api.schema import USER_KINDS
 
-from .codegen import AttachPoint
+from .codegen import AttachPoint, attach_key
 from .layout import KeyLayout
 from .resolve import ResolvedProbe
 
 log = logging.getLogger(__name__)
+
+
+COUNTED = ("kprobe", "kretprobe", "uprobe", "uretprobe")   # what BCC's per-process probe quota counts
+
+
+class ProbeBudget:
+    """The kprobe and uprobe attachments one process may hold: BCC refuses more than
+    BPF.get_probe_limit() (BCC_PROBE_LIMIT, default 1000) in a process, whichever set asks. Shared
+    by every set of the agent and reserved probe by probe in spec order when a set compiles, so
+    that `check` says what `run` will do and a probe that does not fit is the one reported, never
+    a random casualty; containers' copies reserve theirs as they are placed."""
+
+    def __init__(self, limit: int | None = None):
+        self._limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def limit(self) -> int:
+        if self._limit is None:
+            from bcc import BPF
+            self._limit = BPF.get_probe_limit()
+        return self._limit
+
+    def reserve(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+    def reserve_probes(self, probes: list[ResolvedProbe], fail) -> int:
+        """Reserve each probe's counted attachments in order; `fail(probe, reason)` for one that
+        does not fit. How many were reserved."""
+        seen: set[tuple] = set()
+        for rp in probes:
+            keys = counted_attachments([rp]) - seen
+            if not self.reserve(len(keys)):
+                fail(rp, f"needs {len(keys)} kprobe/uprobe attachment(s), and the agent holds {self.used} of the "
+                         f"{self.limit} one process may have (BCC_PROBE_LIMIT), for this and other ProbeSets: "
+                         "narrow the glob, or split the probes over fewer sets")
+                continue
+            seen |= keys
+        return len(seen)
+
+    def settle(self, reserved: int, compiled: list[ResolvedProbe]) -> int:
+        """Keep reserved only what the compiled probes attach; the new count."""
+        keep = len(counted_attachments(compiled))
+        self.release(reserved - keep)
+        return keep
+
+
+PROCESS_BUDGET = ProbeBudget()      # the process's: BCC's quota is a global of the process
+
+
+def counted_attachments(probes: list[ResolvedProbe]) -> set[tuple]:
+    """The attach points of these probes that BCC's quota counts (uprobes: the node's copy only)."""
+    return {attach_key(s) for rp in probes for s in rp.sites
+            if s.mechanism in COUNTED and (s.mechanism not in USER_KINDS or s.path)}
 
 
 def default_max_active() -> int:
@@ -103,3 +168,20 @@ def detach_all(bpf) -> None:
         bpf.cleanup()
     except Exception as e:
         log.warning("releasing the BPF program: %s", e)
+
+
+_ASIDE = itertools.count(1)
+
+
+def set_aside(bpf, events: list[bytes]) -> list[bytes]:
+    """Rename uprobe events in BCC's table, so that attaching the same path and address again (a
+    replaced file) does not overwrite them: their fds stay attached, and cleanup() still closes
+    them. The new names."""
+    aside = []
+    for event in events:
+        fd = bpf.uprobe_fds.pop(event, None)
+        if fd is not None:
+            name = b"%s_replaced%d" % (event, next(_ASIDE))
+            bpf.uprobe_fds[name] = fd
+            aside.append(name)
+    return aside

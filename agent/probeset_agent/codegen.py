@@ -115,7 +115,8 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
     return join(out)
 
 
-def _attach_key(site: Site) -> tuple:
+def attach_key(site: Site) -> tuple:
+    """Sites with equal keys share one attach point (one C function, one attachment)."""
     # A uprobe function is attached to every copy of its file (the node's, each container's), at
     # each copy's own offset: its key is the file as the probe names it, not one resolved path.
     return (site.mechanism, site.kernel_function, site.binary, site.function if site.binary else "",
@@ -156,7 +157,7 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
     bodies: dict[tuple, list[str]] = {}
     for rp in probes:
         for site in rp.sites:
-            key = _attach_key(site)
+            key = attach_key(site)
             if key not in points:
                 points[key] = AttachPoint(_fn_name(site, len(points)), site.mechanism, site)
                 bodies[key] = []

@@ -128,14 +128,19 @@ def cmd_check(args) -> int:
     features = _features_or_none()
     if features:
         print("kernel: " + ", ".join(f"{k} {v}" for k, v in features.as_dict().items()))
-    for where, pset in sets:
-        prog = ProbeSetProgram(pset, _node_name(), features)
-        prog.compile()   # compiled, not attached
-        prog.stop()
-        for st in prog.probe_statuses():
-            if st.error is None:
-                st.functions = {f: True for f in st.functions}   # would attach: resolved and compiled
-        ok &= _print_status(where, prog)
+    checked = []
+    try:
+        for where, pset in sets:
+            prog = ProbeSetProgram(pset, _node_name(), features)
+            checked.append(prog)
+            prog.compile()   # compiled, not attached; kept until all are checked: they share the probe budget
+            for st in prog.probe_statuses():
+                if st.error is None:
+                    st.functions = {f: True for f in st.functions}   # would attach: resolved and compiled
+            ok &= _print_status(where, prog)
+    finally:
+        for prog in checked:
+            prog.stop()
     return 0 if ok else 1
 
 

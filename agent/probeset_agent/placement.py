@@ -69,8 +69,10 @@ class Placement:
     processes. `attach(point, path, address)` attaches a uprobe point to one copy and returns the
     BCC event names made; `detach(event)` removes one."""
 
-    def __init__(self, set_name: str, selection, attribution, filtering: bool):
+    def __init__(self, set_name: str, selection, attribution, filtering: bool, budget=None):
         self.set_name, self.selection, self.attribution = set_name, selection, attribution
+        self.budget = budget                        # attach.ProbeBudget: containers' copies count too
+        self._held = 0                              # attachments this placement reserved in it
         self.filtering = filtering                  # the set counts only the selected pods' events
         self._allowed: set[int] = set()             # cgroup ids in the allowed_cgroups map
         self._copies: dict[str, dict[FileKey, Placed]] = {}        # point -> containers' copies
@@ -180,8 +182,8 @@ class Placement:
                 log.warning("probeset %s: %s %s: %s %s; placing the uprobe again", self.set_name, point.mechanism,
                             point.site.function, placed.path, "was replaced" if reason == "replaced" else
                             "was written in place")
-                if reason == "replaced":
-                    placed.events = set_aside(placed.events)
+                if reason == "replaced" and self._reserve(len(placed.events)):
+                    placed.events = set_aside(placed.events)   # kept: processes may still run the old file
                 else:
                     self._detach(placed, detach)
                     self.hazards[point.fn_name] = (
@@ -216,7 +218,25 @@ class Placement:
                 detach(event)
             except Exception as e:
                 log.warning("probeset %s: detaching %s: %s", self.set_name, event.decode(), e)
+        self._release(len(placed.events))
         placed.events = []
+
+    def _reserve(self, n: int) -> bool:
+        if self.budget is not None and not self.budget.reserve(n):
+            return False
+        self._held += n
+        return True
+
+    def _release(self, n: int) -> None:
+        n = min(n, self._held)
+        self._held -= n
+        if self.budget is not None:
+            self.budget.release(n)
+
+    def release_budget(self) -> int:
+        """Give back everything this placement reserved (the program stops); how much it was."""
+        held, self._held = self._held, 0
+        return held
 
     def sync_copies(self, points: list[AttachPoint], attach: Callable, detach: Callable) -> None:
         """Attach each uprobe point to every selected container's copy of its file that lacks it;
@@ -242,12 +262,17 @@ class Placement:
                 if address is None:
                     lacking[file_key] = f"no function {point.site.function} in {where}"
                     continue
+                if not self._reserve(1):
+                    lacking[file_key] = (f"{where}: not probed, the agent holds the {self.budget.limit} kprobe/"
+                                         "uprobe attachments one process may have (BCC_PROBE_LIMIT)")
+                    continue
                 try:
                     stamp = Stamp.of(path)
                     have[file_key] = Placed(path, address, stamp, attach(point, path, address))
                     log.info("probeset %s: %s %s attached to %s (file %d:%d)", self.set_name, point.mechanism,
                              point.site.function, where, *file_key)
                 except Exception as e:  # the copy vanished, or the kernel refused: next sync retries
+                    self._release(1)
                     log.warning("probeset %s: %s %s: %s", self.set_name, point.mechanism, where, e)
             for file_key in [k for k in have if k not in wanted]:
                 log.info("probeset %s: %s %s detached from file %d:%d (no selected container has it)",

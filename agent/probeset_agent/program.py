@@ -19,7 +19,8 @@ from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet, ValuePolicy
 
 from . import codegen
-from .attach import attach_point, default_max_active, detach_all, kretprobe_event, place, prepare_maps
+from .attach import (PROCESS_BUDGET, ProbeBudget, attach_point, default_max_active, detach_all, kretprobe_event,
+                     place, prepare_maps, set_aside)
 from .codegen import AttachPoint
 from .features import Features
 from .health import missed_by_kernel, missed_in_program, run_stats
@@ -30,7 +31,7 @@ from .placement import Placement
 from .readout import Readout, Series, UnknownAging
 from .report import ProbeStatus
 from .resolve import ResolvedProbe, UserTargets, resolve
-from .snapshot import PointSample, ProbeSeries, SetSnapshot
+from .snapshot import SetSnapshot, take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ class ProbeSetProgram:
     refresh() keeps the placement current and ages out the series of vanished cgroups."""
 
     def __init__(self, pset: ProbeSet, node: str, features: Features | None = None,
-                 attribution=None, selection=None, host_root: str = "/", policy: ValuePolicy = ValuePolicy()):
+                 attribution=None, selection=None, host_root: str = "/", policy: ValuePolicy = ValuePolicy(),
+                 budget: ProbeBudget = PROCESS_BUDGET):
         self.pset, self.node = pset, node
         self.attribution, self.selection = attribution, selection
         filtering = selection is not None and not selection.host
-        self.placement = Placement(pset.name, selection, attribution, filtering)
+        self.budget, self._reserved = budget, 0        # kprobe/uprobe attachments reserved in `budget`
+        self.placement = Placement(pset.name, selection, attribution, filtering, budget)
         if selection is not None and attribution is not None:
             attribution.rescan(force=True)
         targets = UserTargets(host_root, observe_host=selection is None or selection.host,
@@ -116,6 +119,7 @@ class ProbeSetProgram:
             for rp in self._usable():
                 self.status[rp.id].fail(missing)
             return False
+        self._reserved = self.budget.reserve_probes(self._usable(), lambda rp, why: self.status[rp.id].fail(why))
         try:
             self._compile_usable()
         except CompileError as e:
@@ -130,7 +134,7 @@ class ProbeSetProgram:
             except CompileError as again:
                 for rp in self._usable():
                     self.status[rp.id].fail(str(again))
-                return False
+        self._reserved = self.budget.settle(self._reserved, self.compiled if self.bpf is not None else [])
         return self.bpf is not None
 
     # --- attach ----------------------------------------------------------------------------------
@@ -167,17 +171,6 @@ class ProbeSetProgram:
     def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         return place(self.bpf, point, path, address)
 
-    def _set_aside(self, events: list[bytes]) -> list[bytes]:
-        """Rename events in BCC's table (the fds stay attached, cleanup() still closes them)."""
-        aside = []
-        for event in events:
-            fd = self.bpf.uprobe_fds.pop(event, None)
-            if fd is not None:
-                name = b"%s_replaced%d" % (event, next(_INSTANCES))
-                self.bpf.uprobe_fds[name] = fd
-                aside.append(name)
-        return aside
-
     def _probe(self, probe_id: int) -> ResolvedProbe:
         return next(rp for rp in self.resolved if rp.id == probe_id)
 
@@ -187,6 +180,8 @@ class ProbeSetProgram:
                 detach_all(self.bpf)
                 self.bpf = None
             self.attached_points = []
+            self.budget.release(self._reserved + self.placement.release_budget())
+            self._reserved = 0
 
     # --- keeping up with pods and cgroups ---------------------------------------------------
 
@@ -212,7 +207,7 @@ class ProbeSetProgram:
         """uprobes follow their files: changed files are probed again (a file written in place is
         a hazard the probe's status reports), containers' copies follow the selected pods."""
         for point, reason in self.placement.check_files(points, self._place, self.bpf.detach_uprobe_event,
-                                                        self._set_aside):
+                                                        lambda events: set_aside(self.bpf, events)):
             if reason == "modified":
                 for pid in point.probes:
                     self._attach_errors[pid] = self._attach_errors.get(pid) or self.placement.hazards[point.fn_name]
@@ -314,22 +309,4 @@ class ProbeSetProgram:
 
     def snapshot(self) -> SetSnapshot:
         """Everything a scrape shows of this set."""
-        name = self.pset.name
-        by_id = {rp.id: rp for rp in self.resolved}
-        snap = SetSnapshot(name, self.probe_statuses())
-        for probe_id, series in self.read_series().items():
-            probe = by_id[probe_id].probe
-            snap.probes.append(ProbeSeries(probe.name, probe.buckets_per_power_of_two, series))
-        snap.unknown_cgroups, snap.allowed_cgroups = self.unknown_cgroups, self.allowed_cgroups
-
-        def point_labels(point: AttachPoint) -> dict[str, str]:
-            return {"probeset": name, "probe": self.probe_names(point), "function": point.site.function,
-                    "via": point.mechanism}
-        snap.uprobe_files = [PointSample(point_labels(p), self.copies(p)) for p in self.user_points()]
-        snap.reattached = [PointSample({**point_labels(p), "reason": reason}, self.placement.reattached.get((p.fn_name, reason), 0))
-                           for p in self.user_points() for reason in ("replaced", "modified")]
-        snap.missed = [(by_id[probe_id].probe.name, reason, n) for (probe_id, reason), n in sorted(self.read_missed().items())]
-        for point, run_ns, run_cnt in self.read_program_stats():
-            snap.run_ns.append(PointSample(point_labels(point), run_ns))
-            snap.runs.append(PointSample(point_labels(point), run_cnt))
-        return snap
+        return take_snapshot(self)

@@ -36,3 +36,27 @@ class SetSnapshot:
     runs: list[PointSample] = field(default_factory=list)                 # BPF runs
     unknown_cgroups: int = 0
     allowed_cgroups: int | None = None
+
+
+def take_snapshot(prog) -> SetSnapshot:
+    """What one scrape shows of a running ProbeSetProgram, through its public reading methods."""
+    name = prog.pset.name
+    by_id = {rp.id: rp for rp in prog.resolved}
+    snap = SetSnapshot(name, prog.probe_statuses())
+    for probe_id, series in prog.read_series().items():
+        probe = by_id[probe_id].probe
+        snap.probes.append(ProbeSeries(probe.name, probe.buckets_per_power_of_two, series))
+    snap.unknown_cgroups, snap.allowed_cgroups = prog.unknown_cgroups, prog.allowed_cgroups
+
+    def point_labels(point) -> dict[str, str]:
+        return {"probeset": name, "probe": prog.probe_names(point), "function": point.site.function,
+                "via": point.mechanism}
+    points = prog.user_points()
+    snap.uprobe_files = [PointSample(point_labels(p), prog.copies(p)) for p in points]
+    snap.reattached = [PointSample({**point_labels(p), "reason": reason}, prog.placement.reattached.get((p.fn_name, reason), 0))
+                       for p in points for reason in ("replaced", "modified")]
+    snap.missed = [(by_id[probe_id].probe.name, reason, n) for (probe_id, reason), n in sorted(prog.read_missed().items())]
+    for point, run_ns, run_cnt in prog.read_program_stats():
+        snap.run_ns.append(PointSample(point_labels(point), run_ns))
+        snap.runs.append(PointSample(point_labels(point), run_cnt))
+    return snap

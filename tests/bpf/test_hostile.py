@@ -98,3 +98,59 @@ def test_tracefs_unmounted_at_shutdown_still_detaches_cleanly(tmp_path, target):
     assert "Traceback" not in log and "detached" in log
     with open("/sys/kernel/tracing/uprobe_events") as f:      # the host's tracefs is still there
         f.read()
+
+
+def test_probe_budget_is_shared_and_names_what_does_not_fit(target, run_probeset):
+    """BCC allows a process a fixed number of kprobe/uprobe attachments; every set of the agent
+    shares them, reserved probe by probe: the probe that does not fit is the one reported."""
+    from probeset_agent.attach import ProbeBudget
+    budget = ProbeBudget(limit=12)
+    first = run_probeset([{"name": "five", "uprobe": f"{target.path}:probeset_target_*", "pid": target.pid},
+                          {"name": "tp", "tracepoint": "sched:sched_process_exec"},        # not counted
+                          {"name": "pair", "uprobe": f"{target.path}:probeset_target_work", "latency": True,
+                           "pid": target.pid}],
+                         name="first", program={"budget": budget})
+    assert [status(first, n).error for n in ("five", "tp", "pair")] == [None, None, None]
+    assert budget.used == 6          # 5 uprobes + the return of `work` (its entry is five's: one attach point)
+    second = run_probeset([{"name": "six", "uprobe": f"{target.path}:probeset_target_*", "latency": True,
+                            "pid": target.pid},
+                           {"name": "one", "uprobe": f"{target.path}:probeset_target_alpha", "pid": target.pid}],
+                          name="second", program={"budget": budget})
+    error = status(second, "six").error
+    assert error.startswith("needs 10 kprobe/uprobe attachment(s), and the agent holds 6 of the 12")
+    assert status(second, "one").error is None and budget.used == 7
+    target.run("alpha 4")
+    assert counts(second, "one") == {"probeset_target_alpha": 4}
+    assert counts(first, "five")["probeset_target_alpha"] == 4
+    second.stop()
+    assert budget.used == 6                                                # given back when a set stops
+
+
+def test_check_says_what_run_will_do_with_the_budget(tmp_path, target, monkeypatch):
+    a = write_set(tmp_path, [{"name": "five", "uprobe": f"{target.path}:probeset_target_*"}], "a")
+    b = write_set(tmp_path, [{"name": "more", "uprobe": f"{target.path}:probeset_target_*"},
+                             {"name": "tp", "tracepoint": "sched:sched_process_exec"}], "b")
+    env = {**__import__("os").environ, "BCC_PROBE_LIMIT": "8"}
+    out = subprocess.run(PROBESET + ["check", a, b], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 1
+    assert "ok    five:" in out.stdout and "ok    tp:" in out.stdout
+    assert "FAIL  more: needs 5 kprobe/uprobe attachment(s), and the agent holds 5 of the 8" in out.stdout
+    port = free_port()
+    agent = subprocess.Popen(PROBESET + ["run", a, b, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                text = scrape(port)
+                break
+            except OSError:
+                assert agent.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert sample(text, "probeset_probe_attached", probeset="a", probe="five",
+                      function="probeset_target_work") == 1
+        assert sample(text, "probeset_probe_attached", probe="more", function="probeset_target_work") == 0
+        assert sample(text, "probeset_probe_attached", probe="tp") == 1
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
