@@ -96,8 +96,7 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
             {"name": OPERATOR_NAMESPACE_ENV, "value": operator_namespace},
             {"name": NODE_WIDE_NAMESPACES_ENV,
              "value": ",".join(sorted(settings.node_wide(operator_namespace)))},
-            {"name": TENANT_VALUES_ENV, "value": ",".join(settings.tenant_values)},
-        ],
+        ] + ([{"name": TENANT_VALUES_ENV, "value": ",".join(settings.tenant_values)}] if settings.tenant_values else []),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "securityContext": {"privileged": True, "runAsUser": 0},   # the image defaults to non-root
         "resources": settings.resources,
