@@ -89,15 +89,31 @@ def _start_agent_common(args):
     return features
 
 
-def _bind_metrics(listen: str):
-    """The metrics server, bound; None (the reason logged) when the address is invalid or taken.
-    Done first: a bad --listen must not cost a compile and attach before it fails."""
+def _tls_context(args):
+    """The server's TLS context from --tls-cert/--tls-key (and --tls-client-ca: client
+    certificates required), or None."""
+    import ssl
+    if not args.tls_cert and not args.tls_client_ca:
+        return None
+    if not args.tls_cert or not args.tls_key:
+        raise ValueError("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        ctx.load_verify_locations(args.tls_client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _bind_metrics(args, authorize=None):
+    """The metrics server, bound; None (the reason logged) when the address, a TLS file or the
+    port is not usable. Done first: a bad --listen must not cost a compile and attach before it fails."""
     from .server import MetricsServer, parse_listen
     try:
-        host, port = parse_listen(listen)
-        return MetricsServer(host, port)
+        host, port = parse_listen(args.listen)
+        return MetricsServer(host, port, tls=_tls_context(args), authorize=authorize)
     except (ValueError, OSError) as e:
-        log.error("cannot serve metrics on %s: %s", shorten(listen), getattr(e, "strerror", None) or e)
+        log.error("cannot serve metrics on %s: %s", shorten(args.listen), getattr(e, "strerror", None) or e)
         return None
 
 
@@ -183,7 +199,7 @@ def cmd_run(args) -> int:
             sets.remove((where, pset))
     if not sets:
         return 2
-    server = _bind_metrics(args.listen)
+    server = _bind_metrics(args)
     if server is None:
         return 2
     node = args.node or _node_name()
@@ -221,13 +237,17 @@ def cmd_agent(args) -> int:
     if not namespace or not name:
         log.error("PROBESET_NAMESPACE and PROBESET_NAME must name the ProbeSet to run")
         return 2
-    server = _bind_metrics(args.listen)
-    if server is None:
-        return 2
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()   # outside a pod: $KUBECONFIG or ~/.kube/config
+    authorize = None
+    if args.metrics_auth:
+        from .authz import TokenAuthorizer
+        authorize = TokenAuthorizer()
+    server = _bind_metrics(args, authorize)
+    if server is None:
+        return 2
     node = args.node or _node_name()
     features = _start_agent_common(args)
     programs: list = []

@@ -10,6 +10,10 @@
   Concurrent scrapes share one rendering: a request that arrives while the text is being rendered
   waits for that rendering instead of starting its own, so memory holds one body however many
   scrapers there are, and a scrape never sees counts older than its own arrival minus one render.
+- Optionally TLS (`tls`, an ssl.SSLContext; with a client CA it requires client certificates; the
+  handshake runs in the selector thread, so it is bounded like the request), and an `authorize`
+  check of the request's bearer token (authz.py: TokenReview + SubjectAccessReview, as
+  kube-rbac-proxy does for node exporters) before /metrics is rendered.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import queue
 import selectors
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -85,6 +90,18 @@ class _Pending:
     sock: socket.socket
     deadline: float
     buf: bytearray = field(default_factory=bytearray)
+    handshaken: bool = True          # False while a TLS handshake is under way
+
+
+def bearer_token(headers: bytes) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, if any."""
+    for line in headers.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip().decode("latin-1")
+    return None
 
 
 class MetricsServer:
@@ -92,7 +109,8 @@ class MetricsServer:
     after start()."""
 
     def __init__(self, host: str, port: int, max_connections: int = 256, workers: int = 4,
-                 request_timeout: float = 5.0, send_timeout: float = 30.0, backlog: int = 128):
+                 request_timeout: float = 5.0, send_timeout: float = 30.0, backlog: int = 128,
+                 tls: ssl.SSLContext | None = None, authorize: Callable[[str | None], tuple[int, str]] | None = None):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=backlog)
         self.sock.setblocking(False)
@@ -105,6 +123,7 @@ class MetricsServer:
         self._threads: list[threading.Thread] = []
         self._rendering: SharedRendering | None = None
         self.refused = 0                                   # connections closed for a bound (for tests, logs)
+        self.tls, self.authorize = tls, authorize
 
     def start(self, render: Callable[[], bytes]) -> "MetricsServer":
         self._rendering = SharedRendering(render)
@@ -157,7 +176,15 @@ class MetricsServer:
                 oldest = min(self._pending.values(), key=lambda p: p.deadline)
                 self._drop(sel, oldest.sock)
             sock.setblocking(False)
-            self._pending[sock] = _Pending(sock, time.monotonic() + self.request_timeout)
+            pending = _Pending(sock, time.monotonic() + self.request_timeout)
+            if self.tls is not None:
+                try:
+                    sock = pending.sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                except (OSError, ValueError):
+                    sock.close()
+                    continue
+                pending.handshaken = False
+            self._pending[sock] = pending
             sel.register(sock, selectors.EVENT_READ)
 
     def _drop(self, sel, sock: socket.socket) -> None:
@@ -166,11 +193,26 @@ class MetricsServer:
         sock.close()
         self.refused += 1
 
+    def _handshake(self, sel, pending: _Pending) -> None:
+        try:
+            pending.sock.do_handshake()
+            pending.handshaken = True
+            sel.modify(pending.sock, selectors.EVENT_READ)
+        except ssl.SSLWantReadError:
+            sel.modify(pending.sock, selectors.EVENT_READ)
+        except ssl.SSLWantWriteError:
+            sel.modify(pending.sock, selectors.EVENT_WRITE)
+        except (ssl.SSLError, OSError):   # not TLS, no or a bad client certificate: closed
+            self._drop(sel, pending.sock)
+
     def _receive(self, sel, sock: socket.socket) -> None:
         pending = self._pending[sock]
+        if not pending.handshaken:
+            self._handshake(sel, pending)
+            return
         try:
             data = sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -188,9 +230,8 @@ class MetricsServer:
         if end < 0:
             self._reply(sock, 431, b"request header fields too large\n")
             return
-        request_line = bytes(pending.buf[:pending.buf.find(b"\r\n")])
         try:
-            self._work.put_nowait((sock, request_line))
+            self._work.put_nowait((sock, bytes(pending.buf[:end])))
         except queue.Full:
             self._reply(sock, 503, b"busy: too many scrapes at once\n")
             self.refused += 1
@@ -202,20 +243,25 @@ class MetricsServer:
             item = self._work.get()
             if item is None:
                 return
-            sock, request_line = item
+            sock, headers = item
             sock.settimeout(self.send_timeout)
             try:
-                self._respond(sock, request_line)
+                self._respond(sock, headers)
             except Exception:
-                log.exception("metrics: answering %r failed", request_line[:100])
+                log.exception("metrics: answering %r failed", headers[:100])
                 sock.close()
 
-    def _respond(self, sock: socket.socket, request_line: bytes) -> None:
-        parts = request_line.split()
+    def _respond(self, sock: socket.socket, headers: bytes) -> None:
+        parts = headers.split(b"\r\n", 1)[0].split()
         if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
             self._reply(sock, 405 if len(parts) == 3 else 400, b"only GET /metrics, /healthz\n")
             return
         path = parts[1].split(b"?", 1)[0]
+        if path == b"/metrics" and self.authorize is not None:
+            status, why = self.authorize(bearer_token(headers))
+            if status != 200:
+                self._reply(sock, status, why.encode() + b"\n")
+                return
         if path == b"/metrics":
             self._reply(sock, 200, self._rendering.get(), CONTENT_TYPE, head=parts[0] == b"HEAD")
         elif path == b"/healthz":
@@ -228,7 +274,8 @@ class MetricsServer:
     @staticmethod
     def _reply(sock: socket.socket, status: int, body: bytes, ctype: str = "text/plain",
                head: bool = False) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+                  405: "Method Not Allowed", 500: "Internal Server Error",
                   431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
         header = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                   "Connection: close\r\n\r\n").encode()

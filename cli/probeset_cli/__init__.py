@@ -45,6 +45,13 @@ def cmd_operator(args) -> int:
     return 0
 
 
+def add_tls(command) -> None:
+    command.add_argument("--tls-cert", metavar="FILE", help="serve metrics over TLS with this certificate (PEM)")
+    command.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    command.add_argument("--tls-client-ca", metavar="FILE",
+                         help="require client certificates signed by this CA (PEM); needs --tls-cert")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probeset", description=__doc__.split("\n\nThis module")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="enable kernel BPF run-time stats while running (probeset_bpf_run_seconds_total)")
     run.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
                      help=f"keep the series of a vanished cgroup this long (default {DEFAULT_RETENTION:g})")
+    add_tls(run)
     check = sub.add_parser("check", help="tell what would attach on this host, without attaching")
     check.add_argument("files", nargs="+", metavar="FILE")
     render = sub.add_parser("render", help="print the generated BPF C program")
@@ -72,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     node_agent.add_argument("--host-root", default="/proc/1/root",
                             help="the node's root file system, for uprobes on the node's own files (default "
                                  "/proc/1/root: the node's, with hostPID)")
+    add_tls(node_agent)
+    node_agent.add_argument("--metrics-auth", action="store_true",
+                            help="serve /metrics only to bearer tokens whose user may get the non-resource URL "
+                                 "/metrics (TokenReview + SubjectAccessReview, as kube-rbac-proxy)")
     operator = sub.add_parser("operator", help="run the operator (kopf): ProbeSets -> agent DaemonSets")
     operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                           help="liveness endpoint (default http://0.0.0.0:8080/healthz)")

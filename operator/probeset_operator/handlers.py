@@ -45,6 +45,8 @@ def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
         agent.extra_tolerations = json.loads(environ["PROBESET_AGENT_TOLERATIONS"])
     agent.node_wide_namespaces = tuple(sorted(node_wide_from_env(environ)))
     agent.tenant_values = tuple(sorted(tenant_values_from_env(environ)))
+    agent.metrics_tls_secret = environ.get("PROBESET_AGENT_METRICS_TLS_SECRET", "")
+    agent.metrics_auth = environ.get("PROBESET_AGENT_METRICS_AUTH", "false").lower() == "true"
     return operator_namespace_from_env(environ), agent
 
 

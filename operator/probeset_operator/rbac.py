@@ -36,13 +36,26 @@ AGENT_CLUSTER_RULES = [
 ]
 
 
+# Only with metrics authentication (agent --metrics-auth; Helm agent.metrics.auth).
+AGENT_METRICS_AUTH_RULES = [
+    (["authentication.k8s.io"], ["tokenreviews"], ["create"], "authenticate the bearer token of a /metrics scraper"),
+    (["authorization.k8s.io"], ["subjectaccessreviews"], ["create"],
+     "ask whether that scraper may get the non-resource URL /metrics"),
+]
+
+# What a scraper needs when metrics authentication is on: bind it to Prometheus' ServiceAccount.
+METRICS_READER_RULES = [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+
+
 def _rules(rules) -> list[dict]:
     return [{"apiGroups": g, "resources": r, "verbs": v} for g, r, v, _ in rules]
 
 
 def role_objects(namespace: str, operator_sa: str = "probeset-operator",
-                 agent_sa: str = "probeset-agent") -> list[dict]:
-    """ServiceAccounts, (Cluster)Roles and bindings for the operator and the agents."""
+                 agent_sa: str = "probeset-agent", metrics_auth: bool = False) -> list[dict]:
+    """ServiceAccounts, (Cluster)Roles and bindings for the operator and the agents (and, with
+    metrics authentication, the rules it needs and the ClusterRole scrapers are bound to)."""
+    agent_rules = AGENT_CLUSTER_RULES + (AGENT_METRICS_AUTH_RULES if metrics_auth else [])
     def binding(kind: str, name: str, sa: str, role_kind: str, ns: str | None = None) -> dict:
         meta = {"name": name} if ns is None else {"name": name, "namespace": ns}
         return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
@@ -58,9 +71,10 @@ def role_objects(namespace: str, operator_sa: str = "probeset-operator",
          "metadata": {"name": operator_sa, "namespace": namespace}, "rules": _rules(OPERATOR_NAMESPACE_RULES)},
         binding("RoleBinding", operator_sa, operator_sa, "Role", namespace),
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": agent_sa}, "rules": _rules(AGENT_CLUSTER_RULES)},
+         "metadata": {"name": agent_sa}, "rules": _rules(agent_rules)},
         binding("ClusterRoleBinding", agent_sa, agent_sa, "ClusterRole"),
-    ]
+    ] + ([{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+           "metadata": {"name": "probeset-metrics-reader"}, "rules": METRICS_READER_RULES}] if metrics_auth else [])
 
 
 def peering_objects() -> list[dict]:

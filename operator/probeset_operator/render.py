@@ -19,6 +19,7 @@ LABEL_UID = f"{API_GROUP}/probeset-uid"
 LABEL_NAME = f"{API_GROUP}/probeset"
 LABEL_NAMESPACE = f"{API_GROUP}/probeset-namespace"
 COMPONENT = "agent"
+TLS_DIR = "/etc/probeset/metrics-tls"
 
 
 @dataclass
@@ -40,6 +41,10 @@ class AgentSettings:
     # Values namespaced ProbeSets may record although they can carry addresses or other tasks'
     # identity (PROBESET_TENANT_VALUES: KIND:TARGET:FIELD each); empty: none.
     tenant_values: tuple[str, ...] = ()
+    # /metrics: over TLS with this kubernetes.io/tls Secret of the operator's namespace (empty:
+    # plain HTTP), and only for scrapers allowed `get /metrics` (TokenReview + SubjectAccessReview).
+    metrics_tls_secret: str = ""
+    metrics_auth: bool = False
 
     def node_wide(self, operator_namespace: str) -> frozenset[str]:
         """The namespaces allowed scope Node: node_wide_namespaces, or the operator's namespace."""
@@ -83,11 +88,20 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
         _host_mount("modules", "/lib/modules"),
         _host_mount("usr-src", "/usr/src"),
     ]
+    args = ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}"]
+    volumes = [v for v, _ in mounts]
+    volume_mounts = [m for _, m in mounts]
+    if settings.metrics_tls_secret:
+        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+        volumes.append({"name": "metrics-tls", "secret": {"secretName": settings.metrics_tls_secret}})
+        volume_mounts.append({"name": "metrics-tls", "mountPath": TLS_DIR, "readOnly": True})
+    if settings.metrics_auth:
+        args.append("--metrics-auth")
     container = {
         "name": "agent",
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}"],
+        "args": args,
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "PROBESET_NAMESPACE", "value": ns},
@@ -100,15 +114,17 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "securityContext": {"privileged": True, "runAsUser": 0},   # the image defaults to non-root
         "resources": settings.resources,
-        "volumeMounts": [m for _, m in mounts],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10},
+        "volumeMounts": volume_mounts,
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics",
+                                       "scheme": "HTTPS" if settings.metrics_tls_secret else "HTTP"},
+                           "periodSeconds": 10},
     }
     pod_spec = {
         "serviceAccountName": settings.service_account,
         "hostPID": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         "containers": [container],
-        "volumes": [v for v, _ in mounts],
+        "volumes": volumes,
         "nodeSelector": dict(spec.get("nodeSelector") or {}),
         "tolerations": list(spec.get("tolerations") or []) + list(settings.extra_tolerations),
         "terminationGracePeriodSeconds": 30,
@@ -134,6 +150,7 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(METRICS_PORT),
                         "prometheus.io/path": "/metrics",
+                        "prometheus.io/scheme": "https" if settings.metrics_tls_secret else "http",
                         LABEL_NAME: name,
                         LABEL_NAMESPACE: ns,
                     },

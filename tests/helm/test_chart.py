@@ -138,6 +138,27 @@ def test_rbac_equals_rbac_py(chart):
         assert got == want, want["kind"]
 
 
+def test_secured_metrics_reach_the_operator_rbac_and_podmonitor(chart):
+    tls = {"ca": {"secret": {"name": "agent-ca", "key": "ca.crt"}}, "serverName": "probeset-agent"}
+    auth = {"type": "Bearer", "credentials": {"name": "prometheus-token", "key": "token"}}
+    objs = by_kind(render(chart, {"agent": {"metrics": {"tlsSecret": "agent-tls", "auth": True}},
+                                  "podMonitor": {"enabled": True, "tlsConfig": tls, "authorization": auth}}))
+    (c,) = objs[("Deployment", "probeset-operator")]["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    assert env["PROBESET_AGENT_METRICS_TLS_SECRET"] == "agent-tls" and env["PROBESET_AGENT_METRICS_AUTH"] == "true"
+    for want in role_objects(NS, metrics_auth=True):
+        got = objs[(want["kind"], want["metadata"]["name"])]
+        assert {**got, "metadata": {k: v for k, v in got["metadata"].items() if k != "labels"}} == want
+    (ep,) = objs[("PodMonitor", "probeset-agents")]["spec"]["podMetricsEndpoints"]
+    assert (ep["scheme"], ep["tlsConfig"], ep["authorization"]) == ("https", tls, auth)
+    plain = by_kind(render(chart, {"podMonitor": {"enabled": True}}))
+    (ep,) = plain[("PodMonitor", "probeset-agents")]["spec"]["podMetricsEndpoints"]
+    assert ep["scheme"] == "http" and "tlsConfig" not in ep and "authorization" not in ep
+    assert ("ClusterRole", "probeset-metrics-reader") not in plain
+    assert env_of(plain[("Deployment", "probeset-operator")]["spec"]["template"]["spec"]["containers"][0])[
+        "PROBESET_AGENT_METRICS_AUTH"] == "false"
+
+
 def test_crds_equal_the_repository_and_rbac_py():
     ours = CHART / "crds" / "probeset.io_probesets.yaml"
     assert ours.read_bytes() == (ROOT / "crds" / "probeset.io_probesets.yaml").read_bytes()
@@ -203,6 +224,8 @@ def test_lint(values):
     ({"nodeWideNamespaces": "obs"}, "/nodeWideNamespaces"),
     ({"tenantAllowedValues": ["vfs_read:retval"]}, "/tenantAllowedValues/0"),
     ({"tenantAllowedValues": ["uprobe:libc:malloc:arg0"]}, "/tenantAllowedValues/0"),
+    ({"agent": {"metrics": {"auth": "yes"}}}, "/agent/metrics/auth"),
+    ({"agent": {"metrics": {"tlsSecret": "Bad_Name"}}}, "/agent/metrics/tlsSecret"),
     ({"replica": 2}, "replica"),
 ])
 def test_bad_values_are_rejected_naming_the_field(chart, values, field):

@@ -171,3 +171,22 @@ def test_tenant_values_reach_operator_and_agents(monkeypatch):
     ds = handlers.render_daemonset(probeset("web"), "probeset-system", agent)
     env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["PROBESET_TENANT_VALUES"] == "kretprobe:vfs_read:retval,tracepoint:net:net_dev_xmit:name"
+
+
+def test_secured_metrics_in_the_daemonset(monkeypatch):
+    monkeypatch.setenv("PROBESET_AGENT_METRICS_TLS_SECRET", "agent-tls")
+    monkeypatch.setenv("PROBESET_AGENT_METRICS_AUTH", "true")
+    _, agent = settings_from_env()
+    pod = handlers.render_daemonset(probeset("web"), "probeset-system", agent)["spec"]["template"]
+    (c,) = pod["spec"]["containers"]
+    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--tls-cert", "/etc/probeset/metrics-tls/tls.crt",
+                         "--tls-key", "/etc/probeset/metrics-tls/tls.key", "--metrics-auth"]
+    assert {"name": "metrics-tls", "secret": {"secretName": "agent-tls"}} in pod["spec"]["volumes"]
+    assert {"name": "metrics-tls", "mountPath": "/etc/probeset/metrics-tls", "readOnly": True} in c["volumeMounts"]
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+    monkeypatch.delenv("PROBESET_AGENT_METRICS_TLS_SECRET")
+    monkeypatch.delenv("PROBESET_AGENT_METRICS_AUTH")
+    (c,) = handlers.render_daemonset(probeset("web"), "probeset-system", settings_from_env()[1])["spec"]["template"][
+        "spec"]["containers"]
+    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437"] and c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"

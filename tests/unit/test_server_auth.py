@@ -1,0 +1,159 @@
+"""/metrics over TLS (server certificate, client certificates) and behind a bearer-token check, with
+a real MetricsServer, real certificates (openssl) and Python's own TLS client."""
+
+import http.client
+import shutil
+import socket
+import ssl
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from probeset_agent.authz import TokenAuthorizer
+from probeset_agent.server import MetricsServer, bearer_token
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install openssl)")
+    d = tmp_path_factory.mktemp("pki")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"),
+            "-out", str(d / f"{name}.csr"))
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
+            "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.crt"))
+    return d
+
+
+def serve(tls=None, authorize=None):
+    server = MetricsServer("127.0.0.1", 0, tls=tls, authorize=authorize, request_timeout=2.0)
+    return server.start(lambda: b"probeset_events_total 1\n")
+
+
+def server_tls(pki, client_ca=False):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki / "server.crt", pki / "server.key")
+    if client_ca:
+        ctx.load_verify_locations(pki / "ca.crt")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def get(port, ctx=None, token=None):
+    conn = (http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5) if ctx
+            else http.client.HTTPConnection("127.0.0.1", port, timeout=5))
+    conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+def client_tls(pki, cert=False):
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if cert:
+        ctx.load_cert_chain(pki / "client.crt", pki / "client.key")
+    return ctx
+
+
+def test_tls(pki):
+    server = serve(tls=server_tls(pki))
+    try:
+        port = server.address[1]
+        assert get(port, client_tls(pki)) == (200, b"probeset_events_total 1\n")
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            get(port)                                    # plain HTTP is not answered
+    finally:
+        server.shutdown()
+
+
+def test_client_certificates_required(pki):
+    server = serve(tls=server_tls(pki, client_ca=True))
+    try:
+        port = server.address[1]
+        assert get(port, client_tls(pki, cert=True))[0] == 200
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            get(port, client_tls(pki, cert=False))
+    finally:
+        server.shutdown()
+
+
+def test_a_silent_tls_client_is_closed_within_the_request_timeout(pki):
+    server = serve(tls=server_tls(pki))
+    try:
+        with socket.create_connection(server.address, timeout=10) as s:
+            assert s.recv(1) == b""                      # no ClientHello: closed after 2 s
+    finally:
+        server.shutdown()
+
+
+def test_bearer_token_check(pki):
+    seen = []
+
+    def authorize(token):
+        seen.append(token)
+        return {None: (401, "a bearer token is required"), "reader": (200, "")}.get(token, (403, "nope"))
+    server = serve(tls=server_tls(pki), authorize=authorize)
+    try:
+        port, ctx = server.address[1], client_tls(pki)
+        assert get(port, ctx) == (401, b"a bearer token is required\n")
+        assert get(port, ctx, "stranger") == (403, b"nope\n")
+        assert get(port, ctx, "reader") == (200, b"probeset_events_total 1\n")
+        assert seen == [None, "stranger", "reader"]
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("headers,token", [
+    (b"GET / HTTP/1.1\r\nAuthorization: Bearer abc", "abc"), (b"GET / HTTP/1.1\r\nauthorization:  bearer  x.y ", "x.y"),
+    (b"GET / HTTP/1.1\r\nAuthorization: Basic abc", None), (b"GET / HTTP/1.1\r\nAuthorization: Bearer ", None),
+    (b"GET / HTTP/1.1\r\nHost: x", None)])
+def test_bearer_token_parsing(headers, token):
+    assert bearer_token(headers) == token
+
+
+class FakeReviews:
+    """Stands in for the API server's TokenReview and SubjectAccessReview endpoints."""
+
+    def __init__(self, users, allowed, fail=False):
+        self.users, self.allowed, self.fail, self.calls = users, allowed, fail, 0
+
+    def create_token_review(self, review):
+        self.calls += 1
+        if self.fail:
+            raise OSError("connection refused")
+        user = self.users.get(review.spec.token)
+        return SimpleNamespace(status=SimpleNamespace(
+            authenticated=user is not None, user=SimpleNamespace(username=user, groups=[], uid="", extra={})))
+
+    def create_subject_access_review(self, sar):
+        assert sar.spec.non_resource_attributes.path == "/metrics" and sar.spec.non_resource_attributes.verb == "get"
+        return SimpleNamespace(status=SimpleNamespace(allowed=sar.spec.user in self.allowed))
+
+
+def authorizer(fake, clock, **kw):
+    a = TokenAuthorizer(**kw, clock=clock)
+    a.auth = a.authz = fake
+    return a
+
+
+def test_token_answers_are_cached_bounded_and_failures_not_remembered():
+    now = [0.0]
+    fake = FakeReviews({"t1": "system:serviceaccount:monitoring:prometheus", "t2": "someone"},
+                       {"system:serviceaccount:monitoring:prometheus"})
+    a = authorizer(fake, lambda: now[0], ttl=60, max_entries=2)
+    assert a("t1") == (200, "") and a("t1") == (200, "") and fake.calls == 1
+    assert a("t2") == (403, "someone may not get /metrics")
+    assert a("bad") == (401, "the token is not valid") and fake.calls == 3
+    assert a("t1") == (200, "") and fake.calls == 4            # evicted: at most 2 answers kept
+    now[0] = 61
+    assert a("t1") == (200, "") and fake.calls == 5            # expired after the ttl
+    assert a(None)[0] == 401 and a("x" * 10000)[0] == 401 and fake.calls == 5
+    fake.fail = True
+    assert a("t3") == (500, "cannot review the token now") and a("t3")[0] == 500 and fake.calls == 7
