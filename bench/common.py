@@ -19,7 +19,7 @@ BUILD = BENCH / "build"
 DRIVER = BUILD / "driver"
 DRIVER_CPU = str((os.cpu_count() or 1) - 1)   # the driver runs pinned here, the agent anywhere
 
-sys.path.insert(0, str(ROOT / "agent"))        # run from a checkout even without the venv's install
+sys.path[:0] = [str(ROOT / "agent"), str(ROOT / "api")]   # run from a checkout even without the venv's install
 
 
 def build_driver() -> str:

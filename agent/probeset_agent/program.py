@@ -177,6 +177,9 @@ class ProbeSetProgram:
     def stop(self) -> None:
         with self._lock:
             if self.bpf is not None:
+                held = len(self.bpf.uprobe_fds) + len(self.bpf.kprobe_fds)
+                if held > 50:   # the kernel releases perf probes one at a time, ~0.1 s each
+                    log.info("probeset %s: detaching %d probes (about %d s)", self.pset.name, held, held // 9)
                 detach_all(self.bpf)
                 self.bpf = None
             self.attached_points = []
@@ -229,7 +232,7 @@ class ProbeSetProgram:
         for rp in self.compiled:
             counts, hist = self._tables(rp)
             count_keys, hist_keys = self.readout.retire(rp, self.program.layouts[rp.id], read_raw(counts),
-                                                        read_raw(hist) if hist else (), counts.total_cpu, expired)
+                                                        read_raw(hist) if hist is not None else (), counts.total_cpu, expired)
             for raw in hist_keys:
                 delete_row(hist, raw)
             for raw in count_keys:
@@ -275,7 +278,7 @@ class ProbeSetProgram:
             for rp in self.compiled:
                 counts, hist = self._tables(rp)
                 out[rp.id] = self.readout.series(rp, self.program.layouts[rp.id], read_raw(counts),
-                                                 read_raw(hist) if hist else (), counts.total_cpu)
+                                                 read_raw(hist) if hist is not None else (), counts.total_cpu)
             self.unknown_cgroups = len(self.readout.unknown)
         return out
 

@@ -107,8 +107,7 @@ class Readout:
             labels[label] = rp.symbols.get(label, {}).get(value, str(value))
         return labels, settled
 
-    def _labels(self, rp: ResolvedProbe, layout: KeyLayout, raw: bytes) -> tuple[dict[str, str], str]:
-        cache = self._cache.setdefault(rp.id, {})
+    def _labels(self, rp: ResolvedProbe, layout: KeyLayout, raw: bytes, cache: dict) -> tuple[dict[str, str], str]:
         entry = cache.get(raw)
         if entry is None:
             labels, settled = self.decode(rp, layout, raw)
@@ -126,6 +125,7 @@ class Readout:
         """Add the rows `keep` accepts (all by default) into `into`, by label text: per-CPU values
         summed, histogram buckets to their row's series. The keys taken: (count rows, hist rows)."""
         value_fmt = struct.Struct(f"<{2 * cpus}Q")        # {count, sum_ns} per CPU
+        cache = self._cache.setdefault(rp.id, {})
         rows: dict[bytes, Series] = {}
         track = rp.probe.latency or keep is not None      # a plain scrape of counts needs no row list
         for raw, value in counts:
@@ -135,7 +135,7 @@ class Readout:
             count = sum(v[0::2])
             if count == 0 and layout.is_overflow(raw):
                 continue
-            labels, text = self._labels(rp, layout, raw)
+            labels, text = self._labels(rp, layout, raw, cache)
             s = into.get(text)
             if s is None:
                 s = into[text] = Series(labels, text, 0, 0, {} if rp.probe.latency else None)

@@ -20,6 +20,11 @@ LABEL_NAME = f"{API_GROUP}/probeset"
 LABEL_NAMESPACE = f"{API_GROUP}/probeset-namespace"
 COMPONENT = "agent"
 TLS_DIR = "/etc/probeset/metrics-tls"
+# Time to detach at SIGTERM before the kubelet kills the agent: the kernel releases perf uprobes one
+# at a time (~107 ms each on 6.18, bench/detach.py; threads do not overlap them) and an agent may
+# hold BCC's 1,000 per process: ~110 s, plus margin. tracefs kretprobes, which a kill would leave
+# behind, are detached first.
+DETACH_GRACE_SECONDS = 150
 
 
 @dataclass
@@ -127,7 +132,7 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
         "volumes": volumes,
         "nodeSelector": dict(spec.get("nodeSelector") or {}),
         "tolerations": list(spec.get("tolerations") or []) + list(settings.extra_tolerations),
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": DETACH_GRACE_SECONDS,
     }
     if settings.priority_class:
         pod_spec["priorityClassName"] = settings.priority_class

@@ -190,3 +190,9 @@ def test_secured_metrics_in_the_daemonset(monkeypatch):
     (c,) = handlers.render_daemonset(probeset("web"), "probeset-system", settings_from_env()[1])["spec"]["template"][
         "spec"]["containers"]
     assert c["args"] == ["agent", "--listen", "0.0.0.0:9437"] and c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+
+
+def test_agents_get_the_time_detaching_needs():
+    pod = handlers.render_daemonset(probeset("web"), "probeset-system", AgentSettings())["spec"]["template"]["spec"]
+    # 1,000 uprobes (the probe budget) at ~0.11 s each (docs/benchmarks.md, section 5), with margin.
+    assert pod["terminationGracePeriodSeconds"] >= 1000 * 0.11 * 1.25
