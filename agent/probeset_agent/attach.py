@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import threading
 
 from probeset_api.schema import USER_KINDS
 
@@ -19,60 +18,6 @@ log = logging.getLogger(__name__)
 
 
 COUNTED = ("kprobe", "kretprobe", "uprobe", "uretprobe")   # what BCC's per-process probe quota counts
-
-
-class ProbeBudget:
-    """The kprobe and uprobe attachments one process may hold: BCC refuses more than
-    BPF.get_probe_limit() (BCC_PROBE_LIMIT, default 1000) in a process, whichever set asks. Shared
-    by every set of the agent and reserved probe by probe in spec order when a set compiles, so
-    that `check` says what `run` will do and a probe that does not fit is the one reported, never
-    a random casualty; containers' copies reserve theirs as they are placed."""
-
-    def __init__(self, limit: int | None = None):
-        self._limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    @property
-    def limit(self) -> int:
-        if self._limit is None:
-            from bcc import BPF
-            self._limit = BPF.get_probe_limit()
-        return self._limit
-
-    def reserve(self, n: int) -> bool:
-        with self._lock:
-            if self.used + n > self.limit:
-                return False
-            self.used += n
-            return True
-
-    def release(self, n: int) -> None:
-        with self._lock:
-            self.used = max(0, self.used - n)
-
-    def reserve_probes(self, probes: list[ResolvedProbe], fail) -> int:
-        """Reserve each probe's counted attachments in order; `fail(probe, reason)` for one that
-        does not fit. How many were reserved."""
-        seen: set[tuple] = set()
-        for rp in probes:
-            keys = counted_attachments([rp]) - seen
-            if not self.reserve(len(keys)):
-                fail(rp, f"needs {len(keys)} kprobe/uprobe attachment(s), and the agent holds {self.used} of the "
-                         f"{self.limit} one process may have (BCC_PROBE_LIMIT), for this and other ProbeSets: "
-                         "narrow the glob, or split the probes over fewer sets")
-                continue
-            seen |= keys
-        return len(seen)
-
-    def settle(self, reserved: int, compiled: list[ResolvedProbe]) -> int:
-        """Keep reserved only what the compiled probes attach; the new count."""
-        keep = len(counted_attachments(compiled))
-        self.release(reserved - keep)
-        return keep
-
-
-PROCESS_BUDGET = ProbeBudget()      # the process's: BCC's quota is a global of the process
 
 
 def counted_attachments(probes: list[ResolvedProbe]) -> set[tuple]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import ctemplates as T
+from . import memory
 from .ctemplates import CCode, CName, fill, join
 from .histogram import SUB_BUCKET_BITS, SUB_BUCKETS
 from .layout import COMM_BYTES, MAX_PROBES, MISSED_REASONS, OVERFLOW_FUNC, KeyLayout, key_uses_cgroup
@@ -23,6 +24,24 @@ from .resolve import GroupField, ResolvedProbe, Site
 START_MAP_ENTRIES = 10240
 MAX_ALLOWED_CGROUPS = 65536
 HISTOGRAM_ENTRIES_PER_SERIES = 32
+# A histogram map's buckets are allocated for its max_entries even without prealloc (2 MiB at this
+# cap): beyond it, buckets that find no room are counted as missed (histogram_full).
+MAX_HISTOGRAM_ENTRIES = 1 << 17
+
+
+def histogram_entries(max_series: int) -> int:
+    return min(max_series * HISTOGRAM_ENTRIES_PER_SERIES, MAX_HISTOGRAM_ENTRIES)
+
+
+def probe_memory(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cpus: int) -> int:
+    """Upper bound of the kernel memory of one probe's maps (memory.py)."""
+    start_args = sum(1 for label in rp.probe.group_by if label not in ("retval", "comm"))
+    return memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.latency, start_args,
+                              histogram_entries(max_series), START_MAP_ENTRIES, cpus)
+
+
+def set_memory(cgroup_filter: bool, cpus: int) -> int:
+    return memory.set_bytes(cgroup_filter, MAX_ALLOWED_CGROUPS, cpus)
 
 _INT_CTYPES = {(1, False): "u8", (1, True): "s8", (2, False): "u16", (2, True): "s16",
                (4, False): "u32", (4, True): "s32", (8, False): "u64", (8, True): "s64"}
@@ -101,7 +120,7 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
     p = rp.id
     out = [fill(T.PROBE_MAPS, P=p, SERIES_ENTRIES=max_series + 1, KEY_FIELDS=_key_fields(key_layout(rp, labels)))]
     if rp.probe.latency:
-        out.append(fill(T.LATENCY_MAPS, P=p, HIST_ENTRIES=max_series * HISTOGRAM_ENTRIES_PER_SERIES,
+        out.append(fill(T.LATENCY_MAPS, P=p, HIST_ENTRIES=histogram_entries(max_series),
                         START_ENTRIES=START_MAP_ENTRIES, START_FIELDS=_start_fields(rp)))
     checks = [T.CGROUP_CHECK] if cgroup_filter else []
     if rp.probe.pid is not None:

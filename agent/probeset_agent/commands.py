@@ -154,6 +154,8 @@ def cmd_check(args) -> int:
                 if st.error is None:
                     st.functions = {f: True for f in st.functions}   # would attach: resolved and compiled
             ok &= _print_status(where, prog)
+            if prog.map_memory:
+                print(f"  maps: up to {prog.map_memory / (1 << 20):.1f} MiB of kernel memory when full")
     finally:
         for prog in checked:
             prog.stop()

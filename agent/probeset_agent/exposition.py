@@ -39,6 +39,8 @@ FAMILIES = {
     "probeset_uprobe_reattached_total": ("counter", "uprobes placed again because their file changed: replaced "
                                                     "(a new file at the path) or modified (written in place: "
                                                     "processes that ran it may have computed wrong results)."),
+    "probeset_map_memory_bytes": ("gauge", "Kernel memory the set's BPF maps may take when full (an upper bound, "
+                                           "reserved in the agent's --map-memory budget)."),
     "probeset_agent_info": ("gauge", "Static facts about the agent and its node."),
 }
 
@@ -111,6 +113,7 @@ class MetricsCollector:
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
         set_labels = label_text({"probeset": name})
         lines["probeset_unknown_cgroups"].append(f"probeset_unknown_cgroups{set_labels} {snap.unknown_cgroups}\n")
+        lines["probeset_map_memory_bytes"].append(f"probeset_map_memory_bytes{set_labels} {snap.map_memory}\n")
         if snap.allowed_cgroups is not None:
             lines["probeset_allowed_cgroups"].append(f"probeset_allowed_cgroups{set_labels} {snap.allowed_cgroups}\n")
         for sample in snap.uprobe_files:

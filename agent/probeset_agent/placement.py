@@ -71,7 +71,7 @@ class Placement:
 
     def __init__(self, set_name: str, selection, attribution, filtering: bool, budget=None):
         self.set_name, self.selection, self.attribution = set_name, selection, attribution
-        self.budget = budget                        # attach.ProbeBudget: containers' copies count too
+        self.budget = budget                        # budget.ProbeBudget: containers' copies count too
         self._held = 0                              # attachments this placement reserved in it
         self.filtering = filtering                  # the set counts only the selected pods' events
         self._allowed: set[int] = set()             # cgroup ids in the allowed_cgroups map

@@ -19,8 +19,8 @@ from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet, ValuePolicy
 
 from . import codegen
-from .attach import (PROCESS_BUDGET, ProbeBudget, attach_point, default_max_active, detach_all, kretprobe_event,
-                     place, prepare_maps, set_aside)
+from .attach import attach_point, default_max_active, detach_all, kretprobe_event, place, prepare_maps, set_aside
+from .budget import PROCESS_MEMORY, PROCESS_PROBES, Holdings, MemoryBudget, ProbeBudget
 from .codegen import AttachPoint
 from .features import Features
 from .health import missed_by_kernel, missed_in_program, run_stats
@@ -59,11 +59,11 @@ class ProbeSetProgram:
 
     def __init__(self, pset: ProbeSet, node: str, features: Features | None = None,
                  attribution=None, selection=None, host_root: str = "/", policy: ValuePolicy = ValuePolicy(),
-                 budget: ProbeBudget = PROCESS_BUDGET):
+                 budget: ProbeBudget = PROCESS_PROBES, memory: MemoryBudget = PROCESS_MEMORY):
         self.pset, self.node = pset, node
         self.attribution, self.selection = attribution, selection
         filtering = selection is not None and not selection.host
-        self.budget, self._reserved = budget, 0        # kprobe/uprobe attachments reserved in `budget`
+        self.held = Holdings(budget, memory, pset.labels, pset.max_series_per_probe)   # in the agent's budgets
         self.placement = Placement(pset.name, selection, attribution, filtering, budget)
         if selection is not None and attribution is not None:
             attribution.rescan(force=True)
@@ -119,7 +119,7 @@ class ProbeSetProgram:
             for rp in self._usable():
                 self.status[rp.id].fail(missing)
             return False
-        self._reserved = self.budget.reserve_probes(self._usable(), lambda rp, why: self.status[rp.id].fail(why))
+        self.held.reserve(self._usable, self.placement.filtering, lambda rp, why: self.status[rp.id].fail(why))
         try:
             self._compile_usable()
         except CompileError as e:
@@ -134,7 +134,7 @@ class ProbeSetProgram:
             except CompileError as again:
                 for rp in self._usable():
                     self.status[rp.id].fail(str(again))
-        self._reserved = self.budget.settle(self._reserved, self.compiled if self.bpf is not None else [])
+        self.held.settle(self.compiled if self.bpf is not None else [], self.placement.filtering)
         return self.bpf is not None
 
     # --- attach ----------------------------------------------------------------------------------
@@ -183,8 +183,7 @@ class ProbeSetProgram:
                 detach_all(self.bpf)
                 self.bpf = None
             self.attached_points = []
-            self.budget.release(self._reserved + self.placement.release_budget())
-            self._reserved = 0
+            self.held.release(self.placement.release_budget())
 
     # --- keeping up with pods and cgroups ---------------------------------------------------
 
@@ -257,6 +256,11 @@ class ProbeSetProgram:
     def copies(self, point: AttachPoint) -> int:
         """How many files this uprobe point is attached to (the node's copy and containers')."""
         return self.placement.copies(point)
+
+    @property
+    def map_memory(self) -> int:
+        """Upper bound of the kernel memory of this set's maps (reserved in the memory budget)."""
+        return self.held.map_memory
 
     @property
     def allowed_cgroups(self) -> int | None:

@@ -36,6 +36,7 @@ class SetSnapshot:
     runs: list[PointSample] = field(default_factory=list)                 # BPF runs
     unknown_cgroups: int = 0
     allowed_cgroups: int | None = None
+    map_memory: int = 0                                                   # upper bound, bytes
 
 
 def take_snapshot(prog) -> SetSnapshot:
@@ -47,6 +48,7 @@ def take_snapshot(prog) -> SetSnapshot:
         probe = by_id[probe_id].probe
         snap.probes.append(ProbeSeries(probe.name, probe.buckets_per_power_of_two, series))
     snap.unknown_cgroups, snap.allowed_cgroups = prog.unknown_cgroups, prog.allowed_cgroups
+    snap.map_memory = prog.map_memory
 
     def point_labels(point) -> dict[str, str]:
         return {"probeset": name, "probe": prog.probe_names(point), "function": point.site.function,

@@ -22,6 +22,7 @@ import logging
 import sys
 
 from probeset_agent import commands as agent
+from probeset_agent.budget import MemoryBudget
 
 DEFAULT_RETENTION = agent.DEFAULT_RETENTION
 
@@ -45,6 +46,12 @@ def cmd_operator(args) -> int:
     return 0
 
 
+def add_map_memory(command) -> None:
+    command.add_argument("--map-memory", type=int, default=MemoryBudget.DEFAULT_MIB, metavar="MIB",
+                         help="kernel memory the sets' BPF maps may take, as upper bounds; a probe that does "
+                              f"not fit fails with the reason (default {MemoryBudget.DEFAULT_MIB})")
+
+
 def add_tls(command) -> None:
     command.add_argument("--tls-cert", metavar="FILE", help="serve metrics over TLS with this certificate (PEM)")
     command.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
@@ -65,8 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
                      help=f"keep the series of a vanished cgroup this long (default {DEFAULT_RETENTION:g})")
     add_tls(run)
+    add_map_memory(run)
     check = sub.add_parser("check", help="tell what would attach on this host, without attaching")
     check.add_argument("files", nargs="+", metavar="FILE")
+    add_map_memory(check)
     render = sub.add_parser("render", help="print the generated BPF C program")
     render.add_argument("file", metavar="FILE")
     node_agent = sub.add_parser("agent", help="cluster mode: run the ProbeSet $PROBESET_NAMESPACE/$PROBESET_NAME "
@@ -81,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="the node's root file system, for uprobes on the node's own files (default "
                                  "/proc/1/root: the node's, with hostPID)")
     add_tls(node_agent)
+    add_map_memory(node_agent)
     node_agent.add_argument("--metrics-auth", action="store_true",
                             help="serve /metrics only to bearer tokens whose user may get the non-resource URL "
                                  "/metrics (TokenReview + SubjectAccessReview, as kube-rbac-proxy)")
@@ -99,6 +109,9 @@ COMMANDS = {"run": agent.cmd_run, "check": agent.cmd_check, "render": agent.cmd_
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if getattr(args, "map_memory", None) is not None:
+        from probeset_agent.budget import MIB, PROCESS_MEMORY
+        PROCESS_MEMORY.set_limit(args.map_memory * MIB)
     return COMMANDS[args.command](args)
 
 

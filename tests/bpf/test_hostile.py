@@ -103,7 +103,7 @@ def test_tracefs_unmounted_at_shutdown_still_detaches_cleanly(tmp_path, target):
 def test_probe_budget_is_shared_and_names_what_does_not_fit(target, run_probeset):
     """BCC allows a process a fixed number of kprobe/uprobe attachments; every set of the agent
     shares them, reserved probe by probe: the probe that does not fit is the one reported."""
-    from probeset_agent.attach import ProbeBudget
+    from probeset_agent.budget import ProbeBudget
     budget = ProbeBudget(limit=12)
     first = run_probeset([{"name": "five", "uprobe": f"{target.path}:probeset_target_*", "pid": target.pid},
                           {"name": "tp", "tracepoint": "sched:sched_process_exec"},        # not counted
@@ -154,3 +154,46 @@ def test_check_says_what_run_will_do_with_the_budget(tmp_path, target, monkeypat
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=30)
+
+
+def memlock(prog, table: str) -> int:
+    """The kernel's own account of a map's memory (fdinfo memlock)."""
+    with open(f"/proc/self/fdinfo/{prog.bpf[table].map_fd}") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("memlock:"))
+
+
+def test_map_memory_is_an_upper_bound_of_the_kernels_own_account(run_probeset):
+    """maxSeriesPerProbe 100000 with latency: the estimate matches the kernel for preallocated maps
+    and bounds the ones that grow (the histogram's buckets only, until it fills)."""
+    from probeset_agent import codegen
+    from probeset_agent.memory import possible_cpus
+    prog = run_probeset([{"name": "lat", "uprobe": "libc:malloc", "latency": True, "groupBy": ["arg0"]},
+                         {"name": "sw", "tracepoint": "sched:sched_switch", "groupBy": ["prev_comm"]}],
+                        labels=["node", "pod", "comm"], maxSeriesPerProbe=100000)
+    assert [st.error for st in prog.probe_statuses()] == [None, None]
+    cpus, (lat, sw) = possible_cpus(), prog.compiled
+    for rp, tables in ((sw, ["counts_p1"]), (lat, ["counts_p0", "hist_p0", "start_p0"])):
+        estimate = codegen.probe_memory(rp, prog.pset.labels, 100000, cpus)
+        kernel = sum(memlock(prog, t) for t in tables)
+        assert kernel <= estimate, (rp.probe.name, kernel, estimate)
+    assert 0 <= codegen.probe_memory(sw, prog.pset.labels, 100000, cpus) - memlock(prog, "counts_p1") < 4096
+    kernel_total = sum(memlock(prog, t) for t in ("counts_p0", "hist_p0", "start_p0", "counts_p1", "missed"))
+    assert kernel_total <= prog.map_memory < 2 * kernel_total
+
+
+def test_map_memory_budget_refuses_the_probe_that_does_not_fit(target, run_probeset):
+    from probeset_agent.budget import MIB, MemoryBudget
+    memory = MemoryBudget(limit=10 * MIB)
+    prog = run_probeset([{"name": "small", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid},
+                         {"name": "big", "uprobe": f"{target.path}:probeset_target_alpha", "latency": True,
+                          "pid": target.pid},
+                         {"name": "tp", "tracepoint": "sched:sched_process_exec"}],
+                        maxSeriesPerProbe=20000, program={"memory": memory})
+    assert status(prog, "small").error is None and status(prog, "tp").error is None
+    assert status(prog, "big").error.startswith("its maps may take up to ")
+    assert "of the 10 MiB it allows (--map-memory)" in status(prog, "big").error
+    assert memory.used == prog.map_memory <= 10 * MIB
+    target.run("work 9")
+    assert counts(prog, "small") == {"probeset_target_work": 9}
+    prog.stop()
+    assert memory.used == 0
