@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from .attach import kretprobe_event
 from .codegen import AttachPoint
 from .layout import MISSED_REASONS, missed_slot
 
@@ -51,3 +52,25 @@ def run_stats(fd: int) -> tuple[int, int] | None:
     except OSError:
         return None
     return int(stats.get("run_time_ns", 0)), int(stats.get("run_cnt", 0))
+
+
+def missed_events(bpf, compiled, attached_points: list[AttachPoint], instance: int) -> dict[tuple[int, str], int]:
+    """(probe id, reason) -> events lost: in the program (pairing, histogram room) and by the
+    kernel (kretprobe instances), for a program whose kretprobes carry `instance` in their names."""
+    out = missed_in_program(bpf["missed"], [rp.id for rp in compiled if rp.probe.latency])
+    kretprobes = {f"{kretprobe_event(p, instance).decode()}_bcc_{os.getpid()}": p
+                  for p in attached_points if p.mechanism == "kretprobe"}
+    for key, n in missed_by_kernel(kretprobes).items():
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def program_stats(bpf, points: list[AttachPoint]) -> list[tuple[AttachPoint, int, int]]:
+    """(attach point, run_time_ns, run_cnt) of each attached point's program."""
+    out = []
+    for point in points:
+        fn = bpf.funcs.get(point.fn_name.encode())
+        stats = run_stats(fn.fd) if fn is not None else None
+        if stats is not None:
+            out.append((point, *stats))
+    return out

@@ -19,11 +19,11 @@ from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet, ValuePolicy
 
 from . import codegen
-from .attach import attach_point, default_max_active, detach_all, kretprobe_event, place, prepare_maps, set_aside
+from .attach import attach_point, default_max_active, detach_all, place, prepare_maps, set_aside
 from .budget import PROCESS_MEMORY, PROCESS_PROBES, Holdings, MemoryBudget, ProbeBudget
 from .codegen import AttachPoint
 from .features import Features
-from .health import missed_by_kernel, missed_in_program, run_stats
+from .health import missed_events, program_stats
 from .layout import key_uses_cgroup
 from .loader import CompileError, compile_program
 from .maps import delete_row, read_raw
@@ -289,27 +289,13 @@ class ProbeSetProgram:
     def read_missed(self) -> dict[tuple[int, str], int]:
         """(probe id, reason) -> events whose return could not be paired or recorded."""
         with self._lock:
-            if self.bpf is None:
-                return {}
-            out = missed_in_program(self.bpf["missed"], [rp.id for rp in self.compiled if rp.probe.latency])
-            kretprobes = {f"{kretprobe_event(p, self._instance).decode()}_bcc_{os.getpid()}": p
-                          for p in self.attached_points if p.mechanism == "kretprobe"}
-            for key, n in missed_by_kernel(kretprobes).items():
-                out[key] = out.get(key, 0) + n
-        return out
+            return {} if self.bpf is None else missed_events(self.bpf, self.compiled, self.attached_points,
+                                                             self._instance)
 
     def read_program_stats(self) -> list[tuple[AttachPoint, int, int]]:
         """(attach point, run_time_ns, run_cnt) of each attached program."""
-        out = []
         with self._lock:
-            if self.bpf is None:
-                return out
-            for point in self.attached_points:
-                fn = self.bpf.funcs.get(point.fn_name.encode())
-                stats = run_stats(fn.fd) if fn is not None else None
-                if stats is not None:
-                    out.append((point, *stats))
-        return out
+            return [] if self.bpf is None else program_stats(self.bpf, self.attached_points)
 
     def probe_names(self, point: AttachPoint) -> str:
         return "+".join(self._probe(p).probe.name for p in point.probes)
