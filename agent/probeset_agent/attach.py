@@ -88,14 +88,6 @@ def _attach_kretprobe(bpf, point: AttachPoint, event: bytes, max_active: int) ->
     bpf._add_kprobe_fd(event, point.fn_name.encode(), fd)
 
 
-def place(bpf, point: AttachPoint, path: str, address: int) -> list[bytes]:
-    """Attach a uprobe point's function to one copy of its file; the BCC event names created."""
-    before = set(bpf.uprobe_fds)
-    attach = bpf.attach_uprobe if point.mechanism == "uprobe" else bpf.attach_uretprobe
-    attach(name=path.encode(), addr=address, fn_name=point.fn_name.encode())
-    return [ev for ev in bpf.uprobe_fds if ev not in before]
-
-
 def detach_all(bpf) -> None:
     """bpf.cleanup(), except that a probe which fails to detach (e.g. tracefs unmounted under a
     tracefs-made kretprobe or uprobe) is logged and forgotten, and every other one still detached."""
@@ -125,8 +117,10 @@ def set_aside(bpf, events: list[bytes]) -> list[bytes]:
     aside = []
     for event in events:
         fd = bpf.uprobe_fds.pop(event, None)
-        if fd is not None:
-            name = b"%s_replaced%d" % (event, next(_ASIDE))
-            bpf.uprobe_fds[name] = fd
-            aside.append(name)
+        if fd is None:
+            aside.append(event)      # not BCC's (a link: its name is unique already)
+            continue
+        name = b"%s_replaced%d" % (event, next(_ASIDE))
+        bpf.uprobe_fds[name] = fd
+        aside.append(name)
     return aside

@@ -3,7 +3,9 @@ compiles: `check` then says what `run` will do, and a probe that does not fit is
 (with the reason), never a random casualty of a failure later on.
 
 - ProbeBudget: the kprobe and uprobe attachments one process may hold. BCC refuses more than
-  BPF.get_probe_limit() (BCC_PROBE_LIMIT, default 1000) in a process, whichever set asks.
+  BPF.get_probe_limit() (BCC_PROBE_LIMIT, default 1000) in a process, whichever set asks; uprobes
+  placed as BPF links (uprobe_links.py) are not BCC's but count the same: the budget bounds the
+  kernel objects an agent holds, and its stop time where links are missing.
 - MemoryBudget: the kernel memory of the sets' BPF maps, as upper bounds (memory.py); BPF map
   memory is charged to the agent's cgroup, so it counts against the pod's memory limit.
 """

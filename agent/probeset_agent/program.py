@@ -19,7 +19,7 @@ from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet, ValuePolicy
 
 from . import codegen
-from .attach import attach_point, default_max_active, detach_all, place, prepare_maps, set_aside
+from .attach import attach_point, default_max_active, detach_all, prepare_maps, set_aside
 from .budget import PROCESS_MEMORY, PROCESS_PROBES, Holdings, MemoryBudget, ProbeBudget
 from .codegen import AttachPoint
 from .features import Features
@@ -32,6 +32,7 @@ from .readout import Readout, Series, UnknownAging
 from .report import ProbeStatus
 from .resolve import ResolvedProbe, UserTargets, resolve
 from .snapshot import SetSnapshot, take_snapshot
+from .uprobe_links import UprobeLinks
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class ProbeSetProgram:
                 st.fail("selecting pods needs the cgroup v2 hierarchy (cgroup ids of the pods), "
                         "and none is mounted on this node")
         self.bpf = None
+        self.links: UprobeLinks | None = None            # the uprobes' placements (links or perf events)
         self.program: codegen.Program | None = None
         self.compiled: list[ResolvedProbe] = []            # the probes in self.bpf (read even if partly failed)
         self.attached_points: list[AttachPoint] = []
@@ -142,6 +144,7 @@ class ProbeSetProgram:
     def start(self) -> None:
         if not self.compile():
             return
+        self.links = UprobeLinks(self.bpf)
         for rp in self.compiled:
             prepare_maps(self.bpf, rp, self.program.layouts[rp.id])
         for point in self.program.attach_points:
@@ -169,7 +172,7 @@ class ProbeSetProgram:
             self.status[pid].functions[point.site.function] = all(p in self.attached_points for p in mine)
 
     def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
-        return place(self.bpf, point, path, address)
+        return self.links.place(point, path, address)
 
     def _probe(self, probe_id: int) -> ResolvedProbe:
         return next(rp for rp in self.resolved if rp.id == probe_id)
@@ -179,7 +182,9 @@ class ProbeSetProgram:
             if self.bpf is not None:
                 held = len(self.bpf.uprobe_fds) + len(self.bpf.kprobe_fds)
                 if held > 50:   # the kernel releases perf probes one at a time, ~0.1 s each
-                    log.info("probeset %s: detaching %d probes (about %d s)", self.pset.name, held, held // 9)
+                    log.info("probeset %s: detaching %d perf probes (about %d s)", self.pset.name, held, held // 9)
+                if self.links is not None:
+                    self.links.close_all()
                 detach_all(self.bpf)
                 self.bpf = None
             self.attached_points = []
@@ -208,14 +213,14 @@ class ProbeSetProgram:
     def _follow_files(self, points: list[AttachPoint]) -> None:
         """uprobes follow their files: changed files are probed again (a file written in place is
         a hazard the probe's status reports), containers' copies follow the selected pods."""
-        for point, reason in self.placement.check_files(points, self._place, self.bpf.detach_uprobe_event,
+        for point, reason in self.placement.check_files(points, self._place, self.links.detach,
                                                         lambda events: set_aside(self.bpf, events)):
             if reason == "modified":
                 for pid in point.probes:
                     self._attach_errors[pid] = self._attach_errors.get(pid) or self.placement.hazards[point.fn_name]
                     self.status[pid].fail(self.placement.hazards[point.fn_name])
         if self.selection is not None:
-            self.placement.sync_copies(points, self._place, self.bpf.detach_uprobe_event)
+            self.placement.sync_copies(points, self._place, self.links.detach)
             self._update_user_status()
 
     def _cgroups_in_maps(self) -> set[int]:

@@ -20,9 +20,10 @@ LABEL_NAME = f"{API_GROUP}/probeset"
 LABEL_NAMESPACE = f"{API_GROUP}/probeset-namespace"
 COMPONENT = "agent"
 TLS_DIR = "/etc/probeset/metrics-tls"
-# Time to detach at SIGTERM before the kubelet kills the agent: the kernel releases perf uprobes one
-# at a time (~107 ms each on 6.18, bench/detach.py; threads do not overlap them) and an agent may
-# hold BCC's 1,000 per process: ~110 s, plus margin. tracefs kretprobes, which a kill would leave
+# Time to detach at SIGTERM before the kubelet kills the agent. uprobes are BPF links where the
+# kernel has them (Linux >= 6.6: 1,000 released in ~2 s, bench/detach.py); older kernels get
+# perf-event uprobes, which the kernel releases one at a time (~107 ms each): an agent may hold
+# BCC's 1,000 per process, ~110 s, plus margin. tracefs kretprobes, which a kill would leave
 # behind, are detached first.
 DETACH_GRACE_SECONDS = 150
 

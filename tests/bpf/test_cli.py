@@ -1,6 +1,7 @@
 """The probeset command as a user runs it: check, render, run (metrics over HTTP), clean shutdown."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -93,6 +94,23 @@ def perf_links_of(pid: int) -> list:
     return [e for e in json.loads(out.stdout or "[]") if e.get("pid") == pid]
 
 
+def bpf_links_of(pid: int) -> set[int]:
+    """Ids of the BPF links (uprobe_multi uprobes) the process holds, from its fds' fdinfo."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                ids |= {int(line.split()[1]) for line in f if line.startswith("link_id:")}
+        except OSError:
+            continue
+    return ids
+
+
+def live_bpf_links() -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True)
+    return {e["id"] for e in json.loads(out.stdout or "[]")}
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_run_serves_exact_counts_and_detaches_on_signal(tmp_path, target, signum):
     path = write_set(tmp_path, [{"name": "work", "uprobe": f"{target.path}:probeset_target_work",
@@ -107,7 +125,9 @@ def test_run_serves_exact_counts_and_detaches_on_signal(tmp_path, target, signum
         assert sample(text, "probeset_bpf_runs_total", probe="work") >= 321
         assert sample(text, "probeset_bpf_run_seconds_total", probe="work") > 0
         assert sample(text, "probeset_agent_info", node=socket.gethostname()) == 1
-        assert perf_links_of(agent.pid), "the uprobe should be visible in bpftool perf show"
+        links = bpf_links_of(agent.pid)
+        assert links or perf_links_of(agent.pid), "the uprobe: a BPF link, or a perf event where links are not"
+        assert links <= live_bpf_links()
         agent.send_signal(signum)
         assert agent.wait(timeout=15) == 0
     finally:
@@ -115,6 +135,6 @@ def test_run_serves_exact_counts_and_detaches_on_signal(tmp_path, target, signum
             agent.kill()
     log = agent.stdout.read()
     assert "detaching" in log and "detached" in log
-    assert perf_links_of(agent.pid) == []
+    assert perf_links_of(agent.pid) == [] and not links & live_bpf_links()
     with open("/sys/kernel/tracing/uprobe_events") as f:
         assert f"_bcc_{agent.pid}" not in f.read()

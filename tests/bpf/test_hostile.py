@@ -1,11 +1,14 @@
 """Hostile input the agent must survive without losing other probes or sets: a workload's binary
-with symbols that are not text, a bad or busy --listen, tracefs gone at shutdown."""
+with symbols that are not text, a bad or busy --listen, tracefs gone at shutdown, more probes or
+map memory than the agent allows; and how uprobes are placed (links, or perf events)."""
 
 import shutil
 import signal
 import socket
 import subprocess
 import time
+
+import pytest
 
 from tests.bpf.test_cli import PROBESET, free_port, sample, scrape, write_set
 from tests.support import counts, status
@@ -197,3 +200,32 @@ def test_map_memory_budget_refuses_the_probe_that_does_not_fit(target, run_probe
     assert counts(prog, "small") == {"probeset_target_work": 9}
     prog.stop()
     assert memory.used == 0
+
+
+def test_uprobes_fall_back_to_perf_events_where_links_are_missing(target, run_probeset, monkeypatch):
+    """Kernels before 6.6 have no uprobe_multi links: the first failure switches the program to
+    BCC's perf-event uprobes, and counting is the same."""
+    import errno
+
+    from probeset_agent import uprobe_links
+
+    def no_links(*_):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(uprobe_links, "_link_create", no_links)
+    prog = run_probeset([{"name": "work", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid,
+                          "latency": True}])
+    assert status(prog, "work").error is None and prog.links.usable is False
+    assert len(prog.bpf.uprobe_fds) == 2 and prog.links.count() == 0        # entry and return, as perf events
+    target.run("work 12")
+    assert counts(prog, "work") == {"probeset_target_work": 12}
+
+
+def test_uprobes_are_links_where_the_kernel_has_them(target, run_probeset):
+    prog = run_probeset([{"name": "work", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid,
+                          "latency": True}])
+    if prog.links.usable is False:
+        pytest.skip("this kernel has no uprobe_multi links (Linux >= 6.6)")
+    assert prog.links.count() == 2 and not prog.bpf.uprobe_fds
+    target.run("work 7")
+    assert counts(prog, "work") == {"probeset_target_work": 7}
+    assert sum(s.count for s in prog.read_series()[0]) == 7

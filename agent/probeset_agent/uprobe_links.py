@@ -1,0 +1,96 @@
+"""uprobes as uprobe_multi BPF links (Linux >= 6.6), falling back to BCC's perf-event uprobes.
+
+Why: the kernel releases a perf-event uprobe under a global mutex and waits for a grace period
+inside it, ~107 ms each, one at a time (bench/detach.py): an agent holding 1,000 uprobes needed
+~110 s to stop. A link is released without that mutex, so links closed from many threads share
+their grace periods: 300 in 0.6 s. Each placement is one link (one program, one file, one offset:
+the file offset of the function, which a link takes where BCC takes the virtual address).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import os
+import platform
+from concurrent.futures import ThreadPoolExecutor
+
+from . import host
+from .codegen import AttachPoint
+
+log = logging.getLogger(__name__)
+
+BPF_LINK_CREATE = 28
+BPF_TRACE_UPROBE_MULTI = 48
+BPF_F_UPROBE_MULTI_RETURN = 1
+NR_BPF = {"x86_64": 321, "aarch64": 280}      # __NR_bpf (asm/unistd.h): the architectures host.py knows
+CLOSE_THREADS = 32
+_NAMES = itertools.count(1)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _link_create(prog_fd: int, path: str, offset: int, ret: bool) -> int:
+    """BPF_LINK_CREATE of a uprobe_multi link with one offset (union bpf_attr, link_create)."""
+    attr = (ctypes.c_uint8 * 128)()
+    base = ctypes.addressof(attr)
+    c_path = ctypes.create_string_buffer(path.encode())
+    offsets = (ctypes.c_uint64 * 1)(offset)
+    for at, value in ((0, ctypes.c_uint32(prog_fd)), (8, ctypes.c_uint32(BPF_TRACE_UPROBE_MULTI)),
+                      (16, ctypes.c_uint64(ctypes.addressof(c_path))), (24, ctypes.c_uint64(ctypes.addressof(offsets))),
+                      (48, ctypes.c_uint32(1)), (52, ctypes.c_uint32(BPF_F_UPROBE_MULTI_RETURN if ret else 0))):
+        ctypes.memmove(base + at, ctypes.byref(value), ctypes.sizeof(value))
+    fd = _libc.syscall(NR_BPF[platform.machine()], BPF_LINK_CREATE, attr, ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+class UprobeLinks:
+    """The uprobe placements of one BPF program: links where the kernel has them, else BCC's.
+    Events are names: a link's is ours (`link<N>:...`), a perf uprobe's BCC's."""
+
+    def __init__(self, bpf):
+        self.bpf = bpf
+        self.links: dict[bytes, int] = {}
+        self.usable: bool | None = None        # None: not tried yet
+
+    def place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
+        from bcc import BPF
+        fn_name = point.fn_name.encode()
+        if self.usable is not False and NR_BPF.get(platform.machine()):
+            try:
+                fn = self.bpf.load_func(fn_name, BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
+                fd = _link_create(fn.fd, path, host.elf_file_offset(path, address), point.mechanism == "uretprobe")
+                self.usable = True
+                name = b"link%d:%s:%s" % (next(_NAMES), fn_name, os.path.basename(path).encode())
+                self.links[name] = fd
+                return [name]
+            except Exception as e:   # bcc's bare Exception (load), OSError (link), HostError (the file)
+                if self.usable:
+                    raise            # links work here: this placement's own failure
+                log.info("uprobe_multi links unavailable (%s): perf-event uprobes instead", e)
+                self.usable = False
+                self.bpf.funcs.pop(fn_name, None)    # loaded for links: load again for perf events
+        before = set(self.bpf.uprobe_fds)
+        attach = self.bpf.attach_uprobe if point.mechanism == "uprobe" else self.bpf.attach_uretprobe
+        attach(name=path.encode(), addr=address, fn_name=fn_name)
+        return [ev for ev in self.bpf.uprobe_fds if ev not in before]
+
+    def detach(self, event: bytes) -> None:
+        fd = self.links.pop(event, None)
+        if fd is not None:
+            os.close(fd)
+        else:
+            self.bpf.detach_uprobe_event(event)
+
+    def close_all(self) -> None:
+        """Release every link at once: their grace periods overlap."""
+        fds, self.links = list(self.links.values()), {}
+        if fds:
+            with ThreadPoolExecutor(min(CLOSE_THREADS, len(fds))) as pool:
+                list(pool.map(os.close, fds))
+
+    def count(self) -> int:
+        return len(self.links)
