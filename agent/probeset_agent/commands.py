@@ -19,7 +19,7 @@ import threading
 from probeset_api.spec import (MAX_DOCUMENT_BYTES, DocumentError, ProbeSet, SpecError, load_documents,
                                node_wide_from_env, parse_probeset, tenant_values_from_env)
 
-from .host import shorten
+from .host import NR_BPF, shorten
 
 from .housekeeping import Housekeeper
 
@@ -289,7 +289,6 @@ def cmd_agent(args) -> int:
 
 
 _bpf_stats_fd = None
-BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}    # __NR_bpf (asm/unistd.h): the architectures host.py knows
 
 
 def _enable_bpf_stats() -> None:
@@ -298,7 +297,7 @@ def _enable_bpf_stats() -> None:
     import ctypes
     global _bpf_stats_fd
     libc = ctypes.CDLL(None, use_errno=True)
-    bpf_syscall, bpf_enable_stats, bpf_stats_run_time = BPF_SYSCALL.get(platform.machine()), 32, 0
+    bpf_syscall, bpf_enable_stats, bpf_stats_run_time = NR_BPF.get(platform.machine()), 32, 0
     if bpf_syscall is None:
         log.warning("cannot enable BPF stats: bpf syscall number unknown on %s", platform.machine())
         return

@@ -74,6 +74,9 @@ class TracepointFormat:
 
 
 log = logging.getLogger(__name__)
+# __NR_bpf (asm/unistd.h) on the architectures this module knows (LIBRARY_DIRS): for the bpf()
+# commands BCC does not wrap (BPF_ENABLE_STATS, BPF_LINK_CREATE of uprobe_multi links).
+NR_BPF = {"x86_64": 321, "aarch64": 280}
 # An ELF symbol usable as a `function` label value (the file belongs to the workload, not to us).
 _SYMBOL = re.compile(r"[A-Za-z0-9_.@$]{1,1024}")
 

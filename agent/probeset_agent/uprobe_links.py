@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48
 BPF_F_UPROBE_MULTI_RETURN = 1
-NR_BPF = {"x86_64": 321, "aarch64": 280}      # __NR_bpf (asm/unistd.h): the architectures host.py knows
 CLOSE_THREADS = 32
 _NAMES = itertools.count(1)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -40,7 +39,7 @@ def _link_create(prog_fd: int, path: str, offset: int, ret: bool) -> int:
                       (16, ctypes.c_uint64(ctypes.addressof(c_path))), (24, ctypes.c_uint64(ctypes.addressof(offsets))),
                       (48, ctypes.c_uint32(1)), (52, ctypes.c_uint32(BPF_F_UPROBE_MULTI_RETURN if ret else 0))):
         ctypes.memmove(base + at, ctypes.byref(value), ctypes.sizeof(value))
-    fd = _libc.syscall(NR_BPF[platform.machine()], BPF_LINK_CREATE, attr, ctypes.sizeof(attr))
+    fd = _libc.syscall(host.NR_BPF[platform.machine()], BPF_LINK_CREATE, attr, ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -59,7 +58,7 @@ class UprobeLinks:
     def place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         from bcc import BPF
         fn_name = point.fn_name.encode()
-        if self.usable is not False and NR_BPF.get(platform.machine()):
+        if self.usable is not False and host.NR_BPF.get(platform.machine()):
             try:
                 fn = self.bpf.load_func(fn_name, BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
                 fd = _link_create(fn.fd, path, host.elf_file_offset(path, address), point.mechanism == "uretprobe")
