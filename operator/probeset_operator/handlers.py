@@ -23,13 +23,14 @@ from probeset_api.spec import (ProbeSet, SpecError, node_wide_from_env, operator
 from probeset_api.status import NodeReport
 
 from .render import LABEL_UID, AgentSettings, daemonset_name, render_daemonset
-from .summary import MESSAGE_MAX, Verdict, is_valid, set_condition, summarize
+from .summary import MESSAGE_MAX, Verdict, is_valid, pod_problem, set_condition, summarize
 
 PEERING_NAME = "probeset"
 FIELD_MANAGER = "probeset-operator"
 FINALIZER = f"{API_GROUP}/agents"
 AGGREGATE_INTERVAL = 5.0
 API_RETRY_DELAY = 10.0
+REJECTED_RETRY_DELAY = 60.0     # a refused DaemonSet needs an admin's change: retry, but not often
 
 
 def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
@@ -94,16 +95,32 @@ def _api_call(what: str, call, *args, **kwargs):
         raise kopf.TemporaryError(f"{what}: {e.status} {e.reason}", delay=API_RETRY_DELAY) from e
 
 
+class DaemonSetRejected(Exception):
+    """The API server refused the agents' DaemonSet (its message says why: policy, quota, ...)."""
+
+
+def _refusal(e: ApiException) -> str:
+    try:
+        return json.loads(e.body or "{}").get("message") or str(e.reason)
+    except ValueError:
+        return str(e.reason)
+
+
 def apply_daemonset(manifest: dict) -> str:
     """Server-side apply: the API server merges, and a manifest equal to what runs changes nothing
-    (no rollout). Returns what happened, for the log: created, unchanged or updated."""
+    (no rollout). Returns what happened, for the log: created, unchanged or updated; raises
+    DaemonSetRejected when the API server refuses the manifest (4xx other than a conflict)."""
     meta = manifest["metadata"]
     what = f"DaemonSet {meta['namespace']}/{meta['name']}"
     apps = client.AppsV1Api()
     before = _api_call(f"reading {what}", apps.read_namespaced_daemon_set, meta["name"], meta["namespace"])
-    after = _api_call(f"applying {what}", apps.patch_namespaced_daemon_set, meta["name"], meta["namespace"],
-                      manifest, field_manager=FIELD_MANAGER, force=True,
-                      _content_type="application/apply-patch+yaml")
+    try:
+        after = apps.patch_namespaced_daemon_set(meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER,
+                                                 force=True, _content_type="application/apply-patch+yaml")
+    except ApiException as e:
+        if e.status in (400, 403, 422):
+            raise DaemonSetRejected(f"the API server refused the agents' DaemonSet: {_refusal(e)}") from None
+        raise kopf.TemporaryError(f"applying {what}: {e.status} {e.reason}", delay=API_RETRY_DELAY) from e
     if before is None:
         return "created"
     # Not the resourceVersion: a no-op apply still rewrites managedFields' time on v1.20 servers.
@@ -148,7 +165,15 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf
         kopf.warn(body, reason="InvalidProbes", message=rejected[:1000])
     else:
         _set(status, patch, "Valid", Verdict("True", "SpecValid"), generation)
-    result = apply_daemonset(render_daemonset(dict(body), memo.namespace, memo.agent))
+    try:
+        result = apply_daemonset(render_daemonset(dict(body), memo.namespace, memo.agent))
+    except DaemonSetRejected as e:
+        # Not the user's spec, the cluster's policy or the operator's settings: said on the set, retried.
+        _set(status, patch, "Ready", Verdict("False", "DaemonSetRejected", str(e)), generation)
+        patch.status["message"] = str(e)[:MESSAGE_MAX]
+        patch.status["observedGeneration"] = generation
+        kopf.warn(body, reason="DaemonSetRejected", message=str(e)[:1000])
+        raise kopf.TemporaryError(str(e)[:MESSAGE_MAX], delay=REJECTED_RETRY_DELAY) from None
     logger.info("DaemonSet %s/%s %s", memo.namespace, ds_name, result)
     patch.status["observedGeneration"] = generation
 
@@ -179,7 +204,9 @@ def aggregate(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf
     desired = (ds.status.desired_number_scheduled or 0) if ds.status else 0
     reports = {node: NodeReport.from_status(entry) for node, entry in (status.get("agents") or {}).items()
                if isinstance(entry, dict)}
-    summary = summarize(reports, scheduled, desired, len(body.get("spec", {}).get("probes") or []), generation)
+    pod_dicts = [client.ApiClient().sanitize_for_serialization(p) for p in (pods.items if pods else [])]
+    summary = summarize(reports, scheduled, desired, len(body.get("spec", {}).get("probes") or []), generation,
+                        pod_problem(pod_dicts, desired))
     if summary.stale:
         patch.status["agents"] = {node: None for node in summary.stale}
     patch.status["nodes"] = vars(summary.nodes).copy()

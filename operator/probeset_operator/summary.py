@@ -29,10 +29,48 @@ class Summary:
     stale: tuple[str, ...]       # nodes whose reports are dropped: no agent pod runs there
 
 
+# Container waiting reasons, by what they tell a user (kubelet's wording).
+_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+_START = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+
+def pod_problem(pods: list[dict], desired: int) -> Verdict | None:
+    """Why agent pods (API dicts) are not running, the most telling reason first, or None: not
+    created by the DaemonSet, not scheduled, image not pulled, not starting, crash-looping."""
+    found: dict[str, list[str]] = {}
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                found.setdefault("AgentsNotScheduled", []).append(f"{name}: {c.get('message') or c.get('reason')}")
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason", "")
+            what = f"{name}: {reason}" + (f": {waiting['message']}" if waiting.get("message") else "")
+            if reason in _PULL:
+                found.setdefault("ImagePullFailed", []).append(what)
+            elif reason in _START:
+                found.setdefault("AgentsNotStarting", []).append(what)
+            elif reason == "CrashLoopBackOff":
+                found.setdefault("AgentsCrashLooping", []).append(f"{what} (restarts: {cs.get('restartCount', 0)})")
+    if len(pods) < desired:
+        found.setdefault("AgentPodsNotCreated", []).append(
+            f"the DaemonSet created {len(pods)} of {desired} agent pod(s) (see its events)")
+    for reason in ("ImagePullFailed", "AgentsNotStarting", "AgentsCrashLooping", "AgentsNotScheduled",
+                   "AgentPodsNotCreated"):
+        if reason in found:
+            items = found[reason]
+            more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+            return Verdict("False", reason, (items[0] + more)[:MESSAGE_MAX])
+    return None
+
+
 def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int, total: int,
-              generation: int | None) -> Summary:
+              generation: int | None, problem: Verdict | None = None) -> Summary:
     """The summary of the agents' reports. Only reports of nodes with an agent pod (`scheduled`)
-    that describe this generation count; the others are stale (old generation) or dropped (no pod)."""
+    that describe this generation count; the others are stale (old generation) or dropped (no pod).
+    `problem` (pod_problem) says why agents do not run, when they do not."""
     current = {n: r for n, r in reports.items() if n in scheduled and r.generation == generation}
     ready_nodes = [n for n, r in current.items() if not r.failed and r.attached == total]
     failing = {n: r for n, r in current.items() if r.failed}
@@ -51,6 +89,8 @@ def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int,
     is_ready = desired > 0 and len(ready_nodes) == desired
     ready = Verdict("True" if is_ready else "False",
                     "AgentsReady" if is_ready else ("NoNodes" if desired == 0 else "AgentsNotReady"), message)
+    if not is_ready and problem is not None and not failing:
+        ready, message = problem, problem.message
     return Summary(nodes, f"{attached}/{total}", message[:MESSAGE_MAX], ready, degraded,
                    tuple(sorted(n for n in reports if n not in scheduled)))
 

@@ -129,9 +129,10 @@ def start_operator(installed, tmp_path):
             "kopf.dev", "v1", "clusterkopfpeerings",
             {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}})
 
-    def start(index=0):
+    def start(index=0, **settings):
+        """An operator replica; `settings` are extra environment (e.g. PROBESET_AGENT_RESOURCES)."""
         env = dict(os.environ, KUBECONFIG=kubeconfig, PROBESET_OPERATOR_NAMESPACE=OPERATOR_NS,
-                   PROBESET_AGENT_IMAGE="registry.example/probeset:test", PROBESET_PEERING=peering)
+                   PROBESET_AGENT_IMAGE="registry.example/probeset:test", PROBESET_PEERING=peering, **settings)
         env.pop("PROBESET_NODE_WIDE_NAMESPACES", None)   # the default: the operator's namespace only
         port = free_port()
         p = Process(PROBESET + ["operator", "--liveness", f"http://127.0.0.1:{port}/healthz"], env,

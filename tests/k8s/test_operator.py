@@ -196,3 +196,20 @@ def test_reports_of_nodes_without_an_agent_are_dropped(api, namespace, start_ope
     obj = wait_for("the stale report dropped", lambda: (o := get_ps(api, namespace, "ghosts")) and
                    not (o["status"].get("agents") or {}) and o, timeout=30)
     assert obj["status"]["nodes"]["summary"] == "0/0"
+
+
+def test_a_refused_daemonset_shows_on_the_probeset(api, namespace, start_operator):
+    """A DaemonSet the API server refuses (here: agent resources whose request exceeds the limit,
+    as an admin could set them; a cluster policy refusing privileged pods looks the same) leaves the
+    set Valid but not Ready, with the server's reason, within seconds, and a Warning Event."""
+    start_operator(PROBESET_AGENT_RESOURCES='{"requests": {"memory": "1Gi"}, "limits": {"memory": "10Mi"}}')
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
+        "refused", [{"name": "t", "tracepoint": "sched:sched_process_exec"}], nodeSelector={"probeset-test": "none"}))
+    obj = wait_for("Ready=False DaemonSetRejected", lambda: (o := get_ps(api, namespace, "refused")) and
+                   (condition(o, "Ready") or {}).get("reason") == "DaemonSetRejected" and o, timeout=20)
+    ready = condition(obj, "Ready")
+    assert ready["status"] == "False" and "Invalid value: \"1Gi\": must be less than or equal" in ready["message"]
+    assert condition(obj, "Valid")["status"] == "True" and "refused" in obj["status"]["message"]
+    assert get_ds(api, namespace, "refused") is None
+    wait_for("DaemonSetRejected event", lambda: [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
+                                                if e.reason == "DaemonSetRejected"])

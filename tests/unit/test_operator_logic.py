@@ -196,3 +196,25 @@ def test_agents_get_the_time_detaching_needs():
     pod = handlers.render_daemonset(probeset("web"), "probeset-system", AgentSettings())["spec"]["template"]["spec"]
     # 1,000 uprobes (the probe budget) at ~0.11 s each (docs/benchmarks.md, section 5), with margin.
     assert pod["terminationGracePeriodSeconds"] >= 1000 * 0.11 * 1.25
+
+
+def test_a_refused_daemonset_is_said_on_the_probeset_and_retried(monkeypatch):
+    calls = []
+
+    def refuse(manifest):
+        raise handlers.DaemonSetRejected("the API server refused DaemonSet probeset-system/probeset-web-dns: "
+                                         "spec.template.spec.containers[0].securityContext.privileged: Forbidden: "
+                                         "disallowed by cluster policy")
+    monkeypatch.setattr(handlers, "apply_daemonset", refuse)
+    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: calls.append(reason))
+    memo = kopf.Memo()
+    memo.namespace, memo.agent = "probeset-system", AgentSettings()
+    patch, body = kopf.Patch(), probeset("web")
+    with pytest.raises(kopf.TemporaryError) as e:
+        handlers.reconcile(body=body, meta=body["metadata"], status={}, patch=patch, memo=memo,
+                           logger=handlers.logging.getLogger("test"))
+    assert e.value.delay == handlers.REJECTED_RETRY_DELAY
+    ready = next(c for c in patch.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "DaemonSetRejected")
+    assert "disallowed by cluster policy" in ready["message"] and "disallowed by cluster policy" in patch.status["message"]
+    assert calls == ["DaemonSetRejected"]

@@ -3,7 +3,7 @@
 import pytest
 
 from probeset_api.status import NodeReport, ProbeResult
-from probeset_operator.summary import Verdict, is_valid, set_condition, summarize
+from probeset_operator.summary import Verdict, is_valid, pod_problem, set_condition, summarize
 
 
 def ok(generation=3, attached=2, total=2):
@@ -75,3 +75,39 @@ def test_conditions_are_ordered_valid_ready_degraded():
     ([{"type": "Ready", "status": "True"}], False)])
 def test_is_valid(conditions, valid):
     assert is_valid(conditions) is valid
+
+
+def pod(name="agent-x", scheduled=True, waiting=None, restarts=0, message=""):
+    status = {"conditions": [] if scheduled else [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]}
+    if waiting:
+        status["containerStatuses"] = [{"name": "agent", "restartCount": restarts,
+                                        "state": {"waiting": {"reason": waiting, "message": message}}}]
+    return {"metadata": {"name": name}, "status": status}
+
+
+@pytest.mark.parametrize("pods,desired,expected", [
+    ([pod()], 1, None),
+    ([], 2, ("AgentPodsNotCreated", "the DaemonSet created 0 of 2 agent pod(s) (see its events)")),
+    ([pod(scheduled=False, message="0/3 nodes are available: 3 Insufficient memory.")], 1,
+     ("AgentsNotScheduled", "agent-x: 0/3 nodes are available: 3 Insufficient memory.")),
+    ([pod(waiting="ImagePullBackOff", message='Back-off pulling image "reg/probeset:9"')], 1,
+     ("ImagePullFailed", 'agent-x: ImagePullBackOff: Back-off pulling image "reg/probeset:9"')),
+    ([pod("a", waiting="CrashLoopBackOff", restarts=4), pod("b", waiting="CrashLoopBackOff", restarts=2)], 2,
+     ("AgentsCrashLooping", "a: CrashLoopBackOff (restarts: 4) (and 1 more)")),
+    ([pod("a", waiting="CrashLoopBackOff"), pod("b", waiting="ErrImagePull")], 3,       # pulls first
+     ("ImagePullFailed", "b: ErrImagePull")),
+    ([pod(waiting="CreateContainerConfigError", message='secret "agent-tls" not found')], 1,
+     ("AgentsNotStarting", 'agent-x: CreateContainerConfigError: secret "agent-tls" not found')),
+])
+def test_why_agents_do_not_run(pods, desired, expected):
+    problem = pod_problem(pods, desired)
+    assert (problem and (problem.reason, problem.message)) == (expected or None)
+
+
+def test_a_pod_problem_explains_readiness_unless_probes_failed():
+    problem = pod_problem([pod(waiting="ImagePullBackOff")], 2)
+    s = summarize({}, set(), 2, total=2, generation=3, problem=problem)
+    assert (s.ready.status, s.ready.reason, s.message) == ("False", "ImagePullFailed", "agent-x: ImagePullBackOff")
+    s = summarize({"a": failed()}, {"a"}, 2, total=2, generation=3, problem=problem)
+    assert s.ready.reason == "AgentsNotReady" and s.degraded.reason == "ProbesFailed"
