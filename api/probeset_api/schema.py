@@ -161,7 +161,9 @@ SPEC_SCHEMA: dict = {
                          "description": "Node labels selecting where agents run."},
         "tolerations": {
             "type": "array",
-            "description": "Tolerations for the agent pods, as in a Pod spec.",
+            "description": "Tolerations for the agent pods, as in a Pod spec; only where the cluster admin lets "
+                           "ProbeSets add tolerations (Helm agent.allowProbeSetTolerations), else the set is "
+                           "invalid: where privileged agents run is the admin's choice.",
             "items": {
                 "type": "object",
                 "properties": {

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from probeset_api import API_GROUP, API_VERSION, PLURAL
 from probeset_api.spec import (ProbeSet, SpecError, node_wide_from_env, operator_namespace_from_env,
                                parse_probeset, restrict_values, scope_error, tenant_values_from_env, value_policy)
+from probeset_api.schema import FieldError
 from probeset_api.status import NodeReport
 
 from .render import LABEL_UID, AgentSettings, daemonset_name, render_daemonset
@@ -48,6 +49,7 @@ def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
     agent.tenant_values = tuple(sorted(tenant_values_from_env(environ)))
     agent.metrics_tls_secret = environ.get("PROBESET_AGENT_METRICS_TLS_SECRET", "")
     agent.metrics_auth = environ.get("PROBESET_AGENT_METRICS_AUTH", "false").lower() == "true"
+    agent.allow_probeset_tolerations = environ.get("PROBESET_ALLOW_PROBESET_TOLERATIONS", "false").lower() == "true"
     return operator_namespace_from_env(environ), agent
 
 
@@ -59,6 +61,11 @@ def validate(body: dict, operator_namespace: str, agent: AgentSettings) -> Probe
     error = scope_error(pset, agent.node_wide(operator_namespace))
     if error:
         raise SpecError([error])
+    if pset.tolerations and not agent.allow_probeset_tolerations:
+        raise SpecError([FieldError("spec.tolerations", "where privileged agents run is the cluster admin's choice "
+                                                        "(Helm agent.tolerations), and this cluster does not let "
+                                                        "ProbeSets add tolerations: remove spec.tolerations, or ask "
+                                                        "the admin (agent.allowProbeSetTolerations)")])
     pset = restrict_values(pset, value_policy(pset, frozenset(agent.tenant_values)))
     if not pset.probes:   # every probe rejected: nothing for an agent to run
         raise SpecError([e for r in pset.rejected for e in r.errors])

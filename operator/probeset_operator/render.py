@@ -41,6 +41,9 @@ class AgentSettings:
     })
     priority_class: str | None = None
     extra_tolerations: list[dict] = field(default_factory=list)
+    # Where privileged agents may run is the administrator's choice: a ProbeSet's own tolerations
+    # are used only when the administrator allows them (PROBESET_ALLOW_PROBESET_TOLERATIONS).
+    allow_probeset_tolerations: bool = False
     # Namespaces whose ProbeSets may use scope Node (PROBESET_NODE_WIDE_NAMESPACES); empty: the
     # operator's namespace only.
     node_wide_namespaces: tuple[str, ...] = ()
@@ -132,7 +135,8 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
         "containers": [container],
         "volumes": volumes,
         "nodeSelector": dict(spec.get("nodeSelector") or {}),
-        "tolerations": list(spec.get("tolerations") or []) + list(settings.extra_tolerations),
+        "tolerations": (list(spec.get("tolerations") or []) if settings.allow_probeset_tolerations else [])
+        + list(settings.extra_tolerations),
         "terminationGracePeriodSeconds": DETACH_GRACE_SECONDS,
     }
     if settings.priority_class:

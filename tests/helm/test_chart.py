@@ -92,6 +92,7 @@ def test_default_render_objects(chart):
     assert env["PROBESET_PEERING"] == "probeset"
     assert env["PROBESET_NODE_WIDE_NAMESPACES"] == NS      # empty nodeWideNamespaces: the release namespace
     assert env["PROBESET_TENANT_VALUES"] == ""             # no value beyond the namespaced rule
+    assert env["PROBESET_ALLOW_PROBESET_TOLERATIONS"] == "false"   # the admin decides where agents run
     assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == {"requests": {"cpu": "50m", "memory": "200Mi"},
                                                            "limits": {"memory": "400Mi"}}
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == []

@@ -218,3 +218,13 @@ def test_a_refused_daemonset_is_said_on_the_probeset_and_retried(monkeypatch):
     assert (ready["status"], ready["reason"]) == ("False", "DaemonSetRejected")
     assert "disallowed by cluster policy" in ready["message"] and "disallowed by cluster policy" in patch.status["message"]
     assert calls == ["DaemonSetRejected"]
+
+
+def test_probeset_tolerations_need_the_admins_consent(monkeypatch):
+    body = probeset("web", tolerations=[{"operator": "Exists"}])
+    with pytest.raises(SpecError) as e:
+        validate(body, "probeset-system", AgentSettings())
+    assert str(e.value).startswith("spec.tolerations: where privileged agents run is the cluster admin's choice")
+    monkeypatch.setenv("PROBESET_ALLOW_PROBESET_TOLERATIONS", "true")
+    _, agent = settings_from_env()
+    assert validate(body, "probeset-system", agent).tolerations == [{"operator": "Exists"}]

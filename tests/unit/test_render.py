@@ -11,7 +11,8 @@ BODY = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet",
 
 def test_daemonset_runs_a_privileged_agent_for_this_probeset():
     ds = render_daemonset(BODY, "probeset-system", AgentSettings(image="reg/probeset:1", priority_class="high",
-                                                                 extra_tolerations=[{"operator": "Exists"}]))
+                                                                 extra_tolerations=[{"operator": "Exists"}],
+                                                                 allow_probeset_tolerations=True))
     assert ds["metadata"]["namespace"] == "probeset-system" and ds["metadata"]["name"] == "probeset-web-dns"
     pod = ds["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -44,3 +45,15 @@ def test_daemonset_passes_the_node_wide_allowlist_to_the_agent():
     env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["PROBESET_NODE_WIDE_NAMESPACES"] == "obs,platform"
     assert env["PROBESET_OPERATOR_NAMESPACE"] == "probeset-system"
+
+
+def test_only_the_admin_decides_where_privileged_agents_run():
+    """A ProbeSet that tolerates everything does not put agents on control-plane nodes unless the
+    administrator allows ProbeSets' tolerations; the administrator's own always apply."""
+    admin = [{"key": "dedicated", "operator": "Equal", "value": "obs", "effect": "NoSchedule"}]
+    body = {**BODY, "spec": {**BODY["spec"], "tolerations": [{"operator": "Exists"}]}}
+    pod = render_daemonset(body, "probeset-system", AgentSettings(extra_tolerations=admin))["spec"]["template"]["spec"]
+    assert pod["tolerations"] == admin
+    allowed = AgentSettings(extra_tolerations=admin, allow_probeset_tolerations=True)
+    pod = render_daemonset(body, "probeset-system", allowed)["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"operator": "Exists"}] + admin
