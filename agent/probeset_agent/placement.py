@@ -204,9 +204,12 @@ class Placement:
     def _replace(self, fn_name: str, old: Placed, new: Placed, reason: str, detach: Callable) -> None:
         node = self._node.get(fn_name, [])
         if node and node[0] is old:
-            for older in node[1:]:
+            if reason == "modified":      # the same file probed afresh; an older one keeps running
+                self._node[fn_name] = [new] + node[1:]
+                return
+            for older in node[1:]:        # one generation back is kept, not more
                 self._detach(older, detach)
-            self._node[fn_name] = [new] + ([old] if reason == "replaced" else [])
+            self._node[fn_name] = [new, old]
             return
         copies = self._copies[fn_name]
         del copies[old.stamp.key]

@@ -75,8 +75,17 @@ def test_replaced_file_is_followed(builds, tmp_path, run_probeset):
     reattached = {s.labels["reason"]: s.value for s in text.reattached}
     assert reattached == {"replaced": 1, "modified": 0}
     assert status(prog, "f").error is None
-    old.close()
+    # The new file is then written in place (no process runs it: Linux refuses writes to a running
+    # executable): probed afresh, and the old file, still run, keeps its uprobe.
     new.close()
+    with open(one, "rb") as src, open(path, "r+b") as dst:
+        dst.write(src.read())
+        dst.truncate()
+    prog.refresh()
+    assert prog.copies(point) == 2
+    assert old.call(2) == 4
+    assert counts(prog, "f") == {"probeset_file_f": 5 + 7 + 3 + 2}
+    old.close()
 
 
 def test_file_written_in_place_is_probed_again_and_reported(builds, tmp_path, run_probeset):
