@@ -39,7 +39,8 @@ def node_report(statuses: list[ProbeStatus], generation: int | None, total: int)
                       failed=tuple(st.result() for st in statuses if st.error is not None))
 
 
-def spec_failure(generation: int | None, total: int, reason: str) -> NodeReport:
-    """The report of a node whose agent cannot run the spec at all."""
-    return NodeReport(generation=generation, attached=0, total=total, updated=now(),
-                      failed=(ProbeResult(name="(spec)", attached=False, error=reason[:1000]),))
+def spec_failure(generation: int | None, total: int, message: str, reason: str = "InvalidSpec") -> NodeReport:
+    """The report of a node whose agent does not run the spec at all, and why (`reason`: InvalidSpec,
+    OverBudget; `message` says more)."""
+    return NodeReport(generation=generation, attached=0, total=total, updated=now(), reason=reason,
+                      failed=(ProbeResult(name="(spec)", attached=False, error=message[:1000]),))

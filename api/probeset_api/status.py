@@ -43,6 +43,8 @@ class NodeReport:
     total: int = _doc("Probes in the spec.")
     updated: str = _doc("When the agent wrote this entry.", default="")
     failed: tuple[ProbeResult, ...] = _doc("Probes that did not fully attach, with the reason.", default=())
+    reason: str | None = _doc("Why the agent does not run the set on this node (InvalidSpec, OverBudget), "
+                              "if it does not; failed says more.", default=None)
 
     def to_status(self) -> dict:
         """The JSON merge patch value. `failed` None deletes the key: a recovered node drops its
@@ -58,7 +60,8 @@ class NodeReport:
         failed = tuple(ProbeResult(**{k: v for k, v in f.items() if k in names})
                        for f in entry.get("failed") or [] if isinstance(f, dict) and "name" in f)
         return cls(generation=entry.get("generation"), attached=entry.get("attached") or 0,
-                   total=entry.get("total") or 0, updated=entry.get("updated") or "", failed=failed)
+                   total=entry.get("total") or 0, updated=entry.get("updated") or "", failed=failed,
+                   reason=entry.get("reason") if isinstance(entry.get("reason"), str) else None)
 
 
 def _without_none(d: dict) -> dict:
