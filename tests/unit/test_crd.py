@@ -115,7 +115,7 @@ def test_status_schema_has_what_agents_and_the_operator_write():
     report = status["agents"]["additionalProperties"]
     types = {name: sub["type"] for name, sub in report["properties"].items()}
     assert types == {"generation": "integer", "attached": "integer", "total": "integer", "updated": "string",
-                     "failed": "array"}
+                     "failed": "array", "reason": "string"}
     failed = report["properties"]["failed"]["items"]["properties"]
     assert {name: sub["type"] for name, sub in failed.items()} == {
         "name": "string", "attached": "boolean", "attachedVia": "string", "functions": "integer", "error": "string"}
