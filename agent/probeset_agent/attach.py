@@ -88,6 +88,22 @@ def _attach_kretprobe(bpf, point: AttachPoint, event: bytes, max_active: int) ->
     bpf._add_kprobe_fd(event, point.fn_name.encode(), fd)
 
 
+def detach_point(bpf, point: AttachPoint) -> None:
+    """Detach one kernel attach point of a running program (a probe retired by an edit; uprobes'
+    copies are the placement's to detach). Raises as BCC does."""
+    fn = point.fn_name.encode()
+    if point.mechanism in ("kprobe", "kretprobe"):
+        for event, fns in list(bpf.kprobe_fds.items()):
+            if fn in fns:
+                bpf.detach_kprobe_event_by_fn(event, fn)
+    elif point.mechanism == "fentry":
+        bpf.detach_kfunc(fn)
+    elif point.mechanism == "fexit":
+        bpf.detach_kretfunc(fn)
+    elif point.mechanism == "tracepoint":
+        bpf.detach_tracepoint(point.site.tracepoint.encode())
+
+
 def detach_all(bpf) -> None:
     """bpf.cleanup(), except that a probe which fails to detach (e.g. tracefs unmounted under a
     tracefs-made kretprobe or uprobe) is logged and forgotten, and every other one still detached."""

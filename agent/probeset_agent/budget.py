@@ -131,6 +131,11 @@ class Holdings:
         needed = set_memory(filtering, cpus) + sum(self._probe_memory(rp, cpus) for rp in compiled) if compiled else 0
         self.map_memory = self.memory.settle(self.map_memory, needed)
 
+    def keep_attachments(self, live: list[ResolvedProbe]) -> None:
+        """Hold only the attachments of these probes (the others were detached). Their maps stay
+        until the program stops, and so does their memory."""
+        self.attachments = self.probes.settle(self.attachments, len(counted_attachments(live)))
+
     def release(self, extra_attachments: int = 0) -> None:
         self.probes.release(self.attachments + extra_attachments)
         self.memory.release(self.map_memory)

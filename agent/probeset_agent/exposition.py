@@ -86,13 +86,13 @@ class MetricsCollector:
         return "".join(out)
 
     def _render_set(self, snap: SetSnapshot, lines: dict[str, list[str]]) -> None:
-        name = snap.name
+        name = snap.labels          # {probeset, probeset_namespace?}: first on every line
         for st in snap.statuses:
             for function, ok in st.functions.items():
-                labels = label_text({"probeset": name, "probe": st.name, "function": function, "via": st.via})
+                labels = label_text({**name, "probe": st.name, "function": function, "via": st.via})
                 lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} {1 if ok else 0}\n")
             if not st.functions:   # never resolved: still visible, as not attached
-                labels = label_text({"probeset": name, "probe": st.name, "function": "", "via": st.via})
+                labels = label_text({**name, "probe": st.name, "function": "", "via": st.via})
                 lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} 0\n")
         events, latency = lines["probeset_events_total"], lines["probeset_latency_seconds"]
         for probe in snap.probes:
@@ -109,9 +109,9 @@ class MetricsCollector:
                         latency.append(f'probeset_latency_seconds_bucket{base}{le}"}} {n}\n')
                     latency.append(f"probeset_latency_seconds_count{s.text} {buckets[-1][1]}\n")
                     latency.append(f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n")
-            labels = label_text({"probeset": name, "probe": probe.probe})
+            labels = label_text({**name, "probe": probe.probe})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
-        set_labels = label_text({"probeset": name})
+        set_labels = label_text(name)
         lines["probeset_unknown_cgroups"].append(f"probeset_unknown_cgroups{set_labels} {snap.unknown_cgroups}\n")
         lines["probeset_map_memory_bytes"].append(f"probeset_map_memory_bytes{set_labels} {snap.map_memory}\n")
         if snap.allowed_cgroups is not None:
@@ -122,7 +122,7 @@ class MetricsCollector:
             lines["probeset_uprobe_reattached_total"].append(
                 f"probeset_uprobe_reattached_total{label_text(sample.labels)} {sample.value}\n")
         for probe, reason, n in snap.missed:
-            labels = label_text({"probeset": name, "probe": probe, "reason": reason})
+            labels = label_text({**name, "probe": probe, "reason": reason})
             lines["probeset_missed_events_total"].append(f"probeset_missed_events_total{labels} {n}\n")
         for sample in snap.run_ns:
             lines["probeset_bpf_run_seconds_total"].append(

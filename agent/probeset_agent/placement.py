@@ -215,14 +215,26 @@ class Placement:
         del copies[old.stamp.key]
         copies[new.stamp.key] = new       # a replaced container copy: the old one goes with its sync
 
-    def _detach(self, placed: Placed, detach: Callable) -> None:
+    def _detach(self, placed: Placed, detach: Callable, release: bool = True) -> None:
         for event in placed.events:
             try:
                 detach(event)
             except Exception as e:
                 log.warning("probeset %s: detaching %s: %s", self.set_name, event.decode(), e)
-        self._release(len(placed.events))
+        if release:
+            self._release(len(placed.events))
         placed.events = []
+
+    def forget(self, fn_name: str, detach: Callable) -> None:
+        """Detach a uprobe point from every copy it is on (its probe was retired by an edit). The
+        node's current copy is the program's to release from the budget; the others this placement's."""
+        node = self._node.pop(fn_name, [])
+        for placed in node[:1]:
+            self._detach(placed, detach, release=False)
+        for placed in node[1:] + list(self._copies.pop(fn_name, {}).values()):
+            self._detach(placed, detach)
+        self._lacking.pop(fn_name, None)
+        self.hazards.pop(fn_name, None)
 
     def _reserve(self, n: int) -> bool:
         if self.budget is not None and not self.budget.reserve(n):

@@ -19,7 +19,7 @@ from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet, ValuePolicy
 
 from . import codegen
-from .attach import attach_point, default_max_active, detach_all, prepare_maps, set_aside
+from .attach import attach_point, default_max_active, detach_all, detach_point, prepare_maps, set_aside
 from .budget import PROCESS_MEMORY, PROCESS_PROBES, Holdings, MemoryBudget, ProbeBudget
 from .codegen import AttachPoint
 from .features import Features
@@ -56,12 +56,18 @@ class ProbeSetProgram:
     (pods.PodSelection, cluster mode) limits the set to some pods (see placement.py); the node's
     copy of a file (seen through `host_root`) is probed only when host processes are observed.
     `policy` says which values a namespaced set may record (checked against tracepoint formats).
-    refresh() keeps the placement current and ages out the series of vanished cgroups."""
+    refresh() keeps the placement current and ages out the series of vanished cgroups; retire()
+    detaches probes an edit removed while the others keep counting (running.py)."""
 
     def __init__(self, pset: ProbeSet, node: str, features: Features | None = None,
                  attribution=None, selection=None, host_root: str = "/", policy: ValuePolicy = ValuePolicy(),
                  budget: ProbeBudget = PROCESS_PROBES, memory: MemoryBudget = PROCESS_MEMORY):
         self.pset, self.node = pset, node
+        # Every series and figure of the set carries these; in a cluster one agent serves sets of
+        # many namespaces, and two of them may have the same name.
+        self.set_labels = {"probeset": pset.name}
+        if selection is not None and pset.namespace is not None:
+            self.set_labels["probeset_namespace"] = pset.namespace
         self.attribution, self.selection = attribution, selection
         filtering = selection is not None and not selection.host
         self.held = Holdings(budget, memory, pset.labels, pset.max_series_per_probe)   # in the agent's budgets
@@ -85,11 +91,12 @@ class ProbeSetProgram:
         self.links: UprobeLinks | None = None            # the uprobes' placements (links or perf events)
         self.program: codegen.Program | None = None
         self.compiled: list[ResolvedProbe] = []            # the probes in self.bpf (read even if partly failed)
+        self.retired: set[int] = set()                     # probe ids an edit removed: detached, not read
         self.attached_points: list[AttachPoint] = []
         self._attach_errors: dict[int, str | None] = {}    # probe id -> its error once start() attached
         self._instance = next(_INSTANCES)                 # tells this program's tracefs kretprobes from others'
         lookup = attribution.lookup if attribution is not None else None
-        self.readout = Readout(pset.name, node, pset.labels, lookup)
+        self.readout = Readout(self.set_labels, node, pset.labels, lookup)
         self._names_version = attribution.version if attribution is not None else 0
         self._unknown = UnknownAging()
         self.unknown_cgroups = 0                           # distinct unknown cgroup ids at the last scrape
@@ -190,6 +197,38 @@ class ProbeSetProgram:
             self.attached_points = []
             self.held.release(self.placement.release_budget())
 
+    def hide(self, ids: set[int]) -> None:
+        """Leave these probes out of every reading from now on (the first, quick step of retire)."""
+        with self._lock:
+            self.retired |= ids
+            for probe_id in ids:
+                self.status.pop(probe_id, None)
+
+    def retire(self, ids: set[int]) -> None:
+        """Stop these probes while the others keep counting: their attach points are detached
+        (a point shared with a live probe stays: it feeds that probe too), their series and status
+        go; their maps stay until the program stops."""
+        self.hide(ids)
+        with self._lock:
+            if self.bpf is None:
+                return
+            for point in [p for p in self.attached_points if set(p.probes) <= self.retired]:
+                try:
+                    if point.mechanism in USER_KINDS:
+                        self.placement.forget(point.fn_name, self.links.detach)
+                    else:
+                        detach_point(self.bpf, point)
+                except Exception as e:   # bcc raises bare Exception; the program's stop() retries
+                    log.warning("probeset %s: detaching %s %s: %s", self.pset.name, point.mechanism,
+                                point.site.function, e)
+                    continue
+                self.attached_points.remove(point)
+            self.held.keep_attachments(self.live_probes())
+
+    def live_probes(self) -> list[ResolvedProbe]:
+        """The compiled probes not retired."""
+        return [rp for rp in self.compiled if rp.id not in self.retired]
+
     # --- keeping up with pods and cgroups ---------------------------------------------------
 
     def refresh(self) -> None:
@@ -226,14 +265,14 @@ class ProbeSetProgram:
     def _cgroups_in_maps(self) -> set[int]:
         if not key_uses_cgroup(self.pset.labels):
             return set()
-        return {layout.cgroup(raw) for rp in self.compiled
+        return {layout.cgroup(raw) for rp in self.live_probes()
                 for layout in (self.program.layouts[rp.id],)
                 for raw, _ in read_raw(self.bpf[f"counts_p{rp.id}"]) if not layout.is_overflow(raw)}
 
     def _retire(self, expired: set[int]) -> None:
         if not expired:
             return
-        for rp in self.compiled:
+        for rp in self.live_probes():
             counts, hist = self._tables(rp)
             count_keys, hist_keys = self.readout.retire(rp, self.program.layouts[rp.id], read_raw(counts),
                                                         read_raw(hist) if hist is not None else (), counts.total_cpu, expired)
@@ -243,7 +282,7 @@ class ProbeSetProgram:
                 delete_row(counts, raw)
 
     def _update_user_status(self) -> None:
-        for rp in self.compiled:
+        for rp in self.live_probes():
             points = [p for p in self.user_points() if rp.id in p.probes]
             if points:
                 st = self.status[rp.id]
@@ -284,7 +323,7 @@ class ProbeSetProgram:
             version = self.attribution.version if self.attribution is not None else 0
             self.readout.begin(names_changed=version != self._names_version)
             self._names_version = version
-            for rp in self.compiled:
+            for rp in self.live_probes():
                 counts, hist = self._tables(rp)
                 out[rp.id] = self.readout.series(rp, self.program.layouts[rp.id], read_raw(counts),
                                                  read_raw(hist) if hist is not None else (), counts.total_cpu)
@@ -294,8 +333,10 @@ class ProbeSetProgram:
     def read_missed(self) -> dict[tuple[int, str], int]:
         """(probe id, reason) -> events whose return could not be paired or recorded."""
         with self._lock:
-            return {} if self.bpf is None else missed_events(self.bpf, self.compiled, self.attached_points,
-                                                             self._instance)
+            if self.bpf is None:
+                return {}
+            missed = missed_events(self.bpf, self.compiled, self.attached_points, self._instance)
+            return {key: n for key, n in missed.items() if key[0] not in self.retired}
 
     def read_program_stats(self) -> list[tuple[AttachPoint, int, int]]:
         """(attach point, run_time_ns, run_cnt) of each attached program."""

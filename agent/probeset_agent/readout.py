@@ -56,8 +56,8 @@ class Readout:
     scrape decodes only new keys; the cache is as small as the maps, since rows leave them only
     through retire(), which drops their entries) and the retired counts."""
 
-    def __init__(self, set_name: str, node: str, labels: tuple[str, ...], lookup: Lookup | None = None):
-        self.set_name, self.node, self.labels = set_name, node, labels
+    def __init__(self, set_labels: dict[str, str], node: str, labels: tuple[str, ...], lookup: Lookup | None = None):
+        self.set_labels, self.node, self.labels = set_labels, node, labels   # set_labels: {probeset, ...}
         self.lookup = lookup
         self._cache: dict[int, dict[bytes, tuple[dict[str, str], str]]] = {}
         self._retired: dict[int, dict[str, Series]] = {}
@@ -76,7 +76,7 @@ class Readout:
 
     def decode(self, rp: ResolvedProbe, layout: KeyLayout, raw: bytes) -> tuple[dict[str, str], bool]:
         """(labels, settled) of one raw key."""
-        labels = {"probeset": self.set_name, "probe": rp.probe.name}
+        labels = {**self.set_labels, "probe": rp.probe.name}
         if layout.is_overflow(raw):
             # The overflow series carries no event labels: its events came from anywhere.
             labels["function"] = OVERFLOW_LABEL

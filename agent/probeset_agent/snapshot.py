@@ -26,7 +26,7 @@ class PointSample:
 
 @dataclass
 class SetSnapshot:
-    name: str
+    labels: dict[str, str]                                                # {probeset, probeset_namespace?}
     statuses: list[ProbeStatus]
     probes: list[ProbeSeries] = field(default_factory=list)
     missed: list[tuple[str, str, int]] = field(default_factory=list)      # (probe, reason, events)
@@ -41,9 +41,8 @@ class SetSnapshot:
 
 def take_snapshot(prog) -> SetSnapshot:
     """What one scrape shows of a running ProbeSetProgram, through its public reading methods."""
-    name = prog.pset.name
     by_id = {rp.id: rp for rp in prog.resolved}
-    snap = SetSnapshot(name, prog.probe_statuses())
+    snap = SetSnapshot(prog.set_labels, prog.probe_statuses())
     for probe_id, series in prog.read_series().items():
         probe = by_id[probe_id].probe
         snap.probes.append(ProbeSeries(probe.name, probe.buckets_per_power_of_two, series))
@@ -51,7 +50,7 @@ def take_snapshot(prog) -> SetSnapshot:
     snap.map_memory = prog.map_memory
 
     def point_labels(point) -> dict[str, str]:
-        return {"probeset": name, "probe": prog.probe_names(point), "function": point.site.function,
+        return {**prog.set_labels, "probe": prog.probe_names(point), "function": point.site.function,
                 "via": point.mechanism}
     points = prog.user_points()
     snap.uprobe_files = [PointSample(point_labels(p), prog.copies(p)) for p in points]

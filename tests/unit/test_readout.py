@@ -48,7 +48,7 @@ def hist_row(layout, series_key: bytes, bucket: int, *per_cpu):
 
 def read(rp, labels, counts, hist=(), lookup=None, node="n1"):
     layout = KeyLayout.of(labels, rp.probe.group_by, rp.string_labels)
-    readout = Readout("set", node, labels, lookup)
+    readout = Readout({"probeset": "set"}, node, labels, lookup)
     readout.begin(names_changed=False)
     return readout, layout, readout.series(rp, layout, counts, hist, CPUS)
 
@@ -159,7 +159,7 @@ def test_retired_rows_keep_the_series_monotonic():
     rp, labels = probe(latency=True), ("pod",)
     layout = KeyLayout.of(labels, (), frozenset())
     old, new = key(layout, cgroup=7), key(layout, cgroup=8)
-    readout = Readout("set", "n1", labels, lookup)
+    readout = Readout({"probeset": "set"}, "n1", labels, lookup)
     counts = [(old, value((5, 500))), (new, value((2, 200)))]
     hist = [hist_row(layout, old, 4, 5), hist_row(layout, new, 4, 2)]
     readout.begin(False)
@@ -183,7 +183,7 @@ def test_unsettled_labels_are_decoded_again_and_unknown_ids_counted():
         return names.get(cgroup, ({"namespace": "", "pod": "uid-1", "container": ""}, False))
     rp, labels = probe(), ("pod",)
     layout = KeyLayout.of(labels, (), frozenset())
-    readout = Readout("set", "n1", labels, late)
+    readout = Readout({"probeset": "set"}, "n1", labels, late)
     row = [(key(layout, cgroup=5), value((1, 0)))]
     readout.begin(False)
     assert readout.series(rp, layout, row, [], CPUS)[0].labels["pod"] == "uid-1"
@@ -191,7 +191,7 @@ def test_unsettled_labels_are_decoded_again_and_unknown_ids_counted():
     names[5] = ({"namespace": "web", "pod": "api-1", "container": ""}, True)
     readout.begin(False)
     assert readout.series(rp, layout, row, [], CPUS)[0].labels["pod"] == "api-1"
-    readout2 = Readout("set", "n1", labels, lookup)
+    readout2 = Readout({"probeset": "set"}, "n1", labels, lookup)
     readout2.begin(False)
     readout2.series(rp, layout, [(key(layout, cgroup=77), value((1, 0))), (key(layout, cgroup=78), value((1, 0)))],
                     [], CPUS)

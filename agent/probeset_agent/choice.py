@@ -1,0 +1,96 @@
+"""Which ProbeSets this node's agent runs, from the ProbeSet objects and the Node's labels. Pure.
+
+A set runs here when the administrator's policy admits it (probeset_api.admission: the operator
+applies the same) and its nodeSelector matches the node. Within the node's limits on sets and on
+probes, the oldest sets come first (creationTimestamp, then namespace/name): which sets run is
+decided by the objects alone, not by the order events arrived in, and a new set never pushes out
+one that runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from probeset_api.admission import Admission
+from probeset_api.spec import ProbeSet, SpecError
+
+Key = tuple[str, str]          # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_sets: int = 20         # --max-probesets (Helm agent.maxProbeSets)
+    max_probes: int = 500      # --max-probes (Helm agent.maxProbes): probes of all sets together
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str                # InvalidSpec, OverBudget (NodeReport.reason)
+    message: str
+    generation: int | None
+    total: int                 # probes in the spec
+
+
+@dataclass
+class Choice:
+    run: dict[Key, ProbeSet] = field(default_factory=dict)          # in the order they are started
+    refused: dict[Key, Refusal] = field(default_factory=dict)
+    unselected: set[Key] = field(default_factory=set)               # their nodeSelector does not match
+
+
+def key_of(obj: dict) -> Key:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+def selects(node_selector: dict[str, str], node_labels: dict[str, str] | None) -> bool:
+    """nodeSelector semantics: every pair must be a label of the node. Until the node's labels are
+    known, only a set without a nodeSelector is selected."""
+    if not node_selector:
+        return True
+    return node_labels is not None and all(node_labels.get(k) == v for k, v in node_selector.items())
+
+
+def _age(obj: dict) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    # RFC 3339 in UTC with a Z, as the API server writes it: ordered as strings.
+    return meta.get("creationTimestamp") or "", meta.get("namespace", ""), meta.get("name", "")
+
+
+def choose(objects: list[dict], node_labels: dict[str, str] | None, admission: Admission, limits: Limits,
+           admit=None) -> Choice:
+    """`admit(obj)` (default admission.admit; the agent passes a cache of it) -> ProbeSet or SpecError."""
+    admit = admit or admission.admit
+    out = Choice()
+    sets = probes = 0
+    for obj in sorted(objects, key=_age):
+        key = key_of(obj)
+        generation = (obj.get("metadata") or {}).get("generation")
+        spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+        total = len(spec.get("probes") or []) if isinstance(spec.get("probes"), list) else 0
+        node_selector = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
+        if not selects(node_selector, node_labels):
+            out.unselected.add(key)
+            continue
+        try:
+            pset = admit(obj)
+        except SpecError as e:
+            out.refused[key] = Refusal("InvalidSpec", str(e), generation, total)
+            continue
+        n = len(pset.probes)
+        if sets + 1 > limits.max_sets or probes + n > limits.max_probes:
+            out.refused[key] = Refusal("OverBudget", _over_budget(sets, probes, n, limits), generation, total)
+            continue
+        sets, probes = sets + 1, probes + n
+        out.run[key] = pset
+    return out
+
+
+def _over_budget(sets: int, probes: int, n: int, limits: Limits) -> str:
+    if sets + 1 > limits.max_sets:
+        what = f"the agent of this node runs {sets} ProbeSets, the most it may (--max-probesets, Helm agent.maxProbeSets)"
+    else:
+        what = (f"its {n} probe(s) would take the agent of this node past {limits.max_probes} probes (it runs "
+                f"{probes}; --max-probes, Helm agent.maxProbes)")
+    return (f"not run on this node: {what}; older ProbeSets come first. It starts when another set on this node "
+            "goes or is narrowed (nodeSelector), or the admin raises the limit")

@@ -1,0 +1,65 @@
+"""Which ProbeSets a node's agent runs (probeset_agent.choice): selection, admission, limits, order."""
+
+from probeset_agent.choice import Limits, choose, selects
+from probeset_api.admission import Admission
+
+POLICY = Admission("probeset-system", frozenset({"probeset-system"}))
+
+
+def obj(name, namespace="web", created="2026-12-01T10:00:00Z", probes=1, generation=1, **spec):
+    return {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet",
+            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created, "uid": name,
+                         "generation": generation},
+            "spec": {"probes": [{"name": f"p{i}", "uprobe": "libc:malloc"} for i in range(probes)], **spec}}
+
+
+def test_selects_is_node_selector_semantics():
+    assert selects({}, None) and selects({}, {"a": "1"})
+    assert selects({"a": "1"}, {"a": "1", "b": "2"})
+    assert not selects({"a": "1"}, {"a": "2"}) and not selects({"a": "1", "b": "2"}, {"a": "1"})
+    assert not selects({"a": "1"}, None)          # labels not known yet
+
+
+def test_a_set_runs_where_its_node_selector_matches():
+    sets = [obj("all"), obj("here", nodeSelector={"disk": "ssd"}), obj("there", nodeSelector={"disk": "hdd"})]
+    choice = choose(sets, {"disk": "ssd"}, POLICY, Limits())
+    assert list(choice.run) == [("web", "all"), ("web", "here")]
+    assert choice.unselected == {("web", "there")} and not choice.refused
+
+
+def test_an_invalid_set_is_refused_with_the_field_and_reason():
+    sets = [obj("node", scope="Node"), obj("ok")]
+    choice = choose(sets, {}, POLICY, Limits())
+    assert list(choice.run) == [("web", "ok")]
+    refusal = choice.refused[("web", "node")]
+    assert refusal.reason == "InvalidSpec" and refusal.message.startswith("spec.scope: Node") and refusal.total == 1
+
+
+def test_limits_keep_the_oldest_sets_whatever_order_they_come_in():
+    sets = [obj("c", created="2026-12-01T12:00:00Z"), obj("a", created="2026-12-01T10:00:00Z"),
+            obj("b", created="2026-12-01T11:00:00Z")]
+    for order in (sets, sets[::-1]):
+        choice = choose(order, {}, POLICY, Limits(max_sets=2))
+        assert list(choice.run) == [("web", "a"), ("web", "b")]
+        assert choice.refused[("web", "c")].reason == "OverBudget"
+        assert "runs 2 ProbeSets, the most it may (--max-probesets" in choice.refused[("web", "c")].message
+
+
+def test_the_probe_limit_skips_a_set_too_big_and_runs_a_smaller_newer_one():
+    sets = [obj("a", probes=3, created="2026-12-01T10:00:00Z"), obj("big", probes=5, created="2026-12-01T11:00:00Z"),
+            obj("small", probes=2, created="2026-12-01T12:00:00Z")]
+    choice = choose(sets, {}, POLICY, Limits(max_probes=6))
+    assert list(choice.run) == [("web", "a"), ("web", "small")]
+    assert "its 5 probe(s) would take the agent of this node past 6 probes (it runs 3" in \
+        choice.refused[("web", "big")].message
+
+
+def test_same_age_is_ordered_by_namespace_and_name():
+    sets = [obj("b", "x"), obj("a", "y"), obj("a", "x")]
+    assert list(choose(sets, {}, POLICY, Limits(max_sets=2)).run) == [("x", "a"), ("x", "b")]
+
+
+def test_unselected_and_refused_sets_use_no_budget():
+    sets = [obj("invalid", scope="Node", created="2026-12-01T09:00:00Z"),
+            obj("elsewhere", nodeSelector={"x": "y"}, created="2026-12-01T09:30:00Z"), obj("ok")]
+    assert list(choose(sets, {}, POLICY, Limits(max_sets=1)).run) == [("web", "ok")]
