@@ -41,7 +41,7 @@ def test_the_operator_rejects_kernel_values_of_a_namespaced_set(api, namespace, 
 def test_the_agent_rejects_leaking_tracepoint_fields(api, namespace, installed, tmp_path):  # noqa: F811
     obj = client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
         "leaks", LEAKS, labels=["node", "namespace", "pod"]))
-    (container,) = render_daemonset(obj, OPERATOR_NS, AgentSettings())["spec"]["template"]["spec"]["containers"]
+    (container,) = render_daemonset([obj], OPERATOR_NS, AgentSettings())["spec"]["template"]["spec"]["containers"]
     agent = run_container_here(container, NODE, service_account_kubeconfig(installed, tmp_path, "probeset-agent"),
                                tmp_path / "agent.log")
     try:
