@@ -15,17 +15,19 @@ import threading
 import time
 from collections import OrderedDict
 
+from .kube import Kube, KubeError
+
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_BYTES = 8192
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 class TokenAuthorizer:
-    def __init__(self, api_client=None, path: str = "/metrics", ttl: float = 60.0, max_entries: int = 1024,
+    def __init__(self, kube: Kube, path: str = "/metrics", ttl: float = 60.0, max_entries: int = 1024,
                  clock=time.monotonic):
-        from kubernetes import client
-        self.auth = client.AuthenticationV1Api(api_client)
-        self.authz = client.AuthorizationV1Api(api_client)
+        self.kube = kube
         self.path, self.ttl, self.max_entries, self.clock = path, ttl, max_entries, clock
         self._cache: OrderedDict[bytes, tuple[float, tuple[int, str]]] = OrderedDict()
         self._lock = threading.Lock()
@@ -53,20 +55,21 @@ class TokenAuthorizer:
         return answer
 
     def _review(self, token: str) -> tuple[int, str]:
-        from kubernetes import client
         try:
             self.reviews += 1
-            review = self.auth.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
-            if not review.status or not review.status.authenticated:
+            review = self.kube.post(TOKEN_REVIEWS, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                                                    "spec": {"token": token}})
+            status = review.get("status") or {}
+            if not status.get("authenticated"):
                 return 401, "the token is not valid"
-            user = review.status.user
-            sar = self.authz.create_subject_access_review(client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-                user=user.username, groups=user.groups, uid=user.uid,
-                extra={k: v for k, v in (user.extra or {}).items()},
-                non_resource_attributes=client.V1NonResourceAttributes(path=self.path, verb="get"))))
-            if sar.status and sar.status.allowed:
+            user = status.get("user") or {}
+            sar = self.kube.post(SUBJECT_ACCESS_REVIEWS, {
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": user.get("username"), "groups": user.get("groups"), "uid": user.get("uid"),
+                         "extra": user.get("extra"), "nonResourceAttributes": {"path": self.path, "verb": "get"}}})
+            if (sar.get("status") or {}).get("allowed"):
                 return 200, ""
-            return 403, f"{user.username} may not get {self.path}"
-        except Exception as e:   # the API away: refuse now, ask again next time
+            return 403, f"{user.get('username')} may not get {self.path}"
+        except KubeError as e:   # the API away: refuse now, ask again next time
             log.warning("metrics: reviewing a token failed: %s", e)
             return 500, "cannot review the token now"

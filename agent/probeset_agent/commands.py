@@ -234,6 +234,7 @@ def cmd_agent(args) -> int:
     """Cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME, followed live."""
     from kubernetes import config
     from .cluster import ClusterAgent
+    from .kube import Kube
 
     namespace, name = os.environ.get("PROBESET_NAMESPACE"), os.environ.get("PROBESET_NAME")
     if not namespace or not name:
@@ -246,7 +247,7 @@ def cmd_agent(args) -> int:
     authorize = None
     if args.metrics_auth:
         from .authz import TokenAuthorizer
-        authorize = TokenAuthorizer()
+        authorize = TokenAuthorizer(Kube.from_environment())
     server = _bind_metrics(args, authorize)
     if server is None:
         return 2
@@ -258,7 +259,7 @@ def cmd_agent(args) -> int:
     pods = PodIndex(retention=args.retention)
     attribution = Attribution(CgroupTree(retention=args.retention), pods)
     housekeeper = Housekeeper(programs, attribution, pods)
-    watcher = PodWatcher(None, node, pods, on_change=housekeeper.wake.set)
+    watcher = PodWatcher(Kube.from_environment(), node, pods, on_change=housekeeper.wake.set)
     node_wide = node_wide_from_env(os.environ)
     # With hostPID, /proc/1/root is the node's file system (the agent's own / is its image).
     from .host import node_root

@@ -10,6 +10,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .kube import Kube
+
 log = logging.getLogger(__name__)
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"   # static pods: the kubelet's UID for the pod
@@ -200,11 +202,8 @@ class PodSelection:
 class PodWatcher:
     """Lists and watches the pods of `node` into `index`; `on_change` runs after each change."""
 
-    def __init__(self, api_client, node: str, index: PodIndex, on_change=None):
-        from kubernetes import client
-        self.core = client.CoreV1Api(api_client)
-        self.api_client = self.core.api_client
-        self.node, self.index, self.on_change = node, index, on_change
+    def __init__(self, kube: Kube, node: str, index: PodIndex, on_change=None):
+        self.kube, self.node, self.index, self.on_change = kube, node, index, on_change
         self.stopping = threading.Event()
 
     def _changed(self) -> None:
@@ -215,27 +214,21 @@ class PodWatcher:
                 log.exception("pod change handler failed")
 
     def run(self) -> None:
-        from kubernetes import watch
-        selector = f"spec.nodeName={self.node}"
+        params = {"fieldSelector": f"spec.nodeName={self.node}"}
         while not self.stopping.is_set():
             try:
-                listing = self.core.list_pod_for_all_namespaces(field_selector=selector)
-                self.index.replace([pod_info(self.api_client.sanitize_for_serialization(p))
-                                    for p in listing.items])
+                listing = self.kube.get("/api/v1/pods", params)
+                self.index.replace([pod_info(p) for p in listing.get("items") or []])
                 self._changed()
-                w = watch.Watch()
-                for event in w.stream(self.core.list_pod_for_all_namespaces, field_selector=selector,
-                                      resource_version=listing.metadata.resource_version, timeout_seconds=60):
-                    if self.stopping.is_set():
-                        w.stop()
-                        break
-                    info = pod_info(self.api_client.sanitize_for_serialization(event["object"]))
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self.index.update(info)
-                    elif event["type"] == "DELETED":
+                for kind, pod in self.kube.watch("/api/v1/pods", listing["metadata"]["resourceVersion"], params,
+                                                 timeout_seconds=60, stop=self.stopping):
+                    info = pod_info(pod)
+                    if kind == "DELETED":
                         self.index.delete(info.api_uid)
+                    else:
+                        self.index.update(info)
                     self._changed()
-            except Exception as e:   # API away, watch expired (410): list again; probes keep running
+            except Exception as e:   # API away, watch expired (410), a malformed pod: list again; probes keep running
                 log.warning("watching pods of node %s: %s", self.node, e)
                 self.stopping.wait(5)
 

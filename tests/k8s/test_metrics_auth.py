@@ -3,11 +3,13 @@ ServiceAccount (with exactly the rules rbac.py gives it when metrics authenticat
 scrapers' tokens; a scraper bound to probeset-metrics-reader may read, another may not."""
 
 import base64
+import ssl
 
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from probeset_agent.authz import TokenAuthorizer
+from probeset_agent.kube import Kube
 from probeset_operator.rbac import role_objects
 from tests.k8s.operator_env import OPERATOR_NS, api, installed, namespace, wait_for  # noqa: F401 (fixtures)
 
@@ -42,7 +44,8 @@ def test_scrapers_are_authorized_by_the_cluster(api, namespace, kube):  # noqa: 
                      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                  "name": "probeset-metrics-reader"},
                      "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": namespace}]})
-        agent_api = kube.api_client_for_token(token_of(api, OPERATOR_NS, "probeset-agent"))
+        agent_api = Kube(kube.server, ssl.create_default_context(cafile=str(kube.ca_file)),
+                         token_of(api, OPERATOR_NS, "probeset-agent"))
         prometheus, stranger = token_of(api, namespace, "prometheus"), token_of(api, namespace, "stranger")
         # RBAC changes reach the API server's authorizer through its informers: wait for them.
         wait_for("the agent's and the reader's RBAC to take effect",

@@ -6,11 +6,11 @@ import shutil
 import socket
 import ssl
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 
-from probeset_agent.authz import TokenAuthorizer
+from probeset_agent.authz import SUBJECT_ACCESS_REVIEWS, TOKEN_REVIEWS, TokenAuthorizer
+from probeset_agent.kube import KubeError
 from probeset_agent.server import MetricsServer, bearer_token
 
 
@@ -119,28 +119,26 @@ def test_bearer_token_parsing(headers, token):
 
 
 class FakeReviews:
-    """Stands in for the API server's TokenReview and SubjectAccessReview endpoints."""
+    """Stands in for the API server's TokenReview and SubjectAccessReview endpoints (a Kube's post)."""
 
     def __init__(self, users, allowed, fail=False):
         self.users, self.allowed, self.fail, self.calls = users, allowed, fail, 0
 
-    def create_token_review(self, review):
-        self.calls += 1
-        if self.fail:
-            raise OSError("connection refused")
-        user = self.users.get(review.spec.token)
-        return SimpleNamespace(status=SimpleNamespace(
-            authenticated=user is not None, user=SimpleNamespace(username=user, groups=[], uid="", extra={})))
-
-    def create_subject_access_review(self, sar):
-        assert sar.spec.non_resource_attributes.path == "/metrics" and sar.spec.non_resource_attributes.verb == "get"
-        return SimpleNamespace(status=SimpleNamespace(allowed=sar.spec.user in self.allowed))
+    def post(self, path, body):
+        if path == TOKEN_REVIEWS:
+            self.calls += 1
+            if self.fail:
+                raise KubeError(None, "connection refused")
+            user = self.users.get(body["spec"]["token"])
+            return {"status": {"authenticated": user is not None,
+                               "user": {"username": user, "groups": [], "uid": "", "extra": {}}}}
+        assert path == SUBJECT_ACCESS_REVIEWS
+        assert body["spec"]["nonResourceAttributes"] == {"path": "/metrics", "verb": "get"}
+        return {"status": {"allowed": body["spec"]["user"] in self.allowed}}
 
 
 def authorizer(fake, clock, **kw):
-    a = TokenAuthorizer(**kw, clock=clock)
-    a.auth = a.authz = fake
-    return a
+    return TokenAuthorizer(fake, **kw, clock=clock)
 
 
 def test_token_answers_are_cached_bounded_and_failures_not_remembered():
