@@ -1,9 +1,13 @@
-"""The agent in a cluster: runs the ProbeSet named by its environment, follows spec changes (hot
-reload: a new BPF program replaces the old one; counters restart, which Prometheus' rate() handles),
-and reports its node's result into the ProbeSet's status.
+"""The agent in a cluster: one per node, running every ProbeSet that selects its node.
 
-Each agent writes only status.agents.<its node> with a JSON merge patch, so agents never conflict;
-full per-probe details are written only while something fails, to keep the object small.
+It lists and watches all ProbeSets and its own Node (labels, for nodeSelector); choice.py decides
+which sets run here, each as its own BPF program(s) (running.py), so that one set that fails to
+compile or attach never stops another. An edited set is updated make-before-break; a deleted or
+deselected one is detached at once. All of them are served by one /metrics endpoint.
+
+Each agent writes only status.agents.<its node> of each set, with a JSON merge patch, so agents
+never conflict; full per-probe details only while something fails, to keep the object small. A
+set this node does not select loses the node's entry.
 """
 
 from __future__ import annotations
@@ -11,161 +15,250 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+from typing import Callable
 
 from probeset_api import API_GROUP, API_VERSION, KIND, PLURAL
-from probeset_api.spec import SpecError, parse_probeset, restrict_values, scope_error, value_policy
+from probeset_api.admission import Admission
+from probeset_api.spec import ProbeSet, SpecError
 from probeset_api.status import NodeReport
 
-from .pods import PodSelection
+from .choice import Choice, Key, Limits, Refusal, choose, key_of
+from .kube import Kube, KubeError
 from .report import node_report, spec_failure
+from .running import RunningSet
 
 log = logging.getLogger(__name__)
 
+PROBESETS = f"/apis/{API_GROUP}/{API_VERSION}/{PLURAL}"
+RETRY_SECONDS = 5.0
 
-class ClusterAgent:
-    def __init__(self, api_client, namespace: str, name: str, node: str, programs: list, features,
-                 lock: threading.Lock, attribution=None, pods=None, node_wide: frozenset[str] = frozenset(),
-                 host_root: str = "/", tenant_values: frozenset[str] = frozenset()):
-        from kubernetes import client
-        self.custom = client.CustomObjectsApi(api_client)
-        self.core = client.CoreV1Api(api_client)
-        self.namespace, self.name, self.node = namespace, name, node
-        self.programs = programs        # shared with the collector; swapped under lock
-        self.lock = lock
-        self.features = features
-        self.attribution = attribution
-        self.pods = pods                    # pods.PodIndex of this node (names, podSelector)
-        self.node_wide = node_wide          # namespaces whose ProbeSets may have scope Node
-        self.host_root = host_root          # the node's file system, for node-wide uprobes
-        self.tenant_values = tenant_values  # values the admin allows namespaced sets (KIND:TARGET:FIELD)
-        self.generation: int | None = None
-        self._reported: list | None = None   # the probe statuses last reported
+
+def follow(kube: Kube, path: str, params: dict, on_list: Callable[[list[dict]], None],
+           on_event: Callable[[str, dict], None], stopping: threading.Event, what: str) -> None:
+    """List, then watch from the listing's resourceVersion; list again when the watch ends or
+    fails (410 Gone, the API away). Runs until `stopping`; the probes keep running meanwhile."""
+    while not stopping.is_set():
+        try:
+            listing = kube.get(path, params)
+            on_list(listing.get("items") or [])
+            version = (listing.get("metadata") or {}).get("resourceVersion", "")
+            for kind, obj in kube.watch(path, version, params, timeout_seconds=60, stop=stopping):
+                on_event(kind, obj)
+        except KubeError as e:
+            if e.status != 410:
+                log.warning("watching %s: %s", what, e)
+                stopping.wait(RETRY_SECONDS)
+        except Exception:   # a consumer's failure must not end the watch
+            log.exception("watching %s", what)
+            stopping.wait(RETRY_SECONDS)
+
+
+class NodeAgent:
+    """`make(pset)` builds a ProbeSetProgram on this node; `sources` is the list the metrics
+    collector and the housekeeper read (RunningSets), changed only under `lock`."""
+
+    def __init__(self, kube: Kube, node: str, make: Callable[[ProbeSet], object], admission: Admission,
+                 limits: Limits, sources: list, lock: threading.Lock):
+        self.kube, self.node, self.make = kube, node, make
+        self.admission, self.limits = admission, limits
+        self.sources, self.lock = sources, lock
+        self.objects: dict[Key, dict] = {}              # every ProbeSet, as last seen
+        self.node_labels: dict[str, str] | None = None  # None until the Node is read
+        self.running: dict[Key, RunningSet] = {}
+        self._admitted: dict[tuple[str, int | None], ProbeSet | SpecError] = {}   # (uid, generation) -> admit()
+        self._reported: dict[Key, object] = {}          # what was last reported per set
+        self._state_lock = threading.Lock()             # objects and node_labels (watch threads write)
+        self._work_lock = threading.Lock()              # one reconcile or report at a time
+        self.wake = threading.Event()
         self.stopping = threading.Event()
 
-    # --- applying a ProbeSet object ---------------------------------------------------------
+    # --- what the watches see -----------------------------------------------------------------
 
-    def apply(self, obj: dict) -> None:
-        """Run the object's spec if its generation is new; report the result."""
-        from .program import ProbeSetProgram
-        generation = obj["metadata"].get("generation")
-        if generation == self.generation:
-            return
-        self.generation = generation
-        self._stop_programs()
-        try:
-            pset = parse_probeset(obj)
-            # Enforced here too: an edited spec reaches the agent before the operator rejects it.
-            denied = scope_error(pset, self.node_wide)
-            if denied:
-                raise SpecError([denied])
-        except SpecError as e:
-            log.error("ProbeSet %s/%s is invalid: %s", self.namespace, self.name, e)
-            self._report(spec_failure(generation, len(obj["spec"].get("probes") or []), str(e)))
-            return
-        selection = None
-        if self.pods is not None:
-            selection = PodSelection(self.pods, None if pset.scope == "Node" else pset.namespace, pset.pod_selector)
-        policy = value_policy(pset, self.tenant_values)
-        prog = ProbeSetProgram(restrict_values(pset, policy), self.node, self.features, self.attribution, selection,
-                               self.host_root, policy)
-        prog.start()
-        with self.lock:
-            if self.stopping.is_set():   # stop() ran while this program was starting
-                prog.stop()
+    def on_probesets(self, items: list[dict]) -> None:
+        with self._state_lock:
+            self.objects = {key_of(o): o for o in items}
+        self.wake.set()
+
+    def on_probeset(self, kind: str, obj: dict) -> None:
+        with self._state_lock:
+            if kind == "DELETED":
+                self.objects.pop(key_of(obj), None)
+            else:
+                self.objects[key_of(obj)] = obj
+        self.wake.set()
+
+    def on_nodes(self, items: list[dict]) -> None:
+        for obj in items:
+            self.on_node("ADDED", obj)
+
+    def on_node(self, kind: str, obj: dict) -> None:
+        labels = None if kind == "DELETED" else dict((obj.get("metadata") or {}).get("labels") or {})
+        with self._state_lock:
+            if labels == self.node_labels:
                 return
-            self.programs.append(prog)
-        self._reported = None
-        self.report_if_changed()
+            self.node_labels = labels
+        log.info("node %s labels: %s", self.node, labels)
+        self.wake.set()
 
-    def report_if_changed(self) -> None:
-        """Report the running program's probe statuses when they differ from the last report (at
-        start, and after housekeeping: e.g. a uprobe that found its first container copy)."""
+    # --- deciding and doing -------------------------------------------------------------------
+
+    def _admit(self, obj: dict) -> ProbeSet:
+        meta = obj.get("metadata") or {}
+        cache_key = (meta.get("uid", ""), meta.get("generation"))
+        found = self._admitted.get(cache_key)
+        if found is None:
+            try:
+                found = self.admission.admit(obj)
+            except SpecError as e:
+                found = e
+            if len(self._admitted) > 4 * len(self.objects) + 64:   # drop the entries of old generations
+                self._admitted.clear()
+            self._admitted[cache_key] = found
+        if isinstance(found, SpecError):
+            raise found
+        return found
+
+    def reconcile(self) -> None:
+        """Make what runs match the objects: stop what must go first (it frees budget), then start
+        or update in age order; report what changed."""
+        with self._state_lock:
+            objects, labels = dict(self.objects), self.node_labels
+        with self._work_lock:
+            choice = choose(list(objects.values()), labels, self.admission, self.limits, self._admit)
+            for key in [k for k in self.running if k not in choice.run]:
+                why = "deleted" if key not in objects else "not selected by this node any more" \
+                    if key in choice.unselected else f"{choice.refused[key].reason}"
+                log.info("ProbeSet %s/%s: %s: detaching", *key, why)
+                self._stop(key)
+            for key, pset in choice.run.items():
+                if self.stopping.is_set():
+                    return
+                self._run(key, pset)
+            self._report_all(choice, objects)
+
+    def _run(self, key: Key, pset: ProbeSet) -> None:
+        running = self.running.get(key)
+        if running is not None and running.generation == pset.generation:
+            return
+        try:
+            if running is None:
+                running = RunningSet(self.make)
+                running.start(pset)
+                with self.lock:
+                    self.sources.append(running)
+                self.running[key] = running
+                log.info("ProbeSet %s/%s generation %s started", *key, pset.generation)
+            else:
+                running.update(pset)
+        except Exception:    # one set's failure must not stop another: reported, retried on its next change
+            log.exception("ProbeSet %s/%s: cannot run generation %s", *key, pset.generation)
+
+    def _stop(self, key: Key) -> None:
+        running = self.running.pop(key)
         with self.lock:
-            prog = self.programs[0] if self.programs else None
-        if prog is None:
+            self.sources[:] = [s for s in self.sources if s is not running]
+        running.stop()
+
+    # --- reporting ----------------------------------------------------------------------------
+
+    def report_changes(self) -> None:
+        """After housekeeping: report the sets whose probe statuses changed (a uprobe that found
+        its first container copy, a file replaced)."""
+        with self._work_lock:
+            for key, running in list(self.running.items()):
+                self._report_running(key, running)
+
+    def _report_all(self, choice: Choice, objects: dict[Key, dict]) -> None:
+        for key, running in self.running.items():
+            self._report_running(key, running)
+        for key, refusal in choice.refused.items():
+            self._report_refusal(key, refusal)
+        for key in choice.unselected:
+            if self._reported.get(key, "unknown") is not None and self._has_entry(objects.get(key)):
+                self._patch(key, None)
+            self._reported[key] = None
+        for key in [k for k in self._reported if k not in objects]:
+            del self._reported[key]
+
+    def _has_entry(self, obj: dict | None) -> bool:
+        return obj is not None and self.node in ((obj.get("status") or {}).get("agents") or {})
+
+    def _report_running(self, key: Key, running: RunningSet) -> None:
+        statuses = running.probe_statuses()
+        seen = (running.generation, [(st.name, st.error, sorted(st.functions.items())) for st in statuses])
+        before = self._reported.get(key)
+        if seen == before:
             return
-        statuses = prog.probe_statuses()
-        snapshot = [(st.name, st.error, sorted(st.functions.items())) for st in statuses]
-        if snapshot == self._reported:
-            return
-        before = {name: error for name, error, _ in self._reported or []}
-        self._reported = snapshot
-        for st in statuses:
-            if st.error and before.get(st.name) != st.error:
-                log.warning("probe %s: %s", st.name, st.error)
-        self._report(node_report(statuses, self.generation, len(statuses)))
-        failed = [st for st in statuses if st.error and before.get(st.name) != st.error]
+        self._reported[key] = seen
+        old_errors = {name: error for name, error, _ in before[1]} if isinstance(before, tuple) else {}
+        failed = [st for st in statuses if st.error and old_errors.get(st.name) != st.error]
+        for st in failed:
+            log.warning("ProbeSet %s/%s probe %s: %s", *key, st.name, st.error)
+        self._patch(key, node_report(statuses, running.generation, len(statuses)))
         if failed:
-            self._event("Warning", "ProbeFailed",
+            self._event(key, "Warning", "ProbeFailed",
                         f"node {self.node}: " + "; ".join(f"{st.name}: {st.error}" for st in failed)[:1000])
 
-    def _stop_programs(self) -> None:
-        with self.lock:
-            old, self.programs[:] = list(self.programs), []
-        for prog in old:
-            prog.stop()
+    def _report_refusal(self, key: Key, refusal: Refusal) -> None:
+        if self._reported.get(key) == refusal:
+            return
+        first = not isinstance(self._reported.get(key), Refusal) or self._reported[key].reason != refusal.reason
+        self._reported[key] = refusal
+        log.warning("ProbeSet %s/%s not run here: %s: %s", *key, refusal.reason, refusal.message)
+        self._patch(key, spec_failure(refusal.generation, refusal.total, refusal.message, refusal.reason))
+        if first:
+            self._event(key, "Warning", refusal.reason, f"node {self.node}: {refusal.message}"[:1000])
 
-    def _report(self, report: NodeReport) -> None:
-        body = {"status": {"agents": {self.node: report.to_status()}}}
+    def _patch(self, key: Key, report: NodeReport | None) -> None:
+        namespace, name = key
+        body = {"status": {"agents": {self.node: report.to_status() if report is not None else None}}}
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                API_GROUP, API_VERSION, self.namespace, PLURAL, self.name, body)
-        except Exception as e:  # the API being away must not stop the probes
-            log.warning("cannot report status: %s", e)
+            self.kube.patch(f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status", body)
+        except KubeError as e:   # the API being away must not stop the probes; a deleted set is fine
+            if e.status != 404:
+                log.warning("cannot report the status of ProbeSet %s/%s: %s", namespace, name, e)
 
-    def _event(self, kind: str, reason: str, message: str) -> None:
-        from kubernetes import client
-        now = datetime.datetime.now(datetime.timezone.utc)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{self.name}.", namespace=self.namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{API_GROUP}/{API_VERSION}", kind=KIND, name=self.name,
-                namespace=self.namespace),
-            reason=reason, message=message, type=kind, first_timestamp=now, last_timestamp=now, count=1,
-            source=client.V1EventSource(component="probeset-agent", host=self.node))
+    def _event(self, key: Key, kind: str, reason: str, message: str) -> None:
+        namespace, name = key
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": name,
+                               "namespace": namespace},
+            "reason": reason, "message": message, "type": kind, "firstTimestamp": now, "lastTimestamp": now,
+            "count": 1, "source": {"component": "probeset-agent", "host": self.node},
+        }
         try:
-            self.core.create_namespaced_event(self.namespace, event)
-        except Exception as e:
-            log.warning("cannot post event: %s", e)
+            self.kube.post(f"/api/v1/namespaces/{namespace}/events", event)
+        except KubeError as e:
+            log.warning("cannot post an event on ProbeSet %s/%s: %s", namespace, name, e)
 
-    # --- following the object ---------------------------------------------------------------
+    # --- running ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Watch the ProbeSet until stop(); reconnect when the watch ends."""
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
+        """Watch ProbeSets and the Node in their own threads; reconcile on every change until stop()."""
+        watches = [
+            (PROBESETS, {}, self.on_probesets, self.on_probeset, "ProbeSets"),
+            ("/api/v1/nodes", {"fieldSelector": f"metadata.name={self.node}"}, self.on_nodes, self.on_node,
+             f"node {self.node}"),
+        ]
+        for path, params, on_list, on_event, what in watches:
+            threading.Thread(target=follow, args=(self.kube, path, params, on_list, on_event, self.stopping, what),
+                             name=f"probeset-watch-{what.split()[0].lower()}", daemon=True).start()
         while not self.stopping.is_set():
+            self.wake.wait()
+            self.wake.clear()
+            if self.stopping.is_set():
+                break
             try:
-                listing = self.custom.list_namespaced_custom_object(
-                    API_GROUP, API_VERSION, self.namespace, PLURAL, field_selector=f"metadata.name={self.name}")
-                items = listing.get("items", [])
-                if items:
-                    self.apply(items[0])
-                elif self.generation is not None:
-                    log.info("ProbeSet %s/%s is gone: detaching", self.namespace, self.name)
-                    self._stop_programs()
-                    self.generation = None
-                w = watch.Watch()
-                for event in w.stream(self.custom.list_namespaced_custom_object, API_GROUP, API_VERSION,
-                                      self.namespace, PLURAL, field_selector=f"metadata.name={self.name}",
-                                      resource_version=listing["metadata"]["resourceVersion"],
-                                      timeout_seconds=60):
-                    if self.stopping.is_set():
-                        w.stop()
-                        break
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self.apply(event["object"])
-                    elif event["type"] == "DELETED":
-                        log.info("ProbeSet %s/%s deleted: detaching", self.namespace, self.name)
-                        self._stop_programs()
-                        self.generation = None
-            except ApiException as e:
-                log.warning("watching ProbeSet %s/%s: %s", self.namespace, self.name, e.reason)
-                self.stopping.wait(5)
-            except Exception as e:   # network errors: retry, the probes keep running
-                log.warning("watching ProbeSet %s/%s: %s", self.namespace, self.name, e)
-                self.stopping.wait(5)
+                self.reconcile()
+            except Exception:   # keep the agent alive; the next change tries again
+                log.exception("reconciling the ProbeSets of node %s", self.node)
 
     def stop(self) -> None:
         self.stopping.set()
-        self._stop_programs()
+        self.wake.set()
+        with self._work_lock:
+            for key in list(self.running):
+                self._stop(key)

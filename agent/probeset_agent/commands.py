@@ -3,7 +3,7 @@
   run FILE...      attach the ProbeSets of files and serve Prometheus metrics (root)
   check FILE...    what would attach on this host and how; exit 0 only if everything would
   render FILE      print the generated BPF C program
-  agent            cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME
+  agent            cluster mode: every ProbeSet that selects this node (one agent per node)
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import socket
 import sys
 import threading
 
-from probeset_api.spec import (MAX_DOCUMENT_BYTES, DocumentError, ProbeSet, SpecError, load_documents,
-                               node_wide_from_env, parse_probeset, tenant_values_from_env)
+from probeset_api.spec import MAX_DOCUMENT_BYTES, DocumentError, ProbeSet, SpecError, load_documents, parse_probeset
 
 from .host import NR_BPF, shorten
 
@@ -231,51 +230,55 @@ def cmd_run(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    """Cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME, followed live."""
-    from kubernetes import config
-    from .cluster import ClusterAgent
-    from .kube import Kube
+    """Cluster mode: every ProbeSet that selects this node, followed live (cluster.py)."""
+    from probeset_api.admission import Admission
+    from .attribution import Attribution, CgroupTree
+    from .choice import Limits
+    from .cluster import NodeAgent
+    from .host import node_root
+    from .kube import Kube, KubeError
+    from .pods import PodIndex, PodSelection, PodWatcher
+    from .program import ProbeSetProgram
 
-    namespace, name = os.environ.get("PROBESET_NAMESPACE"), os.environ.get("PROBESET_NAME")
-    if not namespace or not name:
-        log.error("PROBESET_NAMESPACE and PROBESET_NAME must name the ProbeSet to run")
-        return 2
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()   # outside a pod: $KUBECONFIG or ~/.kube/config
+        kube = Kube.from_environment()
+    except KubeError as e:
+        log.error("cannot reach the API server: %s", e)
+        return 2
     authorize = None
     if args.metrics_auth:
         from .authz import TokenAuthorizer
-        authorize = TokenAuthorizer(Kube.from_environment())
+        authorize = TokenAuthorizer(kube)
     server = _bind_metrics(args, authorize)
     if server is None:
         return 2
     node = args.node or _node_name()
     features = _start_agent_common(args)
-    programs: list = []
-    from .attribution import Attribution, CgroupTree
-    from .pods import PodIndex, PodWatcher
+    admission = Admission.from_env(os.environ)
+    sources: list = []
     pods = PodIndex(retention=args.retention)
     attribution = Attribution(CgroupTree(retention=args.retention), pods)
-    housekeeper = Housekeeper(programs, attribution, pods)
-    watcher = PodWatcher(Kube.from_environment(), node, pods, on_change=housekeeper.wake.set)
-    node_wide = node_wide_from_env(os.environ)
+    housekeeper = Housekeeper(sources, attribution, pods)
+    watcher = PodWatcher(kube, node, pods, on_change=housekeeper.wake.set)
     # With hostPID, /proc/1/root is the node's file system (the agent's own / is its image).
-    from .host import node_root
     host_root, warning = node_root(args.host_root)
     if warning:
         log.warning("%s", warning)
-    agent = ClusterAgent(None, namespace, name, node, programs, features, threading.Lock(), attribution,
-                         pods, node_wide, host_root=host_root, tenant_values=tenant_values_from_env(os.environ))
-    housekeeper.after = agent.report_if_changed
+
+    def make(pset):
+        selection = PodSelection(pods, None if pset.scope == "Node" else pset.namespace, pset.pod_selector)
+        return ProbeSetProgram(pset, node, features, attribution, selection, host_root, admission.value_policy(pset))
+
+    agent = NodeAgent(kube, node, make, admission, Limits(args.max_probesets, args.max_probes), sources,
+                      threading.Lock())
+    housekeeper.after = agent.report_changes
     # The watches block in socket reads; they run in their own threads so a signal stops the agent at once.
     threading.Thread(target=watcher.run, name="probeset-pods", daemon=True).start()
     if not pods.synced.wait(30):
         log.warning("no pod listing after 30 s: pods will be named as the listing arrives")
-    _serve_metrics(server, programs, node, features)
+    _serve_metrics(server, sources, node, features)
     _on_stop_signals(agent.stopping)
-    threading.Thread(target=agent.run, name="probeset-watch", daemon=True).start()
+    threading.Thread(target=agent.run, name="probeset-sets", daemon=True).start()
     housekeeper.start()
     try:
         while not agent.stopping.wait(1.0):

@@ -4,8 +4,8 @@ cluster, the node agent and the operator.
   probeset run FILE...      attach and serve Prometheus metrics (root)
   probeset check FILE...    what would attach on this host and how; exit 0 only if everything would
   probeset render FILE      print the generated BPF C program
-  probeset agent            cluster mode: the ProbeSet named by $PROBESET_NAMESPACE/$PROBESET_NAME
-  probeset operator         the operator: one agent DaemonSet per ProbeSet, status aggregated
+  probeset agent            cluster mode: every ProbeSet that selects this node (one agent per node)
+  probeset operator         the operator: the agents' DaemonSet, validation, status aggregated
   probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
   probeset crd              print the ProbeSet CustomResourceDefinition
 
@@ -23,6 +23,7 @@ import sys
 
 from probeset_agent import commands as agent
 from probeset_agent.budget import MemoryBudget
+from probeset_agent.choice import Limits
 
 DEFAULT_RETENTION = agent.DEFAULT_RETENTION
 
@@ -78,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     add_map_memory(check)
     render = sub.add_parser("render", help="print the generated BPF C program")
     render.add_argument("file", metavar="FILE")
-    node_agent = sub.add_parser("agent", help="cluster mode: run the ProbeSet $PROBESET_NAMESPACE/$PROBESET_NAME "
-                                              "from the API server, follow its changes, report status (root)")
+    node_agent = sub.add_parser("agent", help="cluster mode: run every ProbeSet that selects this node, follow "
+                                              "their changes, report their status (root)")
     node_agent.add_argument("--listen", default="0.0.0.0:9437", help="metrics address (default 0.0.0.0:9437)")
     node_agent.add_argument("--node", help="node name (default $NODE_NAME or the hostname)")
     node_agent.add_argument("--bpf-stats", action="store_true", help="enable kernel BPF run-time stats while running")
@@ -89,12 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     node_agent.add_argument("--host-root", default="/proc/1/root",
                             help="the node's root file system, for uprobes on the node's own files (default "
                                  "/proc/1/root: the node's, with hostPID)")
+    limits = Limits()
+    node_agent.add_argument("--max-probesets", type=int, default=limits.max_sets, metavar="N",
+                            help=f"ProbeSets this node runs at most; the oldest first (default {limits.max_sets})")
+    node_agent.add_argument("--max-probes", type=int, default=limits.max_probes, metavar="N",
+                            help=f"probes of all ProbeSets this node runs at most (default {limits.max_probes})")
     add_tls(node_agent)
     add_map_memory(node_agent)
     node_agent.add_argument("--metrics-auth", action="store_true",
                             help="serve /metrics only to bearer tokens whose user may get the non-resource URL "
                                  "/metrics (TokenReview + SubjectAccessReview, as kube-rbac-proxy)")
-    operator = sub.add_parser("operator", help="run the operator (kopf): ProbeSets -> agent DaemonSets")
+    operator = sub.add_parser("operator", help="run the operator (kopf): ProbeSets -> the agents' DaemonSet")
     operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                           help="liveness endpoint (default http://0.0.0.0:8080/healthz)")
     sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")

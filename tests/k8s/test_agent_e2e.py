@@ -1,10 +1,11 @@
-"""End to end in a real API server: a Node named after this host, the operator's DaemonSet, and a
-test "node runner" that starts the scheduled pod's container command here, as a kubelet would
+"""End to end in a real API server: a Node named after this host, the operator's agent DaemonSet, and
+a test "node runner" that starts the scheduled pod's container command here, as a kubelet would
 (same args, same env, the agent ServiceAccount's credentials). Pods of this node are played too
 (fake_kubelet.py): Pod objects with container IDs in their status, processes in cgroups named after
 them. The agent attaches real uprobes on this host, counts only its namespace's pods (named
-namespace/pod/container), reports its node in the ProbeSet's status, serves exact counts,
-hot-reloads on edit, detaches when the ProbeSet is deleted, and refuses a scope it is not granted."""
+namespace/pod/container), reports its node in the ProbeSet's status, serves exact counts, keeps
+counting unchanged probes across an edit, detaches when the ProbeSet is deleted, and refuses a
+scope it is not granted. tests/k8s/test_node_agent.py runs several sets in one agent."""
 
 import os
 import signal
@@ -16,10 +17,10 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from probeset_operator.render import LABEL_UID, METRICS_PORT, AgentSettings, render_daemonset
+from probeset_operator.render import AGENT_DAEMONSET, METRICS_PORT, AgentSettings, render_daemonset
 from tests.k8s.fake_kubelet import fake_kubelet  # noqa: F401
 from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, Process, api, condition,  # noqa: F401
-                                    get_ds, get_ps, installed, namespace, probeset, service_account_kubeconfig,
+                                    get_ps, installed, namespace, probeset, service_account_kubeconfig,
                                     start_operator, wait_for)
 from tests.support import TARGET_C, bcc_missing_reason
 
@@ -131,10 +132,9 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
     work = {"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}
     objs.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
         "e2e", [work], nodeSelector={"probeset-test": "e2e"}, labels=list(WORKLOAD)))
-    uid = wait_for("ProbeSet", lambda: get_ps(api, namespace, "e2e"))["metadata"]["uid"]
     pod = wait_for("agent pod bound to this node", lambda: next(iter(
-        p for p in client.CoreV1Api(api).list_namespaced_pod(OPERATOR_NS, label_selector=f"{LABEL_UID}={uid}").items
-        if p.spec.node_name == NODE), None))
+        p for p in client.CoreV1Api(api).list_namespaced_pod(
+            OPERATOR_NS, label_selector="app.kubernetes.io/component=agent").items if p.spec.node_name == NODE), None))
 
     agent_kubeconfig = service_account_kubeconfig(installed, tmp_path, "probeset-agent")
     agent = run_pod_here(api, pod, agent_kubeconfig, tmp_path / "agent.log")
@@ -168,7 +168,8 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
         assert counts == {mine: 123}
         assert gauge("probeset_unknown_cgroups", probeset="e2e") == 0
 
-        # Edit: add a probe. The agent reloads (counters restart) and reports the new generation.
+        # Edit: add a probe. It is attached in a program of its own; work keeps counting, without a
+        # reset; the agent reports the new generation.
         ret = {"name": "ret", "uretprobe": f"{target_binary}:probeset_target_work", "groupBy": ["retval"]}
         objs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "e2e",
                                             {"spec": {"probes": [work, ret]}})
@@ -178,7 +179,7 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
         assert gauge("probeset_uprobe_files", probeset="e2e", probe="ret") == 1
         for t in (t_app, t_neighbour, t_host):
             t.run("work 30")
-        assert events_of("work") == {mine: 30}
+        assert events_of("work") == {mine: 153}
         assert events_of("ret", WORKLOAD + ("retval",)) == {mine + ("1",): 10, mine + ("0",): 20}
 
         # A probe that cannot attach: the node reports it, the set is Degraded with the reason (here
@@ -196,12 +197,13 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
                                                if e.reason == "ProbeFailed" and NODE in e.message])
         for t in (t_app, t_neighbour, t_host):
             t.run("work 5")
-        assert events_of("work") == {mine: 5}      # the good probes kept working, still filtered
+        assert events_of("work") == {mine: 158}    # the good probes kept working, still filtered
 
-        # Delete: the agent detaches, the DaemonSet goes.
+        # Delete the last set: the agent detaches it, and the operator deletes the DaemonSet.
         objs.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "e2e")
         wait_for("the agent to detach", lambda: "detaching" in agent.text() and not samples("probeset_events_total"))
-        wait_for("DaemonSet deleted", lambda: get_ds(api, namespace, "e2e") is None)
+        wait_for("DaemonSet deleted", lambda: not [d for d in client.AppsV1Api(api).list_namespaced_daemon_set(
+            OPERATOR_NS).items if d.metadata.name == AGENT_DAEMONSET])
     finally:
         code = stop_agent(agent)
     assert code == 0
@@ -214,13 +216,14 @@ def test_agent_refuses_node_scope_outside_the_granted_namespaces(api, namespace,
     obj = objs.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
         "wide", [{"name": "execs", "tracepoint": "sched:sched_process_exec"}], scope="Node", labels=["node"]))
     # The agent container as the operator renders it (its own namespace; nodeWideNamespaces unset).
-    (container,) = render_daemonset(obj, OPERATOR_NS, AgentSettings())["spec"]["template"]["spec"]["containers"]
+    (container,) = render_daemonset([obj], OPERATOR_NS, AgentSettings())["spec"]["template"]["spec"]["containers"]
     agent = run_container_here(container, NODE, service_account_kubeconfig(installed, tmp_path, "probeset-agent"),
                                tmp_path / "agent.log")
     try:
         _, report = wait_for("the agent's refusal", lambda: (r := agent_report(api, namespace, "wide"))[1] and r,
                              timeout=60)
         assert (report["generation"], report["attached"], report["total"]) == (obj["metadata"]["generation"], 0, 1)
+        assert report["reason"] == "InvalidSpec"
         (failed,) = report["failed"]
         assert failed["name"] == "(spec)" and not failed["attached"]
         assert "spec.scope" in failed["error"] and OPERATOR_NS in failed["error"] and namespace in failed["error"]
