@@ -19,5 +19,6 @@ ENV PATH=/opt/probeset/.venv/bin:$PATH
 # Non-root by default (the operator); the agent DaemonSet sets runAsUser: 0 and privileged.
 USER 65532
 ENTRYPOINT ["probeset"]
-# The operator's DaemonSet runs `probeset agent`; the operator's Deployment runs `probeset operator`.
+# The operator's one agent DaemonSet runs `probeset agent ...` (every ProbeSet that selects the node;
+# no environment names a set); the operator's Deployment runs `probeset operator`.
 CMD ["agent"]

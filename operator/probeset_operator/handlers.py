@@ -1,9 +1,15 @@
-"""kopf handlers: the glue between the API and the operator's pure logic (summary.py, render.py).
+"""kopf handlers: the glue between the API and the operator's pure logic (summary.py, render.py,
+scheduling.py).
 
-Each handler reads what it needs, calls pure code, and writes the result. Failures carry kopf's
-retry policy: an invalid spec is a PermanentError (nothing to retry until the spec changes; its
-status says why), an API failure a TemporaryError with a delay. Settings come from the environment
-once, at start-up (`settings_from_env`); the handlers keep no module-level state.
+The operator owns one agent DaemonSet. Any change to any ProbeSet (create, update, resume,
+delete) recomputes it from a fresh list of all ProbeSets, each admitted or not by the
+administrator's policy; recomputes are serialized. Each set keeps its own status: Valid from
+admission, Ready/Degraded from the nodes that should run it (a timer, every few seconds).
+
+Failures carry kopf's retry policy: an invalid spec is a PermanentError (nothing to retry until the
+spec changes; its status says why), an API failure a TemporaryError with a delay. Settings come from
+the environment once, at start-up (`settings_from_env`); what the handlers share lives in one
+`Fleet` in the memo, no module-level state.
 """
 
 from __future__ import annotations
@@ -12,19 +18,22 @@ import json
 import logging
 import os
 import random
+import threading
+import time
+from dataclasses import dataclass
 
 import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from probeset_api import API_GROUP, API_VERSION, PLURAL
-from probeset_api.spec import (ProbeSet, SpecError, node_wide_from_env, operator_namespace_from_env,
-                               parse_probeset, restrict_values, scope_error, tenant_values_from_env, value_policy)
-from probeset_api.schema import FieldError
+from probeset_api.admission import Admission
+from probeset_api.spec import ProbeSet, SpecError
 from probeset_api.status import NodeReport
 
-from .render import LABEL_UID, AgentSettings, daemonset_name, render_daemonset
-from .summary import MESSAGE_MAX, Verdict, is_valid, pod_problem, set_condition, summarize
+from .render import AGENT_DAEMONSET, LABELS, SELECTOR, AgentSettings, render_daemonset
+from .scheduling import pod_node, runs_on, selector_errors, toleration_errors
+from .summary import MESSAGE_MAX, Verdict, pod_problem, set_condition, summarize
 
 PEERING_NAME = "probeset"
 FIELD_MANAGER = "probeset-operator"
@@ -32,6 +41,10 @@ FINALIZER = f"{API_GROUP}/agents"
 AGGREGATE_INTERVAL = 5.0
 API_RETRY_DELAY = 10.0
 REJECTED_RETRY_DELAY = 60.0     # a refused DaemonSet needs an admin's change: retry, but not often
+VIEW_MAX_AGE = 2.0              # nodes, DaemonSet and agent pods, read once for every set's timer
+OPERATOR_DEPLOYMENT_ENV = "PROBESET_OPERATOR_DEPLOYMENT"
+# Per-set DaemonSets of operator versions before the single one carried this label.
+_OLD_PER_SET_LABEL = f"{API_GROUP}/probeset-uid"
 
 
 def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
@@ -45,36 +58,92 @@ def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
         agent.resources = json.loads(environ["PROBESET_AGENT_RESOURCES"])
     if environ.get("PROBESET_AGENT_TOLERATIONS"):
         agent.extra_tolerations = json.loads(environ["PROBESET_AGENT_TOLERATIONS"])
-    agent.node_wide_namespaces = tuple(sorted(node_wide_from_env(environ)))
-    agent.tenant_values = tuple(sorted(tenant_values_from_env(environ)))
+    if environ.get("PROBESET_AGENT_NODE_SELECTOR"):
+        agent.node_selector = dict(json.loads(environ["PROBESET_AGENT_NODE_SELECTOR"]))
+    agent.max_probesets = int(environ.get("PROBESET_AGENT_MAX_PROBESETS") or agent.max_probesets)
+    agent.max_probes = int(environ.get("PROBESET_AGENT_MAX_PROBES") or agent.max_probes)
+    agent.admission = Admission.from_env(environ)
     agent.metrics_tls_secret = environ.get("PROBESET_AGENT_METRICS_TLS_SECRET", "")
     agent.metrics_auth = environ.get("PROBESET_AGENT_METRICS_AUTH", "false").lower() == "true"
-    agent.allow_probeset_tolerations = environ.get("PROBESET_ALLOW_PROBESET_TOLERATIONS", "false").lower() == "true"
-    return operator_namespace_from_env(environ), agent
+    return agent.admission.operator_namespace, agent
 
 
-def validate(body: dict, operator_namespace: str, agent: AgentSettings) -> ProbeSet:
-    """The ProbeSet an agent DaemonSet may run for `body`; SpecError when none: set-level errors,
-    a scope the namespace is not granted, or no valid probe at all. Probes that would record
-    values a namespaced set may not (ValuePolicy) are rejected, each with its field."""
-    pset = parse_probeset(body)
-    error = scope_error(pset, agent.node_wide(operator_namespace))
-    if error:
-        raise SpecError([error])
-    if pset.tolerations and not agent.allow_probeset_tolerations:
-        raise SpecError([FieldError("spec.tolerations", "where privileged agents run is the cluster admin's choice "
-                                                        "(Helm agent.tolerations), and this cluster does not let "
-                                                        "ProbeSets add tolerations: remove spec.tolerations, or ask "
-                                                        "the admin (agent.allowProbeSetTolerations)")])
-    pset = restrict_values(pset, value_policy(pset, frozenset(agent.tenant_values)))
-    if not pset.probes:   # every probe rejected: nothing for an agent to run
-        raise SpecError([e for r in pset.rejected for e in r.errors])
+def admissible(body: dict, policy: Admission) -> ProbeSet:
+    """The ProbeSet agents may run (Admission.admit), SpecError when none; also refused: a
+    nodeSelector or (allowed) tolerations the API server would refuse in the one DaemonSet every
+    set shares, so that one set's bad value cannot keep every other set's agents away."""
+    pset = policy.admit(body)
+    errors = selector_errors(pset.node_selector)
+    if policy.allow_tolerations:
+        errors += toleration_errors(pset.tolerations)
+    if errors:
+        raise SpecError(errors)
     return pset
+
+
+@dataclass
+class ClusterView:
+    """What every set's summary reads, fetched at most every VIEW_MAX_AGE seconds: the agent
+    DaemonSet (None: there is none), the nodes and the DaemonSet's pods, as API dicts."""
+
+    daemonset: dict | None
+    nodes: list[dict]
+    pods: list[dict]
+    at: float
+
+
+class Fleet:
+    """What all handlers share (kopf gives each object a shallow copy of the memo, so this one
+    object carries it): the API client, the lock that serializes recomputes, the last refusal of
+    the DaemonSet (until an apply succeeds), the owner reference and a short-lived ClusterView."""
+
+    def __init__(self, deployment: str | None = None):
+        self.lock = threading.Lock()
+        self.rejection: str | None = None
+        self._rejected_at = 0.0
+        self._retry_lock = threading.Lock()
+        self.deployment = deployment
+        self.owner: dict | None = None       # {} once looked up and not found
+        self.migrated = False
+        self._api: client.ApiClient | None = None
+        self._view: ClusterView | None = None
+        self._view_lock = threading.Lock()
+
+    @property
+    def api(self) -> client.ApiClient:
+        # Made on first use: kopf's login, which configures the client, runs after start-up.
+        if self._api is None:
+            self._api = client.ApiClient()
+        return self._api
+
+    def refused(self, message: str | None) -> None:
+        """Remember the API server's refusal of the DaemonSet (None: the last apply succeeded)."""
+        self.rejection, self._rejected_at = message, time.monotonic()
+
+    def retry_due(self) -> bool:
+        """True for one caller once REJECTED_RETRY_DELAY has passed since the last refusal."""
+        with self._retry_lock:
+            if self.rejection is None or time.monotonic() - self._rejected_at < REJECTED_RETRY_DELAY:
+                return False
+            self._rejected_at = time.monotonic()
+            return True
+
+    def forget_view(self) -> None:
+        self._view = None
+
+    def view(self, namespace: str, newer_than: float | None = None) -> ClusterView:
+        """The cached view, read again when older than VIEW_MAX_AGE (or than `newer_than`)."""
+        with self._view_lock:
+            if self._view is None or time.monotonic() - self._view.at > VIEW_MAX_AGE or \
+                    (newer_than is not None and self._view.at <= newer_than):
+                self._view = _read_view(self.api, namespace)
+            return self._view
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     memo.namespace, memo.agent = settings_from_env()
+    memo.fleet = Fleet(os.environ.get(OPERATOR_DEPLOYMENT_ENV) or None)
     # Replicas elect one active operator through kopf peering: the highest priority works, the
     # others pause. A random priority makes ties (which freeze every replica) practically impossible.
     settings.peering.name = os.environ.get("PROBESET_PEERING", PEERING_NAME)
@@ -113,13 +182,13 @@ def _refusal(e: ApiException) -> str:
         return str(e.reason)
 
 
-def apply_daemonset(manifest: dict) -> str:
+def apply_daemonset(manifest: dict, api: client.ApiClient | None = None) -> str:
     """Server-side apply: the API server merges, and a manifest equal to what runs changes nothing
     (no rollout). Returns what happened, for the log: created, unchanged or updated; raises
     DaemonSetRejected when the API server refuses the manifest (4xx other than a conflict)."""
     meta = manifest["metadata"]
     what = f"DaemonSet {meta['namespace']}/{meta['name']}"
-    apps = client.AppsV1Api()
+    apps = client.AppsV1Api(api)
     before = _api_call(f"reading {what}", apps.read_namespaced_daemon_set, meta["name"], meta["namespace"])
     try:
         after = apps.patch_namespaced_daemon_set(meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER,
@@ -131,14 +200,88 @@ def apply_daemonset(manifest: dict) -> str:
     if before is None:
         return "created"
     # Not the resourceVersion: a no-op apply still rewrites managedFields' time on v1.20 servers.
-    kept = [(m.generation, m.labels, m.annotations) for m in (before.metadata, after.metadata)] if after else []
+    kept = [(m.generation, m.labels, m.annotations, m.owner_references) for m in (before.metadata, after.metadata)] \
+        if after else []
     return "unchanged" if kept and kept[0] == kept[1] else "updated"
 
 
-def delete_daemonset(namespace: str, name: str) -> bool:
+def delete_daemonset(namespace: str, name: str, api: client.ApiClient | None = None) -> bool:
     """True if there was one to delete."""
-    return _api_call(f"deleting DaemonSet {namespace}/{name}", client.AppsV1Api().delete_namespaced_daemon_set,
+    return _api_call(f"deleting DaemonSet {namespace}/{name}", client.AppsV1Api(api).delete_namespaced_daemon_set,
                      name, namespace, propagation_policy="Background") is not None
+
+
+def list_probesets(api: client.ApiClient | None = None) -> list[dict]:
+    """Every ProbeSet of the cluster, as API dicts."""
+    found = _api_call("listing ProbeSets", client.CustomObjectsApi(api).list_cluster_custom_object,
+                      API_GROUP, API_VERSION, PLURAL)
+    return (found or {}).get("items") or []
+
+
+def _owner(fleet: Fleet, namespace: str, logger: logging.Logger) -> dict | None:
+    """The ownerReference to the operator's Deployment (read once), so that uninstalling the
+    operator garbage-collects its DaemonSet; None without PROBESET_OPERATOR_DEPLOYMENT."""
+    if fleet.deployment and fleet.owner is None:
+        dep = _api_call(f"reading Deployment {namespace}/{fleet.deployment}",
+                        client.AppsV1Api(fleet.api).read_namespaced_deployment, fleet.deployment, namespace)
+        if dep is None:
+            logger.warning("Deployment %s/%s (%s) not found: the agent DaemonSet gets no owner", namespace,
+                           fleet.deployment, OPERATOR_DEPLOYMENT_ENV)
+        fleet.owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep.metadata.name,
+                       "uid": dep.metadata.uid} if dep else {}
+    return fleet.owner or None
+
+
+def _remove_per_set_daemonsets(fleet: Fleet, namespace: str, logger: logging.Logger) -> None:
+    """Once per process: delete the per-ProbeSet DaemonSets an older operator made (their agents
+    would run next to the one DaemonSet's)."""
+    if fleet.migrated:
+        return
+    apps = client.AppsV1Api(fleet.api)
+    selector = f"app.kubernetes.io/managed-by={LABELS['app.kubernetes.io/managed-by']},{_OLD_PER_SET_LABEL}"
+    old = _api_call(f"listing DaemonSets in {namespace}", apps.list_namespaced_daemon_set, namespace,
+                    label_selector=selector)
+    for ds in (old.items if old else []):
+        if ds.metadata.name != AGENT_DAEMONSET and delete_daemonset(namespace, ds.metadata.name, fleet.api):
+            logger.info("deleted DaemonSet %s/%s of an older operator (one per ProbeSet)", namespace,
+                        ds.metadata.name)
+    fleet.migrated = True
+
+
+def recompute(memo: kopf.Memo, logger: logging.Logger) -> str:
+    """Make the one agent DaemonSet fit every admitted ProbeSet of the cluster (none: delete it).
+    Returns what happened, for the log; raises DaemonSetRejected (remembered in the fleet until an
+    apply succeeds) or kopf.TemporaryError (the API failed)."""
+    fleet: Fleet = memo.fleet
+    policy = memo.agent.policy(memo.namespace)
+    with fleet.lock:
+        admitted = []
+        for body in list_probesets(fleet.api):
+            if body.get("metadata", {}).get("deletionTimestamp"):
+                continue    # being deleted: its agents go
+            try:
+                admissible(body, policy)
+            except SpecError:
+                continue
+            admitted.append(body)
+        _remove_per_set_daemonsets(fleet, memo.namespace, logger)
+        fleet.forget_view()
+        if not admitted:
+            # No ProbeSet, no agent pods: nothing would run on any node.
+            fleet.refused(None)
+            return "deleted: no ProbeSet to run" if delete_daemonset(memo.namespace, AGENT_DAEMONSET, fleet.api) \
+                else "absent: no ProbeSet to run"
+        manifest = render_daemonset(admitted, memo.namespace, memo.agent)
+        owner = _owner(fleet, memo.namespace, logger)
+        if owner:
+            manifest["metadata"]["ownerReferences"] = [owner]
+        try:
+            result = apply_daemonset(manifest, fleet.api)
+        except DaemonSetRejected as e:
+            fleet.refused(str(e))
+            raise
+        fleet.refused(None)
+        return f"{result} ({len(admitted)} ProbeSet(s))"
 
 
 def _set(status: kopf.Status, patch: kopf.Patch, ctype: str, verdict: Verdict, generation: int | None) -> None:
@@ -146,16 +289,19 @@ def _set(status: kopf.Status, patch: kopf.Patch, ctype: str, verdict: Verdict, g
     patch.status["conditions"] = set_condition(current, ctype, verdict, generation)
 
 
+def _log_result(logger: logging.Logger, namespace: str, result: str) -> None:
+    logger.info("DaemonSet %s/%s %s", namespace, AGENT_DAEMONSET, result)
+
+
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL)
 def reconcile(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
               logger: logging.Logger, **_) -> None:
-    """Validate; a valid set gets its agent DaemonSet, an invalid one loses it."""
+    """Admit the set (its Valid condition), then fit the agent DaemonSet to every admitted set."""
     generation = meta.get("generation")
-    ds_name = daemonset_name(meta["namespace"], meta["name"])
     try:
-        pset = validate(dict(body), memo.namespace, memo.agent)
+        pset = admissible(dict(body), memo.agent.policy(memo.namespace))
     except SpecError as e:
         message = str(e)
         _set(status, patch, "Valid", Verdict("False", "InvalidSpec", message), generation)
@@ -163,8 +309,10 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf
         patch.status["message"] = message[:MESSAGE_MAX]
         patch.status["observedGeneration"] = generation
         kopf.warn(body, reason="InvalidSpec", message=message[:1000])
-        if delete_daemonset(memo.namespace, ds_name):
-            logger.info("deleted DaemonSet %s/%s of an invalid ProbeSet", memo.namespace, ds_name)
+        try:    # where agents run no longer counts this set
+            _log_result(logger, memo.namespace, recompute(memo, logger))
+        except DaemonSetRejected:
+            pass    # the admitted sets say so; this one is invalid whatever the DaemonSet
         raise kopf.PermanentError(f"invalid spec: {message[:MESSAGE_MAX]}") from None
     rejected = "; ".join(r.reason for r in pset.rejected)
     if rejected:
@@ -173,47 +321,96 @@ def reconcile(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf
     else:
         _set(status, patch, "Valid", Verdict("True", "SpecValid"), generation)
     try:
-        result = apply_daemonset(render_daemonset(dict(body), memo.namespace, memo.agent))
+        result = recompute(memo, logger)
     except DaemonSetRejected as e:
-        # Not the user's spec, the cluster's policy or the operator's settings: said on the set, retried.
+        # Not the user's spec, the cluster's policy or the operator's settings: said on the set
+        # (every other admitted set says it too, from its timer), retried.
         _set(status, patch, "Ready", Verdict("False", "DaemonSetRejected", str(e)), generation)
         patch.status["message"] = str(e)[:MESSAGE_MAX]
         patch.status["observedGeneration"] = generation
         kopf.warn(body, reason="DaemonSetRejected", message=str(e)[:1000])
         raise kopf.TemporaryError(str(e)[:MESSAGE_MAX], delay=REJECTED_RETRY_DELAY) from None
-    logger.info("DaemonSet %s/%s %s", memo.namespace, ds_name, result)
+    _log_result(logger, memo.namespace, result)
     patch.status["observedGeneration"] = generation
 
 
+# A deleted set must leave the DaemonSet (the last one: delete it). kopf's on.delete needs the
+# finalizer, which this handler keeps for that reason: with it, a set deleted while no operator
+# runs (a restart, a replica handover) is still processed when one resumes, so "no ProbeSet, no
+# agent pods" holds. An on.event handler needs none but misses such deletions, and when the last
+# set went then, nothing else would ever remove the DaemonSet. The cost: a set left behind after
+# the operator is uninstalled keeps its finalizer (docs/operator.md, uninstall).
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
-def remove_agents(meta: kopf.Meta, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
-    ds_name = daemonset_name(meta["namespace"], meta["name"])
-    if delete_daemonset(memo.namespace, ds_name):
-        logger.info("deleted DaemonSet %s/%s", memo.namespace, ds_name)
+def remove_agents(memo: kopf.Memo, logger: logging.Logger, **_) -> None:
+    try:
+        _log_result(logger, memo.namespace, recompute(memo, logger))
+    except DaemonSetRejected:
+        pass    # the remaining sets say so (their timers); the deletion goes on
+
+
+def _read_view(api: client.ApiClient, namespace: str) -> ClusterView:
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    ds = _api_call(f"reading DaemonSet {namespace}/{AGENT_DAEMONSET}", apps.read_namespaced_daemon_set,
+                   AGENT_DAEMONSET, namespace)
+    if ds is None:
+        return ClusterView(None, [], [], time.monotonic())
+    nodes = _api_call("listing nodes", core.list_node)
+    selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
+    pods = _api_call(f"listing agent pods in {namespace}", core.list_namespaced_pod, namespace,
+                     label_selector=selector)
+    # Only the DaemonSet's own pods (its controller reference): not a leftover of an older one.
+    own = [p for p in (pods.items if pods else [])
+           if any(o.uid == ds.metadata.uid and o.controller for o in p.metadata.owner_references or [])]
+    return ClusterView(api.sanitize_for_serialization(ds), api.sanitize_for_serialization(nodes.items if nodes else []),
+                       api.sanitize_for_serialization(own), time.monotonic())
+
+
+def desired_nodes(view: ClusterView, selector: dict[str, str]) -> set[str]:
+    """The nodes where the DaemonSet runs an agent that should run a set with this nodeSelector."""
+    pod_spec = view.daemonset["spec"]["template"]["spec"]
+    return {n["metadata"]["name"] for n in view.nodes if runs_on(n, selector, pod_spec)}
 
 
 @kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=AGGREGATE_INTERVAL)
-def aggregate(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
-              **_) -> None:
-    """status.nodes/probes/message and the Ready/Degraded conditions, from the DaemonSet and the
-    agents' reports (summary.summarize); reports of nodes that no longer run an agent are dropped."""
-    if not is_valid(status.get("conditions") or []):
+def aggregate(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+              memo: kopf.Memo, logger: logging.Logger, **_) -> None:
+    """status.nodes/probes/message and the Ready/Degraded conditions, from the nodes that should
+    run the set, the agent pods there and the agents' reports (summary.summarize); reports of
+    other nodes are dropped."""
+    try:
+        admissible(dict(body), memo.agent.policy(memo.namespace))
+    except SpecError:
         return   # invalid sets have no agents; reconcile() wrote their status
     generation = meta.get("generation")
-    ds_name = daemonset_name(meta["namespace"], meta["name"])
-    ds = _api_call(f"reading DaemonSet {memo.namespace}/{ds_name}", client.AppsV1Api().read_namespaced_daemon_set,
-                   ds_name, memo.namespace)
-    if ds is None:
+    fleet: Fleet = memo.fleet
+    if fleet.retry_due():   # a refusal is retried every REJECTED_RETRY_DELAY, whoever met it
+        try:
+            _log_result(logger, memo.namespace, recompute(memo, logger))
+        except DaemonSetRejected:
+            pass
+    rejection = fleet.rejection
+    if rejection:
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        if ready.get("reason") != "DaemonSetRejected":
+            kopf.warn(body, reason="DaemonSetRejected", message=rejection[:1000])
+        _set(status, patch, "Ready", Verdict("False", "DaemonSetRejected", rejection), generation)
+        patch.status["message"] = rejection[:MESSAGE_MAX]
+        _drop_unchanged(status, patch)
         return
-    pods = _api_call(f"listing agent pods in {memo.namespace}", client.CoreV1Api().list_namespaced_pod,
-                     memo.namespace, label_selector=f"{LABEL_UID}={meta['uid']}")
-    scheduled = {p.spec.node_name for p in (pods.items if pods else []) if p.spec.node_name}
-    desired = (ds.status.desired_number_scheduled or 0) if ds.status else 0
-    reports = {node: NodeReport.from_status(entry) for node, entry in (status.get("agents") or {}).items()
-               if isinstance(entry, dict)}
-    pod_dicts = [client.ApiClient().sanitize_for_serialization(p) for p in (pods.items if pods else [])]
-    summary = summarize(reports, scheduled, desired, len(body.get("spec", {}).get("probes") or []), generation,
-                        pod_problem(pod_dicts, desired))
+    view = fleet.view(memo.namespace)
+    summary = view.daemonset and _summary(view, spec, status, generation)
+    if summary and summary.stale:
+        # Agents report on change only: drop a report only on a view read after the status that
+        # holds it (so after its agent's pod existed), not on a cached one from before.
+        view = fleet.view(memo.namespace, newer_than=view.at)
+        summary = view.daemonset and _summary(view, spec, status, generation)
+    if view.daemonset is None:
+        # Not made yet, or deleted by hand: an admitted set needs it.
+        try:
+            _log_result(logger, memo.namespace, recompute(memo, logger))
+        except DaemonSetRejected:
+            pass    # said on the next tick
+        return
     if summary.stale:
         patch.status["agents"] = {node: None for node in summary.stale}
     patch.status["nodes"] = vars(summary.nodes).copy()
@@ -222,6 +419,16 @@ def aggregate(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf
     _set(status, patch, "Ready", summary.ready, generation)
     patch.status["message"] = summary.message
     _drop_unchanged(status, patch)
+
+
+def _summary(view: ClusterView, spec: kopf.Spec, status: kopf.Status, generation: int | None):
+    desired = desired_nodes(view, dict(spec.get("nodeSelector") or {}))
+    pods = [p for p in view.pods if pod_node(p) in desired]
+    scheduled = {p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName")}
+    reports = {node: NodeReport.from_status(entry) for node, entry in (status.get("agents") or {}).items()
+               if isinstance(entry, dict)}
+    return summarize(reports, scheduled, len(desired), len(spec.get("probes") or []), generation,
+                     pod_problem(pods, len(desired)))
 
 
 def _drop_unchanged(status: kopf.Status, patch: kopf.Patch) -> None:

@@ -8,7 +8,8 @@ from probeset_api import API_GROUP, PLURAL
 # (apiGroups, resources, verbs, why)
 OPERATOR_CLUSTER_RULES = [
     ([API_GROUP], [PLURAL], ["get", "list", "watch", "patch"],
-     "follow ProbeSets in every namespace; patch adds and removes the finalizer"),
+     "follow ProbeSets in every namespace, list them all to place the agents; patch adds and removes the "
+     "finalizer"),
     ([API_GROUP], [f"{PLURAL}/status"], ["get", "patch"], "write conditions and the node summary"),
     ([""], ["events"], ["create"], "Events on ProbeSets (InvalidSpec, ...)"),
     (["events.k8s.io"], ["events"], ["create"], "the same, through the newer events API"),
@@ -17,18 +18,24 @@ OPERATOR_CLUSTER_RULES = [
     (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"],
      "kopf checks that the resources it serves exist"),
     ([""], ["namespaces"], ["get", "list", "watch"], "kopf's cluster-wide mode follows namespaces"),
+    ([""], ["nodes"], ["list"], "which nodes should run each ProbeSet (labels, taints)"),
 ]
 
-# Only in the operator's own namespace, where the agent DaemonSets live.
+# Only in the operator's own namespace, where the agent DaemonSet lives.
 OPERATOR_NAMESPACE_RULES = [
-    (["apps"], ["daemonsets"], ["get", "list", "watch", "create", "update", "patch", "delete"],
-     "one agent DaemonSet per ProbeSet"),
-    ([""], ["pods"], ["get", "list", "watch"], "which nodes run an agent (to drop reports of others)"),
+    (["apps"], ["daemonsets"], ["get", "list", "create", "patch", "delete"],
+     "the one agent DaemonSet (list: the per-ProbeSet DaemonSets of older versions, deleted once)"),
+    ([""], ["pods"], ["list"], "which nodes run an agent, and why not (to drop reports of others)"),
+    (["apps"], ["deployments"], ["get"], "the operator's own Deployment: the DaemonSet's owner, so that "
+                                         "uninstalling removes it"),
 ]
 
 AGENT_CLUSTER_RULES = [
-    ([API_GROUP], [PLURAL], ["get", "list", "watch"], "read and follow its ProbeSet"),
+    ([API_GROUP], [PLURAL], ["get", "list", "watch"], "list and watch every ProbeSet: it runs those that select "
+                                                      "its node"),
     ([API_GROUP], [f"{PLURAL}/status"], ["patch"], "report its node's result (status.agents.<node>)"),
+    ([""], ["nodes"], ["get", "list", "watch"],
+     "its own Node's labels, for the sets' nodeSelectors (watched with a metadata.name field selector)"),
     ([""], ["events"], ["create"], "an Event when a probe fails on its node"),
     ([""], ["pods"], ["get", "list", "watch"],
      "names for the pod UIDs and container IDs found in cgroups, and pod labels for podSelector "

@@ -1,23 +1,24 @@
-"""Manifests the operator applies, as plain dicts built from typed values (no YAML templating).
+"""The one agent DaemonSet the operator applies, as a plain dict built from typed values (no YAML
+templating).
 
-DaemonSets live in the operator's namespace, not the ProbeSet's: agents are privileged pods
-(hostPID, BPF, host mounts), which Pod Security Admission's "privileged" level must allow. Granting
-that to one operator namespace keeps user namespaces at "baseline"/"restricted". Owner references
-cannot cross namespaces, so the ProbeSet carries a finalizer and the operator deletes its DaemonSet
-on deletion.
+One agent per node runs every ProbeSet that selects its node (it lists and watches them all), so
+the operator owns exactly one DaemonSet, `probeset-agent`, whatever the number of ProbeSets; what
+the sets change is only where it runs (scheduling.py). It lives in the operator's namespace, not a
+ProbeSet's: agents are privileged pods (hostPID, BPF, host mounts), which Pod Security Admission's
+"privileged" level must allow, and granting that to one operator namespace keeps user namespaces
+at "baseline"/"restricted".
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
-from probeset_api import API_GROUP, NODE_WIDE_NAMESPACES_ENV, OPERATOR_NAMESPACE_ENV, TENANT_VALUES_ENV
+from probeset_api.admission import Admission
 
+from .scheduling import node_affinity, tolerations
+
+AGENT_DAEMONSET = "probeset-agent"
 METRICS_PORT = 9437
-LABEL_UID = f"{API_GROUP}/probeset-uid"
-LABEL_NAME = f"{API_GROUP}/probeset"
-LABEL_NAMESPACE = f"{API_GROUP}/probeset-namespace"
 COMPONENT = "agent"
 TLS_DIR = "/etc/probeset/metrics-tls"
 # Time to detach at SIGTERM before the kubelet kills the agent. uprobes are BPF links where the
@@ -26,11 +27,14 @@ TLS_DIR = "/etc/probeset/metrics-tls"
 # BCC's 1,000 per process, ~110 s, plus margin. tracefs kretprobes, which a kill would leave
 # behind, are detached first.
 DETACH_GRACE_SECONDS = 150
+# The agent pods' labels; the first two are the DaemonSet's selector (immutable: never change them).
+SELECTOR = {"app.kubernetes.io/name": "probeset", "app.kubernetes.io/component": COMPONENT}
+LABELS = {**SELECTOR, "app.kubernetes.io/managed-by": "probeset-operator"}
 
 
 @dataclass
 class AgentSettings:
-    """How agents run; set once by the operator (flags / Helm values)."""
+    """How agents run; set once by the operator (environment from the Helm values)."""
 
     image: str = "probeset:latest"
     image_pull_policy: str = "IfNotPresent"
@@ -40,33 +44,27 @@ class AgentSettings:
         "limits": {"memory": "400Mi"},
     })
     priority_class: str | None = None
+    # Where privileged agents may run is the administrator's choice: these tolerations, a
+    # nodeSelector that narrows every set's nodes, and (admission.allow_tolerations) whether sets'
+    # own tolerations count.
     extra_tolerations: list[dict] = field(default_factory=list)
-    # Where privileged agents may run is the administrator's choice: a ProbeSet's own tolerations
-    # are used only when the administrator allows them (PROBESET_ALLOW_PROBESET_TOLERATIONS).
-    allow_probeset_tolerations: bool = False
-    # Namespaces whose ProbeSets may use scope Node (PROBESET_NODE_WIDE_NAMESPACES); empty: the
-    # operator's namespace only.
-    node_wide_namespaces: tuple[str, ...] = ()
-    # Values namespaced ProbeSets may record although they can carry addresses or other tasks'
-    # identity (PROBESET_TENANT_VALUES: KIND:TARGET:FIELD each); empty: none.
-    tenant_values: tuple[str, ...] = ()
+    node_selector: dict[str, str] = field(default_factory=dict)
+    # What one agent runs at most (its --max-probesets, --max-probes): the sets beyond, oldest
+    # first, report OverBudget on that node.
+    max_probesets: int = 20
+    max_probes: int = 500
+    # The administrator's policy for ProbeSets (scope Node, tenant values, tolerations), which the
+    # agents apply too; None: the defaults for the operator's namespace (policy()).
+    admission: Admission | None = None
     # /metrics: over TLS with this kubernetes.io/tls Secret of the operator's namespace (empty:
     # plain HTTP), and only for scrapers allowed `get /metrics` (TokenReview + SubjectAccessReview).
     metrics_tls_secret: str = ""
     metrics_auth: bool = False
 
-    def node_wide(self, operator_namespace: str) -> frozenset[str]:
-        """The namespaces allowed scope Node: node_wide_namespaces, or the operator's namespace."""
-        return frozenset(self.node_wide_namespaces or (operator_namespace,))
-
-
-def daemonset_name(namespace: str, name: str) -> str:
-    """probeset-<namespace>-<name>, shortened with a hash to stay a valid 63-character name."""
-    base = f"probeset-{namespace}-{name}"
-    if len(base) <= 63:
-        return base
-    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
-    return f"{base[:54].rstrip('-.')}-{digest}"
+    def policy(self, operator_namespace: str) -> Admission:
+        """`admission`, or the defaults for this operator namespace: scope Node only there, no
+        tenant values, no ProbeSet tolerations."""
+        return self.admission or Admission(operator_namespace, frozenset({operator_namespace}))
 
 
 def _host_mount(name: str, path: str, read_only: bool = True, mount_propagation: str | None = None):
@@ -77,18 +75,13 @@ def _host_mount(name: str, path: str, read_only: bool = True, mount_propagation:
     return volume, mount
 
 
-def render_daemonset(body: dict, operator_namespace: str, settings: AgentSettings) -> dict:
-    """The agent DaemonSet for one (valid) ProbeSet object."""
-    meta, spec = body["metadata"], body.get("spec", {})
-    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    labels = {
-        "app.kubernetes.io/name": "probeset",
-        "app.kubernetes.io/component": COMPONENT,
-        "app.kubernetes.io/managed-by": "probeset-operator",
-        LABEL_UID: uid,
-    }
-    # Label values must be <= 63 chars; names and namespaces are, by their own rules.
-    selector = {"app.kubernetes.io/component": COMPONENT, LABEL_UID: uid}
+def render_daemonset(bodies: list[dict], operator_namespace: str, settings: AgentSettings) -> dict:
+    """The agent DaemonSet for these ProbeSet objects (those agents may run: admitted; at least one,
+    else there is no DaemonSet). Nothing of a set but its nodeSelector and (where the admin allows
+    them) tolerations reaches it, and those sorted: a set change that does not move agents renders
+    the same manifest."""
+    policy = settings.policy(operator_namespace)
+    specs = [b.get("spec") or {} for b in bodies]
     mounts = [
         _host_mount("tracefs", "/sys/kernel/tracing"),
         _host_mount("debugfs", "/sys/kernel/debug"),
@@ -97,7 +90,8 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
         _host_mount("modules", "/lib/modules"),
         _host_mount("usr-src", "/usr/src"),
     ]
-    args = ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}"]
+    args = ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}", "--max-probesets", str(settings.max_probesets),
+            "--max-probes", str(settings.max_probes)]
     volumes = [v for v, _ in mounts]
     volume_mounts = [m for _, m in mounts]
     if settings.metrics_tls_secret:
@@ -111,15 +105,8 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": args,
-        "env": [
-            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-            {"name": "PROBESET_NAMESPACE", "value": ns},
-            {"name": "PROBESET_NAME", "value": name},
-            # The agent applies the operator's scope rule itself (an edited spec reaches it first).
-            {"name": OPERATOR_NAMESPACE_ENV, "value": operator_namespace},
-            {"name": NODE_WIDE_NAMESPACES_ENV,
-             "value": ",".join(sorted(settings.node_wide(operator_namespace)))},
-        ] + ([{"name": TENANT_VALUES_ENV, "value": ",".join(settings.tenant_values)}] if settings.tenant_values else []),
+        # The agent applies the administrator's policy itself (an edited spec reaches it first).
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}] + policy.env(),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "securityContext": {"privileged": True, "runAsUser": 0},   # the image defaults to non-root
         "resources": settings.resources,
@@ -134,35 +121,35 @@ def render_daemonset(body: dict, operator_namespace: str, settings: AgentSetting
         "dnsPolicy": "ClusterFirstWithHostNet",
         "containers": [container],
         "volumes": volumes,
-        "nodeSelector": dict(spec.get("nodeSelector") or {}),
-        "tolerations": (list(spec.get("tolerations") or []) if settings.allow_probeset_tolerations else [])
-        + list(settings.extra_tolerations),
+        "nodeSelector": dict(sorted(settings.node_selector.items())),
+        "tolerations": tolerations(settings.extra_tolerations, (s.get("tolerations") or [] for s in specs),
+                                   policy.allow_tolerations),
         "terminationGracePeriodSeconds": DETACH_GRACE_SECONDS,
     }
+    affinity = node_affinity(s.get("nodeSelector") or {} for s in specs)
+    if affinity:
+        pod_spec["affinity"] = affinity
     if settings.priority_class:
         pod_spec["priorityClassName"] = settings.priority_class
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
         "metadata": {
-            "name": daemonset_name(ns, name),
+            "name": AGENT_DAEMONSET,
             "namespace": operator_namespace,
-            "labels": labels,
-            "annotations": {LABEL_NAME: name, LABEL_NAMESPACE: ns},
+            "labels": dict(LABELS),
         },
         "spec": {
-            "selector": {"matchLabels": selector},
+            "selector": {"matchLabels": dict(SELECTOR)},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
             "template": {
                 "metadata": {
-                    "labels": labels,
+                    "labels": dict(LABELS),
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(METRICS_PORT),
                         "prometheus.io/path": "/metrics",
                         "prometheus.io/scheme": "https" if settings.metrics_tls_secret else "http",
-                        LABEL_NAME: name,
-                        LABEL_NAMESPACE: ns,
                     },
                 },
                 "spec": pod_spec,

@@ -66,14 +66,34 @@ def pod_problem(pods: list[dict], desired: int) -> Verdict | None:
     return None
 
 
+# What an agent's report.reason says about a node that does not run the set, as the Ready reason.
+DECLINED = {"OverBudget": "OverBudget", "InvalidSpec": "AgentRejectedSpec"}
+
+
+def declined(reports: dict[str, NodeReport]) -> Verdict | None:
+    """Why agents do not run the set on some nodes although their pods run there (reports with a
+    reason: over the node's budget, or a spec the agent refuses), first node by name, or None."""
+    found = sorted((n, r) for n, r in reports.items() if r.reason)
+    if not found:
+        return None
+    node, report = found[0]
+    why = (report.failed[0].error if report.failed and report.failed[0].error else None) or report.reason
+    more = f" (and {len(found) - 1} more node(s))" if len(found) > 1 else ""
+    return Verdict("False", DECLINED.get(report.reason, report.reason), f"node {node}: {why}{more}"[:MESSAGE_MAX])
+
+
 def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int, total: int,
               generation: int | None, problem: Verdict | None = None) -> Summary:
-    """The summary of the agents' reports. Only reports of nodes with an agent pod (`scheduled`)
-    that describe this generation count; the others are stale (old generation) or dropped (no pod).
-    `problem` (pod_problem) says why agents do not run, when they do not."""
+    """The summary of the agents' reports. Only reports of nodes that should run the set and have
+    an agent pod (`scheduled`) that describe this generation count; the others are stale (old
+    generation) or dropped (no pod). A node whose agent does not run the set (report.reason:
+    OverBudget, InvalidSpec) makes the set not Ready and Degraded with that reason. `problem`
+    (pod_problem) says why agents do not run, when they do not."""
     current = {n: r for n, r in reports.items() if n in scheduled and r.generation == generation}
-    ready_nodes = [n for n, r in current.items() if not r.failed and r.attached == total]
-    failing = {n: r for n, r in current.items() if r.failed}
+    refused = declined(current)
+    running = {n: r for n, r in current.items() if not r.reason}
+    ready_nodes = [n for n, r in running.items() if not r.failed and r.attached == total]
+    failing = {n: r for n, r in running.items() if r.failed}
     attached = min((r.attached for r in current.values()), default=0)
     nodes = NodeCounts(desired=desired, ready=len(ready_nodes), failing=len(failing),
                        summary=f"{len(ready_nodes)}/{desired}")
@@ -82,6 +102,9 @@ def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int,
         first = report.failed[0]
         message = f"{len(failing)} node(s) with failed probes; {node}: {first.name}: {first.error}"
         degraded = Verdict("True", "ProbesFailed", message)
+    elif refused:
+        message = refused.message
+        degraded = Verdict("True", refused.reason, message)
     else:
         message = "" if desired and len(ready_nodes) == desired else \
             f"waiting for agents: {len(ready_nodes)}/{desired} nodes report every probe attached"
@@ -89,7 +112,10 @@ def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int,
     is_ready = desired > 0 and len(ready_nodes) == desired
     ready = Verdict("True" if is_ready else "False",
                     "AgentsReady" if is_ready else ("NoNodes" if desired == 0 else "AgentsNotReady"), message)
-    if not is_ready and problem is not None and not failing:
+    if refused:
+        ready = Verdict("False", refused.reason, refused.message)
+        message = message if failing else refused.message
+    elif not is_ready and problem is not None and not failing:
         ready, message = problem, problem.message
     return Summary(nodes, f"{attached}/{total}", message[:MESSAGE_MAX], ready, degraded,
                    tuple(sorted(n for n in reports if n not in scheduled)))
@@ -107,8 +133,3 @@ def set_condition(conditions: list[dict], ctype: str, verdict: Verdict, generati
            "lastTransitionTime": kept or at or now()}
     out = [dict(c) for c in conditions if c.get("type") != ctype] + [new]
     return sorted(out, key=lambda c: CONDITION_TYPES.index(c["type"]) if c["type"] in CONDITION_TYPES else 9)
-
-
-def is_valid(conditions: list[dict]) -> bool:
-    """Whether the last validation passed (agents may run): Valid is not False."""
-    return any(c.get("type") == "Valid" and c.get("status") != "False" for c in conditions)

@@ -22,7 +22,8 @@ from kubernetes.dynamic import DynamicClient  # noqa: E402
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError  # noqa: E402
 
 from tests.k8s.operator_env import (Process, condition, free_port, get_ds, probeset,  # noqa: E402
-                                    service_account_kubeconfig, wait_established, wait_for)
+                                    remove_agent_daemonset, service_account_kubeconfig, wait_established,
+                                    wait_for)
 
 pytestmark = pytest.mark.k8s
 
@@ -200,8 +201,10 @@ def test_operator_with_the_charts_rbac_reconciles_a_probeset(kube, release, tmp_
         objs.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", {
             "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}})
         core.create_namespace({"metadata": {"name": ns}})
+        remove_agent_daemonset(api)     # one an earlier test's operator left
         env = dict(os.environ, KUBECONFIG=kubeconfig, PROBESET_OPERATOR_NAMESPACE=NS,
-                   PROBESET_AGENT_IMAGE="registry.example/probeset:test", PROBESET_PEERING=peering)
+                   PROBESET_AGENT_IMAGE="registry.example/probeset:test", PROBESET_PEERING=peering,
+                   PROBESET_OPERATOR_DEPLOYMENT="probeset-operator")     # as the chart's Deployment sets it
         port = free_port()
         op = Process([sys.executable, "-m", "probeset_cli", "operator",
                       "--liveness", f"http://127.0.0.1:{port}/healthz"], env, tmp_path / "operator.log")
@@ -209,8 +212,12 @@ def test_operator_with_the_charts_rbac_reconciles_a_probeset(kube, release, tmp_
             objs.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, probeset(
                 "helm", [{"name": "t", "tracepoint": "sched:sched_process_exec"}],
                 nodeSelector={"probeset-test": "none"}))
-            ds = wait_for("the operator's DaemonSet", lambda: get_ds(api, ns, "helm"), timeout=60)
+            ds = wait_for("the operator's DaemonSet", lambda: get_ds(api), timeout=60)
             assert ds.metadata.namespace == NS
+            # Owned by the chart's Deployment (read with the chart's RBAC): uninstalling removes it.
+            dep = client.AppsV1Api(api).read_namespaced_deployment("probeset-operator", NS)
+            assert [(o.kind, o.name, o.uid) for o in ds.metadata.owner_references] == [
+                ("Deployment", "probeset-operator", dep.metadata.uid)]
             obj = wait_for("Valid=True", lambda: (o := objs.get_namespaced_custom_object(
                 GROUP, VERSION, ns, PLURAL, "helm")) and (c := condition(o, "Valid")) and
                 c["status"] == "True" and o, timeout=60)
@@ -221,7 +228,7 @@ def test_operator_with_the_charts_rbac_reconciles_a_probeset(kube, release, tmp_
         finally:
             try:
                 objs.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "helm")
-                wait_for("ProbeSet finalized", lambda: get_ds(api, ns, "helm") is None and
+                wait_for("ProbeSet finalized", lambda: get_ds(api) is None and
                          not objs.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"],
                          timeout=30)
             except (ApiException, AssertionError) as e:

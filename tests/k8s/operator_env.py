@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from probeset_api.crd import build_crd
 from probeset_operator.rbac import peering_objects, role_objects
-from probeset_operator.render import daemonset_name
+from probeset_operator.render import AGENT_DAEMONSET
 
 OPERATOR_NS = "probeset-system"
 GROUP, VERSION, PLURAL = "probeset.io", "v1alpha1", "probesets"
@@ -117,10 +117,24 @@ class Process:
         return self.proc.returncode
 
 
+def remove_agent_daemonset(api) -> None:
+    """Delete the agent DaemonSet, if any, and wait until it is gone: the one DaemonSet outlives the
+    test whose operator made it (its sets are removed after its operator stopped)."""
+    apps = client.AppsV1Api(api)
+    try:
+        apps.delete_namespaced_daemon_set(AGENT_DAEMONSET, OPERATOR_NS, propagation_policy="Background")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    wait_for("no agent DaemonSet", lambda: get_ds(api) is None)
+
+
 @pytest.fixture
 def start_operator(installed, tmp_path):
     kubeconfig = service_account_kubeconfig(installed, tmp_path, "probeset-operator")
     running = []
+    with installed.api_client() as api:
+        remove_agent_daemonset(api)
 
     # A peering object per test: replicas of earlier tests leave records behind for a minute.
     peering = f"probeset-{len(os.listdir(tmp_path.parent))}-{int(time.time() * 1000) % 10**8}"
@@ -192,9 +206,10 @@ def get_ps(api, ns, name):
     return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
 
 
-def get_ds(api, ns, name):
+def get_ds(api):
+    """The one agent DaemonSet, or None."""
     try:
-        return client.AppsV1Api(api).read_namespaced_daemon_set(daemonset_name(ns, name), OPERATOR_NS)
+        return client.AppsV1Api(api).read_namespaced_daemon_set(AGENT_DAEMONSET, OPERATOR_NS)
     except ApiException as e:
         if e.status == 404:
             return None

@@ -1,15 +1,19 @@
 """Pure pieces of the operator and the cluster agent."""
 
+import time
+from types import SimpleNamespace
+
 import kopf
 import pytest
 
 from kubernetes.client.exceptions import ApiException
 
 from probeset_agent.report import ProbeStatus, node_report
+from probeset_api.admission import Admission
 from probeset_api.spec import SpecError
 from probeset_api.status import NodeReport, ProbeResult
 from probeset_operator import handlers
-from probeset_operator.handlers import settings_from_env, validate
+from probeset_operator.handlers import admissible, settings_from_env
 from probeset_operator.rbac import AGENT_CLUSTER_RULES
 from probeset_operator.render import AgentSettings
 
@@ -33,9 +37,15 @@ def test_operator_settings_from_environment(monkeypatch):
     namespace, agent = settings_from_env()
     assert namespace == "obs" and agent.image == "reg/probeset:2"
     assert agent.extra_tolerations == [{"operator": "Exists"}]
-    assert agent.node_wide_namespaces == ("obs",)      # default: the operator's namespace
+    assert agent.admission == Admission("obs", frozenset({"obs"}))      # default: the operator's namespace
+    assert (agent.max_probesets, agent.max_probes, agent.node_selector) == (20, 500, {})
     monkeypatch.setenv("PROBESET_NODE_WIDE_NAMESPACES", "platform, obs")
-    assert settings_from_env()[1].node_wide_namespaces == ("obs", "platform")
+    monkeypatch.setenv("PROBESET_AGENT_MAX_PROBESETS", "5")
+    monkeypatch.setenv("PROBESET_AGENT_MAX_PROBES", "300")
+    monkeypatch.setenv("PROBESET_AGENT_NODE_SELECTOR", '{"role": "obs"}')
+    agent = settings_from_env()[1]
+    assert agent.admission.node_wide == frozenset({"obs", "platform"})
+    assert (agent.max_probesets, agent.max_probes, agent.node_selector) == (5, 300, {"role": "obs"})
 
 
 def probeset(namespace, **spec):
@@ -44,33 +54,68 @@ def probeset(namespace, **spec):
             "spec": {"probes": [{"name": "a", "kprobe": "vfs_read"}], **spec}}
 
 
-def test_validate_grants_scope_node_only_to_the_allowlist():
-    agent = AgentSettings(node_wide_namespaces=("obs", "probeset-system"))
-    assert validate(probeset("obs", scope="Node"), "probeset-system", agent).scope == "Node"
-    assert validate(probeset("web"), "probeset-system", agent).scope == "Namespace"
+def policy(node_wide=("probeset-system",), tenant_values=(), allow_tolerations=False, namespace="probeset-system"):
+    return Admission(namespace, frozenset(node_wide), frozenset(tenant_values), allow_tolerations)
+
+
+def test_admit_grants_scope_node_only_to_the_allowlist():
+    agent = policy(("obs", "probeset-system"))
+    assert agent.admit(probeset("obs", scope="Node")).scope == "Node"
+    assert agent.admit(probeset("web")).scope == "Namespace"
     with pytest.raises(SpecError) as e:
-        validate(probeset("web", scope="Node"), "probeset-system", agent)
+        agent.admit(probeset("web", scope="Node"))
     assert str(e.value).startswith("spec.scope: Node (host processes and every pod on the node) is allowed only "
                                    "for ProbeSets in namespace(s) obs, probeset-system; this ProbeSet is in web")
     # No allowlist configured: the operator's namespace only.
-    assert validate(probeset("ops", scope="Node"), "ops", AgentSettings()).scope == "Node"
+    assert AgentSettings().policy("ops").admit(probeset("ops", scope="Node")).scope == "Node"
     with pytest.raises(SpecError):
-        validate(probeset("web", scope="Node"), "ops", AgentSettings())
+        AgentSettings().policy("ops").admit(probeset("web", scope="Node"))
+
+
+@pytest.mark.parametrize("spec,allow,error", [
+    ({"nodeSelector": {"pool": "a b"}}, False, "spec.nodeSelector.pool: value 'a b': a label value"),
+    ({"nodeSelector": {"pool": "x"}}, False, None),
+    ({"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, True,
+     "spec.tolerations[0].value: must be empty when operator is Exists"),
+    ({"tolerations": [{"key": "k", "operator": "Exists"}]}, True, None),
+    ({"tolerations": [{"key": "k", "operator": "Exists"}]}, False, "spec.tolerations: where privileged agents run"),
+])
+def test_what_the_shared_daemonset_cannot_carry_makes_the_set_invalid(spec, allow, error):
+    """One set's value that the API server would refuse in the one DaemonSet would keep every
+    set's agents away: the set is invalid instead, with the field."""
+    if error is None:
+        assert admissible(probeset("web", **spec), policy(allow_tolerations=allow)).name == "dns"
+    else:
+        with pytest.raises(SpecError) as e:
+            admissible(probeset("web", **spec), policy(allow_tolerations=allow))
+        assert str(e.value).startswith(error), str(e.value)
 
 
 @pytest.fixture
 def cluster(monkeypatch):
-    """reconcile() with the API calls replaced: what it applied, deleted and posted."""
-    calls = {"applied": [], "deleted": [], "events": []}
-    monkeypatch.setattr(handlers, "apply_daemonset", lambda m: calls["applied"].append(m) or "created")
-    monkeypatch.setattr(handlers, "delete_daemonset", lambda ns, name: calls["deleted"].append((ns, name)) or True)
+    """The handlers with the API calls replaced: the ProbeSets the cluster holds ("sets"), what
+    they applied, deleted and posted."""
+    calls = {"sets": [], "applied": [], "deleted": [], "events": []}
+    monkeypatch.setattr(handlers, "list_probesets", lambda api=None: list(calls["sets"]))
+    monkeypatch.setattr(handlers, "apply_daemonset", lambda m, api=None: calls["applied"].append(m) or "created")
+    monkeypatch.setattr(handlers, "delete_daemonset",
+                        lambda ns, name, api=None: calls["deleted"].append((ns, name)) or True)
+    monkeypatch.setattr(handlers, "_remove_per_set_daemonsets", lambda fleet, ns, logger: None)
     monkeypatch.setattr(kopf, "warn", lambda body, reason, message: calls["events"].append((reason, message)))
     return calls
 
 
-def reconcile(body, allowlist):
+def memo_for(agent: AgentSettings):
     memo = kopf.Memo()
-    memo.namespace, memo.agent = "probeset-system", AgentSettings(node_wide_namespaces=allowlist)
+    memo.namespace, memo.agent, memo.fleet = "probeset-system", agent, handlers.Fleet()
+    return memo
+
+
+def reconcile(body, allowlist, cluster=None, memo=None):
+    """reconcile() of `body`, which the cluster then holds (with the sets it held)."""
+    memo = memo or memo_for(AgentSettings(admission=policy(allowlist)))
+    if cluster is not None:
+        cluster["sets"] = [b for b in cluster["sets"] if b["metadata"]["uid"] != body["metadata"]["uid"]] + [body]
     patch = kopf.Patch()
     try:
         handlers.reconcile(body=body, meta=body["metadata"], status={}, patch=patch, memo=memo,
@@ -81,18 +126,19 @@ def reconcile(body, allowlist):
 
 
 def test_reconcile_rejects_scope_node_outside_the_allowlist(cluster):
-    status = reconcile(probeset("web", scope="Node"), ("probeset-system",))
+    status = reconcile(probeset("web", scope="Node"), ("probeset-system",), cluster)
     assert status["raised"] == "PermanentError"      # nothing to retry until the spec changes
     valid = next(c for c in status["conditions"] if c["type"] == "Valid")
     assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
     assert valid["message"].startswith("spec.scope: Node (host processes")
     assert status["message"].startswith("spec.scope: ") and status["observedGeneration"] == 2
     assert [r for r, _ in cluster["events"]] == ["InvalidSpec"]
-    assert cluster["applied"] == [] and cluster["deleted"] == [("probeset-system", "probeset-web-dns")]
+    # The only set is invalid: no ProbeSet to run, no agents.
+    assert cluster["applied"] == [] and cluster["deleted"] == [("probeset-system", "probeset-agent")]
 
 
 def test_reconcile_runs_scope_node_inside_the_allowlist(cluster):
-    status = reconcile(probeset("obs", scope="Node"), ("obs", "probeset-system"))
+    status = reconcile(probeset("obs", scope="Node"), ("obs", "probeset-system"), cluster)
     valid = next(c for c in status["conditions"] if c["type"] == "Valid")
     assert (valid["status"], valid["reason"]) == ("True", "SpecValid")
     assert "raised" not in status and status["observedGeneration"] == 2
@@ -134,20 +180,20 @@ def test_api_not_found_is_none_not_an_error():
 def test_invalid_spec_is_permanent_and_deletes_agents(cluster):
     body = probeset("web")
     body["spec"]["probes"] = [{"name": "Bad!", "kprobe": "vfs_read"}]
-    status = reconcile(body, ("probeset-system",))
+    status = reconcile(body, ("probeset-system",), cluster)
     assert status["raised"] == "PermanentError"
     assert [c["reason"] for c in status["conditions"]] == ["InvalidSpec", "InvalidSpec"]
-    assert cluster["deleted"] == [("probeset-system", "probeset-web-dns")] and cluster["applied"] == []
+    assert cluster["deleted"] == [("probeset-system", "probeset-agent")] and cluster["applied"] == []
 
 
 def test_namespaced_sets_may_not_record_kernel_values():
-    agent = AgentSettings(node_wide_namespaces=("obs",))
+    agent = policy(("obs",))
     body = probeset("web")
     body["spec"]["probes"] = [{"name": "ret", "kretprobe": "vfs_read", "groupBy": ["retval"]},
                               {"name": "arg", "kprobe": "vfs_read", "groupBy": ["arg2", "comm"]},
                               {"name": "user", "uprobe": "libc:malloc", "groupBy": ["arg0"]},
                               {"name": "plain", "kprobe": "vfs_read", "groupBy": ["comm"]}]
-    pset = validate(body, "probeset-system", agent)
+    pset = agent.admit(body)
     assert [p.name for p in pset.probes] == ["user", "plain"]
     assert [str(e) for r in pset.rejected for e in r.errors] == [
         "spec.probes[0].groupBy[0]: retval of kernel function vfs_read can be a kernel address or another task's "
@@ -157,18 +203,18 @@ def test_namespaced_sets_may_not_record_kernel_values():
         "data: a namespaced ProbeSet may not record it (the cluster admin can allow it with tenantAllowedValues: "
         "kprobe:vfs_read:arg2)"]
     # The admin allows one value; scope Node (granted namespaces) is not restricted.
-    allowed = AgentSettings(node_wide_namespaces=("obs",), tenant_values=("kretprobe:vfs_read:retval",))
-    assert [p.name for p in validate(body, "probeset-system", allowed).probes] == ["ret", "user", "plain"]
+    allowed = policy(("obs",), ("kretprobe:vfs_read:retval",))
+    assert [p.name for p in allowed.admit(body).probes] == ["ret", "user", "plain"]
     wide = probeset("obs", scope="Node")
     wide["spec"]["probes"] = body["spec"]["probes"]
-    assert len(validate(wide, "probeset-system", agent).probes) == 4
+    assert len(agent.admit(wide).probes) == 4
 
 
 def test_tenant_values_reach_operator_and_agents(monkeypatch):
     monkeypatch.setenv("PROBESET_TENANT_VALUES", "kretprobe:vfs_read:retval, tracepoint:net:net_dev_xmit:name")
     _, agent = settings_from_env()
-    assert agent.tenant_values == ("kretprobe:vfs_read:retval", "tracepoint:net:net_dev_xmit:name")
-    ds = handlers.render_daemonset(probeset("web"), "probeset-system", agent)
+    assert agent.admission.tenant_values == {"kretprobe:vfs_read:retval", "tracepoint:net:net_dev_xmit:name"}
+    ds = handlers.render_daemonset([probeset("web")], "probeset-system", agent)
     env = {e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["PROBESET_TENANT_VALUES"] == "kretprobe:vfs_read:retval,tracepoint:net:net_dev_xmit:name"
 
@@ -177,9 +223,10 @@ def test_secured_metrics_in_the_daemonset(monkeypatch):
     monkeypatch.setenv("PROBESET_AGENT_METRICS_TLS_SECRET", "agent-tls")
     monkeypatch.setenv("PROBESET_AGENT_METRICS_AUTH", "true")
     _, agent = settings_from_env()
-    pod = handlers.render_daemonset(probeset("web"), "probeset-system", agent)["spec"]["template"]
+    pod = handlers.render_daemonset([probeset("web")], "probeset-system", agent)["spec"]["template"]
     (c,) = pod["spec"]["containers"]
-    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--tls-cert", "/etc/probeset/metrics-tls/tls.crt",
+    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
+                         "--tls-cert", "/etc/probeset/metrics-tls/tls.crt",
                          "--tls-key", "/etc/probeset/metrics-tls/tls.key", "--metrics-auth"]
     assert {"name": "metrics-tls", "secret": {"secretName": "agent-tls"}} in pod["spec"]["volumes"]
     assert {"name": "metrics-tls", "mountPath": "/etc/probeset/metrics-tls", "readOnly": True} in c["volumeMounts"]
@@ -187,29 +234,29 @@ def test_secured_metrics_in_the_daemonset(monkeypatch):
     assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
     monkeypatch.delenv("PROBESET_AGENT_METRICS_TLS_SECRET")
     monkeypatch.delenv("PROBESET_AGENT_METRICS_AUTH")
-    (c,) = handlers.render_daemonset(probeset("web"), "probeset-system", settings_from_env()[1])["spec"]["template"][
-        "spec"]["containers"]
-    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437"] and c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    (c,) = handlers.render_daemonset([probeset("web")], "probeset-system", settings_from_env()[1])["spec"][
+        "template"]["spec"]["containers"]
+    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500"]
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
 
 
 def test_agents_get_the_time_detaching_needs():
-    pod = handlers.render_daemonset(probeset("web"), "probeset-system", AgentSettings())["spec"]["template"]["spec"]
+    pod = handlers.render_daemonset([probeset("web")], "probeset-system", AgentSettings())["spec"]["template"]["spec"]
     # 1,000 uprobes (the probe budget) at ~0.11 s each (docs/benchmarks.md, section 5), with margin.
     assert pod["terminationGracePeriodSeconds"] >= 1000 * 0.11 * 1.25
 
 
-def test_a_refused_daemonset_is_said_on_the_probeset_and_retried(monkeypatch):
-    calls = []
+REFUSAL = ("the API server refused the agents' DaemonSet: spec.template.spec.containers[0].securityContext."
+           "privileged: Forbidden: disallowed by cluster policy")
 
-    def refuse(manifest):
-        raise handlers.DaemonSetRejected("the API server refused DaemonSet probeset-system/probeset-web-dns: "
-                                         "spec.template.spec.containers[0].securityContext.privileged: Forbidden: "
-                                         "disallowed by cluster policy")
+
+def test_a_refused_daemonset_is_said_on_the_probeset_and_retried(monkeypatch, cluster):
+    def refuse(manifest, api=None):
+        raise handlers.DaemonSetRejected(REFUSAL)
     monkeypatch.setattr(handlers, "apply_daemonset", refuse)
-    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: calls.append(reason))
-    memo = kopf.Memo()
-    memo.namespace, memo.agent = "probeset-system", AgentSettings()
+    memo = memo_for(AgentSettings())
     patch, body = kopf.Patch(), probeset("web")
+    cluster["sets"] = [body]
     with pytest.raises(kopf.TemporaryError) as e:
         handlers.reconcile(body=body, meta=body["metadata"], status={}, patch=patch, memo=memo,
                            logger=handlers.logging.getLogger("test"))
@@ -217,14 +264,207 @@ def test_a_refused_daemonset_is_said_on_the_probeset_and_retried(monkeypatch):
     ready = next(c for c in patch.status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "DaemonSetRejected")
     assert "disallowed by cluster policy" in ready["message"] and "disallowed by cluster policy" in patch.status["message"]
-    assert calls == ["DaemonSetRejected"]
+    assert [r for r, _ in cluster["events"]] == ["DaemonSetRejected"]
+    assert memo.fleet.rejection == REFUSAL        # remembered: every admitted set says it
 
 
 def test_probeset_tolerations_need_the_admins_consent(monkeypatch):
     body = probeset("web", tolerations=[{"operator": "Exists"}])
     with pytest.raises(SpecError) as e:
-        validate(body, "probeset-system", AgentSettings())
+        AgentSettings().policy("probeset-system").admit(body)
     assert str(e.value).startswith("spec.tolerations: where privileged agents run is the cluster admin's choice")
     monkeypatch.setenv("PROBESET_ALLOW_PROBESET_TOLERATIONS", "true")
     _, agent = settings_from_env()
-    assert validate(body, "probeset-system", agent).tolerations == [{"operator": "Exists"}]
+    assert agent.admission.admit(body).tolerations == [{"operator": "Exists"}]
+
+
+def named(name, namespace="web", **spec):
+    body = probeset(namespace, **spec)
+    body["metadata"] = {**body["metadata"], "name": name, "uid": f"u-{namespace}-{name}"}
+    return body
+
+
+def terms_of(manifest):
+    affinity = manifest["spec"]["template"]["spec"].get("affinity")
+    return affinity and [[(e["key"], e["values"][0]) for e in t["matchExpressions"]] for t in
+                         affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]]
+
+
+def test_one_daemonset_for_every_admitted_set(cluster):
+    """Any set's change recomputes the one DaemonSet from all sets: the invalid and the deleting
+    ones do not count."""
+    deleting = named("old", nodeSelector={"pool": "z"})
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-02T00:00:00Z"
+    cluster["sets"] = [named("b", "obs", nodeSelector={"pool": "y"}),
+                       named("wide", "web", scope="Node", nodeSelector={"pool": "w"}), deleting]
+    status = reconcile(named("a", nodeSelector={"pool": "x"}), ("probeset-system",), cluster)
+    assert status["observedGeneration"] == 2
+    (ds,) = cluster["applied"]
+    assert ds["metadata"]["name"] == "probeset-agent" and terms_of(ds) == [[("pool", "x")], [("pool", "y")]]
+    assert "ownerReferences" not in ds["metadata"]
+
+
+def test_the_last_set_deleted_removes_the_daemonset(cluster):
+    memo = memo_for(AgentSettings())
+    cluster["sets"] = [named("a", nodeSelector={"pool": "x"})]
+    handlers.remove_agents(memo=memo, logger=handlers.logging.getLogger("test"))
+    assert terms_of(cluster["applied"][-1]) == [[("pool", "x")]] and cluster["deleted"] == []
+    cluster["sets"] = []
+    handlers.remove_agents(memo=memo, logger=handlers.logging.getLogger("test"))
+    assert cluster["deleted"] == [("probeset-system", "probeset-agent")]
+
+
+def test_the_daemonset_is_owned_by_the_operators_deployment(cluster, monkeypatch):
+    memo = memo_for(AgentSettings())
+    memo.fleet.deployment = "probeset-operator"
+
+    class Apps:
+        def __init__(self, api=None):
+            pass
+
+        def read_namespaced_deployment(self, name, namespace):
+            reads.append((namespace, name))
+            return SimpleNamespace(metadata=SimpleNamespace(name=name, uid="dep-uid"))
+    reads = []
+    monkeypatch.setattr(handlers.client, "AppsV1Api", Apps)
+    reconcile(named("a"), ("probeset-system",), cluster, memo)
+    reconcile(named("b"), ("probeset-system",), cluster, memo)
+    assert reads == [("probeset-system", "probeset-operator")]          # once
+    assert [ds["metadata"]["ownerReferences"] for ds in cluster["applied"]] == 2 * [[
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "probeset-operator", "uid": "dep-uid"}]]
+
+
+def view(*nodes, pods=(), settings=None, sets=None):
+    ds = handlers.render_daemonset(sets or [named("a", nodeSelector={"pool": "x"})], "probeset-system",
+                                   settings or AgentSettings())
+    return handlers.ClusterView(ds, list(nodes), list(pods), 0.0)
+
+
+def node(name, taints=(), **labels):
+    return {"metadata": {"name": name, "labels": labels}, "spec": {"taints": list(taints)}}
+
+
+def agent_pod(node_name, bound=True, waiting=None):
+    spec = {"nodeName": node_name} if bound else {"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}]}}}}
+    status = {"containerStatuses": [{"name": "agent", "state": {"waiting": {"reason": waiting}}}]} if waiting else {}
+    return {"metadata": {"name": f"probeset-agent-{node_name}"}, "spec": spec, "status": status}
+
+
+def aggregate(body, memo, status, cluster_view):
+    memo.fleet.view = lambda namespace, newer_than=None: cluster_view
+    patch = kopf.Patch()
+    handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status=status, patch=patch, memo=memo,
+                       logger=handlers.logging.getLogger("test"))
+    return patch.status
+
+
+def condition_of(patch_status, ctype):
+    return next(c for c in patch_status["conditions"] if c["type"] == ctype)
+
+
+TAINTED = {"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}
+REPORT = {"generation": 2, "attached": 1, "total": 1, "updated": "2026-12-02T00:00:00Z"}
+
+
+def test_a_sets_nodes_are_those_that_match_it_and_run_an_agent(cluster):
+    """desired: the set's nodeSelector, the admin's, tolerated taints; a report counts only from
+    such a node with an agent pod; the others are dropped."""
+    body = named("a", nodeSelector={"pool": "x"})
+    memo = memo_for(AgentSettings(node_selector={"obs": "yes"}))
+    cluster_view = view(node("n1", pool="x", obs="yes"), node("n2", [TAINTED], pool="x", obs="yes"),
+                        node("n3", pool="y", obs="yes"), node("n4", pool="x"), node("n5", pool="x", obs="yes"),
+                        pods=[agent_pod("n1"), agent_pod("n3"), agent_pod("n5")],
+                        settings=memo.agent)
+    status = {"agents": {"n1": REPORT, "n3": REPORT, "gone": REPORT}}
+    out = aggregate(body, memo, status, cluster_view)
+    assert out["nodes"] == {"desired": 2, "ready": 1, "failing": 0, "summary": "1/2"}
+    assert out["agents"] == {"n3": None, "gone": None}
+    ready = condition_of(out, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "AgentsNotReady")
+    # n5's agent has not reported yet; once it has, the set is Ready.
+    status["agents"]["n5"] = REPORT
+    ready = condition_of(aggregate(body, memo, status, cluster_view), "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "AgentsReady")
+
+
+def test_pod_problems_of_the_sets_nodes_only(cluster):
+    body = named("a", nodeSelector={"pool": "x"})
+    memo = memo_for(AgentSettings())
+    cluster_view = view(node("n1", pool="x"), node("n2", pool="y"),
+                        pods=[agent_pod("n1", bound=False), agent_pod("n2", waiting="ImagePullBackOff")])
+    # n1's pod, pinned there but not bound yet, counts for n1; n2's image problem is not this set's.
+    ready = condition_of(aggregate(body, memo, {}, cluster_view), "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "AgentsNotReady")
+    cluster_view = view(node("n1", pool="x"), node("n2", pool="x"), pods=[agent_pod("n2", waiting="ImagePullBackOff")])
+    ready = condition_of(aggregate(body, memo, {}, cluster_view), "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False", "ImagePullFailed", "probeset-agent-n2: ImagePullBackOff")
+
+
+def test_over_budget_on_a_node_shows_on_the_set(cluster):
+    body = named("a", nodeSelector={"pool": "x"})
+    memo = memo_for(AgentSettings())
+    report = {**REPORT, "attached": 0, "reason": "OverBudget",
+              "failed": [{"name": "t", "attached": False, "error": "over budget: 20 ProbeSets run on this node"}]}
+    out = aggregate(body, memo, {"agents": {"n1": report}}, view(node("n1", pool="x"), pods=[agent_pod("n1")]))
+    ready = condition_of(out, "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False", "OverBudget", "node n1: over budget: 20 ProbeSets run on this node")
+    assert out["message"] == ready["message"]
+
+
+def test_a_refusal_shows_on_every_admitted_set_until_an_apply_succeeds(cluster, monkeypatch):
+    memo = memo_for(AgentSettings())
+    memo.fleet.refused(REFUSAL)
+    body = named("other", "obs")
+    out = aggregate(body, memo, {}, None)
+    ready = condition_of(out, "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "DaemonSetRejected", REFUSAL)
+    assert cluster["events"] == [("DaemonSetRejected", REFUSAL)]
+    # Said once: the next tick sees it said.
+    aggregate(body, memo, {"conditions": out["conditions"], "message": out["message"]}, None)
+    assert len(cluster["events"]) == 1
+    # An invalid set says nothing of it.
+    assert aggregate(named("wide", scope="Node"), memo, {}, None) == {}
+    # Any successful apply forgets the refusal.
+    cluster["sets"] = [body]
+    reconcile(body, ("probeset-system",), cluster, memo)
+    assert memo.fleet.rejection is None
+
+
+def test_a_refusal_is_retried_by_the_timer(cluster, monkeypatch):
+    memo = memo_for(AgentSettings())
+    memo.fleet.refused(REFUSAL)
+    cluster["sets"] = [named("a")]
+    assert not memo.fleet.retry_due()
+    memo.fleet._rejected_at -= handlers.REJECTED_RETRY_DELAY
+    out = aggregate(named("a"), memo, {}, view(node("n1"), pods=[agent_pod("n1")], sets=[named("a")]))
+    assert len(cluster["applied"]) == 1 and memo.fleet.rejection is None
+    assert condition_of(out, "Ready")["reason"] == "AgentsNotReady"
+
+
+def test_a_missing_daemonset_is_made_again(cluster):
+    memo = memo_for(AgentSettings())
+    cluster["sets"] = [named("a")]
+    aggregate(named("a"), memo, {}, handlers.ClusterView(None, [], [], 0.0))
+    assert [ds["metadata"]["name"] for ds in cluster["applied"]] == ["probeset-agent"]
+
+
+def test_a_report_is_dropped_only_on_a_view_read_after_it(cluster, monkeypatch):
+    """The views are cached for every set's timer: one from before a new agent's pod must not drop
+    that agent's report (agents report on change only)."""
+    body = named("a", nodeSelector={"pool": "x"})
+    memo = memo_for(AgentSettings())
+    before = view(node("n1", pool="x"))
+    after = view(node("n1", pool="x"), pods=[agent_pod("n1")])
+    before.at = after.at = time.monotonic()                # both fresh: only newer_than reads again
+    reads = [before, after]
+    monkeypatch.setattr(handlers, "_read_view", lambda api, namespace: reads.pop(0))
+    memo.fleet.view("probeset-system")                     # cached: no pod on n1 yet
+    patch = kopf.Patch()
+    handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status={"agents": {"n1": REPORT}},
+                       patch=patch, memo=memo, logger=handlers.logging.getLogger("test"))
+    assert "agents" not in patch.status and reads == []
+    assert condition_of(patch.status, "Ready")["reason"] == "AgentsReady"

@@ -3,7 +3,7 @@
 import pytest
 
 from probeset_api.status import NodeReport, ProbeResult
-from probeset_operator.summary import Verdict, is_valid, pod_problem, set_condition, summarize
+from probeset_operator.summary import Verdict, declined, pod_problem, set_condition, summarize
 
 
 def ok(generation=3, attached=2, total=2):
@@ -70,13 +70,6 @@ def test_conditions_are_ordered_valid_ready_degraded():
     assert [c["type"] for c in conditions] == ["Valid", "Ready", "Degraded", "Custom"]
 
 
-@pytest.mark.parametrize("conditions,valid", [
-    ([], False), ([{"type": "Valid", "status": "True"}], True), ([{"type": "Valid", "status": "False"}], False),
-    ([{"type": "Ready", "status": "True"}], False)])
-def test_is_valid(conditions, valid):
-    assert is_valid(conditions) is valid
-
-
 def pod(name="agent-x", scheduled=True, waiting=None, restarts=0, message=""):
     status = {"conditions": [] if scheduled else [
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]}
@@ -111,3 +104,52 @@ def test_a_pod_problem_explains_readiness_unless_probes_failed():
     assert (s.ready.status, s.ready.reason, s.message) == ("False", "ImagePullFailed", "agent-x: ImagePullBackOff")
     s = summarize({"a": failed()}, {"a"}, 2, total=2, generation=3, problem=problem)
     assert s.ready.reason == "AgentsNotReady" and s.degraded.reason == "ProbesFailed"
+
+
+def refused(reason, error, generation=3):
+    return NodeReport(generation=generation, attached=0, total=2, reason=reason,
+                      failed=(ProbeResult(name="dns", attached=False, error=error),))
+
+
+OVER = "over this node's budget of 20 ProbeSets (oldest first): 20 older sets run here"
+
+
+@pytest.mark.parametrize("name,reports,scheduled,expected", [
+    # (name, reports, scheduled (desired 2), expected: ready, degraded, message, summary)
+    ("over budget on one node", {"a": ok(), "b": refused("OverBudget", OVER)}, {"a", "b"},
+     (("False", "OverBudget"), ("True", "OverBudget"), f"node b: {OVER}", "1/2")),
+    ("the agent refuses the spec", {"a": refused("InvalidSpec", "spec.scope: Node is allowed only ..."), "b": ok()},
+     {"a", "b"},
+     (("False", "AgentRejectedSpec"), ("True", "AgentRejectedSpec"), "node a: spec.scope: Node is allowed only ...",
+      "1/2")),
+    ("several nodes: the first by name, and how many more",
+     {"b": refused("OverBudget", OVER), "a": refused("OverBudget", "x")}, {"a", "b"},
+     (("False", "OverBudget"), ("True", "OverBudget"), "node a: x (and 1 more node(s))", "0/2")),
+    ("a report of an older generation does not count", {"a": ok(), "b": refused("OverBudget", OVER, generation=2)},
+     {"a", "b"},
+     (("False", "AgentsNotReady"), ("False", "Pending"), "waiting for agents: 1/2 nodes report every probe attached",
+      "1/2")),
+    ("nor one of a node without an agent", {"a": ok(), "b": ok(), "c": refused("OverBudget", OVER)}, {"a", "b"},
+     (("True", "AgentsReady"), ("False", "AllProbesAttached"), "", "2/2")),
+    ("failed probes elsewhere: Degraded says those, Ready the refusal",
+     {"a": failed(), "b": refused("OverBudget", OVER)}, {"a", "b"},
+     (("False", "OverBudget"), ("True", "ProbesFailed"), "1 node(s) with failed probes; a: dns: no symbol", "0/2")),
+])
+def test_a_node_that_does_not_run_the_set(name, reports, scheduled, expected):
+    s = summarize(reports, scheduled, 2, total=2, generation=3)
+    assert ((s.ready.status, s.ready.reason), (s.degraded.status, s.degraded.reason), s.message,
+            s.nodes.summary) == expected
+    assert s.nodes.failing == sum(1 for n, r in reports.items() if n in scheduled and r.failed and not r.reason
+                                  and r.generation == 3)
+
+
+def test_a_refusal_explains_readiness_before_a_pod_problem():
+    s = summarize({"a": refused("OverBudget", OVER)}, {"a"}, 2, total=2, generation=3,
+                  problem=Verdict("False", "AgentsNotScheduled", "b-pod: 0/3 nodes are available"))
+    assert (s.ready.reason, s.message) == ("OverBudget", f"node a: {OVER}")
+
+
+def test_declined_without_a_message_says_the_reason():
+    assert declined({"n": NodeReport(generation=1, attached=0, total=1, reason="OverBudget")}) == \
+        Verdict("False", "OverBudget", "node n: OverBudget")
+    assert declined({"n": ok()}) is None
