@@ -220,3 +220,46 @@ class FakePods:
         for pod in list(self.pods):
             self.remove(pod)
         remove_empty_cgroup_parents(self.base, os.path.dirname(self.base))
+
+
+class Caller:
+    """Runs `command` in a Target over and over from a thread (`with Caller(...) as c:`), counting
+    the calls made (`per_call` each); wait_for(n) returns once n calls are made."""
+
+    def __init__(self, target, command: str, per_call: int):
+        import threading
+        self.target, self.command, self.per_call = target, command, per_call
+        self.calls, self.done = 0, threading.Event()
+        self.progress = threading.Condition()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.target.run(self.command)
+            with self.progress:
+                self.calls += self.per_call
+                self.progress.notify_all()
+
+    def wait_for(self, calls: int, timeout: float = 30) -> None:
+        with self.progress:
+            assert self.progress.wait_for(lambda: self.calls >= calls, timeout=timeout), self.calls
+
+    def __enter__(self) -> "Caller":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def uprobe_links(pid: int | str = "self") -> int:
+    """uprobe_multi BPF links a process holds (its fdinfo): how the tests see that uprobes left."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                n += "link_type:\tuprobe_multi" in f.read()
+        except OSError:
+            continue
+    return n

@@ -3,26 +3,12 @@ a probed function without pause while the set is edited; the unchanged probe's c
 calls made, exactly; changed and removed probes are detached (the kernel's own list of this
 process's BPF links says so)."""
 
-import os
-import threading
-
 import pytest
 
 from probeset_agent.program import ProbeSetProgram
 from probeset_agent.running import RunningSet
 from probeset_api.spec import parse_probeset
-
-
-def uprobe_links() -> int:
-    """uprobe_multi BPF links this process holds (fdinfo)."""
-    n = 0
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                n += "link_type:\tuprobe_multi" in f.read()
-        except OSError:
-            continue
-    return n
+from tests.support import Caller, uprobe_links
 
 
 def spec(probes, generation, **fields):
@@ -34,35 +20,6 @@ def spec(probes, generation, **fields):
 def events(running, probe):
     snap = running.snapshot()
     return sum(s.count for p in snap.probes if p.probe == probe for s in p.series)
-
-
-class Caller:
-    """Calls `command` in the target over and over from a thread, counting the calls made."""
-
-    def __init__(self, target, command, per_call):
-        self.target, self.command, self.per_call = target, command, per_call
-        self.calls, self.done = 0, threading.Event()
-        self.progress = threading.Condition()
-        self.thread = threading.Thread(target=self.run)
-
-    def run(self):
-        while not self.done.is_set():
-            self.target.run(self.command)
-            with self.progress:
-                self.calls += self.per_call
-                self.progress.notify_all()
-
-    def wait_for(self, calls):
-        with self.progress:
-            assert self.progress.wait_for(lambda: self.calls >= calls, timeout=30), self.calls
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
 
 
 @pytest.fixture

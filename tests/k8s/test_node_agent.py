@@ -3,9 +3,6 @@ runs it, with the agent ServiceAccount's credentials) runs every ProbeSet that s
 each as its own program, serves them all on one /metrics, follows the Node's labels, edits sets
 make-before-break, detaches deleted sets, and keeps to its limits with a clear status."""
 
-import os
-import threading
-
 import pytest
 from kubernetes import client
 
@@ -15,7 +12,7 @@ from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, api, in
                                     probeset, service_account_kubeconfig, wait_for)
 from tests.k8s.test_agent_e2e import (NODE, agent_report, node, other_namespace, run_container_here,  # noqa: F401
                                       samples, stop_agent, target_binary)
-from tests.support import bcc_missing_reason
+from tests.support import Caller, bcc_missing_reason, uprobe_links
 
 pytestmark = [pytest.mark.k8s,
               pytest.mark.skipif(bcc_missing_reason() is not None, reason=bcc_missing_reason() or "")]
@@ -23,18 +20,6 @@ pytestmark = [pytest.mark.k8s,
 
 def events(name, probe):
     return sum(s.value for s in samples("probeset_events_total", probeset=name, probe=probe))
-
-
-def uprobe_links(pid) -> int:
-    """uprobe_multi BPF links the process holds (its fdinfo)."""
-    n = 0
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                n += "link_type:\tuprobe_multi" in f.read()
-        except OSError:
-            continue
-    return n
 
 
 def reported(api, ns, name, attached=None):
@@ -53,28 +38,6 @@ def start_agent(installed, tmp_path, namespaces, **settings):
     (container,) = ds["spec"]["template"]["spec"]["containers"]
     return run_container_here(container, NODE, service_account_kubeconfig(installed, tmp_path, "probeset-agent"),
                               tmp_path / "agent.log")
-
-
-class Caller:
-    """Calls `command` in a target without pause from a thread; counts the calls made."""
-
-    def __init__(self, target, command, per_call):
-        self.target, self.command, self.per_call = target, command, per_call
-        self.calls, self.done = 0, threading.Event()
-        self.thread = threading.Thread(target=self.run)
-
-    def run(self):
-        while not self.done.is_set():
-            self.target.run(self.command)
-            self.calls += self.per_call
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
 
 
 def test_one_agent_runs_every_set_that_selects_its_node(api, namespace, other_namespace, node, installed,  # noqa: F811
@@ -116,8 +79,7 @@ def test_one_agent_runs_every_set_that_selects_its_node(api, namespace, other_na
             objs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "a", {"spec": {"probes": [
                 uprobe("work", "work"), uprobe("alpha", "alpha")]}})
             wait_for("a's new generation attached", lambda: reported(api, namespace, "a", 2), timeout=60)
-            calls_at_switch = caller.calls
-            wait_for("calls after the switch", lambda: caller.calls > calls_at_switch + 100, timeout=30)
+            caller.wait_for(caller.calls + 100)     # and calls go on after the switch
         assert events("a", "work") == 11 + caller.calls
         target.run("alpha 3")
         assert events("a", "alpha") == 3 and events("b", "alpha") == 16
