@@ -12,7 +12,7 @@ from probeset_agent.report import ProbeStatus, node_report
 from probeset_api.admission import Admission
 from probeset_api.spec import SpecError
 from probeset_api.status import NodeReport, ProbeResult
-from probeset_operator import handlers
+from probeset_operator import fleet, handlers
 from probeset_operator.handlers import admissible, settings_from_env
 from probeset_operator.rbac import AGENT_CLUSTER_RULES
 from probeset_operator.render import AgentSettings
@@ -100,14 +100,14 @@ def cluster(monkeypatch):
     monkeypatch.setattr(handlers, "apply_daemonset", lambda m, api=None: calls["applied"].append(m) or "created")
     monkeypatch.setattr(handlers, "delete_daemonset",
                         lambda ns, name, api=None: calls["deleted"].append((ns, name)) or True)
-    monkeypatch.setattr(handlers, "_remove_per_set_daemonsets", lambda fleet, ns, logger: None)
+    monkeypatch.setattr(handlers, "remove_per_set_daemonsets", lambda fleet, ns, logger: None)
     monkeypatch.setattr(kopf, "warn", lambda body, reason, message: calls["events"].append((reason, message)))
     return calls
 
 
 def memo_for(agent: AgentSettings):
     memo = kopf.Memo()
-    memo.namespace, memo.agent, memo.fleet = "probeset-system", agent, handlers.Fleet()
+    memo.namespace, memo.agent, memo.fleet = "probeset-system", agent, fleet.Fleet()
     return memo
 
 
@@ -166,15 +166,15 @@ def test_api_failures_are_retried_after_a_delay(status, error):
     def failing(*_, **__):
         raise ApiException(status=status, reason="boom")
     with pytest.raises(error) as e:
-        handlers._api_call("reading", failing)
-    assert e.value.delay == handlers.API_RETRY_DELAY and f"{status} boom" in str(e.value)
+        fleet.api_call("reading", failing)
+    assert e.value.delay == fleet.API_RETRY_DELAY and f"{status} boom" in str(e.value)
 
 
 def test_api_not_found_is_none_not_an_error():
     def missing(*_, **__):
         raise ApiException(status=404, reason="Not Found")
-    assert handlers._api_call("deleting", missing) is None
-    assert handlers._api_call("reading", lambda: "ds") == "ds"
+    assert fleet.api_call("deleting", missing) is None
+    assert fleet.api_call("reading", lambda: "ds") == "ds"
 
 
 def test_invalid_spec_is_permanent_and_deletes_agents(cluster):
@@ -252,7 +252,7 @@ REFUSAL = ("the API server refused the agents' DaemonSet: spec.template.spec.con
 
 def test_a_refused_daemonset_is_said_on_the_probeset_and_retried(monkeypatch, cluster):
     def refuse(manifest, api=None):
-        raise handlers.DaemonSetRejected(REFUSAL)
+        raise fleet.DaemonSetRejected(REFUSAL)
     monkeypatch.setattr(handlers, "apply_daemonset", refuse)
     memo = memo_for(AgentSettings())
     patch, body = kopf.Patch(), probeset("web")
@@ -260,7 +260,7 @@ def test_a_refused_daemonset_is_said_on_the_probeset_and_retried(monkeypatch, cl
     with pytest.raises(kopf.TemporaryError) as e:
         handlers.reconcile(body=body, meta=body["metadata"], status={}, patch=patch, memo=memo,
                            logger=handlers.logging.getLogger("test"))
-    assert e.value.delay == handlers.REJECTED_RETRY_DELAY
+    assert e.value.delay == fleet.REJECTED_RETRY_DELAY
     ready = next(c for c in patch.status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "DaemonSetRejected")
     assert "disallowed by cluster policy" in ready["message"] and "disallowed by cluster policy" in patch.status["message"]
@@ -326,7 +326,7 @@ def test_the_daemonset_is_owned_by_the_operators_deployment(cluster, monkeypatch
             reads.append((namespace, name))
             return SimpleNamespace(metadata=SimpleNamespace(name=name, uid="dep-uid"))
     reads = []
-    monkeypatch.setattr(handlers.client, "AppsV1Api", Apps)
+    monkeypatch.setattr(fleet.client, "AppsV1Api", Apps)
     reconcile(named("a"), ("probeset-system",), cluster, memo)
     reconcile(named("b"), ("probeset-system",), cluster, memo)
     assert reads == [("probeset-system", "probeset-operator")]          # once
@@ -337,7 +337,7 @@ def test_the_daemonset_is_owned_by_the_operators_deployment(cluster, monkeypatch
 def view(*nodes, pods=(), settings=None, sets=None):
     ds = handlers.render_daemonset(sets or [named("a", nodeSelector={"pool": "x"})], "probeset-system",
                                    settings or AgentSettings())
-    return handlers.ClusterView(ds, list(nodes), list(pods), 0.0)
+    return fleet.ClusterView(ds, list(nodes), list(pods), 0.0)
 
 
 def node(name, taints=(), **labels):
@@ -439,7 +439,7 @@ def test_a_refusal_is_retried_by_the_timer(cluster, monkeypatch):
     memo.fleet.refused(REFUSAL)
     cluster["sets"] = [named("a")]
     assert not memo.fleet.retry_due()
-    memo.fleet._rejected_at -= handlers.REJECTED_RETRY_DELAY
+    memo.fleet._rejected_at -= fleet.REJECTED_RETRY_DELAY
     out = aggregate(named("a"), memo, {}, view(node("n1"), pods=[agent_pod("n1")], sets=[named("a")]))
     assert len(cluster["applied"]) == 1 and memo.fleet.rejection is None
     assert condition_of(out, "Ready")["reason"] == "AgentsNotReady"
@@ -448,7 +448,7 @@ def test_a_refusal_is_retried_by_the_timer(cluster, monkeypatch):
 def test_a_missing_daemonset_is_made_again(cluster):
     memo = memo_for(AgentSettings())
     cluster["sets"] = [named("a")]
-    aggregate(named("a"), memo, {}, handlers.ClusterView(None, [], [], 0.0))
+    aggregate(named("a"), memo, {}, fleet.ClusterView(None, [], [], 0.0))
     assert [ds["metadata"]["name"] for ds in cluster["applied"]] == ["probeset-agent"]
 
 
@@ -461,7 +461,7 @@ def test_a_report_is_dropped_only_on_a_view_read_after_it(cluster, monkeypatch):
     after = view(node("n1", pool="x"), pods=[agent_pod("n1")])
     before.at = after.at = time.monotonic()                # both fresh: only newer_than reads again
     reads = [before, after]
-    monkeypatch.setattr(handlers, "_read_view", lambda api, namespace: reads.pop(0))
+    monkeypatch.setattr(fleet, "read_view", lambda api, namespace: reads.pop(0))
     memo.fleet.view("probeset-system")                     # cached: no pod on n1 yet
     patch = kopf.Patch()
     handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status={"agents": {"n1": REPORT}},
