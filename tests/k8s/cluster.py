@@ -165,12 +165,21 @@ class KubeCluster:
 
     def __init__(self, bin_dir: Path | None = None, workdir: Path | None = None, *,
                  apiserver_args: Sequence[str] = (), controller_manager_args: Sequence[str] = (),
-                 scheduler_args: Sequence[str] = (), keep_workdir: bool = False):
-        """Extra ``*_args`` are appended to each component's command line (a later flag wins)."""
+                 scheduler_args: Sequence[str] = (), keep_workdir: bool = False,
+                 kubelets: bool = False):
+        """Extra ``*_args`` are appended to each component's command line (a later flag wins).
+
+        ``kubelets=True`` prepares the API server for real kubelets (tests/cluster/node.py): it
+        trusts client certificates signed by the cluster's CA (``--client-ca-file``, so a kubelet
+        can log in as ``system:node:<name>``; see ``client_certificate()``) and reaches kubelets
+        with a client certificate of its own in group system:masters (``--kubelet-client-*``: logs,
+        exec), at their InternalIP first.
+        """
         self.bin_dir = Path(bin_dir) if bin_dir else kube_bin_dir()
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="probeset-kube-"))
         self.keep_workdir = keep_workdir
+        self.kubelets = kubelets
         self.apiserver_args = list(apiserver_args)
         self.controller_manager_args = list(controller_manager_args)
         self.scheduler_args = list(scheduler_args)
@@ -305,6 +314,30 @@ class KubeCluster:
             + "".join(f"{token},{user},{user}\n" for user, token in self._component_tokens.items()))
         for name in ("ca.key", "apiserver.key", "sa.key", "tokens.csv"):
             (w / name).chmod(0o600)
+        if self.kubelets:
+            self.client_certificate("kube-apiserver-kubelet-client", ["system:masters"],
+                                    directory=w, stem="apiserver-kubelet-client")
+
+    def client_certificate(self, user: str, groups: Sequence[str] = (), directory: Path | None = None,
+                           stem: str | None = None, days: int = 30) -> tuple[Path, Path]:
+        """A client certificate for ``user`` (CN) in ``groups`` (O), signed by the cluster's CA:
+        (certificate, key) paths, written to ``directory`` (default: the work directory) as
+        ``<stem>.crt`` and ``<stem>.key``. The API server accepts it only if started with
+        ``kubelets=True`` (or ``--client-ca-file`` pointing at ``ca_file``)."""
+        directory = Path(directory) if directory else self.workdir
+        stem = stem or user.replace(":", "-")
+        key, csr, crt, ext = (directory / f"{stem}.{x}" for x in ("key", "csr", "crt", "ext"))
+        subject = f"/CN={user}" + "".join(f"/O={g}" for g in groups)
+        ext.write_text("basicConstraints=critical,CA:FALSE\n"
+                       "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                       "extendedKeyUsage=clientAuth\n")
+        self._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                      "-keyout", str(key), "-out", str(csr), "-subj", subject)
+        self._openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca_file),
+                      "-CAkey", str(self.workdir / "ca.key"), "-CAcreateserial", "-out", str(crt),
+                      "-days", str(days), "-extfile", str(ext))
+        key.chmod(0o600)
+        return crt, key
 
     def _add(self, name: str, argv: list[str], stop_timeout: float) -> Component:
         component = Component(name, argv, self.workdir / f"{name}.log", stop_timeout)
@@ -372,6 +405,7 @@ class KubeCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",   # the project's node agents are privileged DaemonSets
+            *(self._kubelet_args() if self.kubelets else ()),
             *self.apiserver_args,
         ], stop_timeout=15)
         context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -386,6 +420,14 @@ class KubeCluster:
                 return False
         self._wait(apiserver, timeout, ready, "ready (/readyz)")
         self._write_kubeconfig(self.kubeconfig, self.token, "admin")
+
+    def _kubelet_args(self) -> list[str]:
+        w = self.workdir
+        return [f"--client-ca-file={self.ca_file}",
+                f"--kubelet-client-certificate={w / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={w / 'apiserver-kubelet-client.key'}",
+                # A test node's name resolves nowhere; its InternalIP (127.0.0.1) does.
+                "--kubelet-preferred-address-types=InternalIP,Hostname"]
 
     def _start_scheduler(self) -> None:
         # Needed for spec.nodeName: since v1.12 the DaemonSet controller only gives its pods a node
@@ -435,14 +477,23 @@ class KubeCluster:
                        "running (default ServiceAccount with its token)")
 
     def _write_kubeconfig(self, path: Path, token: str, user: str) -> None:
+        self.write_kubeconfig(path, user, token=token)
+
+    def write_kubeconfig(self, path: Path, user: str, *, token: str | None = None,
+                         certificate: Path | None = None, key: Path | None = None) -> Path:
+        """A kubeconfig for this cluster (CA-verified) with a bearer ``token`` or a client
+        ``certificate`` and ``key`` (see ``client_certificate()``)."""
+        credentials = ({"token": token} if token is not None else
+                       {"client-certificate": str(certificate), "client-key": str(key)})
         # JSON is valid YAML: every kubeconfig reader (kubectl, the Python client, kopf) accepts it.
         config = {
             "apiVersion": "v1", "kind": "Config", "preferences": {},
             "clusters": [{"name": "probeset-test",
                           "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)}}],
-            "users": [{"name": user, "user": {"token": token}}],
+            "users": [{"name": user, "user": credentials}],
             "contexts": [{"name": "probeset-test", "context": {"cluster": "probeset-test", "user": user}}],
             "current-context": "probeset-test",
         }
         path.write_text(json.dumps(config, indent=2) + "\n")
         path.chmod(0o600)
+        return path
