@@ -252,16 +252,18 @@ def path_in_root(root: str, path: str) -> str:
     return os.path.join(root, *resolved)
 
 
-def node_root(candidate: str) -> tuple[str, str | None]:
-    """The root to resolve the node's files in, and a warning: `candidate` (/proc/1/root: with
-    hostPID, the node's root), "/" when that is our own root anyway (library names then go through
-    the dynamic linker cache), or "/" with a warning when it cannot be read."""
+def node_root(candidate: str) -> tuple[str | None, str | None]:
+    """The root to resolve the node's files in, and a warning: `candidate` (the DaemonSet mounts
+    the node's / at /host), "/" when that is our own root anyway (library names then go through the
+    dynamic linker cache), or None, with the reason, when it cannot be read: then no uprobe is
+    placed for the node's processes (the agent's own image has files of the same names, which the
+    node's processes do not run)."""
     try:
         os.listdir(candidate)
         there, here = os.stat(candidate), os.stat("/")
     except OSError as e:
-        return "/", (f"cannot read {candidate} ({e.strerror}): node-wide uprobes resolve files in the agent's "
-                     "own file system (run the agent with hostPID and privileged)")
+        return None, (f"cannot read the node's file system at {candidate} ({e.strerror}): uprobes for the node's "
+                      "own processes cannot be placed (mount the node's / there, read-only: the DaemonSet does)")
     return ("/" if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino) else candidate), None
 
 

@@ -60,7 +60,7 @@ class ProbeSetProgram:
     detaches probes an edit removed while the others keep counting (running.py)."""
 
     def __init__(self, pset: ProbeSet, node: str, features: Features | None = None,
-                 attribution=None, selection=None, host_root: str = "/", policy: ValuePolicy = ValuePolicy(),
+                 attribution=None, selection=None, host_root: str | None = "/", policy: ValuePolicy = ValuePolicy(),
                  budget: ProbeBudget = PROCESS_PROBES, memory: MemoryBudget = PROCESS_MEMORY):
         self.pset, self.node = pset, node
         # Every series and figure of the set carries these; in a cluster one agent serves sets of

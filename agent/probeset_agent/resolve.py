@@ -180,13 +180,16 @@ class UserTargets:
     pods come (`copies(binary)` lists the copies present now; used to expand a glob symbol when the
     node's copy is not observed)."""
 
-    host_root: str = "/"
+    host_root: str | None = "/"      # None: the node's files cannot be read (host.node_root)
     observe_host: bool = True
     copies: Callable[[str], list[str]] | None = None
 
 
 def _resolve_user(rp: ResolvedProbe, targets: UserTargets) -> None:
     p = rp.probe
+    if targets.observe_host and targets.host_root is None:
+        raise host.HostError(f"{p.binary}: the node's file system is not readable by this agent (see its log), so "
+                             "the node's own processes cannot be probed")
     path = host.find_binary(p.binary, targets.host_root) if targets.observe_host else ""
     if not path and host.is_glob(p.symbol):
         copies = targets.copies(p.binary) if targets.copies else []

@@ -88,8 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                             help="keep the series of a vanished cgroup or deleted pod this long "
                                  f"(default {DEFAULT_RETENTION:g})")
     node_agent.add_argument("--host-root", default="/proc/1/root",
-                            help="the node's root file system, for uprobes on the node's own files (default "
-                                 "/proc/1/root: the node's, with hostPID)")
+                            help="the node's root file system, for uprobes on the node's own files (the "
+                                 "DaemonSet mounts it at /host; default /proc/1/root: the node's, with hostPID, "
+                                 "where the runtime lets the agent read it)")
     limits = Limits()
     node_agent.add_argument("--max-probesets", type=int, default=limits.max_sets, metavar="N",
                             help=f"ProbeSets this node runs at most; the oldest first (default {limits.max_sets})")

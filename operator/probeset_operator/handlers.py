@@ -56,6 +56,9 @@ def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
     agent.admission = Admission.from_env(environ)
     agent.metrics_tls_secret = environ.get("PROBESET_AGENT_METRICS_TLS_SECRET", "")
     agent.metrics_auth = environ.get("PROBESET_AGENT_METRICS_AUTH", "false").lower() == "true"
+    agent.host_network = environ.get("PROBESET_AGENT_HOST_NETWORK", "false").lower() == "true"
+    if environ.get("PROBESET_AGENT_EXTRA_ENV"):
+        agent.extra_env = list(json.loads(environ["PROBESET_AGENT_EXTRA_ENV"]))
     return agent.admission.operator_namespace, agent
 
 

@@ -21,6 +21,7 @@ AGENT_DAEMONSET = "probeset-agent"
 METRICS_PORT = 9437
 COMPONENT = "agent"
 TLS_DIR = "/etc/probeset/metrics-tls"
+HOST_ROOT = "/host"                 # the node's / in the agent's container (read-only)
 # Time to detach at SIGTERM before the kubelet kills the agent. uprobes are BPF links where the
 # kernel has them (Linux >= 6.6: 1,000 released in ~2 s, bench/detach.py); older kernels get
 # perf-event uprobes, which the kernel releases one at a time (~107 ms each): an agent may hold
@@ -60,6 +61,11 @@ class AgentSettings:
     # plain HTTP), and only for scrapers allowed `get /metrics` (TokenReview + SubjectAccessReview).
     metrics_tls_secret: str = ""
     metrics_auth: bool = False
+    # The node's network namespace (serving :9437 on the node's addresses), where pods get no other
+    # network; extra environment, e.g. KUBERNETES_SERVICE_HOST/PORT where the Service's ClusterIP
+    # is not routed (both from the Helm values agent.hostNetwork, agent.extraEnv).
+    host_network: bool = False
+    extra_env: list[dict] = field(default_factory=list)
 
     def policy(self, operator_namespace: str) -> Admission:
         """`admission`, or the defaults for this operator namespace: scope Node only there, no
@@ -67,9 +73,10 @@ class AgentSettings:
         return self.admission or Admission(operator_namespace, frozenset({operator_namespace}))
 
 
-def _host_mount(name: str, path: str, read_only: bool = True, mount_propagation: str | None = None):
+def _host_mount(name: str, path: str, read_only: bool = True, mount_propagation: str | None = None,
+                at: str | None = None):
     volume = {"name": name, "hostPath": {"path": path}}
-    mount = {"name": name, "mountPath": path, "readOnly": read_only}
+    mount = {"name": name, "mountPath": at or path, "readOnly": read_only}
     if mount_propagation:
         mount["mountPropagation"] = mount_propagation
     return volume, mount
@@ -89,9 +96,12 @@ def render_daemonset(bodies: list[dict], operator_namespace: str, settings: Agen
         _host_mount("cgroup", "/sys/fs/cgroup"),
         _host_mount("modules", "/lib/modules"),
         _host_mount("usr-src", "/usr/src"),
+        # The node's files, for uprobes on the node's own processes (node_exporter's way: /proc/1/root
+        # needs the node's init to be ptrace-readable, which not every runtime allows).
+        _host_mount("host-root", "/", mount_propagation="HostToContainer", at=HOST_ROOT),
     ]
     args = ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}", "--max-probesets", str(settings.max_probesets),
-            "--max-probes", str(settings.max_probes)]
+            "--max-probes", str(settings.max_probes), "--host-root", HOST_ROOT]
     volumes = [v for v, _ in mounts]
     volume_mounts = [m for _, m in mounts]
     if settings.metrics_tls_secret:
@@ -106,7 +116,8 @@ def render_daemonset(bodies: list[dict], operator_namespace: str, settings: Agen
         "imagePullPolicy": settings.image_pull_policy,
         "args": args,
         # The agent applies the administrator's policy itself (an edited spec reaches it first).
-        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}] + policy.env(),
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}] + policy.env()
+        + [dict(e) for e in settings.extra_env],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "securityContext": {"privileged": True, "runAsUser": 0},   # the image defaults to non-root
         "resources": settings.resources,
@@ -126,6 +137,8 @@ def render_daemonset(bodies: list[dict], operator_namespace: str, settings: Agen
                                    policy.allow_tolerations),
         "terminationGracePeriodSeconds": DETACH_GRACE_SECONDS,
     }
+    if settings.host_network:
+        pod_spec["hostNetwork"] = True
     affinity = node_affinity(s.get("nodeSelector") or {} for s in specs)
     if affinity:
         pod_spec["affinity"] = affinity

@@ -297,3 +297,21 @@ def test_server_side_dry_run_of_every_manifest(kube, chart):
         assert e.value.status == 422 and "containerPort" in str(e.value.body)
         # The PodMonitor needs the Prometheus Operator's CRD, which this cluster does not have: it is
         # checked offline above (test_toggles).
+
+
+def test_host_network_and_extra_env_reach_the_operator_and_through_it_the_agents(chart):
+    api = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}, {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}]
+    objs = by_kind(render(chart, {"hostNetwork": True, "extraEnv": api,
+                                  "agent": {"hostNetwork": True, "extraEnv": api}}))
+    pod = objs[("Deployment", "probeset-operator")]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    (c,) = pod["containers"]
+    assert c["env"][-2:] == api
+    env = env_of(c)
+    assert env["PROBESET_AGENT_HOST_NETWORK"] == "true"
+    # What the operator makes of it (handlers.settings_from_env reads the same environment).
+    from probeset_operator.handlers import settings_from_env
+    _, agent = settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert agent.host_network and agent.extra_env == api
+    defaults = by_kind(render(chart))[("Deployment", "probeset-operator")]["spec"]["template"]["spec"]
+    assert "hostNetwork" not in defaults and env_of(defaults["containers"][0])["PROBESET_AGENT_EXTRA_ENV"] == "[]"

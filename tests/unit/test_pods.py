@@ -157,5 +157,17 @@ def test_paths_resolve_inside_the_containers_root(tmp_path):
 def test_node_root_is_our_root_or_a_readable_other_one(tmp_path):
     assert host.node_root("/proc/self/root") == ("/", None)             # our own root: "/" itself
     assert host.node_root(str(tmp_path)) == (str(tmp_path), None)       # another root we can read
-    root, warning = host.node_root(str(tmp_path / "missing"))           # unreadable: ours, said so
-    assert root == "/" and "node-wide uprobes resolve files in the agent's own file system" in warning
+    root, warning = host.node_root(str(tmp_path / "missing"))           # unreadable: none, said so
+    assert root is None and warning.startswith(f"cannot read the node's file system at {tmp_path / 'missing'} "
+                                               "(No such file or directory): uprobes for the node's own processes "
+                                               "cannot be placed")
+
+
+def test_without_the_nodes_files_a_node_wide_uprobe_fails_rather_than_probe_the_agents_own_copy():
+    from probeset_agent.resolve import UserTargets, resolve
+    from probeset_api.spec import parse_probeset
+    pset = parse_probeset({"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": "s"},
+                           "spec": {"probes": [{"name": "dns", "uprobe": "libc:getaddrinfo"}]}})
+    (rp,) = resolve(pset, None, UserTargets(host_root=None))
+    assert rp.error == ("libc: the node's file system is not readable by this agent (see its log), so the node's "
+                        "own processes cannot be probed") and not rp.sites

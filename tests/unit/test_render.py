@@ -34,7 +34,8 @@ def test_daemonset_runs_one_privileged_agent_for_every_probeset():
     assert c["name"] == "agent"
     assert c["image"] == "reg/probeset:1" and c["securityContext"] == {"privileged": True, "runAsUser": 0}
     assert pod["hostPID"] is True and pod["priorityClassName"] == "high"
-    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500"]
+    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
+                         "--host-root", "/host"]
     # NODE_NAME, then the administrator's policy, which the agent applies itself (Admission.from_env):
     # no ProbeSet is named.
     assert c["env"] == [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
@@ -43,6 +44,9 @@ def test_daemonset_runs_one_privileged_agent_for_every_probeset():
                         {"name": "PROBESET_ALLOW_PROBESET_TOLERATIONS", "value": "true"}]
     assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules",
                                                           "/usr/src", "/sys/fs/bpf"}
+    (host,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/host"]       # the node's /, read-only
+    assert host["readOnly"] and {"name": host["name"], "hostPath": {"path": "/"}} in pod["volumes"]
+    assert "hostNetwork" not in pod
     assert pod["nodeSelector"] == {}
     assert pod["affinity"] == {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In",
@@ -69,7 +73,7 @@ def test_budgets_and_the_admins_node_selector():
     settings = AgentSettings(max_probesets=3, max_probes=40, node_selector={"role": "obs", "kubernetes.io/os": "linux"})
     pod = pod_of(render_daemonset([body("a")], "ops", settings))
     assert pod["containers"][0]["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "3",
-                                            "--max-probes", "40"]
+                                            "--max-probes", "40", "--host-root", "/host"]
     assert list(pod["nodeSelector"].items()) == [("kubernetes.io/os", "linux"), ("role", "obs")]
     assert "affinity" not in pod         # a set without nodeSelector: every node (the admin's narrow it)
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
@@ -128,3 +132,12 @@ def test_a_change_that_does_not_move_agents_renders_the_same_bytes():
     moved = before + [body("f", nodeSelector={"pool": "z"})]
     assert json.dumps(render_daemonset(moved, "probeset-system", settings)) != \
         json.dumps(render_daemonset(before, "probeset-system", settings))
+
+
+def test_host_network_and_extra_env_for_clusters_without_a_pod_network():
+    extra = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}, {"name": "KUBERNETES_SERVICE_PORT",
+                                                                         "value": "6443"}]
+    pod = render_daemonset([BODY], "probeset-system", AgentSettings(host_network=True, extra_env=extra))[
+        "spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["containers"][0]["env"][-2:] == extra
