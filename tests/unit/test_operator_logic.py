@@ -226,6 +226,7 @@ def test_secured_metrics_in_the_daemonset(monkeypatch):
     pod = handlers.render_daemonset([probeset("web")], "probeset-system", agent)["spec"]["template"]
     (c,) = pod["spec"]["containers"]
     assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
+                         "--host-root", "/host",
                          "--tls-cert", "/etc/probeset/metrics-tls/tls.crt",
                          "--tls-key", "/etc/probeset/metrics-tls/tls.key", "--metrics-auth"]
     assert {"name": "metrics-tls", "secret": {"secretName": "agent-tls"}} in pod["spec"]["volumes"]
