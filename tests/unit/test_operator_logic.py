@@ -237,7 +237,8 @@ def test_secured_metrics_in_the_daemonset(monkeypatch):
     monkeypatch.delenv("PROBESET_AGENT_METRICS_AUTH")
     (c,) = handlers.render_daemonset([probeset("web")], "probeset-system", settings_from_env()[1])["spec"][
         "template"]["spec"]["containers"]
-    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500"]
+    assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
+                         "--host-root", "/host"]
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
 
 
