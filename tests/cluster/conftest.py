@@ -8,7 +8,8 @@ the images' tools, every test here is skipped with the reason and what to run.
 Fixtures:
   node_cluster       (session) NodeCluster: .kube (KubeCluster), .node (KubeletNode), .api_client(),
                      .kubeconfig, .api_host/.api_port (the API server for pods: 127.0.0.1:<port>),
-                     .in_cluster_env() (env entries for in-cluster clients), .images ({kind: name})
+                     .in_cluster_env() (env entries for in-cluster clients), .images ({kind: name}),
+                     .kubectl(*args) (kubectl v1.20.2 with the admin kubeconfig)
   cluster_api        an admin ApiClient for one test
   cluster_namespace  a fresh namespace (its default ServiceAccount has its token), deleted after
   run_pod            create a pod (hostNetwork, images never pulled), wait for a phase; deleted after
@@ -57,6 +58,16 @@ class NodeCluster:
 
     def in_cluster_env(self) -> list[dict]:
         return self.node.in_cluster_env()
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess:
+        """build-kube's kubectl v1.20.2 with the admin kubeconfig; output as text."""
+        from tests.k8s.cluster import kube_bin_dir
+        result = subprocess.run([str(kube_bin_dir() / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+                                input=input, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
 
 
 def _unavailable_reason() -> str | None:

@@ -43,6 +43,8 @@ def test_node_ready(node_cluster, cluster_api):
     assert info.kubelet_version == "v1.20.2"
     assert info.container_runtime_version.startswith("containerd://1.6")
     assert info.kernel_version == os.uname().release
+    nodes = node_cluster.kubectl("get", "nodes", "--no-headers").stdout.split()
+    assert nodes[:2] == ["127.0.0.1", "Ready"] and nodes[-1] == "v1.20.2", nodes
     # The kubelet's sysctl changes were put back once it was Ready.
     assert Path("/proc/sys/kernel/panic_on_oops").read_text() == node_cluster.node._sysctls["kernel/panic_on_oops"]
 
@@ -78,6 +80,7 @@ def test_workload_pod_cgroup_and_exact_calls(node_cluster, cluster_api, run_pod)
     # The API server reaches the kubelet (at the node's InternalIP, with its client certificate).
     log = client.CoreV1Api(cluster_api).read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace)
     assert log.splitlines() == ["ready pid 1 calls 250 function open", "done 1 250 open", "done 2 250 open"]
+    assert node_cluster.kubectl("logs", "-n", pod.metadata.namespace, pod.metadata.name).stdout == log
 
 
 def test_pod_cgroups_on_delete(node_cluster, cluster_api, run_pod):
@@ -152,3 +155,52 @@ def test_operator_entrypoint_non_root_read_only(node_cluster, run_pod):
     output = node_cluster.node.pod_log(pod, "main")
     assert exit_code(pod) == 0, output
     assert output.splitlines() == ["uid 65532 65532", "write Read-only file system"]
+
+
+def test_in_cluster_client_reaches_the_api_server(node_cluster, run_pod):
+    """A pod given in_cluster_env() reaches the API server at 127.0.0.1 with its ServiceAccount's
+    token, verifying the server's certificate with the ServiceAccount's ca.crt."""
+    probe = ("import json, os, ssl, urllib.request\n"
+             "sa = '/var/run/secrets/kubernetes.io/serviceaccount'\n"
+             "url = f\"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}/version\"\n"
+             "request = urllib.request.Request(url, headers={'Authorization': 'Bearer ' + open(sa + '/token').read()})\n"
+             "context = ssl.create_default_context(cafile=sa + '/ca.crt')\n"
+             "print(url, json.load(urllib.request.urlopen(request, context=context, timeout=10))['gitVersion'])\n")
+    manifest = pod_manifest(name("incluster"), node_cluster.images["project"],
+                            command=["/opt/probeset/.venv/bin/python", "-c", probe], env=node_cluster.in_cluster_env())
+    manifest["spec"]["automountServiceAccountToken"] = True
+    pod = run_pod(manifest, until=("Succeeded", "Failed"))
+    output = node_cluster.node.pod_log(pod, "main")
+    assert exit_code(pod) == 0, output
+    assert output == f"https://127.0.0.1:{node_cluster.api_port}/version v1.20.2"
+
+
+def test_pod_network_refused(node_cluster, cluster_api, cluster_namespace):
+    """A pod without hostNetwork does not start: the node's only CNI network is a placeholder
+    whose plugin does not exist (no pod network may touch the host's)."""
+    core = client.CoreV1Api(cluster_api)
+    manifest = pod_manifest(name("podnet"), node_cluster.images["workload"])
+    manifest["spec"]["hostNetwork"] = False
+    pod = core.create_namespaced_pod(cluster_namespace, manifest)
+
+    def sandbox_failed():
+        events = core.list_namespaced_event(cluster_namespace, field_selector=f"involvedObject.name={pod.metadata.name}")
+        return [e.message for e in events.items if e.reason == "FailedCreatePodSandBox"]
+    messages = wait_for(sandbox_failed, 60, "FailedCreatePodSandBox")
+    assert 'failed to find plugin "probeset-host-network-only"' in messages[0], messages
+    assert core.read_namespaced_pod(pod.metadata.name, cluster_namespace).status.phase == "Pending"
+
+
+def test_missing_image_is_not_pulled_from_the_network(node_cluster, cluster_api, cluster_namespace):
+    """An image containerd does not hold fails to pull: containerd's registry client goes through a
+    closed loopback port, so no traffic (not even a DNS lookup) leaves the machine."""
+    core = client.CoreV1Api(cluster_api)
+    manifest = pod_manifest(name("nopull"), "docker.io/library/probeset-no-such-image:1")
+    manifest["spec"]["containers"][0]["imagePullPolicy"] = "Always"
+    pod = core.create_namespaced_pod(cluster_namespace, manifest)
+
+    def pull_failed():
+        events = core.list_namespaced_event(cluster_namespace, field_selector=f"involvedObject.name={pod.metadata.name}")
+        return [e.message for e in events.items if e.reason == "Failed" and "pull" in e.message]
+    messages = wait_for(pull_failed, 60, "the image pull to fail")
+    assert "proxyconnect tcp: dial tcp 127.0.0.1:9: connect: connection refused" in messages[0], messages
