@@ -72,8 +72,8 @@ def images_manifest() -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def missing_reason() -> str | None:
-    """Why no node can be started here, or None."""
+def missing_reason(images: bool = True) -> str | None:
+    """Why no node can be started here, or None (``images=False``: leave the images out)."""
     if os.geteuid() != 0:
         return "needs root (containerd, the kubelet, cgroups, mounts): run the cluster tier as root"
     reason = cluster_missing_reason()
@@ -87,7 +87,7 @@ def missing_reason() -> str | None:
     if missing:
         return f"{', '.join(missing)} not installed: run scripts/setup --test (apt-get install containerd runc)"
     manifest = images_manifest()
-    for kind in IMAGE_KINDS:
+    for kind in IMAGE_KINDS if images else ():
         record = manifest.get(kind)
         if not record or not Path(record["archive"]).is_file():
             return f"the {kind} image is not built: run tests/cluster/build-images (as root)"
