@@ -158,11 +158,14 @@ def remove_cgroup_tree(path: Path) -> bool:
     return ok
 
 
+KEPT_MARK = "KEPT"   # in a work directory kept on purpose (keep_workdir): not stale
+
+
 def _remove_stale_workdirs(base: Path) -> None:
     """Work directories of node processes killed without stopping: unmount and delete."""
     for path in base.glob(f"{WORKDIR_PREFIX}*-*"):
         pid = path.name.removeprefix(WORKDIR_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and not (path / KEPT_MARK).exists():
             unmount_all(path)
             shutil.rmtree(path, ignore_errors=True)
 
@@ -276,6 +279,8 @@ class KubeletNode:
             self._restore_sysctls()
             if self._own_workdir and not self.keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+            elif self._own_workdir:
+                (self.workdir / KEPT_MARK).write_text("kept for inspection (keep_workdir); delete by hand\n")
         finally:
             os.close(self._lock_fd)
             self._lock_fd = None
