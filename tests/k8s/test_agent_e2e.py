@@ -67,8 +67,13 @@ def run_container_here(container: dict, node: str, kubeconfig: str, log_path):
             env[e["name"]] = node
         else:
             env[e["name"]] = e["value"]
-    # The image's entrypoint is `probeset`; here, this checkout's.
-    argv = [sys.executable, "-m", "probeset_cli", *container["args"]]
+    # The image's entrypoint is `probeset`; here, this checkout's. The node's / that the pod mounts
+    # at /host is this host's own /.
+    args = list(container["args"])
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+    if "--host-root" in args and mounts.get(args[args.index("--host-root") + 1]) == "host-root":
+        args[args.index("--host-root") + 1] = "/"
+    argv = [sys.executable, "-m", "probeset_cli", *args]
     return Process(argv, env, log_path)
 
 

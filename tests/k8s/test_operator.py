@@ -58,7 +58,8 @@ def test_reconcile_create_update_delete(api, namespace, start_operator):
     (container,) = ds.spec.template.spec.containers
     assert container.image == "registry.example/probeset:test"
     assert container.security_context.privileged and ds.spec.template.spec.host_pid
-    assert container.args == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500"]
+    assert container.args == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
+                              "--host-root", "/host"]
     # No ProbeSet named: the agent follows them all, with the administrator's policy.
     assert [(e.name, e.value, e.value_from and e.value_from.field_ref.field_path) for e in container.env] == [
         ("NODE_NAME", None, "spec.nodeName"),
