@@ -97,8 +97,10 @@ def render_daemonset(bodies: list[dict], operator_namespace: str, settings: Agen
         _host_mount("modules", "/lib/modules"),
         _host_mount("usr-src", "/usr/src"),
         # The node's files, for uprobes on the node's own processes (node_exporter's way: /proc/1/root
-        # needs the node's init to be ptrace-readable, which not every runtime allows).
-        _host_mount("host-root", "/", mount_propagation="HostToContainer", at=HOST_ROOT),
+        # needs the node's init to be ptrace-readable, which not every runtime allows). No mount
+        # propagation: the runtime refuses HostToContainer where / is a private mount (measured:
+        # "path / is mounted on / but it is not a shared or slave mount"), and the files are there.
+        _host_mount("host-root", "/", at=HOST_ROOT),
     ]
     args = ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}", "--max-probesets", str(settings.max_probesets),
             "--max-probes", str(settings.max_probes), "--host-root", HOST_ROOT]
