@@ -31,7 +31,7 @@ from .fleet import (OPERATOR_DEPLOYMENT_ENV, REJECTED_RETRY_DELAY, ClusterView, 
                     remove_per_set_daemonsets)
 from .render import AGENT_DAEMONSET, AgentSettings, render_daemonset
 from .scheduling import pod_node, selector_errors, toleration_errors
-from .summary import MESSAGE_MAX, Verdict, pod_problem, set_condition, summarize
+from .summary import MESSAGE_MAX, Verdict, is_live, pod_problem, set_condition, summarize
 
 PEERING_NAME = "probeset"
 FINALIZER = f"{API_GROUP}/agents"
@@ -250,10 +250,12 @@ def _summary(view: ClusterView, spec: kopf.Spec, status: kopf.Status, generation
     desired = desired_nodes(view, dict(spec.get("nodeSelector") or {}))
     pods = [p for p in view.pods if pod_node(p) in desired]
     scheduled = {p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName")}
+    live = {p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName") and is_live(p)}
     reports = {node: NodeReport.from_status(entry) for node, entry in (status.get("agents") or {}).items()
                if isinstance(entry, dict)}
     return summarize(reports, scheduled, len(desired), len(spec.get("probes") or []), generation,
-                     pod_problem(pods, len(desired)))
+                     pod_problem([p for p in pods if not p["metadata"].get("deletionTimestamp")], len(desired)),
+                     live)
 
 
 def _drop_unchanged(status: kopf.Status, patch: kopf.Patch) -> None:

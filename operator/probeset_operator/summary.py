@@ -82,14 +82,25 @@ def declined(reports: dict[str, NodeReport]) -> Verdict | None:
     return Verdict("False", DECLINED.get(report.reason, report.reason), f"node {node}: {why}{more}"[:MESSAGE_MAX])
 
 
+def is_live(pod: dict) -> bool:
+    """An agent pod (API dict) that runs now: Running, every container Ready, not being deleted."""
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    return (not (pod.get("metadata") or {}).get("deletionTimestamp") and status.get("phase") == "Running"
+            and bool(statuses) and all(c.get("ready") for c in statuses))
+
+
 def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int, total: int,
-              generation: int | None, problem: Verdict | None = None) -> Summary:
+              generation: int | None, problem: Verdict | None = None, live: set[str] | None = None) -> Summary:
     """The summary of the agents' reports. Only reports of nodes that should run the set and have
     an agent pod (`scheduled`) that describe this generation count; the others are stale (old
-    generation) or dropped (no pod). A node whose agent does not run the set (report.reason:
-    OverBudget, InvalidSpec) makes the set not Ready and Degraded with that reason. `problem`
-    (pod_problem) says why agents do not run, when they do not."""
-    current = {n: r for n, r in reports.items() if n in scheduled and r.generation == generation}
+    generation) or dropped (no pod). With `live` (nodes whose agent pod is Ready and not being
+    deleted), a report counts only while its node's agent lives: the report of an agent that was
+    replaced by a pod that cannot start says nothing of now. A node whose agent does not run the
+    set (report.reason: OverBudget, InvalidSpec) makes the set not Ready and Degraded with that
+    reason. `problem` (pod_problem) says why agents do not run, when they do not."""
+    current = {n: r for n, r in reports.items() if n in scheduled and r.generation == generation
+               and (live is None or n in live)}
     refused = declined(current)
     running = {n: r for n, r in current.items() if not r.reason}
     ready_nodes = [n for n, r in running.items() if not r.failed and r.attached == total]

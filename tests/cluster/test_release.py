@@ -264,9 +264,9 @@ def test_prometheus_finds_the_agent_by_kubernetes_service_discovery(node_cluster
     wait_for(lambda: (r := report(cluster_api, cluster_namespace, "gethostlatency", node)) and r["attached"] == 3,
              180, "gethostlatency attached")
     with Prometheus(tmp_path, cluster_api, NS) as prom:
-        target = wait_for(lambda: next((t for t in prom.targets() if t["health"] == "up"), None), 60,
-                          "the agent pod discovered and scraped")
-        assert target["labels"]["agent_pod"] == running_agent(cluster_api).metadata.name
+        agent = running_agent(cluster_api).metadata.name    # (an earlier test's agent may still be going)
+        wait_for(lambda: [t for t in prom.targets() if t["labels"].get("agent_pod") == agent and t["health"] == "up"],
+                 60, f"the agent pod {agent} discovered and scraped")
         for round_ in (1, 2):
             call_round(node_cluster, pod, round_, "getaddrinfo")
         query = (f'sum(probeset_latency_seconds_count{{probeset_namespace="{cluster_namespace}",'

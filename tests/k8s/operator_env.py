@@ -216,6 +216,21 @@ def get_ds(api):
         raise
 
 
+def agent_pod_running(api, node_name):
+    """Play the kubelet for the agent pod bound to `node_name`: status Running and Ready, as once
+    its container started (the test runs that container itself, or stands for it). The pod."""
+    core = client.CoreV1Api(api)
+    pod = wait_for(f"the agent pod bound to {node_name}", lambda: next(iter(
+        p for p in core.list_namespaced_pod(OPERATOR_NS, label_selector="app.kubernetes.io/component=agent").items
+        if p.spec.node_name == node_name and p.metadata.deletion_timestamp is None), None))
+    core.patch_namespaced_pod_status(pod.metadata.name, OPERATOR_NS, {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{"name": "agent", "ready": True, "restartCount": 0, "image": pod.spec.containers[0].image,
+                               "imageID": "", "containerID": "containerd://" + "0" * 64,
+                               "state": {"running": {}}}]}})
+    return pod
+
+
 def condition(obj, ctype):
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), None)
 

@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from probeset_operator.render import AGENT_DAEMONSET, METRICS_PORT, AgentSettings, render_daemonset
 from tests.k8s.fake_kubelet import fake_kubelet  # noqa: F401
-from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, Process, api, condition,  # noqa: F401
+from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, Process, agent_pod_running, api,  # noqa: F401
+                                    condition,
                                     get_ps, installed, namespace, probeset, service_account_kubeconfig,
                                     start_operator, wait_for)
 from tests.support import TARGET_C, bcc_missing_reason
@@ -143,6 +144,7 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
 
     agent_kubeconfig = service_account_kubeconfig(installed, tmp_path, "probeset-agent")
     agent = run_pod_here(api, pod, agent_kubeconfig, tmp_path / "agent.log")
+    agent_pod_running(api, NODE)
     try:
         # No pod of the namespace has the binary yet: the node says so (not attached, with the reason).
         obj = wait_for("the agent's report", lambda: (r := agent_report(api, namespace, "e2e"))[1] and

@@ -10,8 +10,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from probeset_operator.render import AGENT_DAEMONSET
-from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, api, condition, get_ds,  # noqa: F401
-                                    get_ps, installed, namespace, probeset, start_operator, wait_for)
+from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, agent_pod_running, api, condition,  # noqa: F401
+                                    get_ds, get_ps, installed, namespace, probeset, start_operator, wait_for)
 from tests.support import holds_for, wait_stable
 
 TRACEPOINT = [{"name": "t", "tracepoint": "sched:sched_process_exec"}]
@@ -365,6 +365,7 @@ def test_a_sets_nodes_and_an_over_budget_agent(api, namespace, start_operator):
         # The DaemonSet controller agrees (its status catches up with the nodes in its own time).
         wait_stable(lambda: get_ds(api).status.desired_number_scheduled, 2, 20, "the DaemonSet's desired count")
         assert get_ds(api).status.desired_number_scheduled == 1
+        agent_pod_running(api, node)     # its agent runs, and says it does not run the set
         report = {"generation": obj["metadata"]["generation"], "attached": 0, "total": 1,
                   "updated": "2026-12-02T00:00:00Z", "reason": "OverBudget",
                   "failed": [{"name": "t", "attached": False,

@@ -350,7 +350,9 @@ def agent_pod(node_name, bound=True, waiting=None):
     spec = {"nodeName": node_name} if bound else {"affinity": {"nodeAffinity": {
         "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}]}}}}
-    status = {"containerStatuses": [{"name": "agent", "state": {"waiting": {"reason": waiting}}}]} if waiting else {}
+    status = {"phase": "Pending", "containerStatuses": [{"name": "agent", "ready": False,
+                                                         "state": {"waiting": {"reason": waiting}}}]} if waiting \
+        else {"phase": "Running", "containerStatuses": [{"name": "agent", "ready": True, "state": {"running": {}}}]}
     return {"metadata": {"name": f"probeset-agent-{node_name}"}, "spec": spec, "status": status}
 
 

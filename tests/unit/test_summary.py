@@ -3,7 +3,7 @@
 import pytest
 
 from probeset_api.status import NodeReport, ProbeResult
-from probeset_operator.summary import Verdict, declined, pod_problem, set_condition, summarize
+from probeset_operator.summary import Verdict, declined, is_live, pod_problem, set_condition, summarize
 
 
 def ok(generation=3, attached=2, total=2):
@@ -153,3 +153,26 @@ def test_declined_without_a_message_says_the_reason():
     assert declined({"n": NodeReport(generation=1, attached=0, total=1, reason="OverBudget")}) == \
         Verdict("False", "OverBudget", "node n: OverBudget")
     assert declined({"n": ok()}) is None
+
+
+def test_a_report_counts_only_while_its_nodes_agent_lives():
+    """The agent that wrote the report was replaced by a pod that cannot start: its report,
+    current as it is, says nothing of now; the pod's problem does."""
+    problem = pod_problem([pod(waiting="ErrImagePull")], 1)
+    s = summarize({"a": ok()}, {"a"}, 1, total=2, generation=3, problem=problem, live=set())
+    assert (s.ready.status, s.ready.reason, s.nodes.ready) == ("False", "ImagePullFailed", 0)
+    assert s.stale == ()                      # the node still has an agent pod: the report stays
+    s = summarize({"a": ok()}, {"a"}, 1, total=2, generation=3, live={"a"})
+    assert (s.ready.status, s.nodes.ready) == ("True", 1)
+
+
+@pytest.mark.parametrize("phase, ready, deleting, live", [
+    ("Running", True, False, True),
+    ("Running", False, False, False),
+    ("Running", True, True, False),           # being replaced
+    ("Pending", False, False, False),
+])
+def test_is_live(phase, ready, deleting, live):
+    p = {"metadata": {"name": "agent-x", **({"deletionTimestamp": "2026-12-02T00:00:00Z"} if deleting else {})},
+         "status": {"phase": phase, "containerStatuses": [{"name": "agent", "ready": ready}]}}
+    assert is_live(p) is live
