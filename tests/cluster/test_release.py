@@ -363,7 +363,11 @@ def test_agents_that_cannot_run_say_why_on_the_probeset(node_cluster, release, c
             cfg.upgrade(chart, RELEASE, merged, namespace=NS, timeout=180)
     try:
         upgrade({"image": "docker.io/library/probeset:no-such-tag"})
-        wait_for(lambda: ready().get("reason") == "ImagePullFailed", 120, "Ready=False ImagePullFailed")
+        try:
+            wait_for(lambda: ready().get("reason") == "ImagePullFailed", 120, "Ready=False ImagePullFailed")
+        except BaseException:
+            print(f"Ready: {ready()}\n{state_of_release(cluster_api)}", file=sys.stderr)
+            raise
         assert ready()["status"] == "False" and "no-such-tag" in ready()["message"]
         row = node_cluster.kubectl("get", "probesets", "-n", cluster_namespace, "--no-headers").stdout.split()
         assert row[:2] == ["execs", "0/1"], row

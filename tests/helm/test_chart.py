@@ -305,6 +305,9 @@ def test_host_network_and_extra_env_reach_the_operator_and_through_it_the_agents
                                   "agent": {"hostNetwork": True, "extraEnv": api}}))
     pod = objs[("Deployment", "probeset-operator")]["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    # A surge pod could not bind the health port beside the old one: upgrades replace instead.
+    assert objs[("Deployment", "probeset-operator")]["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     (c,) = pod["containers"]
     assert c["env"][-2:] == api
     env = env_of(c)
@@ -315,3 +318,4 @@ def test_host_network_and_extra_env_reach_the_operator_and_through_it_the_agents
     assert agent.host_network and agent.extra_env == api
     defaults = by_kind(render(chart))[("Deployment", "probeset-operator")]["spec"]["template"]["spec"]
     assert "hostNetwork" not in defaults and env_of(defaults["containers"][0])["PROBESET_AGENT_EXTRA_ENV"] == "[]"
+    assert "strategy" not in by_kind(render(chart))[("Deployment", "probeset-operator")]["spec"]
