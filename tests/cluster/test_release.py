@@ -12,8 +12,10 @@ which nothing routes here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -345,10 +347,35 @@ def test_agent_pod_deleted_and_api_server_away(node_cluster, release, cluster_ap
     node_cluster.kubectl("delete", "probeset", "getpid", "-n", cluster_namespace)
 
 
+@contextlib.contextmanager
+def port_taken_from_the_agent(api, port: int):
+    """Delete the agent pod and take its port on the node as soon as the old agent lets it go (the
+    DaemonSet's next agent then cannot bind it); released at the end."""
+    core = client.CoreV1Api(api)
+    (old,) = agent_pods(api)
+    core.delete_namespaced_pod(old.metadata.name, NS)
+    holder = socket.socket()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            holder.bind(("0.0.0.0", port))
+            holder.listen()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                holder.close()
+                pytest.fail(f"port {port} not released by the old agent within 60 s")
+            time.sleep(0.02)
+    try:
+        yield
+    finally:
+        holder.close()
+
+
 def test_agents_that_cannot_run_say_why_on_the_probeset(node_cluster, release, cluster_api, cluster_namespace):
-    """An agent image that cannot be pulled, then agents that crash-loop (they cannot reach the API
-    server): each shows on the ProbeSet as Ready=False with the reason, and in kubectl's READY
-    column; good values again, and it is Ready. (Pod Security admission does not exist in v1.20; a
+    """An agent image that cannot be pulled, then agents that crash-loop (the node's metrics port is
+    taken): each shows on the ProbeSet as Ready=False with the reason, and in kubectl's READY
+    column; then it is Ready again. (Pod Security admission does not exist in v1.20; a
     DaemonSet the API server refuses is tested in tests/k8s/test_operator.py.)"""
     cfg, values = release["cfg"], release_values(node_cluster)
     apply(node_cluster, cluster_namespace, {
@@ -372,10 +399,16 @@ def test_agents_that_cannot_run_say_why_on_the_probeset(node_cluster, release, c
         row = node_cluster.kubectl("get", "probesets", "-n", cluster_namespace, "--no-headers").stdout.split()
         assert row[:2] == ["execs", "0/1"], row
 
-        upgrade({"extraEnv": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-                              {"name": "KUBERNETES_SERVICE_PORT", "value": "1"}]})
-        wait_for(lambda: ready().get("reason") == "AgentsCrashLooping", 180, "Ready=False AgentsCrashLooping")
-        assert "CrashLoopBackOff" in ready()["message"]
+        upgrade({})
+        wait_for(lambda: ready().get("status") == "True", 180, "Ready again with the good image")
+
+        # The node's port 9437 taken by something else: the next agent cannot serve, exits, and is
+        # restarted until the port is free again.
+        with port_taken_from_the_agent(cluster_api, 9437):
+            wait_for(lambda: ready().get("reason") == "AgentsCrashLooping", 180, "Ready=False AgentsCrashLooping")
+            assert "CrashLoopBackOff" in ready()["message"]
+            row = node_cluster.kubectl("get", "probesets", "-n", cluster_namespace, "--no-headers").stdout.split()
+            assert row[:2] == ["execs", "0/1"], row
     finally:
         upgrade({})
     wait_for(lambda: ready().get("status") == "True", 180, "Ready again with good values")
