@@ -355,6 +355,9 @@ def port_taken_from_the_agent(api, port: int):
     (old,) = agent_pods(api)
     core.delete_namespaced_pod(old.metadata.name, NS)
     holder = socket.socket()
+    # As the agent's own server does: the old agent's closed connections (TIME_WAIT) must not keep
+    # us out; a listening socket keeps the next agent out all the same.
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     deadline = time.monotonic() + 60
     while True:
         try:
