@@ -135,15 +135,21 @@ class CountingKube(Kube):
             if method == "PATCH":
                 counts.patch_times.append(time.monotonic())
         read, readline = response.read, response.readline
+        seen = [0]          # bytes counted on this response (readline reads through read: not twice)
 
         def counted_read(*a):
             data = read(*a)
+            seen[0] += len(data)
             counts.bytes[what] += len(data)     # a lost update under races only blurs a byte count
             return data
 
         def counted_readline(*a):
+            before = seen[0]
             data = readline(*a)
-            counts.bytes[what] += len(data)
+            missed = len(data) - (seen[0] - before)
+            if missed > 0:                      # a readline that did not go through read
+                seen[0] += missed
+                counts.bytes[what] += missed
             return data
         response.read, response.readline = counted_read, counted_readline
         return sock, response

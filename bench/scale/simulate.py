@@ -129,7 +129,7 @@ class Run:
         self.deadline = self.t_start + args.timeout
         self.workdir = Path(tempfile.mkdtemp(prefix=f"probeset-scale-{n}-", dir=args.workdir))
         self.cluster = self.operator = self.fleet = None
-        self.result: dict = {"nodes": n, "design": args.design, "mode": args.mode, "commit": commit(),
+        self.result: dict = {"nodes": n, "design": args.design, "mode": args.mode, "commit": commit(), "watch_bytes_counted_once": True,
                              "workers": args.workers if args.mode == "shared" else None}
 
     def close(self) -> None:
