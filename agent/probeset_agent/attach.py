@@ -36,7 +36,7 @@ def prepare_maps(bpf, rp: ResolvedProbe, layout: KeyLayout) -> None:
     """Open every table now (BCC reads /sys/devices/system/cpu/possible when it opens a per-CPU
     table, and a scrape should touch nothing but the maps); give the overflow series its slot; set
     the comm filter."""
-    if rp.probe.latency:
+    if rp.probe.has_histogram:
         bpf[f"hist_p{rp.id}"]
     bpf["missed"]
     counts = bpf[f"counts_p{rp.id}"]

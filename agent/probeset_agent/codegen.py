@@ -36,7 +36,7 @@ def histogram_entries(max_series: int) -> int:
 def probe_memory(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cpus: int) -> int:
     """Upper bound of the kernel memory of one probe's maps (memory.py)."""
     start_args = sum(1 for label in rp.probe.group_by if label not in ("retval", "comm"))
-    return memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.latency, start_args,
+    return memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.has_histogram, rp.probe.latency, start_args,
                               histogram_entries(max_series), START_MAP_ENTRIES, cpus)
 
 
@@ -98,13 +98,30 @@ def _field_fill(gf: GroupField, i: int, site: Site, dst: str) -> CCode:
     raise AssertionError(gf.source)
 
 
+def _value_record(rp: ResolvedProbe, site: Site) -> CCode:
+    """C that loads the site's value into val_ and records the event with it (or just counts it)."""
+    p, gf = rp.id, site.value
+    if gf is None:
+        return fill(T.RECORD_COUNT, P=p)
+    trampoline = site.mechanism in ("fentry", "fexit")
+    if gf.source == "arg":
+        load = fill(T.VALUE_ARG_TRAMPOLINE, IDX=gf.index) if trampoline else fill(T.VALUE_ARG_PT_REGS, N=gf.index + 1)
+    elif gf.source == "retval":
+        load = CCode(T.VALUE_RETVAL_TRAMPOLINE if trampoline else T.VALUE_RETVAL_PT_REGS)
+    elif gf.source == "tp_int":
+        load = fill(T.VALUE_TP_INT, CTYPE=CName(_INT_CTYPES[(gf.size, gf.signed)]), OFFSET=gf.offset)
+    else:
+        raise AssertionError(gf.source)
+    return join([load, fill(T.RECORD_SIGNED_VALUE if gf.signed else T.RECORD_VALUE, P=p)])
+
+
 def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...]) -> CCode:
     """The C one probe runs at one site (inside the site's function, which several probes share)."""
     p = rp.id
     attribution = join([T.CGROUP_FILL if key_uses_cgroup(labels) else "", T.COMM_LABEL_FILL if "comm" in labels else ""])
     if site.role == "count":
         fill_key = join([attribution] + [_field_fill(gf, i, site, "key") for i, gf in enumerate(site.fields)])
-        return fill(T.COUNT_BLOCK, P=p, F=site.func_index, FILL_KEY=fill_key)
+        return fill(T.COUNT_BLOCK, P=p, F=site.func_index, FILL_KEY=fill_key, RECORD=_value_record(rp, site))
     if site.role == "start":
         fill_start = join(_field_fill(gf, i, site, "sv") for i, gf in enumerate(site.fields) if gf.source == "arg")
         return fill(T.START_BLOCK, P=p, F=site.func_index, FILL_START=fill_start)
@@ -119,9 +136,10 @@ def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...]) -> CCode:
 def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool) -> CCode:
     p = rp.id
     out = [fill(T.PROBE_MAPS, P=p, SERIES_ENTRIES=max_series + 1, KEY_FIELDS=_key_fields(key_layout(rp, labels)))]
+    if rp.probe.has_histogram:
+        out.append(fill(T.HISTOGRAM_MAP, P=p, HIST_ENTRIES=histogram_entries(max_series)))
     if rp.probe.latency:
-        out.append(fill(T.LATENCY_MAPS, P=p, HIST_ENTRIES=histogram_entries(max_series),
-                        START_ENTRIES=START_MAP_ENTRIES, START_FIELDS=_start_fields(rp)))
+        out.append(fill(T.LATENCY_MAPS, P=p, START_ENTRIES=START_MAP_ENTRIES, START_FIELDS=_start_fields(rp)))
     checks = [T.CGROUP_CHECK] if cgroup_filter else []
     if rp.probe.pid is not None:
         checks.append(fill(T.PID_CHECK, PID=rp.probe.pid))
@@ -129,8 +147,11 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
         out.append(fill(T.COMM_FILTER_MAP, P=p))
         checks.append(fill(T.COMM_CHECK, P=p))
     out.append(fill(T.PASS_FUNC, P=p, CHECKS=join(checks)))
-    record_latency = fill(T.RECORD_LATENCY, P=p) if rp.probe.latency else CCode("")
-    out.append(fill(T.RECORD_FUNC, P=p, RECORD_LATENCY=record_latency))
+    record_sum = CCode("")
+    if rp.probe.records_sum:
+        record_hist = fill(T.RECORD_HIST, P=p) if rp.probe.has_histogram else CCode("")
+        record_sum = fill(T.RECORD_SUM, RECORD_HIST=record_hist)
+    out.append(fill(T.RECORD_FUNC, P=p, RECORD_SUM=record_sum))
     return join(out)
 
 

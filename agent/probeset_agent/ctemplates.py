@@ -101,10 +101,13 @@ struct key_p@P@ {
 BPF_PERCPU_HASH(counts_p@P@, struct key_p@P@, struct value_t, @SERIES_ENTRIES@);
 """
 
-LATENCY_MAPS = """\
+HISTOGRAM_MAP = """\
 struct hkey_p@P@ { struct key_p@P@ series; u32 bucket; u32 pad; };
-struct start_p@P@ { u64 ts;@START_FIELDS@ };
 BPF_F_TABLE("percpu_hash", struct hkey_p@P@, u64, hist_p@P@, @HIST_ENTRIES@, BPF_F_NO_PREALLOC);
+"""
+
+LATENCY_MAPS = """\
+struct start_p@P@ { u64 ts;@START_FIELDS@ };
 BPF_TABLE("lru_hash", struct start_key_t, struct start_p@P@, start_p@P@, @START_ENTRIES@);
 """
 
@@ -163,11 +166,14 @@ static __always_inline void record_p@P@(struct key_p@P@ *key, u64 ns, int timed)
     }
     val->count++;
     if (!timed) return;
-@RECORD_LATENCY@}
+@RECORD_SUM@}
 """
 
-RECORD_LATENCY = """\
+RECORD_SUM = """\
     val->sum_ns += ns;
+@RECORD_HIST@"""
+
+RECORD_HIST = """\
     struct hkey_p@P@ hkey = {};
     u64 zero64 = 0;
     hkey.series = *key;
@@ -182,9 +188,20 @@ COUNT_BLOCK = """\
         struct key_p@P@ key;
         __builtin_memset(&key, 0, sizeof(key));
         key.func = @F@;
-@FILL_KEY@        record_p@P@(&key, 0, 0);
-    }
+@FILL_KEY@@RECORD@    }
 """
+
+RECORD_COUNT = "        record_p@P@(&key, 0, 0);\n"
+RECORD_VALUE = "        record_p@P@(&key, val_, 1);\n"
+# A negative value (an error return) is no size: the event counts, its value is left out.
+RECORD_SIGNED_VALUE = ("        if ((s64)val_ < 0) { count_missed(@P@, MISSED_NEGATIVE_VALUE); record_p@P@(&key, 0, 0); }\n"
+                       "        else record_p@P@(&key, val_, 1);\n")
+VALUE_ARG_PT_REGS = "        u64 val_ = PT_REGS_PARM@N@(ctx);\n"
+VALUE_ARG_TRAMPOLINE = "        u64 val_ = 0; bpf_get_func_arg(ctx, @IDX@, &val_);\n"
+VALUE_RETVAL_PT_REGS = "        u64 val_ = PT_REGS_RC(ctx);\n"
+VALUE_RETVAL_TRAMPOLINE = "        u64 val_ = 0; bpf_get_func_ret(ctx, &val_);\n"
+VALUE_TP_INT = ("        u64 val_ = 0; { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
+                "val_ = (u64)v_; }\n")
 
 START_BLOCK = """\
     if (pass_p@P@()) {

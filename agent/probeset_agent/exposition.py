@@ -13,18 +13,25 @@ import platform
 from prometheus_client.utils import floatToGoString
 
 from probeset_api import __version__
+from probeset_api.schema import AGGREGATES, UNITS
+from probeset_api.values import metric_name
 
-from .histogram import cumulative_buckets
+from .histogram import cumulative_buckets, value_bounds
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
 
 FAMILIES = {
     "probeset_events_total": ("counter", "Events seen by a probe, aggregated in the kernel."),
     "probeset_latency_seconds": ("histogram", "Time from function entry to return, per thread (latency: true)."),
+    **{metric_name(unit, aggregate): ("counter" if aggregate == "sum" else "histogram",
+                                      ("Sum" if aggregate == "sum" else "Distribution") + " of a value probe's values"
+                                      + (f", in {unit}" if unit else "") + " (value, aggregate, unit).")
+       for unit in (None, *UNITS) for aggregate in AGGREGATES},
     "probeset_probe_attached": ("gauge", "1 when the probe is attached to this function, 0 when it could not be."),
     "probeset_missed_events_total": ("counter", "Events lost: returns without a recorded entry (unpaired_return), "
                                                 "kretprobe instances exhausted (kretprobe_maxactive), histogram "
-                                                "map full (histogram_full)."),
+                                                "map full (histogram_full); values left out: negative "
+                                                "(negative_value)."),
     "probeset_series_overflow_total": ("counter", "Events folded into the __overflow__ series because the probe "
                                                   "spent its maxSeriesPerProbe budget."),
     "probeset_bpf_run_seconds_total": ("counter", "CPU time spent in the BPF programs "
@@ -63,10 +70,10 @@ class MetricsCollector:
         self._bcc_version = _bcc_version()
         self._le_text: dict[int, list[str]] = {}
 
-    def _le_strings(self, per_power: int, buckets: list[tuple[float, int]]) -> list[str]:
-        text = self._le_text.get(per_power)
+    def _le_strings(self, per_power: int, buckets: list[tuple[float, int]], kind: str = "") -> list[str]:
+        text = self._le_text.get((per_power, kind))
         if text is None:
-            text = self._le_text[per_power] = [floatToGoString(le) for le, _ in buckets]
+            text = self._le_text[(per_power, kind)] = [floatToGoString(le) for le, _ in buckets]
         return text
 
     def render(self) -> str:
@@ -85,6 +92,25 @@ class MetricsCollector:
             out.extend(lines[name])
         return "".join(out)
 
+    def _render_value(self, probe, s, out: list[str]) -> None:
+        """A value probe's series: a counter (sum) or a histogram; seconds were nanoseconds."""
+        scale = 1e-9 if probe.unit == "seconds" else 1
+        name = probe.value_metric
+        total = s.sum_ns * scale if scale != 1 else s.sum_ns
+        if s.buckets is None:
+            out.append(f"{name}{s.text} {floatToGoString(total) if scale != 1 else total}\n")
+            return
+        per_power = probe.buckets_per_power_of_two
+        if probe.unit == "seconds":
+            buckets, kind = cumulative_buckets(s.buckets, per_power), ""
+        else:
+            buckets, kind = cumulative_buckets(s.buckets, per_power, value_bounds(per_power), 1.0), "value"
+        base = s.text[:-1] + ',le="'
+        for le, (_, n) in zip(self._le_strings(per_power, buckets, kind), buckets):
+            out.append(f'{name}_bucket{base}{le}"}} {n}\n')
+        out.append(f"{name}_count{s.text} {buckets[-1][1]}\n")
+        out.append(f"{name}_sum{s.text} {floatToGoString(total) if scale != 1 else total}\n")
+
     def _render_set(self, snap: SetSnapshot, lines: dict[str, list[str]]) -> None:
         name = snap.labels          # {probeset, probeset_namespace?}: first on every line
         for st in snap.statuses:
@@ -102,7 +128,9 @@ class MetricsCollector:
                 if s.labels["function"] == OVERFLOW_LABEL:
                     folded += s.count
                 events.append(f"probeset_events_total{s.text} {s.count}\n")
-                if s.buckets is not None:
+                if probe.value_metric is not None:
+                    self._render_value(probe, s, lines[probe.value_metric])
+                elif s.buckets is not None:
                     buckets = cumulative_buckets(s.buckets, per_power)
                     base = s.text[:-1] + ',le="'
                     for le, (_, n) in zip(self._le_strings(per_power, buckets), buckets):

@@ -57,7 +57,7 @@ def run_stats(fd: int) -> tuple[int, int] | None:
 def missed_events(bpf, compiled, attached_points: list[AttachPoint], instance: int) -> dict[tuple[int, str], int]:
     """(probe id, reason) -> events lost: in the program (pairing, histogram room) and by the
     kernel (kretprobe instances), for a program whose kretprobes carry `instance` in their names."""
-    out = missed_in_program(bpf["missed"], [rp.id for rp in compiled if rp.probe.latency])
+    out = missed_in_program(bpf["missed"], [rp.id for rp in compiled if rp.probe.records_sum])
     kretprobes = {f"{kretprobe_event(p, instance).decode()}_bcc_{os.getpid()}": p
                   for p in attached_points if p.mechanism == "kretprobe"}
     for key, n in missed_by_kernel(kretprobes).items():

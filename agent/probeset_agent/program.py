@@ -312,7 +312,7 @@ class ProbeSetProgram:
         return self.placement.allowed_cgroups
 
     def _tables(self, rp: ResolvedProbe):
-        return self.bpf[f"counts_p{rp.id}"], self.bpf[f"hist_p{rp.id}"] if rp.probe.latency else None
+        return self.bpf[f"counts_p{rp.id}"], self.bpf[f"hist_p{rp.id}"] if rp.probe.has_histogram else None
 
     def read_series(self) -> dict[int, list[Series]]:
         """Per probe id: its series (readout.Readout.series)."""

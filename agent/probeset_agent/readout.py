@@ -29,7 +29,7 @@ class Series:
     text: str                                # the labels rendered for the exposition: {a="b",...}
     count: int
     sum_ns: int = 0
-    buckets: dict[int, int] | None = None    # latency bucket index -> count
+    buckets: dict[int, int] | None = None    # histogram bucket index -> count (latency or value)
 
     def add(self, other: "Series") -> None:
         self.count += other.count
@@ -127,7 +127,7 @@ class Readout:
         value_fmt = struct.Struct(f"<{2 * cpus}Q")        # {count, sum_ns} per CPU
         cache = self._cache.setdefault(rp.id, {})
         rows: dict[bytes, Series] = {}
-        track = rp.probe.latency or keep is not None      # a plain scrape of counts needs no row list
+        track = rp.probe.has_histogram or keep is not None      # a plain scrape of counts needs no row list
         for raw, value in counts:
             if keep is not None and not keep(raw):
                 continue
@@ -138,13 +138,13 @@ class Readout:
             labels, text = self._labels(rp, layout, raw, cache)
             s = into.get(text)
             if s is None:
-                s = into[text] = Series(labels, text, 0, 0, {} if rp.probe.latency else None)
+                s = into[text] = Series(labels, text, 0, 0, {} if rp.probe.has_histogram else None)
             s.count += count
             s.sum_ns += sum(v[1::2])
             if track:
                 rows[raw] = s
         hist_keys = []
-        if rp.probe.latency:
+        if rp.probe.has_histogram:
             size, at = layout.size, layout.bucket_offset
             bucket_fmt = struct.Struct(f"<{cpus}Q")
             for raw, value in hist:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from probeset_api.schema import ARG_FIELDS, KERNEL_KINDS, USER_KINDS
 from probeset_api.spec import Probe, ProbeSet, ValuePolicy
+from probeset_api.values import errno_symbols, metric_name
 
 from . import host
 from .features import Features
@@ -47,6 +48,7 @@ class Site:
     address: int = 0            # uprobe: the function's address in that copy
     tracepoint: str = ""        # CATEGORY:NAME
     fields: tuple[GroupField, ...] = ()   # groupBy sources at this site, in groupBy order
+    value: GroupField | None = None       # the probe's value at this site (value probes)
 
 
 @dataclass
@@ -82,6 +84,11 @@ class ResolvedProbe:
             if text not in seen:
                 seen.add(text)
                 lines.append(text)
+        value = next((s.value for s in self.sites if s.value is not None), None)
+        if value is not None:
+            p = self.probe
+            kind = "signed, negatives left out" if value.signed else "unsigned"
+            lines.append(f"value {value.label} ({kind}) -> {metric_name(p.unit, p.aggregate)}")
         return lines
 
 
@@ -138,14 +145,32 @@ def _too_many(probe: Probe, what: str, count: int, sample: list[str]) -> str:
 
 
 def _check_tenant_fields(p: Probe, fmt: host.TracepointFormat, policy: ValuePolicy) -> None:
-    for j, label in enumerate(p.group_by):
+    used = [(f"{p.path}.groupBy[{j}]", label) for j, label in enumerate(p.group_by)]
+    if p.value is not None:
+        used.append((f"{p.path}.value", p.value))
+    for where, label in used:
         f = fmt.fields.get(label)
         if f is None or label == "comm" or policy.allows("tracepoint", fmt.full_name, label):
             continue
         risk = tenant_field_risk(f)
         if risk:
-            raise host.HostError(f"{p.path}.groupBy[{j}]: " + policy.denial(
+            raise host.HostError(f"{where}: " + policy.denial(
                 f"field {label} of {fmt.full_name} is {risk}", "tracepoint", fmt.full_name, label))
+
+
+def _tracepoint_value(p: Probe, fmt: host.TracepointFormat) -> GroupField:
+    f = fmt.fields.get(p.value)
+    if f is None:
+        known = ", ".join(sorted(fmt.fields)) or "(none)"
+        raise host.HostError(f"{p.path}.value: tracepoint {fmt.full_name} has no field {p.value!r} (fields: {known})")
+    if f.is_string or f.is_data_loc or not f.is_integer or "*" in f.ctype:
+        raise host.HostError(f"{p.path}.value: field {p.value!r} of {fmt.full_name} is {f.ctype} ({f.size} bytes); "
+                             "a value must be an integer field")
+    return GroupField(p.value, "tp_int", offset=f.offset, size=f.size, signed=f.signed)
+
+
+def _function_value(p: Probe) -> GroupField | None:
+    return None if p.value is None else _arg_field(p.value)
 
 
 def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
@@ -159,6 +184,7 @@ def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
     for i, name in enumerate(names):
         fmt = host.tracepoint_format(name)
         fields = tuple(_tracepoint_field(fmt, label) for label in p.group_by)
+        value = _tracepoint_value(p, fmt) if p.value is not None else None
         if policy.restricted:
             _check_tenant_fields(p, fmt, policy)
         for gf in fields:
@@ -169,7 +195,10 @@ def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
             if gf.label in fmt.symbols:
                 rp.symbols.setdefault(gf.label, {}).update(fmt.symbols[gf.label])
         rp.functions.append(name)
-        rp.sites.append(Site(i, name, "tracepoint", "count", tracepoint=name, fields=fields))
+        if value is not None and kinds.setdefault("\0value", (False, value.signed)) != (False, value.signed):
+            raise host.HostError(f"{p.path}.value: field {p.value!r} is signed in some matched tracepoints and "
+                                 f"unsigned in others (e.g. {name}); narrow the glob")
+        rp.sites.append(Site(i, name, "tracepoint", "count", tracepoint=name, fields=fields, value=value))
     rp.via = "tracepoint"
 
 
@@ -211,7 +240,8 @@ def _resolve_user(rp: ResolvedProbe, targets: UserTargets) -> None:
     fields = tuple(_arg_field(label) for label in p.group_by)
     for i, (name, addr) in enumerate(found):
         rp.functions.append(name)
-        common = dict(function=name, binary=p.binary, path=path, address=addr if path else 0, fields=fields)
+        common = dict(function=name, binary=p.binary, path=path, address=addr if path else 0, fields=fields,
+                      value=_function_value(p))
         if p.latency:
             rp.sites.append(Site(i, mechanism="uprobe", role="start", **common))
             rp.sites.append(Site(i, mechanism="uretprobe", role="finish", **common))
@@ -246,7 +276,7 @@ def _resolve_kernel(rp: ResolvedProbe, features: Features) -> None:
     entry, exit_ = ("fentry", "fexit") if mechanism == "fentry" else ("kprobe", "kretprobe")
     for i, name in enumerate(names):
         rp.functions.append(name)
-        common = dict(function=name, kernel_function=name, fields=fields)
+        common = dict(function=name, kernel_function=name, fields=fields, value=_function_value(p))
         if p.latency:
             rp.sites.append(Site(i, mechanism=entry, role="start", **common))
             rp.sites.append(Site(i, mechanism=exit_, role="finish", **common))
@@ -276,6 +306,8 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
     labels = {gf.label: gf for s in rp.sites for gf in s.fields}
     rp.string_labels = frozenset(k for k, gf in labels.items() if gf.is_string)
     rp.signed_labels = frozenset(k for k, gf in labels.items() if gf.signed)
+    if probe.retval_label == "errno":
+        rp.symbols["retval"] = errno_symbols()
     return rp
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from probeset_api.values import metric_name
+
 from .readout import Series
 from .report import ProbeStatus
 
@@ -14,6 +16,8 @@ class ProbeSeries:
     probe: str
     buckets_per_power_of_two: int
     series: list[Series]
+    value_metric: str | None = None     # a value probe's family (probeset_value..., values.metric_name)
+    unit: str | None = None
 
 
 @dataclass
@@ -45,7 +49,8 @@ def take_snapshot(prog) -> SetSnapshot:
     snap = SetSnapshot(prog.set_labels, prog.probe_statuses())
     for probe_id, series in prog.read_series().items():
         probe = by_id[probe_id].probe
-        snap.probes.append(ProbeSeries(probe.name, probe.buckets_per_power_of_two, series))
+        metric = metric_name(probe.unit, probe.aggregate) if probe.value is not None else None
+        snap.probes.append(ProbeSeries(probe.name, probe.buckets_per_power_of_two, series, metric, probe.unit))
     snap.unknown_cgroups, snap.allowed_cgroups = prog.unknown_cgroups, prog.allowed_cgroups
     snap.map_memory = prog.map_memory
 

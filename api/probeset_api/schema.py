@@ -33,6 +33,13 @@ UPROBE_RE = rf"^({BINARY_RE}):({USER_SYMBOL_RE})$"
 TRACEPOINT_RE = r"^[A-Za-z0-9_*?]{1,64}:[A-Za-z0-9_*?]{1,128}$"
 FIELD_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 COMM_RE = r"^[^\x00-\x1f\x7f]{1,15}$"
+# Values (value/aggregate/unit) and filters: the words they use, once.
+AGGREGATES = ("sum", "histogram")
+UNITS = ("bytes", "seconds")
+FILTER_OPS = ("==", "!=", "<", "<=", ">", ">=", "&")
+INT_TYPES = ("u8", "s8", "u16", "s16", "u32", "s32", "u64", "s64")
+TASK_FIELDS = ("pid", "tid", "uid", "gid", "comm")
+MAX_FILTER_ITEMS = 8
 
 
 def _target(kind: str, what: str, pattern: str, hint: str, unit: str = "function") -> dict:
@@ -44,6 +51,51 @@ def _target(kind: str, what: str, pattern: str, hint: str, unit: str = "function
         "x-probeset-hint": hint,
     }
 
+
+def _comparison_properties() -> dict:
+    return {
+        "field": {"type": "string", "pattern": FIELD_RE,
+                  "description": "What is compared: arg0..arg5, retval, a tracepoint field, pid (process), "
+                                 "tid (thread), uid, gid or comm.",
+                  "x-probeset-hint": "expected a field name: [A-Za-z_][A-Za-z0-9_]*"},
+        "op": {"type": "string", "enum": list(FILTER_OPS),
+               "description": "Comparison; & is true when field & value is not zero. comm takes == and != only."},
+        "value": {"x-kubernetes-int-or-string": True,
+                  "description": "The literal: an integer in the field's type (range-checked), a string for comm."},
+        "type": {"type": "string", "enum": list(INT_TYPES),
+                 "description": "The field's C type, for arguments and retval (default u64 for arguments, s64 "
+                                "for retval); tracepoint fields and task fields have their own."},
+    }
+
+
+_COMPARISON_ITEM = {
+    "type": "object",
+    "description": "A comparison (field, op, value).",
+    "properties": _comparison_properties(),
+}
+_GROUP_ITEM = {
+    "type": "object",
+    "description": "A comparison (field, op, value), or a group: all or any of comparisons.",
+    "properties": {
+        **_comparison_properties(),
+        "all": {"type": "array", "maxItems": MAX_FILTER_ITEMS, "items": _COMPARISON_ITEM,
+                "description": "True when every comparison is."},
+        "any": {"type": "array", "maxItems": MAX_FILTER_ITEMS, "items": _COMPARISON_ITEM,
+                "description": "True when at least one comparison is."},
+    },
+}
+FILTER_SCHEMA: dict = {
+    "type": "object",
+    "description": "Record only events for which this predicate holds, evaluated in the kernel: one comparison "
+                   "(field, op, value), or all/any of comparisons and groups (two levels at most).",
+    "properties": {
+        **_comparison_properties(),
+        "all": {"type": "array", "maxItems": MAX_FILTER_ITEMS, "items": _GROUP_ITEM,
+                "description": "True when every item is."},
+        "any": {"type": "array", "maxItems": MAX_FILTER_ITEMS, "items": _GROUP_ITEM,
+                "description": "True when at least one item is."},
+    },
+}
 
 _KFUNC_HINT = "expected a kernel function name or glob (letters, digits, _ . * ?)"
 _UFUNC_HINT = "expected BINARY:SYMBOL, BINARY a library name (libc, ssl) or an absolute path"
@@ -110,6 +162,30 @@ PROBE_SCHEMA: dict = {
         "maxFunctions": {
             "type": "integer", "minimum": 1, "maximum": 1000, "default": 128,
             "description": "Upper bound on functions or tracepoints a glob may match; more is an error.",
+        },
+        "value": {
+            "type": "string", "pattern": FIELD_RE,
+            "description": "Record a number per event, not just a count: arg0..arg5 (unsigned; entry probes), "
+                           "retval (signed; return probes) or an integer tracepoint field. Summed or put in "
+                           "a histogram (aggregate); a negative value is left out and counted in "
+                           "probeset_missed_events_total{reason=\"negative_value\"}.",
+            "x-probeset-hint": "expected arg0..arg5, retval or a tracepoint field name",
+        },
+        "aggregate": {
+            "type": "string", "enum": list(AGGREGATES), "default": "sum",
+            "description": "With value: sum (a counter, probeset_value[_UNIT]_total) or histogram (power-of-two "
+                           "buckets, probeset_value[_UNIT]).",
+        },
+        "unit": {
+            "type": "string", "enum": list(UNITS),
+            "description": "With value: what it measures, named in the metric the Prometheus way. bytes: "
+                           "probeset_value_bytes[_total]; seconds: the value is in nanoseconds and exported "
+                           "in seconds, probeset_value_seconds[_total]. Omitted: probeset_value[_total].",
+        },
+        "retvalLabel": {
+            "type": "string", "enum": ["number", "errno"], "default": "number",
+            "description": "How groupBy retval is shown: number, or errno (a negative value as the error's "
+                           "name, -2 -> ENOENT; zero and positive values stay numbers).",
         },
     },
 }
@@ -292,6 +368,8 @@ def reference_markdown() -> str:
     def type_of(node: dict) -> str:
         if node.get("type") == "array":
             return f"[]{type_of(node.get('items', {}))}"
+        if node.get("x-kubernetes-int-or-string"):
+            return "integer \\| string"
         if "enum" in node:
             return " \\| ".join(f"`{v}`" for v in node["enum"])
         return node.get("type", "")

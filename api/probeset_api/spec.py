@@ -19,6 +19,7 @@ from . import (API_GROUP, API_VERSION, DEFAULT_OPERATOR_NAMESPACE, KIND, NODE_WI
 from .schema import (ARG_FIELDS, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS, PROBE_KINDS,
                      PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA, FieldError,
                      check_schema, show)
+from .values import value_errors
 
 
 class SpecError(ValueError):
@@ -45,6 +46,10 @@ class Probe:
     attach: str = PROBE_DEFAULTS["attach"]
     max_functions: int = PROBE_DEFAULTS["maxFunctions"]
     buckets_per_power_of_two: int = PROBE_DEFAULTS["bucketsPerPowerOfTwo"]
+    value: str | None = None            # what a value probe records (values.py)
+    aggregate: str = PROBE_DEFAULTS["aggregate"]
+    unit: str | None = None
+    retval_label: str = PROBE_DEFAULTS["retvalLabel"]
 
     @property
     def path(self) -> str:
@@ -63,6 +68,16 @@ class Probe:
     @property
     def is_return(self) -> bool:
         return self.kind in RETURN_KINDS
+
+    @property
+    def has_histogram(self) -> bool:
+        """A histogram map: latency, or a value aggregated as a histogram."""
+        return self.latency or (self.value is not None and self.aggregate == "histogram")
+
+    @property
+    def records_sum(self) -> bool:
+        """Events carry a number (a duration or a value) whose sum is kept."""
+        return self.latency or self.value is not None
 
 
 @dataclass(frozen=True)
@@ -111,8 +126,7 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
         errors.append(FieldError(f"{path}.maxActive", "only applies to return probes (kretprobe, or latency: true)"))
     # Value checks, not presence checks: the API server fills in schema defaults (attach: auto, ...).
     raw = {**PROBE_DEFAULTS, **raw}
-    if raw["bucketsPerPowerOfTwo"] != PROBE_DEFAULTS["bucketsPerPowerOfTwo"] and not raw["latency"]:
-        errors.append(FieldError(f"{path}.bucketsPerPowerOfTwo", "only applies with latency: true"))
+    errors += value_errors(raw, kind, path)
     if raw["attach"] != PROBE_DEFAULTS["attach"] and kind not in KERNEL_KINDS:
         errors.append(FieldError(f"{path}.attach", f"only applies to kprobe/kretprobe, not {kind}"))
     group_by = raw.get("groupBy") or []
@@ -194,6 +208,8 @@ def parse_probeset(doc: Any) -> ProbeSet:
             max_active=raw.get("maxActive"), attach=raw["attach"],
             max_functions=raw["maxFunctions"],
             buckets_per_power_of_two=raw["bucketsPerPowerOfTwo"],
+            value=raw.get("value"), aggregate=raw["aggregate"], unit=raw.get("unit"),
+            retval_label=raw["retvalLabel"],
         ))
     spec = {**SPEC_DEFAULTS, **spec}
     return ProbeSet(
@@ -279,6 +295,10 @@ def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
                 what = (f"{name} of kernel function {probe.target} can be a kernel address or another task's "
                         "data")
                 errors.append(FieldError(f"{probe.path}.groupBy[{j}]", policy.denial(what, probe.kind, probe.target, name)))
+        value = probe.value
+        if value is not None and probe.kind in KERNEL_KINDS and not policy.allows(probe.kind, probe.target, value):
+            what = f"{value} of kernel function {probe.target} can be a kernel address"
+            errors.append(FieldError(f"{probe.path}.value", policy.denial(what, probe.kind, probe.target, value)))
         if errors:
             rejected.append(RejectedProbe(probe.index, probe.name, tuple(errors)))
         else:

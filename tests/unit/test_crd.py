@@ -37,7 +37,11 @@ def test_crd_spec_carries_the_models_patterns_enums_and_defaults():
     assert probe["type"] == "object" and probe["required"] == ["name"]
     fields = probe["properties"]
     assert set(fields) == {"name", "kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint", "latency",
-                           "bucketsPerPowerOfTwo", "groupBy", "pid", "comm", "maxActive", "attach", "maxFunctions"}
+                           "bucketsPerPowerOfTwo", "groupBy", "pid", "comm", "maxActive", "attach", "maxFunctions",
+                           "value", "aggregate", "unit", "retvalLabel"}
+    assert (fields["aggregate"]["enum"], fields["aggregate"]["default"]) == (["sum", "histogram"], "sum")
+    assert fields["unit"]["enum"] == ["bytes", "seconds"] and "default" not in fields["unit"]
+    assert (fields["retvalLabel"]["enum"], fields["retvalLabel"]["default"]) == (["number", "errno"], "number")
     assert fields["name"]["pattern"] == r"^[a-z][a-z0-9_]{0,62}$"
     assert fields["kprobe"]["pattern"] == fields["kretprobe"]["pattern"] == r"^[A-Za-z0-9_.*?]{1,128}$"
     assert fields["uprobe"]["pattern"] == fields["uretprobe"]["pattern"] == (

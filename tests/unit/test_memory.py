@@ -16,7 +16,7 @@ def test_histograms_are_capped_whatever_the_series_budget():
     assert codegen.histogram_entries(1000) == 32000
     assert codegen.histogram_entries(100000) == codegen.MAX_HISTOGRAM_ENTRIES == 131072
     layout = KeyLayout.of(("node",), (), frozenset())
-    counting = probe_bytes(layout, 100000, False, 0, codegen.histogram_entries(100000), 10240, 2)
-    timed = probe_bytes(layout, 100000, True, 0, codegen.histogram_entries(100000), 10240, 2)
+    counting = probe_bytes(layout, 100000, False, False, 0, codegen.histogram_entries(100000), 10240, 2)
+    timed = probe_bytes(layout, 100000, True, True, 0, codegen.histogram_entries(100000), 10240, 2)
     # The issue: maxSeriesPerProbe 100000 with latency reserved 64 MiB of histogram buckets per probe.
     assert timed - counting < 20 << 20

@@ -1,0 +1,148 @@
+"""Value probes on this host's kernel: sums and histograms of arguments, return values and
+tracepoint fields, exact (bucket by bucket), filtered to the test program's pid."""
+
+import pytest
+
+from probeset_agent.exposition import MetricsCollector
+from probeset_agent.histogram import bucket_index
+from tests.support import Target, status
+
+LANG_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Functions the tests probe: noinline + an asm barrier keep each a real call. */
+__attribute__((noinline)) long lang_value(long a, long b, long c) { asm volatile(""); return b; }
+__attribute__((noinline)) int lang_int(int a) { asm volatile(""); return a; }
+
+/* Commands on stdin, one per line, answered "done":
+ *   value N START STEP   lang_value(i, START + i * STEP, i % 3) for i < N (returns its second argument)
+ *   int N START          lang_int(START + i) for i < N
+ *   read N SIZE          N reads of SIZE bytes from /dev/zero */
+int main(void) {
+    char line[128], cmd[16];
+    long n, a, b;
+    static char buf[1 << 16];
+    int zero = open("/dev/zero", O_RDONLY);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    printf("ready\n");
+    while (fgets(line, sizeof(line), stdin)) {
+        a = b = 0;
+        if (sscanf(line, "%15s %ld %ld %ld", cmd, &n, &a, &b) < 2) break;
+        for (long i = 0; i < n; i++) {
+            if (!strcmp(cmd, "value")) lang_value(i, a + i * b, i % 3);
+            else if (!strcmp(cmd, "int")) lang_int((int)(a + i));
+            else if (!strcmp(cmd, "read")) read(zero, buf, a);
+        }
+        printf("done\n");
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def lang_binary(build_c):
+    return build_c("probeset_lang", LANG_C)
+
+
+@pytest.fixture
+def lang(lang_binary, targets):
+    return targets(lang_binary)
+
+
+def one_series(prog, probe):
+    rp = next(r for r in prog.resolved if r.probe.name == probe)
+    assert status(prog, probe).error is None, status(prog, probe).error
+    (series,) = prog.read_series()[rp.id]
+    return series
+
+
+def missed(prog, probe, reason):
+    rp = next(r for r in prog.resolved if r.probe.name == probe)
+    return prog.read_missed()[(rp.id, reason)]
+
+
+def test_sum_and_histogram_of_an_argument_are_exact(lang, run_probeset):
+    probes = [{"name": "s", "uprobe": f"{lang.path}:lang_value", "pid": lang.pid, "value": "arg1"},
+              {"name": "h", "uprobe": f"{lang.path}:lang_value", "pid": lang.pid, "value": "arg1",
+               "aggregate": "histogram", "unit": "bytes"}]
+    prog = run_probeset(probes)
+    lang.run("value 100 0 7")                    # arg1 = 7 * i, i < 100
+    s, h = one_series(prog, "s"), one_series(prog, "h")
+    assert (s.count, s.sum_ns, s.buckets) == (100, 7 * 99 * 100 // 2, None)
+    want = {}
+    for i in range(100):
+        want[bucket_index(7 * i)] = want.get(bucket_index(7 * i), 0) + 1
+    assert (h.count, h.sum_ns, h.buckets) == (100, 7 * 99 * 100 // 2, want)
+    assert missed(prog, "s", "negative_value") == 0
+    text = MetricsCollector([prog], "testnode").render()
+    assert 'probeset_value_total{probeset="test",probe="s",function="lang_value",node="testnode"} 34650\n' in text
+    labels = 'probeset="test",probe="h",function="lang_value",node="testnode"'
+    assert f'probeset_value_bytes_bucket{{{labels},le="1.0"}} 1\n' in text      # 0
+    assert f'probeset_value_bytes_bucket{{{labels},le="8.0"}} 2\n' in text      # 0, 7
+    assert f'probeset_value_bytes_bucket{{{labels},le="512.0"}} 74\n' in text   # 7 * i <= 512: i <= 73
+    assert f'probeset_value_bytes_bucket{{{labels},le="1024.0"}} 100\n' in text
+    assert f'probeset_value_bytes_count{{{labels}}} 100\n' in text
+    assert f'probeset_value_bytes_sum{{{labels}}} 34650\n' in text
+
+
+def test_negative_return_values_are_counted_not_summed(lang, run_probeset):
+    probes = [{"name": "r", "uretprobe": f"{lang.path}:lang_value", "pid": lang.pid, "value": "retval",
+               "aggregate": "histogram"}]
+    prog = run_probeset(probes)
+    lang.run("value 100 -50 1")                  # returns -50 .. 49: 50 negative, then 0 .. 49
+    r = one_series(prog, "r")
+    want = {}
+    for v in range(50):
+        want[bucket_index(v)] = want.get(bucket_index(v), 0) + 1
+    assert (r.count, r.sum_ns, r.buckets) == (100, sum(range(50)), want)
+    assert missed(prog, "r", "negative_value") == 50
+
+
+def test_tracepoint_field_as_bytes_read(lang, run_probeset):
+    prog = run_probeset([{"name": "read_bytes", "tracepoint": "syscalls:sys_exit_read", "pid": lang.pid,
+                          "value": "ret", "unit": "bytes"}])
+    command = "read 100 4096"
+    lang.run(command)                            # plus the one read of the command line from stdin
+    s = one_series(prog, "read_bytes")
+    assert (s.count, s.sum_ns) == (101, 100 * 4096 + len(command) + 1)
+    assert missed(prog, "read_bytes", "negative_value") == 0
+
+
+def test_bad_values_fail_alone(lang, run_probeset):
+    probes = [{"name": "nofield", "tracepoint": "syscalls:sys_exit_read", "value": "bytes", "pid": lang.pid},
+              {"name": "entry_retval", "uprobe": f"{lang.path}:lang_value", "value": "retval"},
+              {"name": "string_field", "tracepoint": "sched:sched_process_exec", "value": "filename"},
+              {"name": "good", "uprobe": f"{lang.path}:lang_value", "pid": lang.pid, "value": "arg0"}]
+    prog = run_probeset(probes)
+    assert status(prog, "nofield").error.startswith(
+        "spec.probes[0].value: tracepoint syscalls:sys_exit_read has no field 'bytes' (fields: __syscall_nr, ")
+    assert status(prog, "entry_retval").error == (
+        "spec.probes[1].value: retval needs a return probe (kretprobe, uretprobe), not uprobe: at entry there is "
+        "no return value yet")
+    assert "spec.probes[2].value: field 'filename' of sched:sched_process_exec is __data_loc char[]" in \
+        status(prog, "string_field").error
+    lang.run("value 10 0 1")
+    assert one_series(prog, "good").sum_ns == 45
+
+
+def test_read_bytes_example_counts_exact_bytes(lang, start_program):
+    import dataclasses
+
+    import yaml
+
+    from probeset_api.spec import parse_probeset
+    with open("examples/read-bytes.yaml") as f:
+        pset = parse_probeset(yaml.safe_load(f))
+    pset.probes[:] = [dataclasses.replace(p, pid=lang.pid) for p in pset.probes]
+    prog = start_program(pset)
+    lang.run("read 50 512")
+    lang.run("read 3 65536")
+    s = one_series(prog, "read_syscall")
+    lines = len("read 50 512\n") + len("read 3 65536\n")      # stdio's reads of the commands
+    assert (s.count, s.sum_ns) == (55, 50 * 512 + 3 * 65536 + lines)
+    h = one_series(prog, "read_sizes")
+    assert h.buckets == {bucket_index(512): 50, bucket_index(65536): 3, bucket_index(12): 1, bucket_index(13): 1}
