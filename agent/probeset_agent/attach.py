@@ -11,6 +11,7 @@ import os
 from probeset_api.schema import USER_KINDS
 
 from .codegen import AttachPoint, attach_key
+from .filtergen import comm_literals
 from .layout import KeyLayout
 from .resolve import ResolvedProbe
 
@@ -35,7 +36,7 @@ def default_max_active() -> int:
 def prepare_maps(bpf, rp: ResolvedProbe, layout: KeyLayout) -> None:
     """Open every table now (BCC reads /sys/devices/system/cpu/possible when it opens a per-CPU
     table, and a scrape should touch nothing but the maps); give the overflow series its slot; set
-    the comm filter."""
+    the comm filters (the probe's comm, and the comm literals of its filter)."""
     if rp.probe.has_histogram:
         bpf[f"hist_p{rp.id}"]
     bpf["missed"]
@@ -46,6 +47,11 @@ def prepare_maps(bpf, rp: ResolvedProbe, layout: KeyLayout) -> None:
         want = table.Leaf()
         want.c = rp.probe.comm.encode()[:15]
         table[table.Key(0)] = want
+    for slot, comm in enumerate(comm_literals(rp.probe.filter)):
+        table = bpf[f"filter_comms_p{rp.id}"]
+        want = table.Leaf()
+        want.c = comm.encode()[:15]
+        table[table.Key(slot)] = want
 
 
 def kretprobe_event(point: AttachPoint, instance: int) -> bytes:

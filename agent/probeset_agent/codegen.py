@@ -15,10 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import ctemplates as T
+from probeset_api.filters import at_return
+
 from . import memory
 from .ctemplates import CCode, CName, fill, join
 from .histogram import SUB_BUCKET_BITS, SUB_BUCKETS
 from .layout import COMM_BYTES, MAX_PROBES, MISSED_REASONS, OVERFLOW_FUNC, KeyLayout, key_uses_cgroup
+from .filtergen import filter_function, filter_maps
 from .resolve import GroupField, ResolvedProbe, Site
 
 START_MAP_ENTRIES = 10240
@@ -36,6 +39,7 @@ def histogram_entries(max_series: int) -> int:
 def probe_memory(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cpus: int) -> int:
     """Upper bound of the kernel memory of one probe's maps (memory.py)."""
     start_args = sum(1 for label in rp.probe.group_by if label not in ("retval", "comm"))
+    start_args += rp.probe.filter is not None and not at_return(rp.probe.filter)    # the skip flag
     return memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.has_histogram, rp.probe.latency, start_args,
                               histogram_entries(max_series), START_MAP_ENTRIES, cpus)
 
@@ -74,8 +78,9 @@ def _key_fields(layout: KeyLayout) -> CCode:
 
 
 def _start_fields(rp: ResolvedProbe) -> CCode:
-    return join(fill(" u64 g@I@;", I=i) for i, label in enumerate(rp.probe.group_by)
-                if label not in ("retval", "comm"))
+    skip = CCode(" u64 skip;") if rp.probe.filter is not None and not at_return(rp.probe.filter) else CCode("")
+    return join([fill(" u64 g@I@;", I=i) for i, label in enumerate(rp.probe.group_by)
+                 if label not in ("retval", "comm")] + [skip])
 
 
 def _field_fill(gf: GroupField, i: int, site: Site, dst: str) -> CCode:
@@ -115,22 +120,45 @@ def _value_record(rp: ResolvedProbe, site: Site) -> CCode:
     return join([load, fill(T.RECORD_SIGNED_VALUE if gf.signed else T.RECORD_VALUE, P=p)])
 
 
-def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...]) -> CCode:
-    """The C one probe runs at one site (inside the site's function, which several probes share)."""
+def filtered_here(rp: ResolvedProbe, site: Site) -> bool:
+    """Whether the probe's filter is evaluated at this site: where it counts; for latency, at entry,
+    or at return when it compares retval."""
+    if rp.probe.filter is None:
+        return False
+    return site.role == "count" or (site.role == "finish") == at_return(rp.probe.filter)
+
+
+def filter_key(site: Site) -> tuple:
+    """Sites with equal keys (and the same probe) share one filter function."""
+    return site.mechanism, site.tracepoint
+
+
+def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], s: int = 0) -> CCode:
+    """The C one probe runs at one site (inside the site's function, which several probes share);
+    `s` numbers the probe's filter function for this site (filter_p<P>_s<S>)."""
     p = rp.id
+    here_filter = filtered_here(rp, site)
     attribution = join([T.CGROUP_FILL if key_uses_cgroup(labels) else "", T.COMM_LABEL_FILL if "comm" in labels else ""])
     if site.role == "count":
         fill_key = join([attribution] + [_field_fill(gf, i, site, "key") for i, gf in enumerate(site.fields)])
-        return fill(T.COUNT_BLOCK, P=p, F=site.func_index, FILL_KEY=fill_key, RECORD=_value_record(rp, site))
+        call = fill(T.FILTER_CALL, P=p, S=s) if here_filter else CCode("")
+        return fill(T.COUNT_BLOCK, P=p, F=site.func_index, FILL_KEY=fill_key, RECORD=_value_record(rp, site),
+                    FILTER=call)
     if site.role == "start":
         fill_start = join(_field_fill(gf, i, site, "sv") for i, gf in enumerate(site.fields) if gf.source == "arg")
+        if here_filter:
+            fill_start = join([fill_start, fill(T.FILTER_SKIP, P=p, S=s)])
         return fill(T.START_BLOCK, P=p, F=site.func_index, FILL_START=fill_start)
     # finish: args come from the entry, retval and comm from here (indented one level deeper)
     from_start = join(fill(T.FROM_START, I=i) for i, gf in enumerate(site.fields) if gf.source == "arg")
     here = join([attribution] + [_field_fill(gf, i, site, "key") for i, gf in enumerate(site.fields)
                                  if gf.source != "arg"])
     here = join("    " + line + "\n" for line in here.splitlines())
-    return fill(T.FINISH_BLOCK, P=p, F=site.func_index, FILL_FROM_START=from_start, FILL_KEY=here)
+    if here_filter:
+        keep = fill(T.KEEP_FILTERED, P=p, S=s)
+    else:
+        keep = T.KEEP_UNSKIPPED if rp.probe.filter is not None else T.KEEP_ALL
+    return fill(T.FINISH_BLOCK, P=p, F=site.func_index, FILL_FROM_START=from_start, FILL_KEY=here, KEEP=keep)
 
 
 def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool) -> CCode:
@@ -147,6 +175,7 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
         out.append(fill(T.COMM_FILTER_MAP, P=p))
         checks.append(fill(T.COMM_CHECK, P=p))
     out.append(fill(T.PASS_FUNC, P=p, CHECKS=join(checks)))
+    out.append(filter_maps(rp))
     record_sum = CCode("")
     if rp.probe.records_sum:
         record_hist = fill(T.RECORD_HIST, P=p) if rp.probe.has_histogram else CCode("")
@@ -196,6 +225,7 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
     points: dict[tuple, AttachPoint] = {}
     bodies: dict[tuple, list[str]] = {}
     for rp in probes:
+        filters: dict[tuple, int] = {}
         for site in rp.sites:
             key = attach_key(site)
             if key not in points:
@@ -204,7 +234,13 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
             point = points[key]
             if rp.id not in point.probes:
                 point.probes.append(rp.id)
-            bodies[key].append(site_block(rp, site, labels))
+            s = 0
+            if filtered_here(rp, site):
+                s = filters.get(filter_key(site), len(filters))
+                if filter_key(site) not in filters:
+                    filters[filter_key(site)] = s
+                    parts.append(filter_function(rp, site, s, _CTX_TYPES[site.mechanism]))
+            bodies[key].append(site_block(rp, site, labels, s))
     for key, point in points.items():
         parts.append(fill(T.SITE_FUNC, FN=CName(point.fn_name), CTX_TYPE=_CTX_TYPES[point.mechanism],
                           BODY=join(bodies[key])))

@@ -184,7 +184,7 @@ RECORD_HIST = """\
 """
 
 COUNT_BLOCK = """\
-    if (pass_p@P@()) {
+    if (pass_p@P@()@FILTER@) {
         struct key_p@P@ key;
         __builtin_memset(&key, 0, sizeof(key));
         key.func = @F@;
@@ -228,11 +228,17 @@ FINISH_BLOCK = """\
             __builtin_memset(&key, 0, sizeof(key));
             key.func = @F@;
             u64 ns = now - sv->ts;
-@FILL_FROM_START@@FILL_KEY@            start_p@P@.delete(&sk);
-            record_p@P@(&key, ns, 1);
+@KEEP@@FILL_FROM_START@@FILL_KEY@            start_p@P@.delete(&sk);
+            if (keep_) record_p@P@(&key, ns, 1);
         }
     }
 """
+
+FILTER_CALL = " && filter_p@P@_s@S@(ctx)"
+FILTER_SKIP = "        sv.skip = !filter_p@P@_s@S@(ctx);\n"     # checked at entry, the return obeys it
+KEEP_ALL = CCode("            int keep_ = 1;\n")
+KEEP_UNSKIPPED = CCode("            int keep_ = !sv->skip;\n")
+KEEP_FILTERED = "            int keep_ = filter_p@P@_s@S@(ctx);\n"
 
 SITE_FUNC = """\
 int @FN@(@CTX_TYPE@ctx) {
@@ -258,3 +264,39 @@ TP_DATA_LOC_FILL = ("        { u32 loc_ = 0; bpf_probe_read_kernel(&loc_, sizeof
 MISSED_DEFINE = "#define MISSED_@NAME@ @INDEX@\n"
 KEY_FIELD_U64 = "    u64 @NAME@;\n"
 KEY_FIELD_CHARS = "    char @NAME@[@SIZE@];\n"
+
+# Filters (filtergen.py): one function per (probe, site) that loads the fields its comparisons use
+# into f<K> and returns their typed combination; comm literals live in a map user space fills.
+FILTER_FUNC = """\
+static __always_inline int filter_p@P@_s@S@(@CTX_TYPE@ctx) {
+@LOADS@    return @EXPR@;
+}
+"""
+FILTER_COMMS_MAP = """\
+BPF_ARRAY(filter_comms_p@P@, struct comm_t, @ENTRIES@);
+static __always_inline int comm_is_p@P@(struct comm_t *have, u32 slot) {
+    struct comm_t *want = filter_comms_p@P@.lookup(&slot);
+    if (!want) return 0;
+#pragma unroll
+    for (int i = 0; i < sizeof(have->c); i++) {
+        if (have->c[i] != want->c[i]) return 0;
+        if (have->c[i] == 0) break;
+    }
+    return 1;
+}
+"""
+LOAD_ARG_PT_REGS = "    u64 f@K@ = PT_REGS_PARM@N@(ctx);\n"
+LOAD_ARG_TRAMPOLINE = "    u64 f@K@ = 0; bpf_get_func_arg(ctx, @IDX@, &f@K@);\n"
+LOAD_RETVAL_PT_REGS = "    u64 f@K@ = PT_REGS_RC(ctx);\n"
+LOAD_RETVAL_TRAMPOLINE = "    u64 f@K@ = 0; bpf_get_func_ret(ctx, &f@K@);\n"
+LOAD_TP_INT = ("    u64 f@K@ = 0; { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
+               "f@K@ = (u64)v_; }\n")
+LOAD_PID = "    u64 f@K@ = bpf_get_current_pid_tgid() >> 32;\n"
+LOAD_TID = "    u64 f@K@ = (u32)bpf_get_current_pid_tgid();\n"
+LOAD_UID = "    u64 f@K@ = (u32)bpf_get_current_uid_gid();\n"
+LOAD_GID = "    u64 f@K@ = bpf_get_current_uid_gid() >> 32;\n"
+LOAD_COMM = "    struct comm_t f@K@ = {}; bpf_get_current_comm(&f@K@.c, sizeof(f@K@.c));\n"
+# A literal is its 64-bit pattern (never negative in the text), cast to the field's type like the field.
+COMPARE = "((@CTYPE@)f@K@ @OP@ (@CTYPE@)@BITS@ull)"
+COMPARE_BITS = "(((@CTYPE@)f@K@ & (@CTYPE@)@BITS@ull) != 0)"
+COMPARE_COMM = "(comm_is_p@P@(&f@K@, @SLOT@) == @WANT@)"

@@ -8,9 +8,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from probeset_api.schema import ARG_FIELDS, KERNEL_KINDS, USER_KINDS
+from probeset_api.filters import check_literal, comparisons, describe, int_type
+from probeset_api.schema import ARG_FIELDS, KERNEL_KINDS, TASK_FIELDS, USER_KINDS
 from probeset_api.spec import Probe, ProbeSet, ValuePolicy
-from probeset_api.values import errno_symbols, metric_name
+from probeset_api.values import errno_label, errno_symbols, metric_name
 
 from . import host
 from .features import Features
@@ -49,6 +50,7 @@ class Site:
     tracepoint: str = ""        # CATEGORY:NAME
     fields: tuple[GroupField, ...] = ()   # groupBy sources at this site, in groupBy order
     value: GroupField | None = None       # the probe's value at this site (value probes)
+    filter_fields: tuple[GroupField, ...] = ()   # what the probe's filter compares, at this site
 
 
 @dataclass
@@ -89,6 +91,8 @@ class ResolvedProbe:
             p = self.probe
             kind = "signed, negatives left out" if value.signed else "unsigned"
             lines.append(f"value {value.label} ({kind}) -> {metric_name(p.unit, p.aggregate)}")
+        if self.probe.filter is not None:
+            lines.append(f"filter {describe(self.probe.filter)}")
         return lines
 
 
@@ -148,6 +152,7 @@ def _check_tenant_fields(p: Probe, fmt: host.TracepointFormat, policy: ValuePoli
     used = [(f"{p.path}.groupBy[{j}]", label) for j, label in enumerate(p.group_by)]
     if p.value is not None:
         used.append((f"{p.path}.value", p.value))
+    used += [(f"{c.path}.field", c.field) for c in comparisons(p.filter) if c.field not in TASK_FIELDS]
     for where, label in used:
         f = fmt.fields.get(label)
         if f is None or label == "comm" or policy.allows("tracepoint", fmt.full_name, label):
@@ -171,6 +176,32 @@ def _tracepoint_value(p: Probe, fmt: host.TracepointFormat) -> GroupField:
 
 def _function_value(p: Probe) -> GroupField | None:
     return None if p.value is None else _arg_field(p.value)
+
+
+def _filter_fields(p: Probe, fmt: host.TracepointFormat | None = None) -> tuple[GroupField, ...]:
+    """The fields the probe's filter compares (each once), with a tracepoint's fields typed and
+    the literals compared with them range-checked against those types."""
+    out: dict[str, GroupField] = {}
+    for c in comparisons(p.filter):
+        if c.field in TASK_FIELDS:
+            gf = GroupField(c.field, c.field)
+        elif c.field in ARG_FIELDS or c.field == "retval":
+            gf = _arg_field(c.field)
+        else:
+            f = fmt.fields.get(c.field)
+            if f is None:
+                known = ", ".join(sorted(fmt.fields)) or "(none)"
+                raise host.HostError(f"{c.path}.field: tracepoint {fmt.full_name} has no field {c.field!r} "
+                                     f"(fields: {known})")
+            if not f.is_integer:
+                raise host.HostError(f"{c.path}.field: field {c.field!r} of {fmt.full_name} is {f.ctype}; only "
+                                     "integer fields (and comm) can be compared")
+            bad = check_literal(c.value, int_type(f.size, f.signed), c.field, c.path)
+            if bad:
+                raise host.HostError(str(bad))
+            gf = GroupField(c.field, "tp_int", offset=f.offset, size=f.size, signed=f.signed)
+        out.setdefault(c.field, gf)
+    return tuple(out.values())
 
 
 def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
@@ -198,7 +229,8 @@ def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
         if value is not None and kinds.setdefault("\0value", (False, value.signed)) != (False, value.signed):
             raise host.HostError(f"{p.path}.value: field {p.value!r} is signed in some matched tracepoints and "
                                  f"unsigned in others (e.g. {name}); narrow the glob")
-        rp.sites.append(Site(i, name, "tracepoint", "count", tracepoint=name, fields=fields, value=value))
+        rp.sites.append(Site(i, name, "tracepoint", "count", tracepoint=name, fields=fields, value=value,
+                             filter_fields=_filter_fields(p, fmt)))
     rp.via = "tracepoint"
 
 
@@ -241,7 +273,7 @@ def _resolve_user(rp: ResolvedProbe, targets: UserTargets) -> None:
     for i, (name, addr) in enumerate(found):
         rp.functions.append(name)
         common = dict(function=name, binary=p.binary, path=path, address=addr if path else 0, fields=fields,
-                      value=_function_value(p))
+                      value=_function_value(p), filter_fields=_filter_fields(p))
         if p.latency:
             rp.sites.append(Site(i, mechanism="uprobe", role="start", **common))
             rp.sites.append(Site(i, mechanism="uretprobe", role="finish", **common))
@@ -276,7 +308,8 @@ def _resolve_kernel(rp: ResolvedProbe, features: Features) -> None:
     entry, exit_ = ("fentry", "fexit") if mechanism == "fentry" else ("kprobe", "kretprobe")
     for i, name in enumerate(names):
         rp.functions.append(name)
-        common = dict(function=name, kernel_function=name, fields=fields, value=_function_value(p))
+        common = dict(function=name, kernel_function=name, fields=fields, value=_function_value(p),
+                      filter_fields=_filter_fields(p))
         if p.latency:
             rp.sites.append(Site(i, mechanism=entry, role="start", **common))
             rp.sites.append(Site(i, mechanism=exit_, role="finish", **common))
@@ -307,7 +340,7 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
     rp.string_labels = frozenset(k for k, gf in labels.items() if gf.is_string)
     rp.signed_labels = frozenset(k for k, gf in labels.items() if gf.signed)
     if probe.retval_label == "errno":
-        rp.symbols["retval"] = errno_symbols()
+        rp.symbols[errno_label(probe.kind)] = errno_symbols()
     return rp
 
 

@@ -184,9 +184,10 @@ PROBE_SCHEMA: dict = {
         },
         "retvalLabel": {
             "type": "string", "enum": ["number", "errno"], "default": "number",
-            "description": "How groupBy retval is shown: number, or errno (a negative value as the error's "
-                           "name, -2 -> ENOENT; zero and positive values stay numbers).",
+            "description": "How groupBy retval (on a tracepoint: its field ret) is shown: number, or errno (a "
+                           "negative value as the error's name, -2 -> ENOENT; zero and positive values stay numbers).",
         },
+        "filter": FILTER_SCHEMA,
     },
 }
 

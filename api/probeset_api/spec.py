@@ -19,6 +19,7 @@ from . import (API_GROUP, API_VERSION, DEFAULT_OPERATOR_NAMESPACE, KIND, NODE_WI
 from .schema import (ARG_FIELDS, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS, PROBE_KINDS,
                      PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA, FieldError,
                      check_schema, show)
+from .filters import DEFAULT_TYPES, Filter, comparisons, parse_filter
 from .values import value_errors
 
 
@@ -50,6 +51,7 @@ class Probe:
     aggregate: str = PROBE_DEFAULTS["aggregate"]
     unit: str | None = None
     retval_label: str = PROBE_DEFAULTS["retvalLabel"]
+    filter: Filter | None = None        # evaluated in the kernel before anything is recorded (filters.py)
 
     @property
     def path(self) -> str:
@@ -127,6 +129,7 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
     # Value checks, not presence checks: the API server fills in schema defaults (attach: auto, ...).
     raw = {**PROBE_DEFAULTS, **raw}
     errors += value_errors(raw, kind, path)
+    errors += parse_filter(raw.get("filter"), kind, raw["latency"], path)[1]
     if raw["attach"] != PROBE_DEFAULTS["attach"] and kind not in KERNEL_KINDS:
         errors.append(FieldError(f"{path}.attach", f"only applies to kprobe/kretprobe, not {kind}"))
     group_by = raw.get("groupBy") or []
@@ -210,6 +213,7 @@ def parse_probeset(doc: Any) -> ProbeSet:
             buckets_per_power_of_two=raw["bucketsPerPowerOfTwo"],
             value=raw.get("value"), aggregate=raw["aggregate"], unit=raw.get("unit"),
             retval_label=raw["retvalLabel"],
+            filter=parse_filter(raw.get("filter"), kind, raw["latency"], path)[0],
         ))
     spec = {**SPEC_DEFAULTS, **spec}
     return ProbeSet(
@@ -299,6 +303,11 @@ def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
         if value is not None and probe.kind in KERNEL_KINDS and not policy.allows(probe.kind, probe.target, value):
             what = f"{value} of kernel function {probe.target} can be a kernel address"
             errors.append(FieldError(f"{probe.path}.value", policy.denial(what, probe.kind, probe.target, value)))
+        for c in comparisons(probe.filter):
+            if probe.kind in KERNEL_KINDS and c.field in DEFAULT_TYPES and not policy.allows(
+                    probe.kind, probe.target, c.field):
+                what = f"{c.field} of kernel function {probe.target} can be a kernel address"
+                errors.append(FieldError(f"{c.path}.field", policy.denial(what, probe.kind, probe.target, c.field)))
         if errors:
             rejected.append(RejectedProbe(probe.index, probe.name, tuple(errors)))
         else:

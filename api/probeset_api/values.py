@@ -22,6 +22,12 @@ def metric_name(unit: str | None, aggregate: str) -> str:
     return base + "_total" if aggregate == "sum" else base
 
 
+def errno_label(kind: str) -> str:
+    """The label retvalLabel: errno names: retval, or a tracepoint's `ret` field (the syscall exit
+    tracepoints' return value)."""
+    return "ret" if kind == "tracepoint" else "retval"
+
+
 def value_errors(raw: dict[str, Any], kind: str, path: str) -> list[FieldError]:
     """What is wrong with a probe's value, aggregate, unit and retvalLabel (raw has defaults applied)."""
     errors = []
@@ -56,8 +62,8 @@ def value_errors(raw: dict[str, Any], kind: str, path: str) -> list[FieldError]:
             value is not None and raw["aggregate"] == "histogram"):
         errors.append(FieldError(f"{path}.bucketsPerPowerOfTwo", "only applies with latency: true or "
                                                                  "aggregate: histogram"))
-    if raw["retvalLabel"] != PROBE_DEFAULTS["retvalLabel"] and "retval" not in (raw.get("groupBy") or []):
-        errors.append(FieldError(f"{path}.retvalLabel", "only applies with groupBy: [retval]"))
+    if raw["retvalLabel"] != PROBE_DEFAULTS["retvalLabel"] and errno_label(kind) not in (raw.get("groupBy") or []):
+        errors.append(FieldError(f"{path}.retvalLabel", f"only applies with groupBy: [{errno_label(kind)}]"))
     return errors
 
 

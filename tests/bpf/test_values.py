@@ -20,7 +20,8 @@ __attribute__((noinline)) int lang_int(int a) { asm volatile(""); return a; }
 /* Commands on stdin, one per line, answered "done":
  *   value N START STEP   lang_value(i, START + i * STEP, i % 3) for i < N (returns its second argument)
  *   int N START          lang_int(START + i) for i < N
- *   read N SIZE          N reads of SIZE bytes from /dev/zero */
+ *   read N SIZE          N reads of SIZE bytes from /dev/zero
+ *   open N NOTDIR        N opens that fail: ENOENT, or ENOTDIR if NOTDIR is not 0 */
 int main(void) {
     char line[128], cmd[16];
     long n, a, b;
@@ -35,6 +36,7 @@ int main(void) {
             if (!strcmp(cmd, "value")) lang_value(i, a + i * b, i % 3);
             else if (!strcmp(cmd, "int")) lang_int((int)(a + i));
             else if (!strcmp(cmd, "read")) read(zero, buf, a);
+            else if (!strcmp(cmd, "open")) open(a ? "/etc/passwd/x" : "/nonexistent-probeset", O_RDONLY);
         }
         printf("done\n");
     }

@@ -38,7 +38,13 @@ def test_crd_spec_carries_the_models_patterns_enums_and_defaults():
     fields = probe["properties"]
     assert set(fields) == {"name", "kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint", "latency",
                            "bucketsPerPowerOfTwo", "groupBy", "pid", "comm", "maxActive", "attach", "maxFunctions",
-                           "value", "aggregate", "unit", "retvalLabel"}
+                           "value", "aggregate", "unit", "retvalLabel", "filter"}
+    flt = fields["filter"]["properties"]
+    assert flt["op"]["enum"] == ["==", "!=", "<", "<=", ">", ">=", "&"]
+    assert flt["value"] == {"x-kubernetes-int-or-string": True, "description": flt["value"]["description"]}
+    assert flt["all"]["maxItems"] == flt["any"]["maxItems"] == 8
+    inner = flt["all"]["items"]["properties"]["any"]["items"]["properties"]
+    assert "all" not in inner and "any" not in inner     # two levels of groups, no more
     assert (fields["aggregate"]["enum"], fields["aggregate"]["default"]) == (["sum", "histogram"], "sum")
     assert fields["unit"]["enum"] == ["bytes", "seconds"] and "default" not in fields["unit"]
     assert (fields["retvalLabel"]["enum"], fields["retvalLabel"]["default"]) == (["number", "errno"], "number")

@@ -1,0 +1,63 @@
+"""A probe's filter (probeset_api.filters IR) as C: one function per site that loads the fields
+the filter compares and returns the typed combination. Operators come from this module's own
+table, literals enter as integers (their 64-bit pattern) and comm literals through a map that user
+space fills (comm_literals); nothing of the filter's text reaches the C. Pure."""
+
+from __future__ import annotations
+
+from probeset_api.filters import Compare, Filter, comparisons, int_type
+
+from . import ctemplates as T
+from .ctemplates import CCode, CName, fill, join
+from .resolve import GroupField, ResolvedProbe, Site
+
+_OPS = {"==": CCode("=="), "!=": CCode("!="), "<": CCode("<"), "<=": CCode("<="), ">": CCode(">"),
+        ">=": CCode(">=")}
+_TASK_LOADS = {"pid": T.LOAD_PID, "tid": T.LOAD_TID, "uid": T.LOAD_UID, "gid": T.LOAD_GID, "comm": T.LOAD_COMM}
+
+
+def comm_literals(f: Filter | None) -> list[str]:
+    """The comm literals of a filter, in slot order (the filter_comms_pP map's contents)."""
+    return [c.value for c in comparisons(f) if c.ctype == "comm"]
+
+
+def _load(gf: GroupField, k: int, site: Site) -> CCode:
+    trampoline = site.mechanism in ("fentry", "fexit")
+    if gf.source == "arg":
+        return fill(T.LOAD_ARG_TRAMPOLINE, K=k, IDX=gf.index) if trampoline else fill(T.LOAD_ARG_PT_REGS, K=k,
+                                                                                          N=gf.index + 1)
+    if gf.source == "retval":
+        return fill(T.LOAD_RETVAL_TRAMPOLINE if trampoline else T.LOAD_RETVAL_PT_REGS, K=k)
+    if gf.source == "tp_int":
+        return fill(T.LOAD_TP_INT, K=k, CTYPE=CName(int_type(gf.size, gf.signed)), OFFSET=gf.offset)
+    return fill(_TASK_LOADS[gf.source], K=k)
+
+
+def _expr(f: Filter, p: int, index: dict[str, int], fields: dict[str, GroupField], slots: list[Compare]) -> CCode:
+    if not isinstance(f, Compare):
+        glue = " && " if f.kind == "all" else " || "
+        return CCode("(" + glue.join(_expr(i, p, index, fields, slots) for i in f.items) + ")")
+    k = index[f.field]
+    if f.ctype == "comm":
+        slots.append(f)
+        return fill(T.COMPARE_COMM, P=p, K=k, SLOT=len(slots) - 1, WANT=1 if f.op == "==" else 0)
+    gf = fields[f.field]
+    ctype = CName(f.ctype or int_type(gf.size, gf.signed))
+    bits = f.value & ((1 << 64) - 1)
+    if f.op == "&":
+        return fill(T.COMPARE_BITS, CTYPE=ctype, K=k, BITS=bits)
+    return fill(T.COMPARE, CTYPE=ctype, K=k, OP=_OPS[f.op], BITS=bits)
+
+
+def filter_function(rp: ResolvedProbe, site: Site, s: int, ctx_type: CCode) -> CCode:
+    """filter_p<P>_s<S>(ctx): the probe's filter at its site number `s`."""
+    fields = {gf.label: gf for gf in site.filter_fields}
+    index = {label: k for k, label in enumerate(fields)}
+    loads = join(_load(gf, k, site) for k, gf in enumerate(fields.values()))
+    expr = _expr(rp.probe.filter, rp.id, index, fields, [])
+    return fill(T.FILTER_FUNC, P=rp.id, S=s, CTX_TYPE=ctx_type, LOADS=loads, EXPR=expr)
+
+
+def filter_maps(rp: ResolvedProbe) -> CCode:
+    n = len(comm_literals(rp.probe.filter))
+    return fill(T.FILTER_COMMS_MAP, P=rp.id, ENTRIES=n) if n else CCode("")
