@@ -4,7 +4,8 @@ Per probe P the program has:
   counts_pP   per-CPU hash  series key -> {count, sum_ns}; maxSeriesPerProbe + 1 entries, the extra
               one being the overflow series (func = OVERFLOW_FUNC), inserted by user space at load
   hist_pP     per-CPU hash  (series key, log-linear bucket) -> count        (latency probes)
-  start_pP    LRU hash      (thread, function) -> entry time + entry args (latency probes)
+  start_pP    LRU hash      (thread, function, depth) -> entry time + entry args (latency probes)
+  depth_pP    LRU hash      (thread, function) -> calls open on that thread (latency probes)
 and one C function per attach point (site); probes sharing an attach point share its function.
 The series key of each probe is its KeyLayout (layout.py), which the map reader decodes with.
 The C text and the typed substitution that fills it are in ctemplates.py.
@@ -25,6 +26,10 @@ from .filtergen import filter_function, filter_maps
 from .resolve import GroupField, ResolvedProbe, Site
 
 START_MAP_ENTRIES = 10240
+# Nesting levels of one function on one thread that each get their own start slot (latency probes):
+# a recursive call, or a file system stacked on another, is timed level by level; deeper calls
+# are counted as missed (nesting_too_deep).
+MAX_CALL_DEPTH = 8
 MAX_ALLOWED_CGROUPS = 65536
 HISTOGRAM_ENTRIES_PER_SERIES = 32
 # A histogram map's buckets are allocated for its max_entries even without prealloc (2 MiB at this
@@ -148,17 +153,18 @@ def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], s: int = 
         fill_start = join(_field_fill(gf, i, site, "sv") for i, gf in enumerate(site.fields) if gf.source == "arg")
         if here_filter:
             fill_start = join([fill_start, fill(T.FILTER_SKIP, P=p, S=s)])
-        return fill(T.START_BLOCK, P=p, F=site.func_index, FILL_START=fill_start)
+        fill_start = join("        " + line + "\n" for line in fill_start.splitlines())   # two levels deeper
+        return fill(T.START_BLOCK, P=p, F=site.func_index, FILL_START=fill_start, MAX_DEPTH=MAX_CALL_DEPTH)
     # finish: args come from the entry, retval and comm from here (indented one level deeper)
     from_start = join(fill(T.FROM_START, I=i) for i, gf in enumerate(site.fields) if gf.source == "arg")
     here = join([attribution] + [_field_fill(gf, i, site, "key") for i, gf in enumerate(site.fields)
                                  if gf.source != "arg"])
-    here = join("    " + line + "\n" for line in here.splitlines())
     if here_filter:
         keep = fill(T.KEEP_FILTERED, P=p, S=s)
     else:
         keep = T.KEEP_UNSKIPPED if rp.probe.filter is not None else T.KEEP_ALL
-    return fill(T.FINISH_BLOCK, P=p, F=site.func_index, FILL_FROM_START=from_start, FILL_KEY=here, KEEP=keep)
+    return fill(T.FINISH_BLOCK, P=p, F=site.func_index, FILL_FROM_START=from_start, FILL_KEY=here, KEEP=keep,
+                MAX_DEPTH=MAX_CALL_DEPTH)
 
 
 def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool) -> CCode:

@@ -60,7 +60,7 @@ PRELUDE = """\
 #define MISSED_REASONS @MISSED_REASONS@
 @MISSED_DEFINES@
 struct value_t { u64 count; u64 sum_ns; };
-struct start_key_t { u64 tid; u32 func; u32 pad; };
+struct start_key_t { u64 tid; u32 func; u32 depth; };
 struct comm_t { char c[@COMM_BYTES@]; };
 
 BPF_PERCPU_ARRAY(missed, u64, @MISSED_SLOTS@);
@@ -109,6 +109,7 @@ BPF_F_TABLE("percpu_hash", struct hkey_p@P@, u64, hist_p@P@, @HIST_ENTRIES@, BPF
 LATENCY_MAPS = """\
 struct start_p@P@ { u64 ts;@START_FIELDS@ };
 BPF_TABLE("lru_hash", struct start_key_t, struct start_p@P@, start_p@P@, @START_ENTRIES@);
+BPF_TABLE("lru_hash", struct start_key_t, u64, depth_p@P@, @START_ENTRIES@);
 """
 
 COMM_FILTER_MAP = """\
@@ -203,42 +204,58 @@ VALUE_RETVAL_TRAMPOLINE = "        u64 val_ = 0; bpf_get_func_ret(ctx, &val_);\n
 VALUE_TP_INT = ("        u64 val_ = 0; { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
                 "val_ = (u64)v_; }\n")
 
+# Entry and return are paired per (thread, function, depth): each nesting level of a recursive or
+# re-entered function has its own start slot, up to MAX_CALL_DEPTH (codegen.py) levels; depth_pP counts the open
+# calls of a thread in a function (entries bump it, returns drop it), deeper calls are counted as
+# missed (nesting_too_deep) at their return.
 START_BLOCK = """\
     if (pass_p@P@()) {
         struct start_key_t sk = {};
         struct start_p@P@ sv = {};
+        u64 zero_ = 0;
         sk.tid = bpf_get_current_pid_tgid();
         sk.func = @F@;
-        sv.ts = bpf_ktime_get_ns();
-@FILL_START@        start_p@P@.update(&sk, &sv);
-    }
-"""
-
-FINISH_BLOCK = """\
-    if (pass_p@P@()) {
-        u64 now = bpf_ktime_get_ns();
-        struct start_key_t sk = {};
-        sk.tid = bpf_get_current_pid_tgid();
-        sk.func = @F@;
-        struct start_p@P@ *sv = start_p@P@.lookup(&sk);
-        if (!sv) {
-            count_missed(@P@, MISSED_UNPAIRED_RETURN);
-        } else {
-            struct key_p@P@ key;
-            __builtin_memset(&key, 0, sizeof(key));
-            key.func = @F@;
-            u64 ns = now - sv->ts;
-@KEEP@@FILL_FROM_START@@FILL_KEY@            start_p@P@.delete(&sk);
-            if (keep_) record_p@P@(&key, ns, 1);
+        u64 *depth_ = depth_p@P@.lookup_or_try_init(&sk, &zero_);
+        if (depth_) {
+            u64 d_ = *depth_;
+            *depth_ = d_ + 1;
+            if (d_ < @MAX_DEPTH@) {
+                sk.depth = d_;
+                sv.ts = bpf_ktime_get_ns();
+@FILL_START@                start_p@P@.update(&sk, &sv);
+            }
         }
     }
 """
 
+FINISH_BLOCK = """\
+    if (pass_p@P@()) do {
+        u64 now = bpf_ktime_get_ns();
+        struct start_key_t sk = {};
+        sk.tid = bpf_get_current_pid_tgid();
+        sk.func = @F@;
+        u64 *depth_ = depth_p@P@.lookup(&sk);
+        if (!depth_ || *depth_ == 0) { count_missed(@P@, MISSED_UNPAIRED_RETURN); break; }
+        u64 d_ = *depth_ - 1;
+        if (d_ == 0) depth_p@P@.delete(&sk); else *depth_ = d_;
+        if (d_ >= @MAX_DEPTH@) { count_missed(@P@, MISSED_NESTING_TOO_DEEP); break; }
+        sk.depth = d_;
+        struct start_p@P@ *sv = start_p@P@.lookup(&sk);
+        if (!sv) { count_missed(@P@, MISSED_UNPAIRED_RETURN); break; }
+        struct key_p@P@ key;
+        __builtin_memset(&key, 0, sizeof(key));
+        key.func = @F@;
+        u64 ns = now - sv->ts;
+@KEEP@@FILL_FROM_START@@FILL_KEY@        start_p@P@.delete(&sk);
+        if (keep_) record_p@P@(&key, ns, 1);
+    } while (0);
+"""
+
 FILTER_CALL = " && filter_p@P@_s@S@(ctx)"
 FILTER_SKIP = "        sv.skip = !filter_p@P@_s@S@(ctx);\n"     # checked at entry, the return obeys it
-KEEP_ALL = CCode("            int keep_ = 1;\n")
-KEEP_UNSKIPPED = CCode("            int keep_ = !sv->skip;\n")
-KEEP_FILTERED = "            int keep_ = filter_p@P@_s@S@(ctx);\n"
+KEEP_ALL = CCode("        int keep_ = 1;\n")
+KEEP_UNSKIPPED = CCode("        int keep_ = !sv->skip;\n")
+KEEP_FILTERED = "        int keep_ = filter_p@P@_s@S@(ctx);\n"
 
 SITE_FUNC = """\
 int @FN@(@CTX_TYPE@ctx) {
@@ -252,7 +269,7 @@ ARG_PT_REGS = "        @DST@.g@I@ = PT_REGS_PARM@N@(ctx);\n"
 ARG_TRAMPOLINE = "        { u64 v_ = 0; bpf_get_func_arg(ctx, @IDX@, &v_); @DST@.g@I@ = v_; }\n"
 RETVAL_PT_REGS = "        key.g@I@ = PT_REGS_RC(ctx);\n"
 RETVAL_TRAMPOLINE = "        { u64 v_ = 0; bpf_get_func_ret(ctx, &v_); key.g@I@ = v_; }\n"
-FROM_START = "            key.g@I@ = sv->g@I@;\n"
+FROM_START = "        key.g@I@ = sv->g@I@;\n"
 COMM_FIELD_FILL = "        bpf_get_current_comm(&key.g@I@, sizeof(key.g@I@));\n"
 TP_INT_FILL = ("        { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
                "key.g@I@ = (u64)v_; }\n")

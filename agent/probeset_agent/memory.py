@@ -49,12 +49,13 @@ def possible_cpus() -> int:
 def probe_bytes(layout: KeyLayout, max_series: int, histogram: bool, latency: bool, start_args: int,
                 hist_entries: int, start_entries: int, cpus: int) -> int:
     """One probe's maps: counts_pN (+ the overflow slot), hist_pN with a histogram (latency, or a
-    value's), start_pN with latency."""
+    value's), start_pN and depth_pN with latency."""
     total = hash_bytes(max_series + 1, layout.size, 16, cpus, percpu=True)
     if histogram:
         total += hash_bytes(hist_entries, layout.size + 8, 8, cpus, percpu=True)
     if latency:
         total += hash_bytes(start_entries, 16, 8 + 8 * start_args, cpus, percpu=False)
+        total += hash_bytes(start_entries, 16, 8, cpus, percpu=False)       # depth_pN
     return total
 
 

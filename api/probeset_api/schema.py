@@ -124,8 +124,9 @@ PROBE_SCHEMA: dict = {
         "latency": {
             "type": "boolean",
             "default": False,
-            "description": "Pair entry and return per thread and record a latency histogram "
-                           "(probeset_latency_seconds). Function probes only.",
+            "description": "Pair entry and return per thread and nesting level (8 levels of a recursive or "
+                           "re-entered function, each timed; deeper ones counted as missed) and record a latency "
+                           "histogram (probeset_latency_seconds). Function probes only.",
         },
         "bucketsPerPowerOfTwo": {
             "type": "integer", "enum": [1, 2, 4], "default": 1,

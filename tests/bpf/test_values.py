@@ -16,11 +16,20 @@ LANG_C = r"""
 /* Functions the tests probe: noinline + an asm barrier keep each a real call. */
 __attribute__((noinline)) long lang_value(long a, long b, long c) { asm volatile(""); return b; }
 __attribute__((noinline)) int lang_int(int a) { asm volatile(""); return a; }
+/* Calls itself `depth` times: depth + 1 nested calls; the barrier after the call keeps it a real
+ * (non-tail) recursion. */
+__attribute__((noinline, noipa)) long lang_nest(long depth) {
+    long r = 0;
+    if (depth > 0) r = lang_nest(depth - 1) + 1;
+    asm volatile("" : "+r"(r));
+    return r;
+}
 
 /* Commands on stdin, one per line, answered "done":
  *   value N START STEP   lang_value(i, START + i * STEP, i % 3) for i < N (returns its second argument)
  *   int N START          lang_int(START + i) for i < N
  *   read N SIZE          N reads of SIZE bytes from /dev/zero
+ *   nest N DEPTH         N calls of lang_nest(DEPTH): DEPTH + 1 nested calls each
  *   open N NOTDIR        N opens that fail: ENOENT, or ENOTDIR if NOTDIR is not 0 */
 int main(void) {
     char line[128], cmd[16];
@@ -35,6 +44,7 @@ int main(void) {
         for (long i = 0; i < n; i++) {
             if (!strcmp(cmd, "value")) lang_value(i, a + i * b, i % 3);
             else if (!strcmp(cmd, "int")) lang_int((int)(a + i));
+            else if (!strcmp(cmd, "nest")) lang_nest(a);
             else if (!strcmp(cmd, "read")) read(zero, buf, a);
             else if (!strcmp(cmd, "open")) open(a ? "/etc/passwd/x" : "/nonexistent-probeset", O_RDONLY);
         }

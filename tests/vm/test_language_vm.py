@@ -1,0 +1,75 @@
+"""Issue 13's probe language where kprobes are needed, in the QEMU guest (Debian 6.1 kernel):
+kretprobe values (bytes read), errors by errno name, and latency paired per nesting level on a
+stacked file system. Exact counts, filtered to this process."""
+
+import dataclasses
+import errno
+import os
+
+import pytest
+import yaml
+
+from probeset_api.spec import parse_probeset
+from tests.support import counts, status
+
+pytestmark = pytest.mark.kernel_vm
+
+
+def example(path):
+    with open(path) as f:
+        (pset,) = [parse_probeset(d) for d in yaml.safe_load_all(f) if d]
+    pset.probes[:] = [dataclasses.replace(p, pid=os.getpid()) for p in pset.probes]
+    return pset
+
+
+def series(prog, name):
+    rp = next(r for r in prog.resolved if r.probe.name == name)
+    assert status(prog, name).error is None, status(prog, name).error
+    return prog.read_series()[rp.id], rp.id
+
+
+def test_read_bytes_example_sums_vfs_read_returns(start_program):
+    prog = start_program(example("examples/read-bytes.yaml"))
+    zero = os.open("/dev/zero", os.O_RDONLY)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    (before,), probe_id = series(prog, "vfs_read")
+    for _ in range(100):
+        os.read(zero, 4096)
+    for _ in range(7):
+        with pytest.raises(BlockingIOError):
+            os.read(r, 10)                 # -EAGAIN: counted, not summed
+    (after,), _ = series(prog, "vfs_read")
+    assert (after.count - before.count, after.sum_ns - before.sum_ns) == (107, 100 * 4096)
+    assert prog.read_missed()[(probe_id, "negative_value")] == 7
+
+
+def test_errors_by_errno_example_names_the_errors(start_program):
+    prog = start_program(example("examples/errors-by-errno.yaml"))
+    for _ in range(3):
+        with pytest.raises(FileNotFoundError):
+            open("/nonexistent-probeset", "rb")
+    for _ in range(2):
+        with pytest.raises(NotADirectoryError):
+            open("/etc/passwd/x", "rb")
+    assert counts(prog, "open_errors", by="retval") == {"ENOENT": 3, "ENOTDIR": 2}
+    assert counts(prog, "openat_errors", by="ret") == {"ENOENT": 3, "ENOTDIR": 2}
+    assert errno.ENOENT == 2
+
+
+def test_fsync_on_overlay_pairs_each_level(run_probeset):
+    """vfs_fsync_range on the guest's overlay root calls vfs_fsync_range of the lower file system:
+    two nested calls per fsync, each timed (before depth pairing: half of them unpaired)."""
+    prog = run_probeset([{"name": "fsync", "kprobe": "vfs_fsync_range", "latency": True, "pid": os.getpid()}])
+    path = "/probeset-nesting.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(100):
+            os.write(fd, b"x")
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    (s,), probe_id = series(prog, "fsync")
+    missed = prog.read_missed()
+    assert (s.count, missed[(probe_id, "unpaired_return")], missed[(probe_id, "nesting_too_deep")]) == (200, 0, 0)
