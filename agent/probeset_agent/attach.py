@@ -47,7 +47,7 @@ def prepare_maps(bpf, rp: ResolvedProbe, layout: KeyLayout) -> None:
         want = table.Leaf()
         want.c = rp.probe.comm.encode()[:15]
         table[table.Key(0)] = want
-    for slot, comm in enumerate(comm_literals(rp.probe.filter)):
+    for slot, comm in enumerate(comm_literals(rp)):
         table = bpf[f"filter_comms_p{rp.id}"]
         want = table.Leaf()
         want.c = comm.encode()[:15]

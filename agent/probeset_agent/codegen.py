@@ -23,6 +23,7 @@ from .ctemplates import CCode, CName, fill, join
 from .histogram import SUB_BUCKET_BITS, SUB_BUCKETS
 from .layout import COMM_BYTES, MAX_PROBES, MISSED_REASONS, OVERFLOW_FUNC, KeyLayout, key_uses_cgroup
 from .filtergen import filter_function, filter_maps
+from .spangen import span_block, span_maps
 from .resolve import GroupField, ResolvedProbe, Site
 
 START_MAP_ENTRIES = 10240
@@ -45,8 +46,11 @@ def probe_memory(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cp
     """Upper bound of the kernel memory of one probe's maps (memory.py)."""
     start_args = sum(1 for label in rp.probe.group_by if label not in ("retval", "comm"))
     start_args += rp.probe.filter is not None and not at_return(rp.probe.filter)    # the skip flag
-    return memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.has_histogram, rp.probe.latency, start_args,
-                              histogram_entries(max_series), START_MAP_ENTRIES, cpus)
+    total = memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.has_histogram, rp.probe.latency,
+                               start_args, histogram_entries(max_series), START_MAP_ENTRIES, cpus)
+    if rp.probe.kind == "span":     # pending_pN: key u64 k0[, k1]; value ts, cgroup, comm
+        total += memory.hash_bytes(rp.probe.max_pending, 8 * len(rp.probe.start.key), 32, cpus, percpu=False)
+    return total
 
 
 def set_memory(cgroup_filter: bool, cpus: int) -> int:
@@ -128,6 +132,8 @@ def _value_record(rp: ResolvedProbe, site: Site) -> CCode:
 def filtered_here(rp: ResolvedProbe, site: Site) -> bool:
     """Whether the probe's filter is evaluated at this site: where it counts; for latency, at entry,
     or at return when it compares retval."""
+    if site.role.startswith("span_"):
+        return site.filter is not None
     if rp.probe.filter is None:
         return False
     return site.role == "count" or (site.role == "finish") == at_return(rp.probe.filter)
@@ -135,15 +141,24 @@ def filtered_here(rp: ResolvedProbe, site: Site) -> bool:
 
 def filter_key(site: Site) -> tuple:
     """Sites with equal keys (and the same probe) share one filter function."""
-    return site.mechanism, site.tracepoint
+    return site.role, site.mechanism, site.tracepoint
 
 
-def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], s: int = 0) -> CCode:
-    """The C one probe runs at one site (inside the site's function, which several probes share);
-    `s` numbers the probe's filter function for this site (filter_p<P>_s<S>)."""
+def filter_number(rp: ResolvedProbe, site: Site) -> int:
+    """S of the probe's filter function for this site, filter_p<P>_s<S>: one per distinct filter_key."""
+    keys = list(dict.fromkeys(filter_key(x) for x in rp.sites if filtered_here(rp, x)))
+    return keys.index(filter_key(site))
+
+
+def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...]) -> CCode:
+    """The C one probe runs at one site (inside the site's function, which several probes share)."""
     p = rp.id
+    s = filter_number(rp, site) if filtered_here(rp, site) else 0
     here_filter = filtered_here(rp, site)
     attribution = join([T.CGROUP_FILL if key_uses_cgroup(labels) else "", T.COMM_LABEL_FILL if "comm" in labels else ""])
+    if site.role.startswith("span_"):
+        call = fill(T.FILTER_CALL, P=p, S=s) if here_filter else CCode("")
+        return span_block(rp, site, labels, call, attribution, lambda gf, i: _field_fill(gf, i, site, "key"))
     if site.role == "count":
         fill_key = join([attribution] + [_field_fill(gf, i, site, "key") for i, gf in enumerate(site.fields)])
         call = fill(T.FILTER_CALL, P=p, S=s) if here_filter else CCode("")
@@ -172,6 +187,8 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
     out = [fill(T.PROBE_MAPS, P=p, SERIES_ENTRIES=max_series + 1, KEY_FIELDS=_key_fields(key_layout(rp, labels)))]
     if rp.probe.has_histogram:
         out.append(fill(T.HISTOGRAM_MAP, P=p, HIST_ENTRIES=histogram_entries(max_series)))
+    if rp.probe.kind == "span":
+        out.append(span_maps(rp))
     if rp.probe.latency:
         out.append(fill(T.LATENCY_MAPS, P=p, START_ENTRIES=START_MAP_ENTRIES, START_FIELDS=_start_fields(rp)))
     checks = [T.CGROUP_CHECK] if cgroup_filter else []
@@ -231,7 +248,7 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
     points: dict[tuple, AttachPoint] = {}
     bodies: dict[tuple, list[str]] = {}
     for rp in probes:
-        filters: dict[tuple, int] = {}
+        filters: set[tuple] = set()
         for site in rp.sites:
             key = attach_key(site)
             if key not in points:
@@ -240,13 +257,10 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
             point = points[key]
             if rp.id not in point.probes:
                 point.probes.append(rp.id)
-            s = 0
-            if filtered_here(rp, site):
-                s = filters.get(filter_key(site), len(filters))
-                if filter_key(site) not in filters:
-                    filters[filter_key(site)] = s
-                    parts.append(filter_function(rp, site, s, _CTX_TYPES[site.mechanism]))
-            bodies[key].append(site_block(rp, site, labels, s))
+            if filtered_here(rp, site) and filter_key(site) not in filters:
+                filters.add(filter_key(site))
+                parts.append(filter_function(rp, site, filter_number(rp, site), _CTX_TYPES[site.mechanism]))
+            bodies[key].append(site_block(rp, site, labels))
     for key, point in points.items():
         parts.append(fill(T.SITE_FUNC, FN=CName(point.fn_name), CTX_TYPE=_CTX_TYPES[point.mechanism],
                           BODY=join(bodies[key])))

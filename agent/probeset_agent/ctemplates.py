@@ -317,3 +317,48 @@ LOAD_COMM = "    struct comm_t f@K@ = {}; bpf_get_current_comm(&f@K@.c, sizeof(f
 COMPARE = "((@CTYPE@)f@K@ @OP@ (@CTYPE@)@BITS@ull)"
 COMPARE_BITS = "(((@CTYPE@)f@K@ & (@CTYPE@)@BITS@ull) != 0)"
 COMPARE_COMM = "(comm_is_p@P@(&f@K@, @SLOT@) == @WANT@)"
+
+# Two-point probes (spangen.py): starts wait in pending_pP under their key (u64 k0, k1); the first
+# end with an equal key takes its start and records the time between them.
+SPAN_MAPS = """\
+struct pkey_p@P@ {@PKEY_FIELDS@ };
+struct pending_p@P@ { u64 ts; u64 cgroup; struct comm_t comm; };
+BPF_HASH(pending_p@P@, struct pkey_p@P@, struct pending_p@P@, @ENTRIES@);
+"""
+SPAN_START_BLOCK = """\
+    if (@PASS@@FILTER@) {
+        struct pkey_p@P@ pk;
+        struct pending_p@P@ pv = {};
+        __builtin_memset(&pk, 0, sizeof(pk));
+@FILL_PKEY@@ATTRIBUTION@        pv.ts = bpf_ktime_get_ns();
+        if (pending_p@P@.update(&pk, &pv)) count_missed(@P@, MISSED_PENDING_FULL);
+    }
+"""
+SPAN_END_BLOCK = """\
+    if (@PASS@@FILTER@) {
+        struct pkey_p@P@ pk;
+        __builtin_memset(&pk, 0, sizeof(pk));
+@FILL_PKEY@        struct pending_p@P@ *pv = pending_p@P@.lookup(&pk);
+        if (pv) {
+            u64 ns = bpf_ktime_get_ns() - pv->ts;
+            struct key_p@P@ key;
+            __builtin_memset(&key, 0, sizeof(key));
+            key.func = 0;
+@FILL_KEY@            pending_p@P@.delete(&pk);
+            record_p@P@(&key, ns, 1);
+        }
+    }
+"""
+PASS_CALL = "pass_p@P@()"
+PK_ARG_PT_REGS = "        pk.k@I@ = PT_REGS_PARM@N@(ctx);\n"
+PK_ARG_TRAMPOLINE = "        { u64 v_ = 0; bpf_get_func_arg(ctx, @IDX@, &v_); pk.k@I@ = v_; }\n"
+PK_RETVAL_PT_REGS = "        pk.k@I@ = PT_REGS_RC(ctx);\n"
+PK_RETVAL_TRAMPOLINE = "        { u64 v_ = 0; bpf_get_func_ret(ctx, &v_); pk.k@I@ = v_; }\n"
+PK_TP_INT = ("        { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
+             "pk.k@I@ = (u64)v_; }\n")
+PK_TID = "        pk.k@I@ = (u32)bpf_get_current_pid_tgid();\n"
+PK_PID = "        pk.k@I@ = bpf_get_current_pid_tgid() >> 32;\n"
+PENDING_CGROUP = CCode("        pv.cgroup = bpf_get_current_cgroup_id();\n")
+PENDING_COMM = CCode("        bpf_get_current_comm(&pv.comm.c, sizeof(pv.comm.c));\n")
+CGROUP_FROM_START = CCode("            key.cgroup = pv->cgroup;\n")
+COMM_FROM_START = CCode("            __builtin_memcpy(&key.comm, &pv->comm.c, sizeof(key.comm));\n")

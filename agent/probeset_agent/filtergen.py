@@ -16,9 +16,20 @@ _OPS = {"==": CCode("=="), "!=": CCode("!="), "<": CCode("<"), "<=": CCode("<=")
 _TASK_LOADS = {"pid": T.LOAD_PID, "tid": T.LOAD_TID, "uid": T.LOAD_UID, "gid": T.LOAD_GID, "comm": T.LOAD_COMM}
 
 
-def comm_literals(f: Filter | None) -> list[str]:
-    """The comm literals of a filter, in slot order (the filter_comms_pP map's contents)."""
-    return [c.value for c in comparisons(f) if c.ctype == "comm"]
+def probe_filters(rp: ResolvedProbe) -> list[Filter]:
+    """The probe's filters in slot order: its own, or a span's start and end filters."""
+    if rp.probe.kind == "span":
+        return [h.filter for h in (rp.probe.start, rp.probe.end) if h.filter is not None]
+    return [rp.probe.filter] if rp.probe.filter is not None else []
+
+
+def site_filter(rp: ResolvedProbe, site: Site) -> Filter | None:
+    return site.filter if site.role.startswith("span_") else rp.probe.filter
+
+
+def comm_literals(rp: ResolvedProbe) -> list[str]:
+    """The comm literals of a probe's filters, in slot order (the filter_comms_pP map's contents)."""
+    return [c.value for f in probe_filters(rp) for c in comparisons(f) if c.ctype == "comm"]
 
 
 def _load(gf: GroupField, k: int, site: Site) -> CCode:
@@ -42,7 +53,7 @@ def _expr(f: Filter, p: int, index: dict[str, int], fields: dict[str, GroupField
         slots.append(f)
         return fill(T.COMPARE_COMM, P=p, K=k, SLOT=len(slots) - 1, WANT=1 if f.op == "==" else 0)
     gf = fields[f.field]
-    ctype = CName(f.ctype or int_type(gf.size, gf.signed))
+    ctype = CName(int_type(gf.size, gf.signed) if gf.source == "tp_int" else f.ctype)
     bits = f.value & ((1 << 64) - 1)
     if f.op == "&":
         return fill(T.COMPARE_BITS, CTYPE=ctype, K=k, BITS=bits)
@@ -54,10 +65,16 @@ def filter_function(rp: ResolvedProbe, site: Site, s: int, ctx_type: CCode) -> C
     fields = {gf.label: gf for gf in site.filter_fields}
     index = {label: k for k, label in enumerate(fields)}
     loads = join(_load(gf, k, site) for k, gf in enumerate(fields.values()))
-    expr = _expr(rp.probe.filter, rp.id, index, fields, [])
+    flt = site_filter(rp, site)
+    slots: list[Compare] = []
+    for earlier in probe_filters(rp):      # comm slots of the filters before this one (a span's start)
+        if earlier is flt:
+            break
+        slots += [c for c in comparisons(earlier) if c.ctype == "comm"]
+    expr = _expr(flt, rp.id, index, fields, slots)
     return fill(T.FILTER_FUNC, P=rp.id, S=s, CTX_TYPE=ctx_type, LOADS=loads, EXPR=expr)
 
 
 def filter_maps(rp: ResolvedProbe) -> CCode:
-    n = len(comm_literals(rp.probe.filter))
+    n = len(comm_literals(rp))
     return fill(T.FILTER_COMMS_MAP, P=rp.id, ENTRIES=n) if n else CCode("")

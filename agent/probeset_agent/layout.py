@@ -15,7 +15,7 @@ from .attribution import WORKLOAD_LABELS
 OVERFLOW_FUNC = 0xFFFFFFFF           # `func` of the overflow series: the cardinality budget is spent
 # Reasons a latency or value probe can lose an event (or its value), by index: the C constants MISSED_<NAME> are generated
 # from this tuple, and the `missed` array has one slot per (probe, reason).
-MISSED_REASONS = ("unpaired_return", "histogram_full", "negative_value", "nesting_too_deep")
+MISSED_REASONS = ("unpaired_return", "histogram_full", "negative_value", "nesting_too_deep", "pending_full")
 MAX_PROBES = 64
 STRING_LABEL_BYTES = 32               # a string groupBy value, NUL-terminated
 COMM_BYTES = 16                       # TASK_COMM_LEN

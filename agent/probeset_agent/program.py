@@ -101,6 +101,7 @@ class ProbeSetProgram:
         self._unknown = UnknownAging()
         self.unknown_cgroups = 0                           # distinct unknown cgroup ids at the last scrape
         self._lock = threading.Lock()
+        self._expired: dict[int, int] = {}                 # probe id -> pending starts aged out (spans)
 
     # --- compile ---------------------------------------------------------------------------------
 
@@ -169,14 +170,21 @@ class ProbeSetProgram:
             reason = f"{point.mechanism} {point.site.function}: {e}"
             log.warning("probeset %s: %s", self.pset.name, reason)
             for pid in point.probes:
-                self.status[pid].functions[point.site.function] = False
+                self.status[pid].functions[self._function_label(pid, point)] = False
                 self.status[pid].fail(reason)
             return
         self.attached_points.append(point)
         for pid in point.probes:
-            # A latency function counts as attached only when both its entry and return are.
-            mine = [p for p in self.program.attach_points if pid in p.probes and p.site.function == point.site.function]
-            self.status[pid].functions[point.site.function] = all(p in self.attached_points for p in mine)
+            # A latency function counts as attached only when both its entry and return are (a
+            # two-point probe: its start and its end).
+            label = self._function_label(pid, point)
+            mine = [p for p in self.program.attach_points if pid in p.probes and
+                    self._function_label(pid, p) == label]
+            self.status[pid].functions[label] = all(p in self.attached_points for p in mine)
+
+    def _function_label(self, probe_id: int, point: AttachPoint) -> str:
+        rp = self._probe(probe_id)
+        return rp.functions[0] if rp.probe.kind == "span" else point.site.function
 
     def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         return self.links.place(point, path, address)
@@ -248,6 +256,28 @@ class ProbeSetProgram:
             if self.attribution is not None:
                 self._retire(self._unknown.expired(cgroups, self.attribution.state, self.attribution.last_scan,
                                                    time.monotonic()))
+        self.age_pending()
+
+    def age_pending(self, now_ns: int | None = None) -> int:
+        """Drop the pending starts of two-point probes older than their maxAgeSeconds (at `now_ns`,
+        CLOCK_MONOTONIC as the kernel's bpf_ktime_get_ns; default now), counted as start_expired.
+        An end that takes a start while it is dropped loses it (counted the same). Returns how many."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        dropped = 0
+        with self._lock:
+            if self.bpf is None:
+                return 0
+            for rp in self.live_probes():
+                if rp.probe.kind != "span":
+                    continue
+                table = self.bpf[f"pending_p{rp.id}"]
+                limit = rp.probe.max_age_seconds * 1_000_000_000
+                old = [key for key, value in read_raw(table) if now - int.from_bytes(value[:8], "little") > limit]
+                for key in old:
+                    delete_row(table, key)
+                self._expired[rp.id] = self._expired.get(rp.id, 0) + len(old)
+                dropped += len(old)
+        return dropped
 
     def _follow_files(self, points: list[AttachPoint]) -> None:
         """uprobes follow their files: changed files are probed again (a file written in place is
@@ -336,6 +366,8 @@ class ProbeSetProgram:
             if self.bpf is None:
                 return {}
             missed = missed_events(self.bpf, self.compiled, self.attached_points, self._instance)
+            missed.update({(rp.id, "start_expired"): self._expired.get(rp.id, 0)
+                           for rp in self.compiled if rp.probe.kind == "span"})
             return {key: n for key, n in missed.items() if key[0] not in self.retired}
 
     def read_program_stats(self) -> list[tuple[AttachPoint, int, int]]:

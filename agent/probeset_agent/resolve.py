@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from probeset_api.filters import check_literal, comparisons, describe, int_type
+from probeset_api.filters import Filter, check_literal, comparisons, describe, int_type
 from probeset_api.schema import ARG_FIELDS, KERNEL_KINDS, TASK_FIELDS, USER_KINDS
 from probeset_api.spec import Probe, ProbeSet, ValuePolicy
 from probeset_api.values import errno_label, errno_symbols, metric_name
@@ -51,6 +51,8 @@ class Site:
     fields: tuple[GroupField, ...] = ()   # groupBy sources at this site, in groupBy order
     value: GroupField | None = None       # the probe's value at this site (value probes)
     filter_fields: tuple[GroupField, ...] = ()   # what the probe's filter compares, at this site
+    filter: Filter | None = None          # a span's start or end filter (other probes: probe.filter)
+    key_fields: tuple[GroupField, ...] = ()      # a span's key at this site (spans.py)
 
 
 @dataclass
@@ -83,6 +85,10 @@ class ResolvedProbe:
                 text = f"tracepoint {s.tracepoint}"
             else:
                 text = f"{s.mechanism} {s.kernel_function}"
+            if s.role.startswith("span_"):
+                hook = self.probe.start if s.role == "span_start" else self.probe.end
+                text = f"{s.role[5:]} {text} key ({', '.join(hook.key)})" + (
+                    f" filter {describe(hook.filter)}" if hook.filter is not None else "")
             if text not in seen:
                 seen.add(text)
                 lines.append(text)
@@ -178,12 +184,13 @@ def _function_value(p: Probe) -> GroupField | None:
     return None if p.value is None else _arg_field(p.value)
 
 
-def _filter_fields(p: Probe, fmt: host.TracepointFormat | None = None) -> tuple[GroupField, ...]:
-    """The fields the probe's filter compares (each once), with a tracepoint's fields typed and
-    the literals compared with them range-checked against those types."""
+def _filter_fields(flt: Filter | None, fmt: host.TracepointFormat | None = None) -> tuple[GroupField, ...]:
+    """The fields a filter compares (each once), with a tracepoint's fields typed and the literals
+    compared with them range-checked against those types. On a tracepoint, an event field wins
+    over the task field of the same name (sched_wakeup's pid is the woken task's)."""
     out: dict[str, GroupField] = {}
-    for c in comparisons(p.filter):
-        if c.field in TASK_FIELDS:
+    for c in comparisons(flt):
+        if c.field in TASK_FIELDS and (fmt is None or c.field not in fmt.fields):
             gf = GroupField(c.field, c.field)
         elif c.field in ARG_FIELDS or c.field == "retval":
             gf = _arg_field(c.field)
@@ -230,7 +237,7 @@ def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
             raise host.HostError(f"{p.path}.value: field {p.value!r} is signed in some matched tracepoints and "
                                  f"unsigned in others (e.g. {name}); narrow the glob")
         rp.sites.append(Site(i, name, "tracepoint", "count", tracepoint=name, fields=fields, value=value,
-                             filter_fields=_filter_fields(p, fmt)))
+                             filter_fields=_filter_fields(p.filter, fmt)))
     rp.via = "tracepoint"
 
 
@@ -273,7 +280,7 @@ def _resolve_user(rp: ResolvedProbe, targets: UserTargets) -> None:
     for i, (name, addr) in enumerate(found):
         rp.functions.append(name)
         common = dict(function=name, binary=p.binary, path=path, address=addr if path else 0, fields=fields,
-                      value=_function_value(p), filter_fields=_filter_fields(p))
+                      value=_function_value(p), filter_fields=_filter_fields(p.filter))
         if p.latency:
             rp.sites.append(Site(i, mechanism="uprobe", role="start", **common))
             rp.sites.append(Site(i, mechanism="uretprobe", role="finish", **common))
@@ -309,7 +316,7 @@ def _resolve_kernel(rp: ResolvedProbe, features: Features) -> None:
     for i, name in enumerate(names):
         rp.functions.append(name)
         common = dict(function=name, kernel_function=name, fields=fields, value=_function_value(p),
-                      filter_fields=_filter_fields(p))
+                      filter_fields=_filter_fields(p.filter))
         if p.latency:
             rp.sites.append(Site(i, mechanism=entry, role="start", **common))
             rp.sites.append(Site(i, mechanism=exit_, role="finish", **common))
@@ -322,7 +329,10 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
                   policy: ValuePolicy = ValuePolicy()) -> ResolvedProbe:
     rp = ResolvedProbe(probe)
     try:
-        if probe.kind == "tracepoint":
+        if probe.kind == "span":
+            from .spansites import resolve_span
+            resolve_span(rp, features, targets, policy)
+        elif probe.kind == "tracepoint":
             _resolve_tracepoint(rp, policy)
         elif probe.kind in USER_KINDS:
             _resolve_user(rp, targets)
@@ -344,11 +354,17 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
     return rp
 
 
+def _uses_kernel_probes(p: Probe) -> bool:
+    if p.kind == "span":
+        return p.start.kind in KERNEL_KINDS or p.end.kind in KERNEL_KINDS
+    return p.kind in KERNEL_KINDS
+
+
 def resolve(pset: ProbeSet, features: Features | None = None, targets: UserTargets = UserTargets(),
             policy: ValuePolicy = ValuePolicy()) -> list[ResolvedProbe]:
     """One ResolvedProbe per valid probe, in spec order. Kernel features are detected (by trying)
     only when a kprobe-family probe needs them. `policy`: what a namespaced set may record."""
-    if features is None and any(p.kind in KERNEL_KINDS for p in pset.probes):
+    if features is None and any(_uses_kernel_probes(p) for p in pset.probes):
         from .features import detect
         features = detect()
     return [resolve_probe(p, features, targets, policy) for p in pset.probes]

@@ -40,6 +40,8 @@ FILTER_OPS = ("==", "!=", "<", "<=", ">", ">=", "&")
 INT_TYPES = ("u8", "s8", "u16", "s16", "u32", "s32", "u64", "s64")
 TASK_FIELDS = ("pid", "tid", "uid", "gid", "comm")
 MAX_FILTER_ITEMS = 8
+SPAN_HOOK_KINDS = PROBE_KINDS       # what a start or end of a two-point probe attaches to
+LABELS_FROM = ("start", "end")
 
 
 def _target(kind: str, what: str, pattern: str, hint: str, unit: str = "function") -> dict:
@@ -96,6 +98,30 @@ FILTER_SCHEMA: dict = {
                 "description": "True when at least one item is."},
     },
 }
+
+def _span_hook(which: str, what: str) -> dict:
+    return {
+        "type": "object",
+        "required": ["key"],
+        "description": what + " Exactly one of kprobe, kretprobe, uprobe, uretprobe, tracepoint (one function "
+                              "or tracepoint, no glob), the key and an optional filter.",
+        "properties": {
+            **{kind: {"type": "string", "pattern": pattern, "description": f"{which} at this {kind}.",
+                      "x-probeset-hint": hint}
+               for kind, pattern, hint in (
+                   ("kprobe", KERNEL_FUNC_RE, _KFUNC_HINT), ("kretprobe", KERNEL_FUNC_RE, _KFUNC_HINT),
+                   ("uprobe", UPROBE_RE, _UFUNC_HINT), ("uretprobe", UPROBE_RE, _UFUNC_HINT),
+                   ("tracepoint", TRACEPOINT_RE, "expected CATEGORY:NAME (letters, digits, _)"))},
+            "key": {"type": "array", "minItems": 1, "maxItems": 2,
+                    "description": "What pairs an end with its start: tracepoint fields, arg0..arg5, retval (return "
+                                   "probes), tid (the thread) or pid (the process); the same number at both ends, "
+                                   "compared in order.",
+                    "items": {"type": "string", "pattern": FIELD_RE,
+                              "x-probeset-hint": "expected a field name: [A-Za-z_][A-Za-z0-9_]*"}},
+            "filter": FILTER_SCHEMA,
+        },
+    }
+
 
 _KFUNC_HINT = "expected a kernel function name or glob (letters, digits, _ . * ?)"
 _UFUNC_HINT = "expected BINARY:SYMBOL, BINARY a library name (libc, ssl) or an absolute path"
@@ -189,6 +215,23 @@ PROBE_SCHEMA: dict = {
                            "negative value as the error's name, -2 -> ENOENT; zero and positive values stay numbers).",
         },
         "filter": FILTER_SCHEMA,
+        "start": _span_hook("start", "Where the measured interval starts (a two-point latency probe, with end)."),
+        "end": _span_hook("end", "Where it ends: the first end event whose key equals a pending start's."),
+        "labelsFrom": {
+            "type": "string", "enum": list(LABELS_FROM), "default": "start",
+            "description": "With start/end: whose task labels the sample (pod, container, comm) and passes the "
+                           "set's pod selection: the task running at the start event or at the end event.",
+        },
+        "maxPending": {
+            "type": "integer", "minimum": 1, "maximum": 65536, "default": 10240,
+            "description": "With start/end: starts waiting for their end, at most; a start that finds no room "
+                           "is counted in probeset_missed_events_total{reason=\"pending_full\"}.",
+        },
+        "maxAgeSeconds": {
+            "type": "integer", "minimum": 1, "maximum": 3600, "default": 10,
+            "description": "With start/end: a start older than this is dropped by the agent (every few "
+                           "seconds) and counted in probeset_missed_events_total{reason=\"start_expired\"}.",
+        },
     },
 }
 

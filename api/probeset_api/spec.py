@@ -20,6 +20,7 @@ from .schema import (ARG_FIELDS, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_
                      PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA, FieldError,
                      check_schema, show)
 from .filters import DEFAULT_TYPES, Filter, comparisons, parse_filter
+from .spans import Hook, is_span, parse_span, span_errors
 from .values import value_errors
 
 
@@ -52,6 +53,11 @@ class Probe:
     unit: str | None = None
     retval_label: str = PROBE_DEFAULTS["retvalLabel"]
     filter: Filter | None = None        # evaluated in the kernel before anything is recorded (filters.py)
+    start: Hook | None = None           # kind "span": a two-point latency probe (spans.py)
+    end: Hook | None = None
+    labels_from: str = PROBE_DEFAULTS["labelsFrom"]
+    max_pending: int = PROBE_DEFAULTS["maxPending"]
+    max_age_seconds: int = PROBE_DEFAULTS["maxAgeSeconds"]
 
     @property
     def path(self) -> str:
@@ -74,12 +80,12 @@ class Probe:
     @property
     def has_histogram(self) -> bool:
         """A histogram map: latency, or a value aggregated as a histogram."""
-        return self.latency or (self.value is not None and self.aggregate == "histogram")
+        return self.latency or self.kind == "span" or (self.value is not None and self.aggregate == "histogram")
 
     @property
     def records_sum(self) -> bool:
         """Events carry a number (a duration or a value) whose sum is kept."""
-        return self.latency or self.value is not None
+        return self.latency or self.kind == "span" or self.value is not None
 
 
 @dataclass(frozen=True)
@@ -111,8 +117,20 @@ class ProbeSet:
     generation: int | None = None
 
 
+def _span_semantic_errors(raw: dict, path: str) -> list[FieldError]:
+    errors = span_errors({**PROBE_DEFAULTS, **raw}, path)
+    group_by = raw.get("groupBy") or []
+    if len(set(group_by)) != len(group_by):
+        errors.append(FieldError(f"{path}.groupBy", "names must be unique"))
+    errors += [FieldError(f"{path}.groupBy[{i}]", f"{name!r} is a label the agent sets itself")
+               for i, name in enumerate(group_by) if name in RESERVED_LABELS and name != "comm"]
+    return errors
+
+
 def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
-    errors = []
+    if is_span(raw):
+        return _span_semantic_errors(raw, path)
+    errors = span_errors({**PROBE_DEFAULTS, **raw}, path)
     kinds = [k for k in PROBE_KINDS if k in raw]
     if len(kinds) != 1:
         found = ", ".join(kinds) if kinds else "none"
@@ -201,8 +219,16 @@ def parse_probeset(doc: Any) -> ProbeSet:
             label = pname if isinstance(pname, str) and re.fullmatch(NAME_RE, pname) else path
             rejected.append(RejectedProbe(i, label, tuple(probe_errors)))
             continue
-        kind = next(k for k in PROBE_KINDS if k in raw)
         raw = {**PROBE_DEFAULTS, **raw}
+        if is_span(raw):
+            (start, end), _ = parse_span(raw, path)
+            probes.append(Probe(index=i, name=raw["name"], kind="span", target=f"{start.target}->{end.target}",
+                                group_by=tuple(raw.get("groupBy") or ()), pid=raw.get("pid"), comm=raw.get("comm"),
+                                buckets_per_power_of_two=raw["bucketsPerPowerOfTwo"], start=start, end=end,
+                                labels_from=raw["labelsFrom"], max_pending=raw["maxPending"],
+                                max_age_seconds=raw["maxAgeSeconds"]))
+            continue
+        kind = next(k for k in PROBE_KINDS if k in raw)
         probes.append(Probe(
             index=i, name=raw["name"], kind=kind, target=raw[kind],
             latency=raw["latency"],
@@ -295,7 +321,12 @@ def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
     for probe in pset.probes:
         errors = []
         for j, name in enumerate(probe.group_by):
-            if probe.kind in KERNEL_KINDS and name != "comm" and not policy.allows(probe.kind, probe.target, name):
+            if probe.kind == "span" and probe.end.kind in KERNEL_KINDS and name != "comm" and not policy.allows(
+                    probe.end.kind, probe.end.target, name):
+                what = f"{name} of kernel function {probe.end.target} can be a kernel address or another task's data"
+                errors.append(FieldError(f"{probe.path}.groupBy[{j}]", policy.denial(what, probe.end.kind,
+                                                                                     probe.end.target, name)))
+            elif probe.kind in KERNEL_KINDS and name != "comm" and not policy.allows(probe.kind, probe.target, name):
                 what = (f"{name} of kernel function {probe.target} can be a kernel address or another task's "
                         "data")
                 errors.append(FieldError(f"{probe.path}.groupBy[{j}]", policy.denial(what, probe.kind, probe.target, name)))

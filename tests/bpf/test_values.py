@@ -16,6 +16,8 @@ LANG_C = r"""
 /* Functions the tests probe: noinline + an asm barrier keep each a real call. */
 __attribute__((noinline)) long lang_value(long a, long b, long c) { asm volatile(""); return b; }
 __attribute__((noinline)) int lang_int(int a) { asm volatile(""); return a; }
+__attribute__((noinline)) void lang_begin(long id) { asm volatile(""); }
+__attribute__((noinline)) void lang_end(long id) { asm volatile(""); }
 /* Calls itself `depth` times: depth + 1 nested calls; the barrier after the call keeps it a real
  * (non-tail) recursion. */
 __attribute__((noinline, noipa)) long lang_nest(long depth) {
@@ -30,6 +32,9 @@ __attribute__((noinline, noipa)) long lang_nest(long depth) {
  *   int N START          lang_int(START + i) for i < N
  *   read N SIZE          N reads of SIZE bytes from /dev/zero
  *   nest N DEPTH         N calls of lang_nest(DEPTH): DEPTH + 1 nested calls each
+ *   begin N BASE / end N BASE   lang_begin(BASE + i) / lang_end(BASE + i) for i < N
+ *   pair N US            lang_begin(i), usleep(US), lang_end(i) for i < N
+ *   wait N               N one-byte reads of stdin (the test wakes it N times)
  *   open N NOTDIR        N opens that fail: ENOENT, or ENOTDIR if NOTDIR is not 0 */
 int main(void) {
     char line[128], cmd[16];
@@ -45,6 +50,10 @@ int main(void) {
             if (!strcmp(cmd, "value")) lang_value(i, a + i * b, i % 3);
             else if (!strcmp(cmd, "int")) lang_int((int)(a + i));
             else if (!strcmp(cmd, "nest")) lang_nest(a);
+            else if (!strcmp(cmd, "begin")) lang_begin(a + i);
+            else if (!strcmp(cmd, "end")) lang_end(a + i);
+            else if (!strcmp(cmd, "pair")) { lang_begin(i); usleep(a); lang_end(i); }
+            else if (!strcmp(cmd, "wait")) { char c; if (read(0, &c, 1) != 1) break; }
             else if (!strcmp(cmd, "read")) read(zero, buf, a);
             else if (!strcmp(cmd, "open")) open(a ? "/etc/passwd/x" : "/nonexistent-probeset", O_RDONLY);
         }

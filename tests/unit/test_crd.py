@@ -38,7 +38,13 @@ def test_crd_spec_carries_the_models_patterns_enums_and_defaults():
     fields = probe["properties"]
     assert set(fields) == {"name", "kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint", "latency",
                            "bucketsPerPowerOfTwo", "groupBy", "pid", "comm", "maxActive", "attach", "maxFunctions",
-                           "value", "aggregate", "unit", "retvalLabel", "filter"}
+                           "value", "aggregate", "unit", "retvalLabel", "filter", "start", "end", "labelsFrom",
+                           "maxPending", "maxAgeSeconds"}
+    assert fields["start"]["required"] == fields["end"]["required"] == ["key"]
+    assert fields["start"]["properties"]["key"]["maxItems"] == 2
+    assert (fields["maxPending"]["maximum"], fields["maxPending"]["default"]) == (65536, 10240)
+    assert (fields["maxAgeSeconds"]["maximum"], fields["maxAgeSeconds"]["default"]) == (3600, 10)
+    assert (fields["labelsFrom"]["enum"], fields["labelsFrom"]["default"]) == (["start", "end"], "start")
     flt = fields["filter"]["properties"]
     assert flt["op"]["enum"] == ["==", "!=", "<", "<=", ">", ">=", "&"]
     assert flt["value"] == {"x-kubernetes-int-or-string": True, "description": flt["value"]["description"]}

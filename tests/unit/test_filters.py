@@ -160,7 +160,7 @@ def test_generated_filter_is_typed_and_holds_no_user_text():
     assert "if (pass_p0() && filter_p0_s0(ctx)) {" in text
     assert "BPF_ARRAY(filter_comms_p0, struct comm_t, 1);" in text
     assert "evil" not in text and "drop" not in text
-    assert comm_literals(rp.probe.filter) == ['evil"); drop']
+    assert comm_literals(rp) == ['evil"); drop']
 
 
 def test_latency_filter_at_entry_marks_the_start_and_the_return_obeys():
