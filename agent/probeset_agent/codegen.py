@@ -24,6 +24,7 @@ from .histogram import SUB_BUCKET_BITS, SUB_BUCKETS
 from .layout import COMM_BYTES, MAX_PROBES, MISSED_REASONS, OVERFLOW_FUNC, KeyLayout, key_uses_cgroup
 from .filtergen import filter_function, filter_maps
 from .spangen import span_block, span_maps
+from .usdt import arg_c
 from .resolve import GroupField, ResolvedProbe, Site
 
 START_MAP_ENTRIES = 10240
@@ -109,6 +110,8 @@ def _field_fill(gf: GroupField, i: int, site: Site, dst: str) -> CCode:
         return fill(T.TP_STR_FILL, OFFSET=gf.offset, SIZE=gf.size, I=i)
     if gf.source == "tp_data_loc":
         return fill(T.TP_DATA_LOC_FILL, OFFSET=gf.offset, I=i)
+    if gf.source == "usdt_arg":
+        return fill(T.USDT_ARG_FILL, DST=CName(dst), I=i, LOAD=arg_c(gf.arg, CCode("u_")))
     raise AssertionError(gf.source)
 
 
@@ -124,6 +127,8 @@ def _value_record(rp: ResolvedProbe, site: Site) -> CCode:
         load = CCode(T.VALUE_RETVAL_TRAMPOLINE if trampoline else T.VALUE_RETVAL_PT_REGS)
     elif gf.source == "tp_int":
         load = fill(T.VALUE_TP_INT, CTYPE=CName(_INT_CTYPES[(gf.size, gf.signed)]), OFFSET=gf.offset)
+    elif gf.source == "usdt_arg":
+        load = fill(T.VALUE_USDT, LOAD=arg_c(gf.arg, CCode("val_")))
     else:
         raise AssertionError(gf.source)
     return join([load, fill(T.RECORD_SIGNED_VALUE if gf.signed else T.RECORD_VALUE, P=p)])
@@ -141,7 +146,7 @@ def filtered_here(rp: ResolvedProbe, site: Site) -> bool:
 
 def filter_key(site: Site) -> tuple:
     """Sites with equal keys (and the same probe) share one filter function."""
-    return site.role, site.mechanism, site.tracepoint
+    return site.role, site.mechanism, site.tracepoint, site.usdt_location
 
 
 def filter_number(rp: ResolvedProbe, site: Site) -> int:
@@ -212,7 +217,7 @@ def attach_key(site: Site) -> tuple:
     # A uprobe function is attached to every copy of its file (the node's, each container's), at
     # each copy's own offset: its key is the file as the probe names it, not one resolved path.
     return (site.mechanism, site.kernel_function, site.binary, site.function if site.binary else "",
-            site.tracepoint)
+            site.tracepoint, site.usdt_location)
 
 
 def _fn_name(site: Site, n: int) -> CName:

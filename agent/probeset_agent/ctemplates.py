@@ -362,3 +362,9 @@ PENDING_CGROUP = CCode("        pv.cgroup = bpf_get_current_cgroup_id();\n")
 PENDING_COMM = CCode("        bpf_get_current_comm(&pv.comm.c, sizeof(pv.comm.c));\n")
 CGROUP_FROM_START = CCode("            key.cgroup = pv->cgroup;\n")
 COMM_FROM_START = CCode("            __builtin_memcpy(&key.comm, &pv->comm.c, sizeof(key.comm));\n")
+
+# USDT arguments (usdt.arg_c() makes LOAD from the note's typed argument location).
+USDT_ARG_FILL = "        { u64 u_ = 0; @LOAD@ @DST@.g@I@ = u_; }\n"
+VALUE_USDT = "        u64 val_ = 0; @LOAD@\n"
+LOAD_USDT = "    u64 f@K@ = 0; @LOAD@\n"
+PK_USDT = "        { u64 u_ = 0; @LOAD@ pk.k@I@ = u_; }\n"

@@ -10,6 +10,7 @@ from probeset_api.filters import Compare, Filter, comparisons, int_type
 from . import ctemplates as T
 from .ctemplates import CCode, CName, fill, join
 from .resolve import GroupField, ResolvedProbe, Site
+from .usdt import arg_c
 
 _OPS = {"==": CCode("=="), "!=": CCode("!="), "<": CCode("<"), "<=": CCode("<="), ">": CCode(">"),
         ">=": CCode(">=")}
@@ -41,6 +42,8 @@ def _load(gf: GroupField, k: int, site: Site) -> CCode:
         return fill(T.LOAD_RETVAL_TRAMPOLINE if trampoline else T.LOAD_RETVAL_PT_REGS, K=k)
     if gf.source == "tp_int":
         return fill(T.LOAD_TP_INT, K=k, CTYPE=CName(int_type(gf.size, gf.signed)), OFFSET=gf.offset)
+    if gf.source == "usdt_arg":
+        return fill(T.LOAD_USDT, K=k, LOAD=arg_c(gf.arg, fill("f@K@", K=k)))
     return fill(_TASK_LOADS[gf.source], K=k)
 
 

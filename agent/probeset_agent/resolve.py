@@ -24,11 +24,12 @@ class GroupField:
     """One groupBy label and where its value comes from at a given site."""
 
     label: str
-    source: str                 # "arg" | "retval" | "comm" | "tp_int" | "tp_str" | "tp_data_loc"
+    source: str                 # "arg" | "retval" | "comm" | "tp_int" | "tp_str" | "tp_data_loc" | "usdt_arg"
     index: int = 0              # argN
     offset: int = 0             # tracepoint field offset
     size: int = 8               # tracepoint integer size
     signed: bool = False
+    arg: object = None          # usdt_arg: its usdt.UsdtArg (where the argument is at this location)
 
     @property
     def is_string(self) -> bool:
@@ -53,6 +54,8 @@ class Site:
     filter_fields: tuple[GroupField, ...] = ()   # what the probe's filter compares, at this site
     filter: Filter | None = None          # a span's start or end filter (other probes: probe.filter)
     key_fields: tuple[GroupField, ...] = ()      # a span's key at this site (spans.py)
+    semaphore: int = 0                    # usdt: the probe's semaphore (virtual address in the file), 0: none
+    usdt_location: int = -1               # usdt: which place of the probe in the file (each its own C function)
 
 
 @dataclass
@@ -77,7 +80,10 @@ class ResolvedProbe:
     def describe_sites(self) -> list[str]:
         seen, lines = set(), []
         for s in self.sites:
-            if s.mechanism in USER_KINDS and not s.path:
+            if s.usdt_location >= 0:
+                text = f"usdt {s.path}:{s.function} at {s.address:#x}" + (
+                    f" (semaphore {s.semaphore:#x})" if s.semaphore else "")
+            elif s.mechanism in USER_KINDS and not s.path:
                 text = f"{s.mechanism} {s.binary}:{s.function} in each selected pod's copy"
             elif s.mechanism in USER_KINDS:
                 text = f"{s.mechanism} {s.path}:{s.function} at offset {s.address:#x}"
@@ -329,7 +335,10 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
                   policy: ValuePolicy = ValuePolicy()) -> ResolvedProbe:
     rp = ResolvedProbe(probe)
     try:
-        if probe.kind == "span":
+        if probe.kind == "usdt":
+            from .usdtsites import resolve_usdt
+            resolve_usdt(rp, targets)
+        elif probe.kind == "span":
             from .spansites import resolve_span
             resolve_span(rp, features, targets, policy)
         elif probe.kind == "tracepoint":

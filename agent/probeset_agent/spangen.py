@@ -8,6 +8,7 @@ from . import ctemplates as T
 from .ctemplates import CCode, CName, fill, join
 from .layout import key_uses_cgroup
 from .resolve import GroupField, ResolvedProbe, Site
+from .usdt import arg_c
 
 _INT_CTYPES = {(1, False): "u8", (1, True): "s8", (2, False): "u16", (2, True): "s16",
                (4, False): "u32", (4, True): "s32", (8, False): "u64", (8, True): "s64"}
@@ -28,6 +29,8 @@ def _pkey(gf: GroupField, i: int, site: Site) -> CCode:
         return fill(T.PK_RETVAL_TRAMPOLINE if trampoline else T.PK_RETVAL_PT_REGS, I=i)
     if gf.source == "tp_int":
         return fill(T.PK_TP_INT, CTYPE=CName(_INT_CTYPES[(gf.size, gf.signed)]), OFFSET=gf.offset, I=i)
+    if gf.source == "usdt_arg":
+        return fill(T.PK_USDT, I=i, LOAD=arg_c(gf.arg, CCode("u_")))
     return fill(T.PK_TID if gf.source == "tid" else T.PK_PID, I=i)
 
 

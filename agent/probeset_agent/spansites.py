@@ -41,6 +41,15 @@ def _hook_site(rp: ResolvedProbe, hook: Hook, role: str, features: Features | No
             raise host.HostError(f"{hook.path}.tracepoint: no tracepoint {hook.target!r} under {host.tracefs()}/events")
         fmt = host.tracepoint_format(hook.target)
         mechanism, function, common = "tracepoint", hook.target, dict(tracepoint=hook.target)
+    elif hook.kind == "usdt":
+        from .usdtsites import find_usdt, node_copy, usdt_site
+        binary, provider, name = hook.target.rsplit(":", 2)
+        path = node_copy(binary, targets, f"{hook.path}.usdt")
+        notes = find_usdt(path, provider, name, f"{hook.path}.usdt")
+        if len(notes) != 1:
+            raise host.HostError(f"{hook.path}.usdt: {provider}:{name} is at {len(notes)} places; a start or end "
+                                 "needs a probe at one place")
+        return usdt_site(rp.probe, notes[0], 0, path, binary, role, hook.key, hook.path, hook.filter)
     elif hook.kind in USER_KINDS:
         if not targets.observe_host or targets.host_root is None:
             raise host.HostError(f"{hook.path}: start/end probes on user-space functions need the node's files")

@@ -29,14 +29,17 @@ _NAMES = itertools.count(1)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _link_create(prog_fd: int, path: str, offset: int, ret: bool) -> int:
-    """BPF_LINK_CREATE of a uprobe_multi link with one offset (union bpf_attr, link_create)."""
+def _link_create(prog_fd: int, path: str, offset: int, ret: bool, ref_ctr: int = 0) -> int:
+    """BPF_LINK_CREATE of a uprobe_multi link with one offset (union bpf_attr, link_create); `ref_ctr`:
+    the file offset of a USDT probe's semaphore, which the kernel raises while the link exists."""
     attr = (ctypes.c_uint8 * 128)()
     base = ctypes.addressof(attr)
     c_path = ctypes.create_string_buffer(path.encode())
     offsets = (ctypes.c_uint64 * 1)(offset)
+    ref_ctrs = (ctypes.c_uint64 * 1)(ref_ctr)
     for at, value in ((0, ctypes.c_uint32(prog_fd)), (8, ctypes.c_uint32(BPF_TRACE_UPROBE_MULTI)),
                       (16, ctypes.c_uint64(ctypes.addressof(c_path))), (24, ctypes.c_uint64(ctypes.addressof(offsets))),
+                      (32, ctypes.c_uint64(ctypes.addressof(ref_ctrs) if ref_ctr else 0)),
                       (48, ctypes.c_uint32(1)), (52, ctypes.c_uint32(BPF_F_UPROBE_MULTI_RETURN if ret else 0))):
         ctypes.memmove(base + at, ctypes.byref(value), ctypes.sizeof(value))
     fd = _libc.syscall(host.NR_BPF[platform.machine()], BPF_LINK_CREATE, attr, ctypes.sizeof(attr))
@@ -61,7 +64,9 @@ class UprobeLinks:
         if self.usable is not False and host.NR_BPF.get(platform.machine()):
             try:
                 fn = self.bpf.load_func(fn_name, BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
-                fd = _link_create(fn.fd, path, host.elf_file_offset(path, address), point.mechanism == "uretprobe")
+                ref_ctr = host.elf_file_offset(path, point.site.semaphore) if point.site.semaphore else 0
+                fd = _link_create(fn.fd, path, host.elf_file_offset(path, address), point.mechanism == "uretprobe",
+                                  ref_ctr)
                 self.usable = True
                 name = b"link%d:%s:%s" % (next(_NAMES), fn_name, os.path.basename(path).encode())
                 self.links[name] = fd
@@ -72,6 +77,9 @@ class UprobeLinks:
                 log.info("uprobe_multi links unavailable (%s): perf-event uprobes instead", e)
                 self.usable = False
                 self.bpf.funcs.pop(fn_name, None)    # loaded for links: load again for perf events
+        if point.site.semaphore:
+            raise RuntimeError(f"USDT probe {point.site.function} has a semaphore, which this agent raises through "
+                               "uprobe_multi links only (Linux 6.6 and later)")
         before = set(self.bpf.uprobe_fds)
         attach = self.bpf.attach_uprobe if point.mechanism == "uprobe" else self.bpf.attach_uretprobe
         attach(name=path.encode(), addr=address, fn_name=fn_name)

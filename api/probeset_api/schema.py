@@ -13,7 +13,7 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any
 
-PROBE_KINDS = ("kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint")
+PROBE_KINDS = ("kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint", "usdt")
 KERNEL_KINDS = ("kprobe", "kretprobe")
 USER_KINDS = ("uprobe", "uretprobe")
 RETURN_KINDS = ("kretprobe", "uretprobe")
@@ -30,6 +30,7 @@ KERNEL_FUNC_RE = r"^[A-Za-z0-9_.*?]{1,128}$"
 BINARY_RE = r"(/[A-Za-z0-9_+.\-]+)+|[A-Za-z0-9_+][A-Za-z0-9_+.\-]{0,127}"
 USER_SYMBOL_RE = r"[A-Za-z_*?][A-Za-z0-9_.@$*?]{0,255}"
 UPROBE_RE = rf"^({BINARY_RE}):({USER_SYMBOL_RE})$"
+USDT_RE = rf"^({BINARY_RE}):([A-Za-z_][A-Za-z0-9_]{{0,127}}):([A-Za-z_][A-Za-z0-9_]{{0,127}})$"
 TRACEPOINT_RE = r"^[A-Za-z0-9_*?]{1,64}:[A-Za-z0-9_*?]{1,128}$"
 FIELD_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 COMM_RE = r"^[^\x00-\x1f\x7f]{1,15}$"
@@ -103,15 +104,16 @@ def _span_hook(which: str, what: str) -> dict:
     return {
         "type": "object",
         "required": ["key"],
-        "description": what + " Exactly one of kprobe, kretprobe, uprobe, uretprobe, tracepoint (one function "
-                              "or tracepoint, no glob), the key and an optional filter.",
+        "description": what + " Exactly one of kprobe, kretprobe, uprobe, uretprobe, tracepoint, usdt (one "
+                              "function, tracepoint or USDT probe, no glob), the key and an optional filter.",
         "properties": {
             **{kind: {"type": "string", "pattern": pattern, "description": f"{which} at this {kind}.",
                       "x-probeset-hint": hint}
                for kind, pattern, hint in (
                    ("kprobe", KERNEL_FUNC_RE, _KFUNC_HINT), ("kretprobe", KERNEL_FUNC_RE, _KFUNC_HINT),
                    ("uprobe", UPROBE_RE, _UFUNC_HINT), ("uretprobe", UPROBE_RE, _UFUNC_HINT),
-                   ("tracepoint", TRACEPOINT_RE, "expected CATEGORY:NAME (letters, digits, _)"))},
+                   ("tracepoint", TRACEPOINT_RE, "expected CATEGORY:NAME (letters, digits, _)"),
+                   ("usdt", USDT_RE, _USDT_HINT))},
             "key": {"type": "array", "minItems": 1, "maxItems": 2,
                     "description": "What pairs an end with its start: tracepoint fields, arg0..arg5, retval (return "
                                    "probes), tid (the thread) or pid (the process); the same number at both ends, "
@@ -125,10 +127,12 @@ def _span_hook(which: str, what: str) -> dict:
 
 _KFUNC_HINT = "expected a kernel function name or glob (letters, digits, _ . * ?)"
 _UFUNC_HINT = "expected BINARY:SYMBOL, BINARY a library name (libc, ssl) or an absolute path"
+_USDT_HINT = "expected BINARY:PROVIDER:NAME, BINARY a library name (libstdc++) or an absolute path"
 
 PROBE_SCHEMA: dict = {
     "type": "object",
-    "description": "One probe: a name and exactly one of kprobe, kretprobe, uprobe, uretprobe, tracepoint.",
+    "description": "One probe: a name and exactly one of kprobe, kretprobe, uprobe, uretprobe, tracepoint, usdt, "
+                   "or start and end (a two-point latency probe).",
     "required": ["name"],
     "properties": {
         "name": {
@@ -147,6 +151,12 @@ PROBE_SCHEMA: dict = {
         "tracepoint": _target("tracepoint", "count hits of the tracepoint CATEGORY:NAME, as listed under "
                                             "/sys/kernel/tracing/events", TRACEPOINT_RE,
                               "expected CATEGORY:NAME (letters, digits, _ * ?)", "tracepoint"),
+        "usdt": {
+            "type": "string", "pattern": USDT_RE,
+            "description": "usdt: count hits of the USDT (SystemTap SDT) probe PROVIDER:NAME in BINARY (readelf -n "
+                           "lists them), written BINARY:PROVIDER:NAME; its arguments are arg0..arg5.",
+            "x-probeset-hint": _USDT_HINT,
+        },
         "latency": {
             "type": "boolean",
             "default": False,

@@ -137,9 +137,10 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
         errors.append(FieldError(path, f"exactly one of {', '.join(PROBE_KINDS)} is required (found: {found})"))
         return errors
     kind = kinds[0]
-    if raw.get("latency") and kind == "tracepoint":
+    if raw.get("latency") and kind in ("tracepoint", "usdt"):
         errors.append(FieldError(f"{path}.latency", "latency needs a function probe (kprobe, kretprobe, "
-                                                    "uprobe, uretprobe), not a tracepoint"))
+                                                    f"uprobe, uretprobe), not a {kind}: time two points with "
+                                                    "start and end"))
     if "maxActive" in raw and kind not in KERNEL_KINDS:
         errors.append(FieldError(f"{path}.maxActive", f"only applies to kprobe/kretprobe, not {kind}"))
     if "maxActive" in raw and kind == "kprobe" and not raw.get("latency"):

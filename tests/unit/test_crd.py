@@ -39,7 +39,8 @@ def test_crd_spec_carries_the_models_patterns_enums_and_defaults():
     assert set(fields) == {"name", "kprobe", "kretprobe", "uprobe", "uretprobe", "tracepoint", "latency",
                            "bucketsPerPowerOfTwo", "groupBy", "pid", "comm", "maxActive", "attach", "maxFunctions",
                            "value", "aggregate", "unit", "retvalLabel", "filter", "start", "end", "labelsFrom",
-                           "maxPending", "maxAgeSeconds"}
+                           "maxPending", "maxAgeSeconds", "usdt"}
+    assert fields["usdt"]["pattern"].endswith(r":([A-Za-z_][A-Za-z0-9_]{0,127}):([A-Za-z_][A-Za-z0-9_]{0,127})$")
     assert fields["start"]["required"] == fields["end"]["required"] == ["key"]
     assert fields["start"]["properties"]["key"]["maxItems"] == 2
     assert (fields["maxPending"]["maximum"], fields["maxPending"]["default"]) == (65536, 10240)

@@ -24,7 +24,7 @@ def parse(probe):
     ({**BIO, "value": "bytes"}, "spec.probes[0].value: does not apply to a start/end probe"),
     ({**BIO, "filter": {"field": "pid", "op": "==", "value": 1}}, "spec.probes[0].filter: does not apply"),
     ({"start": {"tracepoint": "a:b", "kprobe": "f", "key": ["x"]}, "end": BIO["end"]},
-     "spec.probes[0].start: exactly one of kprobe, kretprobe, uprobe, uretprobe, tracepoint is required"),
+     "spec.probes[0].start: exactly one of kprobe, kretprobe, uprobe, uretprobe, tracepoint, usdt is required"),
     ({"start": {"tracepoint": "block:*", "key": ["dev"]}, "end": BIO["end"]},
      "spec.probes[0].start.tracepoint: a start or end attaches to one function or tracepoint: no glob"),
     ({"start": {"tracepoint": "block:block_rq_issue"}, "end": BIO["end"]}, "spec.probes[0].start.key: required field"),
