@@ -32,3 +32,15 @@ def fake_pods():
     pods = FakePods(root)
     yield pods
     pods.cleanup()
+
+
+@pytest.fixture(scope="session")
+def lang_binary(build_c):
+    """The language tests' program (tests/bpf/lang.py)."""
+    from tests.bpf.lang import LANG_C
+    return build_c("probeset_lang", LANG_C)
+
+
+@pytest.fixture
+def lang(lang_binary, targets):
+    return targets(lang_binary)

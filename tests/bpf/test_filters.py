@@ -2,10 +2,8 @@
 tracepoint fields, on the test program's own calls. The expected counts come from the filter's
 meaning in Python (probeset_api.filters.evaluate) over the same calls, and are also written out."""
 
-import pytest
-
 from probeset_api.filters import evaluate, parse_filter
-from tests.bpf.test_values import lang, lang_binary, one_series  # noqa: F401 (fixtures)
+from tests.bpf.lang import one_series
 from tests.support import counts, status
 
 M64 = (1 << 64) - 1

@@ -2,7 +2,7 @@
 per nesting level, up to MAX_CALL_DEPTH; deeper levels are counted as missed, exactly."""
 
 from probeset_agent.codegen import MAX_CALL_DEPTH
-from tests.bpf.test_values import lang, lang_binary, one_series  # noqa: F401 (fixtures)
+from tests.bpf.lang import one_series
 
 
 def missed(prog, reason):

@@ -6,7 +6,7 @@ import os
 import time
 
 from probeset_agent.histogram import bucket_upper_ns
-from tests.bpf.test_values import lang, lang_binary, one_series  # noqa: F401 (fixtures)
+from tests.bpf.lang import one_series
 from tests.support import status, wait_for
 
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.bpf.test_values import one_series
+from tests.bpf.lang import one_series
 from tests.support import counts, status
 
 USDT_C = r"""
