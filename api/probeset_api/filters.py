@@ -11,7 +11,7 @@ generated C must agree with it (tests compare them). Pure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .schema import ARG_FIELDS, COMM_RE, RETURN_KINDS, TASK_FIELDS, FieldError
@@ -35,7 +35,9 @@ def int_type(size: int, signed: bool) -> str:
 
 @dataclass(frozen=True)
 class Compare:
-    path: str           # spec.probes[2].filter.all[0]
+    # Where it was written: for errors only, not part of its meaning (a probe moved in the list is
+    # the same probe: running.plan_edit keeps it counting).
+    path: str = field(compare=False)    # spec.probes[2].filter.all[0]
     field: str
     op: str             # one of FILTER_OPS
     value: int | str    # str only for comm
@@ -44,7 +46,7 @@ class Compare:
 
 @dataclass(frozen=True)
 class Group:
-    path: str
+    path: str = field(compare=False)
     kind: str           # "all" | "any"
     items: tuple["Filter", ...]
 

@@ -12,7 +12,7 @@ the probe attached).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .filters import Filter, parse_filter
@@ -27,7 +27,7 @@ KEY_TASK_FIELDS = ("tid", "pid")
 class Hook:
     """One end of a span: where it attaches, its key and its filter."""
 
-    path: str                # spec.probes[3].start
+    path: str = field(compare=False)     # spec.probes[3].start: for errors, not part of its meaning
     kind: str                # kprobe | kretprobe | uprobe | uretprobe | tracepoint
     target: str
     key: tuple[str, ...]

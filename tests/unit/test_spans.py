@@ -107,3 +107,17 @@ def test_pending_map_memory_is_counted():
     small, big = resolved(), resolved()
     big.probe = parse({**BIO, "maxPending": 65536}).probes[0]
     assert probe_memory(big, ("node",), 10, 2) - probe_memory(small, ("node",), 10, 2) > (65536 - 10240) * 80
+
+
+def test_moving_a_span_or_filtered_probe_in_the_list_is_not_a_change():
+    from probeset_agent.running import plan_edit
+    filtered = {"name": "f", "kretprobe": "vfs_read", "filter": {"field": "retval", "op": "<", "value": 0}}
+    span = {"name": "s", **BIO}
+
+    def pset(probes):
+        return parse_probeset({"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": "t"},
+                               "spec": {"probes": probes}})
+    edit = plan_edit(pset([filtered, span]), pset([{"name": "new", "kprobe": "f"}, span, filtered]))
+    assert (sorted(edit.keep), edit.start, edit.stop) == (["f", "s"], ("new",), ())
+    changed = {**filtered, "filter": {"field": "retval", "op": "<", "value": -1}}
+    assert plan_edit(pset([filtered]), pset([changed])).start == ("f",)
