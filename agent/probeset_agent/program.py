@@ -157,6 +157,7 @@ class ProbeSetProgram:
             prepare_maps(self.bpf, rp, self.program.layouts[rp.id])
         for point in self.program.attach_points:
             self._attach(point)
+        self._forget_open_calls()
         self._attach_errors = {i: st.error for i, st in self.status.items()}
         if self.selection is not None:
             self.refresh()
@@ -185,6 +186,16 @@ class ProbeSetProgram:
     def _function_label(self, probe_id: int, point: AttachPoint) -> str:
         rp = self._probe(probe_id)
         return rp.functions[0] if rp.probe.kind == "span" else point.site.function
+
+    def _forget_open_calls(self) -> None:
+        """Entries seen before their return probe was attached (fentry attaches take a while:
+        BCC reads BTF, through vfs_read) would leave their threads nested forever: start the
+        latency probes' depth and start maps empty, once every point is attached. A call open now
+        returns unpaired (counted), as a call open at attach time always did."""
+        for rp in self.compiled:
+            if rp.probe.latency:
+                self.bpf[f"depth_p{rp.id}"].clear()
+                self.bpf[f"start_p{rp.id}"].clear()
 
     def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         return self.links.place(point, path, address)

@@ -4,15 +4,13 @@ an equal key, record the time between). Keys and labels come from typed fields o
 
 from __future__ import annotations
 
+from probeset_api.filters import int_type
+
 from . import ctemplates as T
 from .ctemplates import CCode, CName, fill, join
 from .layout import key_uses_cgroup
 from .resolve import GroupField, ResolvedProbe, Site
 from .usdt import arg_c
-
-_INT_CTYPES = {(1, False): "u8", (1, True): "s8", (2, False): "u16", (2, True): "s16",
-               (4, False): "u32", (4, True): "s32", (8, False): "u64", (8, True): "s64"}
-
 
 def span_maps(rp: ResolvedProbe) -> CCode:
     keys = len(rp.sites[0].key_fields)
@@ -28,7 +26,7 @@ def _pkey(gf: GroupField, i: int, site: Site) -> CCode:
     if gf.source == "retval":
         return fill(T.PK_RETVAL_TRAMPOLINE if trampoline else T.PK_RETVAL_PT_REGS, I=i)
     if gf.source == "tp_int":
-        return fill(T.PK_TP_INT, CTYPE=CName(_INT_CTYPES[(gf.size, gf.signed)]), OFFSET=gf.offset, I=i)
+        return fill(T.PK_TP_INT, CTYPE=CName(int_type(gf.size, gf.signed)), OFFSET=gf.offset, I=i)
     if gf.source == "usdt_arg":
         return fill(T.PK_USDT, I=i, LOAD=arg_c(gf.arg, CCode("u_")))
     return fill(T.PK_TID if gf.source == "tid" else T.PK_PID, I=i)

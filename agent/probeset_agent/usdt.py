@@ -9,6 +9,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from probeset_api.filters import int_type
+
 from .ctemplates import CCode, CName, fill
 
 NT_STAPSDT = 3
@@ -27,8 +29,6 @@ for _full, _field in (("rax", "ax"), ("rbx", "bx"), ("rcx", "cx"), ("rdx", "dx")
 for _n in range(8, 16):
     for _suffix in ("", "d", "w", "b"):
         _REGS[f"r{_n}{_suffix}"] = f"r{_n}"
-_CTYPES = {(1, False): "u8", (1, True): "s8", (2, False): "u16", (2, True): "s16", (4, False): "u32",
-           (4, True): "s32", (8, False): "u64", (8, True): "s64"}
 _ARG_RE = re.compile(r"(?P<size>-?\d+)@(?:(?P<reg>%\w+)|\$(?P<const>-?\d+)|(?P<off>-?\d+)?\((?P<base>%\w+)\))")
 
 
@@ -48,7 +48,7 @@ class UsdtArg:
 
     @property
     def ctype(self) -> str:
-        return _CTYPES[(self.size, self.signed)]
+        return int_type(self.size, self.signed)
 
 
 @dataclass(frozen=True)

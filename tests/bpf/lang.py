@@ -71,3 +71,16 @@ def one_series(prog, probe):
 def missed(prog, probe, reason):
     rp = next(r for r in prog.resolved if r.probe.name == probe)
     return prog.read_missed()[(rp.id, reason)]
+
+
+def example_for(path: str, pid: int):
+    """The one ProbeSet of an example file, every probe limited to process `pid`."""
+    import dataclasses
+
+    import yaml
+
+    from probeset_api.spec import parse_probeset
+    with open(path) as f:
+        pset = parse_probeset(yaml.safe_load(f))
+    pset.probes[:] = [dataclasses.replace(p, pid=pid) for p in pset.probes]
+    return pset

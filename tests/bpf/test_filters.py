@@ -3,7 +3,7 @@ tracepoint fields, on the test program's own calls. The expected counts come fro
 meaning in Python (probeset_api.filters.evaluate) over the same calls, and are also written out."""
 
 from probeset_api.filters import evaluate, parse_filter
-from tests.bpf.lang import one_series
+from tests.bpf.lang import example_for, one_series
 from tests.support import counts, status
 
 M64 = (1 << 64) - 1
@@ -106,15 +106,7 @@ def test_latency_filter_at_entry_and_at_return(lang, run_probeset):
 
 
 def test_errors_by_errno_example(lang, start_program):
-    import dataclasses
-
-    import yaml
-
-    from probeset_api.spec import parse_probeset
-    with open("examples/errors-by-errno.yaml") as f:
-        pset = parse_probeset(yaml.safe_load(f))
-    pset.probes[:] = [dataclasses.replace(p, pid=lang.pid) for p in pset.probes]
-    prog = start_program(pset)
+    prog = start_program(example_for("examples/errors-by-errno.yaml", lang.pid))
     lang.run("open 3 0")
     lang.run("open 2 1")
     assert counts(prog, "openat_errors", by="ret") == {"ENOENT": 3, "ENOTDIR": 2}

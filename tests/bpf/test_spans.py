@@ -6,7 +6,7 @@ import os
 import time
 
 from probeset_agent.histogram import bucket_upper_ns
-from tests.bpf.lang import one_series
+from tests.bpf.lang import example_for, one_series
 from tests.support import status, wait_for
 
 
@@ -95,16 +95,9 @@ def test_runqlat_of_a_task_woken_n_times(lang, run_probeset):
 
 
 def test_tcpconnlat_example_times_each_connect(start_program):
-    import dataclasses
     import socket
 
-    import yaml
-
-    from probeset_api.spec import parse_probeset
-    with open("examples/tcpconnlat.yaml") as f:
-        pset = parse_probeset(yaml.safe_load(f))
-    pset.probes[:] = [dataclasses.replace(p, pid=os.getpid()) for p in pset.probes]   # the start's task: us
-    prog = start_program(pset)
+    prog = start_program(example_for("examples/tcpconnlat.yaml", os.getpid()))    # the start's task: us
     assert status(prog, "tcpconnlat").error is None, status(prog, "tcpconnlat").error
     server = socket.create_server(("127.0.0.1", 0))
     try:

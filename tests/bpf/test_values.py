@@ -3,7 +3,7 @@ tracepoint fields, exact (bucket by bucket), filtered to the test program's pid.
 
 from probeset_agent.exposition import MetricsCollector
 from probeset_agent.histogram import bucket_index
-from tests.bpf.lang import missed, one_series
+from tests.bpf.lang import example_for, missed, one_series
 from tests.support import status
 
 def test_sum_and_histogram_of_an_argument_are_exact(lang, run_probeset):
@@ -71,15 +71,7 @@ def test_bad_values_fail_alone(lang, run_probeset):
 
 
 def test_read_bytes_example_counts_exact_bytes(lang, start_program):
-    import dataclasses
-
-    import yaml
-
-    from probeset_api.spec import parse_probeset
-    with open("examples/read-bytes.yaml") as f:
-        pset = parse_probeset(yaml.safe_load(f))
-    pset.probes[:] = [dataclasses.replace(p, pid=lang.pid) for p in pset.probes]
-    prog = start_program(pset)
+    prog = start_program(example_for("examples/read-bytes.yaml", lang.pid))
     lang.run("read 50 512")
     lang.run("read 3 65536")
     s = one_series(prog, "read_syscall")

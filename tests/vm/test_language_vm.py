@@ -103,3 +103,31 @@ def test_biolatency_example_times_each_direct_write(start_program):
     assert (s.count, sum(s.buckets.values())) == (n, n)
     missed = prog.read_missed()
     assert (missed[(probe_id, "pending_full")], missed[(probe_id, "start_expired")]) == (0, 0)
+
+
+def test_sizes_passed_to_tcp_sendmsg_bucket_by_bucket(run_probeset):
+    """kprobe tcp_sendmsg(sk, msg, size): value arg2 as a histogram, exact per bucket, for this
+    process's sends over loopback."""
+    import socket
+
+    from probeset_agent.histogram import bucket_index
+    prog = run_probeset([{"name": "send_sizes", "kprobe": "tcp_sendmsg", "pid": os.getpid(), "value": "arg2",
+                          "aggregate": "histogram", "unit": "bytes"}])
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    sizes = [1] * 5 + [100] * 7 + [1000] * 3 + [5000] * 2
+    try:
+        for size in sizes:
+            assert client.send(b"x" * size) == size
+            got = 0
+            while got < size:
+                got += len(peer.recv(65536))
+    finally:
+        for s in (client, peer, server):
+            s.close()
+    (s,), _ = series(prog, "send_sizes")
+    want = {}
+    for size in sizes:
+        want[bucket_index(size)] = want.get(bucket_index(size), 0) + 1
+    assert (s.count, s.sum_ns, s.buckets) == (len(sizes), sum(sizes), want)
