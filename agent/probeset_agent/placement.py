@@ -140,8 +140,18 @@ class Placement:
             return []
         return [found[0] for _, pids in self._container_roots() if (found := self._copy_in(binary, pids))]
 
-    def _address_in(self, path: str, file_key: FileKey, function: str) -> int | None:
-        key = (file_key, function)
+    def _address_in(self, path: str, file_key: FileKey, function: str, location: int = -1,
+                    usdt: tuple = ()) -> int | None:
+        """Where `function` is in this copy; for a USDT probe (`location` >= 0), its place number
+        `location`, if the copy has it with the same argument locations and semaphore (`usdt`: the
+        node's or first copy's), since the program reads the arguments as that copy has them."""
+        key = (file_key, function, location)
+        if key not in self._addresses and location >= 0:
+            from .usdtsites import usdt_place
+            self._addresses[key] = usdt_place(path, function, location, usdt)
+            if self._addresses[key] is None:
+                log.warning("probeset %s: %s has no USDT probe %s built as the probe expects: that copy is not "
+                            "probed", self.set_name, path, function)
         if key not in self._addresses:
             try:
                 found = dict(host.elf_functions(path, function))
@@ -177,8 +187,8 @@ class Placement:
                 reason = placed.stamp.change(now)
                 if reason is None:
                     continue
-                self._addresses.pop((now.key, point.site.function), None)   # the file's content changed
-                address = self._address_in(placed.path, now.key, point.site.function)
+                self._addresses.pop((now.key, point.site.function, point.site.usdt_location), None)   # content changed
+                address = self._address_in(placed.path, now.key, point.site.function, *_usdt_of(point))
                 log.warning("probeset %s: %s %s: %s %s; placing the uprobe again", self.set_name, point.mechanism,
                             point.site.function, placed.path, "was replaced" if reason == "replaced" else
                             "was written in place")
@@ -273,7 +283,7 @@ class Placement:
             for file_key, (path, where) in wanted.items():
                 if file_key in have or file_key in lacking or file_key in self._node_keys(point):
                     continue
-                address = self._address_in(path, file_key, point.site.function)
+                address = self._address_in(path, file_key, point.site.function, *_usdt_of(point))
                 if address is None:
                     lacking[file_key] = f"no function {point.site.function} in {where}"
                     continue
@@ -334,3 +344,9 @@ class Placement:
             error = (f"no selected pod has {rp.probe.binary} (yet): the probe attaches to each selected "
                      "container's copy as its pods run")
         return functions, error
+
+
+def _usdt_of(point: AttachPoint) -> tuple:
+    """(location, (args, semaphore)) of a USDT point; () for a function's."""
+    site = point.site
+    return (site.usdt_location, (site.usdt_args, site.semaphore)) if site.usdt_location >= 0 else ()

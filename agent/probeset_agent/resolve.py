@@ -56,6 +56,7 @@ class Site:
     key_fields: tuple[GroupField, ...] = ()      # a span's key at this site (spans.py)
     semaphore: int = 0                    # usdt: the probe's semaphore (virtual address in the file), 0: none
     usdt_location: int = -1               # usdt: which place of the probe in the file (each its own C function)
+    usdt_args: tuple[str, ...] = ()       # usdt: the argument specs the C was made from (copies must match)
 
 
 @dataclass
@@ -80,7 +81,9 @@ class ResolvedProbe:
     def describe_sites(self) -> list[str]:
         seen, lines = set(), []
         for s in self.sites:
-            if s.usdt_location >= 0:
+            if s.usdt_location >= 0 and not s.path:
+                text = f"usdt {s.binary}:{s.function} in each selected pod's copy"
+            elif s.usdt_location >= 0:
                 text = f"usdt {s.path}:{s.function} at {s.address:#x}" + (
                     f" (semaphore {s.semaphore:#x})" if s.semaphore else "")
             elif s.mechanism in USER_KINDS and not s.path:

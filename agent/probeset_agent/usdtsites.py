@@ -52,23 +52,51 @@ def usdt_site(p: Probe, note: UsdtProbe, i: int, path: str, binary: str, role: s
     keys = tuple(usdt_field(name, note, f"{key_where}.key[{j}]") for j, name in enumerate(key))
     return Site(i, note.label, "uprobe", role, binary=binary, path=path, address=note.pc, fields=fields, value=value,
                 filter_fields=tuple(filter_fields.values()), key_fields=keys, semaphore=note.semaphore, usdt_location=i,
+                usdt_args=note.args,
                 filter=flt if role.startswith("span_") else None)
 
 
 def node_copy(binary: str, targets: UserTargets, where: str) -> str:
     if not targets.observe_host or targets.host_root is None:
-        raise host.HostError(f"{where}: USDT probes attach to the node's copy of {binary} only (not yet to each "
-                             "container's own copy): use scope Node")
+        raise host.HostError(f"{where}: a start or end at a USDT probe attaches to the node's copy of {binary} "
+                             "only (not yet to each container's own copy): use scope Node")
     return host.find_binary(binary, targets.host_root)
 
 
+def usdt_place(path: str, label: str, location: int, expected: tuple) -> int | None:
+    """The address of place `location` of the USDT probe `label` in another copy of the file, if
+    that copy has it with the argument locations and semaphore `expected` ((args, semaphore)):
+    the program reads the arguments as the first copy has them. None otherwise."""
+    provider, name = label.split(":", 1)
+    try:
+        notes = [n for n in read_notes(path) if n.provider == provider and n.name == name]
+    except (OSError, UsdtError):
+        return None
+    if location >= len(notes) or (notes[location].args, notes[location].semaphore) != expected:
+        return None
+    return notes[location].pc
+
+
 def resolve_usdt(rp: ResolvedProbe, targets: UserTargets) -> None:
+    """Standalone or scope Node: the node's copy (attached at start) and, in a cluster, each
+    selected container's own copy built the same way. Namespace scope: the selected containers'
+    copies, typed from the first one present (like a uprobe glob)."""
     p = rp.probe
     binary, provider, name = p.target.rsplit(":", 2)
-    path = node_copy(binary, targets, f"{p.path}.usdt")
-    notes = find_usdt(path, provider, name, f"{p.path}.usdt")
+    where = f"{p.path}.usdt"
+    if targets.observe_host and targets.host_root is None:
+        raise host.HostError(f"{where}: {binary}: the node's file system is not readable by this agent")
+    path = host.find_binary(binary, targets.host_root) if targets.observe_host else ""
+    source = path
+    if not path:
+        copies = targets.copies(binary) if targets.copies else []
+        if not copies:
+            raise host.HostError(f"{where}: the probe's arguments are read as a copy of {binary} has them, and no "
+                                 "selected pod has one yet: apply the ProbeSet once the pods run")
+        source = copies[0]
+    notes = find_usdt(source, provider, name, where)
     if len(notes) > p.max_functions:
-        raise host.HostError(f"{p.path}.usdt: {provider}:{name} is at {len(notes)} places, more than maxFunctions")
+        raise host.HostError(f"{where}: {provider}:{name} is at {len(notes)} places, more than maxFunctions")
     rp.functions = [notes[0].label] * len(notes)      # one label, however many places
     rp.sites = [usdt_site(p, note, i, path, binary, flt=p.filter) for i, note in enumerate(notes)]
     rp.via = "usdt"

@@ -18,8 +18,7 @@ from . import (API_GROUP, API_VERSION, DEFAULT_OPERATOR_NAMESPACE, KIND, NODE_WI
 from .schema import (ARG_FIELDS, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS, PROBE_KINDS,
                      PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA, FieldError,
                      check_schema, show)
-from .documents import (MAX_DOCUMENT_BYTES, MAX_DOCUMENT_DEPTH, MAX_DOCUMENT_VALUES,  # noqa: F401 (re-exported)
-                        DocumentError, load_documents)
+from . import documents as _documents
 from .filters import DEFAULT_TYPES, Filter, comparisons, parse_filter
 from .spans import Hook, is_span, parse_span, span_errors
 from .values import value_errors
@@ -347,3 +346,9 @@ def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
             keep.append(probe)
     rejected.sort(key=lambda r: r.index)
     return dataclasses.replace(pset, probes=keep, rejected=rejected)
+
+
+# Files were loaded here before documents.py: the names stay importable from spec.
+MAX_DOCUMENT_BYTES, MAX_DOCUMENT_DEPTH, MAX_DOCUMENT_VALUES = (
+    _documents.MAX_DOCUMENT_BYTES, _documents.MAX_DOCUMENT_DEPTH, _documents.MAX_DOCUMENT_VALUES)
+DocumentError, load_documents = _documents.DocumentError, _documents.load_documents

@@ -126,3 +126,40 @@ def test_cpp_exceptions_thrown(build_c, run_probeset, tmp_path):
     out = subprocess.run([str(exe), "37"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "37"
     assert counts(prog, "throws") == {"libstdcxx:throw": 37}
+
+
+def test_usdt_in_each_selected_containers_own_copy(fake_pods, targets, usdt_binary, tmp_path, run_probeset):
+    """A namespaced set: the probe is placed in the pod's own copy of the program (another inode,
+    in its own root), typed from that copy's notes; the host's copy is not probed."""
+    import shutil
+
+    from probeset_agent.attribution import Attribution, CgroupTree
+    from probeset_agent.pods import PodIndex, PodSelection
+    from tests.bpf.test_attribution import WORKLOAD, by_labels
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    shutil.copy(usdt_binary, root / "usdt")
+    ldd = subprocess.run(["ldd", usdt_binary], capture_output=True, text=True, check=True).stdout
+    for path in (p for line in ldd.splitlines() for p in line.split() if p.startswith("/")):
+        dest = root / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.realpath(path), dest)
+    pods = PodIndex()
+    ctr = fake_pods.add("team-a")
+    pods.update(ctr.info())
+    inside = targets(["unshare", "--mount", "chroot", str(root), "/usdt"], ctr.cgroup())
+    on_host = targets(usdt_binary)
+    prog = run_probeset(
+        [{"name": "hits", "usdt": "/usdt:probeset:hit"},
+         {"name": "by_k", "usdt": "/usdt:probeset:hit", "groupBy": ["arg0"]}], namespace="team-a", labels=WORKLOAD,
+        program={"attribution": Attribution(CgroupTree(fake_pods.root), pods, rescan_interval=0),
+                 "selection": PodSelection(pods, "team-a", None)})
+    assert status(prog, "hits").error is None, status(prog, "hits").error
+    points = prog.user_points()
+    assert [prog.copies(p) for p in points] == [1]
+    placed = os.stat(root / "usdt")
+    assert prog.placement.attached_files(points[0]) == [(placed.st_dev, placed.st_ino)]
+    inside.run("hit 30 3")
+    on_host.run("hit 50 3")
+    assert by_labels(prog) == {("team-a", ctr.name, "app"): 30}
+    assert counts(prog, "by_k", by="arg0") == {"0": 10, "1": 10, "2": 10}
