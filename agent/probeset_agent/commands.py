@@ -236,7 +236,7 @@ def cmd_agent(args) -> int:
     from .choice import Limits
     from .cluster import NodeAgent
     from .host import node_root
-    from .kube import Kube, KubeError
+    from probeset_api.kube import Kube, KubeError
     from .pods import PodIndex, PodSelection, PodWatcher
     from .program import ProbeSetProgram
 

@@ -7,7 +7,7 @@ cluster, the node agent and the operator.
   probeset agent            cluster mode: every ProbeSet that selects this node (one agent per node)
   probeset operator         the operator: the agents' DaemonSet, validation, status aggregated
   probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
-  probeset crd              print the ProbeSet CustomResourceDefinition
+  probeset crd [--out DIR]  print the CustomResourceDefinitions (ProbeSet, ProbeSetNode), or write crds/
 
 This module only wires the commands: the agent (probeset_agent.commands), the operator
 (probeset_operator) and the API (probeset_api) do the work, and none of them imports another's
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from probeset_agent import commands as agent
@@ -36,8 +37,13 @@ def cmd_schema(args) -> int:
 
 
 def cmd_crd(args) -> int:
-    from probeset_api.crd import crd_yaml
-    sys.stdout.write(crd_yaml())
+    from probeset_api.crd import build_crds, crd_file, crd_yaml
+    if args.out:
+        for crd in build_crds():
+            with open(os.path.join(args.out, crd_file(crd)), "w") as f:
+                f.write(crd_yaml(crd))
+    else:
+        sys.stdout.write("---\n".join(crd_yaml(crd) for crd in build_crds()))
     return 0
 
 
@@ -105,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                           help="liveness endpoint (default http://0.0.0.0:8080/healthz)")
     sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")
-    sub.add_parser("crd", help="print the ProbeSet CustomResourceDefinition (YAML)")
+    crd = sub.add_parser("crd", help="print the CustomResourceDefinitions (YAML), or write them into a directory")
+    crd.add_argument("--out", metavar="DIR", help="write <group>_<plural>.yaml files here (crds/)")
     return parser
 
 

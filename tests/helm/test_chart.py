@@ -13,7 +13,7 @@ except (ImportError, OSError) as e:   # not installed, or its bundled libhelm_c.
     pytest.skip(f"PyPI package helm-python-sdk is not importable ({e}); pip install helm-python-sdk",
                 allow_module_level=True)
 
-from probeset_operator.rbac import (AGENT_CLUSTER_RULES, OPERATOR_CLUSTER_RULES,  # noqa: E402
+from probeset_operator.rbac import (AGENT_CLUSTER_RULES, AGENT_NAMESPACE_RULES, OPERATOR_CLUSTER_RULES,  # noqa: E402
                                     OPERATOR_NAMESPACE_RULES, peering_objects, role_objects)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,6 +139,7 @@ def test_rbac_equals_rbac_py(chart):
     assert objs[("ClusterRole", "probeset-operator")]["rules"] == rules(OPERATOR_CLUSTER_RULES)
     assert objs[("Role", "probeset-operator")]["rules"] == rules(OPERATOR_NAMESPACE_RULES)
     assert objs[("ClusterRole", "probeset-agent")]["rules"] == rules(AGENT_CLUSTER_RULES)
+    assert objs[("Role", "probeset-agent")]["rules"] == rules(AGENT_NAMESPACE_RULES)
     # Every RBAC object and ServiceAccount equals rbac.role_objects() apart from the chart's labels.
     for want in role_objects(NS):
         got = objs[(want["kind"], want["metadata"]["name"])]
@@ -168,15 +169,15 @@ def test_secured_metrics_reach_the_operator_rbac_and_podmonitor(chart):
 
 
 def test_crds_equal_the_repository_and_rbac_py():
-    ours = CHART / "crds" / "probeset.io_probesets.yaml"
-    assert ours.read_bytes() == (ROOT / "crds" / "probeset.io_probesets.yaml").read_bytes()
+    for name in ("probeset.io_probesets.yaml", "probeset.io_probesetnodes.yaml"):
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), name
     peering_crd, peering = peering_objects()
     assert yaml.safe_load((CHART / "crds" / "kopf.dev_clusterkopfpeerings.yaml").read_text()) == peering_crd
 
 
 def test_chart_loads_both_crds(chart):
     names = {yaml.safe_load(c["data"])["metadata"]["name"] for c in chart.crds}
-    assert names == {"probesets.probeset.io", "clusterkopfpeerings.kopf.dev"}
+    assert names == {"probesets.probeset.io", "probesetnodes.probeset.io", "clusterkopfpeerings.kopf.dev"}
 
 
 def test_peering_object_matches_rbac_py(chart):

@@ -1,4 +1,4 @@
-"""The agent's own client (probeset_agent.kube) against the real API server, with the two kinds of
+"""The agent's own client (probeset_api.kube) against the real API server, with the two kinds of
 credentials it meets: the agent's ServiceAccount token (exactly its RBAC), and an admin client
 certificate (a second cluster that trusts client certificates: the shared one takes only tokens).
 Changes are made, and results checked, with the `kubernetes` package."""
@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from probeset_agent.kube import Kube, KubeError
+from probeset_api.kube import Kube, KubeError
 from probeset_agent.pods import PodIndex, PodWatcher
 from probeset_api.crd import build_crd
 from probeset_api.status import NodeReport

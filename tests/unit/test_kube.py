@@ -1,4 +1,4 @@
-"""The agent's own Kubernetes client (probeset_agent.kube) without an API server: kubeconfig
+"""The agent's own Kubernetes client (probeset_api.kube) without an API server: kubeconfig
 parsing, paths, error bodies; and against small local HTTP(S) servers: credentials as the server
 sees them, watch streaming, the size and time bounds, and `stop`."""
 
@@ -15,8 +15,8 @@ import tracemalloc
 import pytest
 import yaml
 
-from probeset_agent import kube
-from probeset_agent.kube import Kube, KubeError, TokenFile, api_path, status_error
+from probeset_api import kube
+from probeset_api.kube import Kube, KubeError, TokenFile, api_path, status_error
 
 
 # --- paths and error bodies -------------------------------------------------------------------
