@@ -94,8 +94,10 @@ class FailedNode:
         return cls(node=node, attached=report.attached, total=report.total, reason=report.reason, failed=shown)
 
     def to_status(self) -> dict:
+        """As the API stores it (no nulls: a list in a merge patch is stored as it is), so that the
+        operator can tell an unchanged status from a changed one."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        out["failed"] = [_without_none(f) for f in out["failed"]]
+        out["failed"] = [{k: v for k, v in f.items() if v is not None} for f in out["failed"]]
         return out
 
 

@@ -78,7 +78,7 @@ class ClusterCache:
 
     def __init__(self, kube: Kube, namespace: str):
         self.kube, self.namespace = kube, namespace
-        self.changed_at = time.monotonic()
+        self.version = 0                 # counts changes: a summary of unchanged inputs is not redone
         self.stopping = threading.Event()
         self.daemonsets = _Store(lambda o: o, self._changed)
         self.nodes = _Store(trim_node, self._changed)
@@ -86,7 +86,7 @@ class ClusterCache:
         self.node_reports = _Store(_reports_of, self._changed)
 
     def _changed(self) -> None:
-        self.changed_at = time.monotonic()
+        self.version += 1
 
     def start(self) -> None:
         ns = f"/namespaces/{self.namespace}"

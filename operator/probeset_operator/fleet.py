@@ -26,6 +26,7 @@ from .scheduling import runs_on
 FIELD_MANAGER = "probeset-operator"
 API_RETRY_DELAY = 10.0
 REJECTED_RETRY_DELAY = 60.0     # a refused DaemonSet needs an admin's change: retry, but not often
+SUMMARY_MAX_AGE = 60.0          # a set's summary is redone at least this often, even on unchanged inputs
 OPERATOR_DEPLOYMENT_ENV = "PROBESET_OPERATOR_DEPLOYMENT"
 # Per-set DaemonSets of operator versions before the single one carried this label.
 _OLD_PER_SET_LABEL = f"{API_GROUP}/probeset-uid"
@@ -58,6 +59,7 @@ class Fleet:
         self.migrated = False
         self._api: client.ApiClient | None = None
         self.cache = None                    # cache.ClusterCache, started by the start-up handler
+        self._summarized: dict[str, tuple[tuple, float]] = {}   # set uid -> (inputs, when)
 
     @property
     def api(self) -> client.ApiClient:
@@ -82,6 +84,20 @@ class Fleet:
     def synced(self) -> bool:
         """Whether every watch of the cache has listed once (summaries wait for it)."""
         return self.cache is not None and self.cache.synced
+
+    def summarized(self, uid: str, inputs: tuple) -> bool:
+        """Whether the set's summary was computed from these inputs (the cache's version, the
+        set's generation and spec) less than SUMMARY_MAX_AGE ago; else remember them. At thousands
+        of nodes a summary costs tens of milliseconds: every set's timer redoes it only on change."""
+        now = time.monotonic()
+        inputs = (self.cache.version, *inputs)
+        last = self._summarized.get(uid)
+        if last is not None and last[0] == inputs and now - last[1] < SUMMARY_MAX_AGE:
+            return True
+        if len(self._summarized) > 10_000:     # uids of deleted sets
+            self._summarized.clear()
+        self._summarized[uid] = (inputs, now)
+        return False
 
     def view(self) -> ClusterView:
         return self.cache.view()

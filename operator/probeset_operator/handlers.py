@@ -235,6 +235,9 @@ def aggregate(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.St
         return
     if not fleet.synced:
         return   # the cache's watches have not listed yet: the next tick
+    if fleet.summarized(meta.get("uid", ""), (generation, json.dumps(dict(spec), sort_keys=True),
+                                              json.dumps(dict(status), sort_keys=True))):
+        return   # nothing it reads changed since the last tick
     view = fleet.view()
     if view.daemonset is None:
         # Not made yet, or deleted by hand: an admitted set needs it.

@@ -14,6 +14,7 @@ from probeset_api.spec import SpecError
 from probeset_api.status import NodeReport, ProbeResult
 from probeset_operator import fleet, handlers
 from probeset_operator.handlers import admissible, settings_from_env
+from probeset_operator.summary import summarize
 from probeset_operator.rbac import AGENT_CLUSTER_RULES
 from probeset_operator.render import AgentSettings
 
@@ -366,6 +367,7 @@ class Cache:
 
     def __init__(self, cluster_view, reports):
         self.cluster_view, self.node_reports = cluster_view, reports
+        self.version = id(self)
 
     def view(self):
         return self.cluster_view
@@ -435,8 +437,7 @@ def test_over_budget_on_a_node_shows_on_the_set(cluster):
         "False", "OverBudget", "node n1: over budget: 20 ProbeSets run on this node")
     assert out["message"] == ready["message"]
     assert out["failedNodes"] == [{"node": "n1", "attached": 0, "total": 1, "reason": "OverBudget", "failed": [
-        {"name": "t", "attached": False, "attachedVia": None, "functions": 0,
-         "error": "over budget: 20 ProbeSets run on this node"}]}]
+        {"name": "t", "attached": False, "functions": 0, "error": "over budget: 20 ProbeSets run on this node"}]}]
     # One Event per problem, not one per tick: the next tick sees the condition it wrote.
     assert cluster["events"] == [("OverBudget", ready["message"])]
     aggregate(body, memo, {"conditions": out["conditions"]}, view(node("n1", pool="x"), pods=[agent_pod("n1")]),
@@ -481,3 +482,28 @@ def test_a_missing_daemonset_is_made_again(cluster):
     assert [ds["metadata"]["name"] for ds in cluster["applied"]] == ["probeset-agent"]
 
 
+
+
+def test_a_summary_is_redone_only_when_what_it_reads_changed(cluster, monkeypatch):
+    """Every set's timer ticks every few seconds; at thousands of nodes a summary costs tens of
+    milliseconds, so an unchanged cache, spec and status skip it (for at most SUMMARY_MAX_AGE)."""
+    body = named("a", nodeSelector={"pool": "x"})
+    memo = memo_for(AgentSettings())
+    memo.fleet.cache = Cache(view(node("n1", pool="x"), pods=[agent_pod("n1")]), {"n1": REPORT})
+    computed = []
+    monkeypatch.setattr(handlers, "summarize", lambda *a, **kw: computed.append(1) or summarize(*a, **kw))
+
+    def tick(status):
+        patch = kopf.Patch()
+        handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status=status, patch=patch,
+                           memo=memo, logger=handlers.logging.getLogger("test"))
+        return dict(patch.status)
+    written = tick({})
+    assert condition_of(written, "Ready")["status"] == "True" and len(computed) == 1
+    assert tick(written) == {} and len(computed) == 2        # the status it wrote: once more, nothing to write
+    assert tick(written) == {} and len(computed) == 2        # nothing changed: not computed
+    memo.fleet.cache.version += 1                            # a report, a pod, a node changed
+    assert tick(written) == {} and len(computed) == 3
+    monkeypatch.setattr(fleet, "SUMMARY_MAX_AGE", 0.0)
+    tick(written)
+    assert len(computed) == 4                                # and at least every SUMMARY_MAX_AGE

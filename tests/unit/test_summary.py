@@ -60,8 +60,7 @@ def test_failed_nodes_are_bounded_and_say_why():
     assert [f.node for f in s.failed_nodes] == ["a-declined"] + [f"n{i:04}" for i in range(9)]
     first, second = s.failed_nodes[0].to_status(), s.failed_nodes[1].to_status()
     assert first == {"node": "a-declined", "attached": 0, "total": 8, "reason": "OverBudget",
-                     "failed": [{"name": "(spec)", "attached": False, "attachedVia": None, "functions": 0,
-                                 "error": "over budget"}]}
+                     "failed": [{"name": "(spec)", "attached": False, "functions": 0, "error": "over budget"}]}
     assert [f["name"] for f in second["failed"]] == ["p0", "p1", "p2", "p3", "p4"]
     assert {len(f["error"]) for f in second["failed"]} == {300} and "reason" not in second
 
