@@ -269,7 +269,7 @@ def cmd_agent(args) -> int:
         selection = PodSelection(pods, None if pset.scope == "Node" else pset.namespace, pset.pod_selector)
         return ProbeSetProgram(pset, node, features, attribution, selection, host_root, admission.value_policy(pset))
 
-    agent = NodeAgent(kube, node, make, admission, Limits(args.max_probesets, args.max_probes), sources,
+    agent = NodeAgent(kube, node, make, admission, Limits(args.max_probesets, args.max_probes, args.max_series), sources,
                       threading.Lock())
     housekeeper.after = agent.report_changes
     # The watches block in socket reads; they run in their own threads so a signal stops the agent at once.

@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                             help=f"ProbeSets this node runs at most; the oldest first (default {limits.max_sets})")
     node_agent.add_argument("--max-probes", type=int, default=limits.max_probes, metavar="N",
                             help=f"probes of all ProbeSets this node runs at most (default {limits.max_probes})")
+    node_agent.add_argument("--max-series", type=int, default=limits.max_series, metavar="N",
+                            help="series all ProbeSets of this node may export at most, each counted at its worst "
+                                 "(maxSeriesPerProbe + 1 per probe, times the histogram's buckets with latency); "
+                                 "0: no limit (default)")
     add_tls(node_agent)
     add_map_memory(node_agent)
     node_agent.add_argument("--metrics-auth", action="store_true",

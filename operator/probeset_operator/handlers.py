@@ -56,6 +56,7 @@ def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
         agent.node_selector = dict(json.loads(environ["PROBESET_AGENT_NODE_SELECTOR"]))
     agent.max_probesets = int(environ.get("PROBESET_AGENT_MAX_PROBESETS") or agent.max_probesets)
     agent.max_probes = int(environ.get("PROBESET_AGENT_MAX_PROBES") or agent.max_probes)
+    agent.max_series = int(environ.get("PROBESET_AGENT_MAX_SERIES") or agent.max_series)
     agent.admission = Admission.from_env(environ)
     agent.metrics_tls_secret = environ.get("PROBESET_AGENT_METRICS_TLS_SECRET", "")
     agent.metrics_auth = environ.get("PROBESET_AGENT_METRICS_AUTH", "false").lower() == "true"

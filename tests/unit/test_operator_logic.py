@@ -43,6 +43,7 @@ def test_operator_settings_from_environment(monkeypatch):
     monkeypatch.setenv("PROBESET_NODE_WIDE_NAMESPACES", "platform, obs")
     monkeypatch.setenv("PROBESET_AGENT_MAX_PROBESETS", "5")
     monkeypatch.setenv("PROBESET_AGENT_MAX_PROBES", "300")
+    monkeypatch.setenv("PROBESET_AGENT_MAX_SERIES", "250000")
     monkeypatch.setenv("PROBESET_AGENT_NODE_SELECTOR", '{"role": "obs"}')
     agent = settings_from_env()[1]
     assert agent.admission.node_wide == frozenset({"obs", "platform"})
