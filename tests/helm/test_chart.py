@@ -97,7 +97,8 @@ def test_default_render_objects(chart):
                                                            "limits": {"memory": "400Mi"}}
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == []
     assert json.loads(env["PROBESET_AGENT_NODE_SELECTOR"]) == {}           # agents wherever ProbeSets select
-    assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"]) == ("20", "500")
+    assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"], env["PROBESET_AGENT_MAX_SERIES"]) \
+        == ("20", "500", "0")
     assert env["PROBESET_OPERATOR_DEPLOYMENT"] == dep["metadata"]["name"]  # the agent DaemonSet's owner
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
     sc = c["securityContext"]
@@ -116,7 +117,7 @@ def test_values_reach_the_operator_env(chart):
         "agent": {"image": "reg.example/agent:v9", "imagePullPolicy": "Always",
                   "priorityClassName": "system-node-critical", "resources": res, "tolerations": tol,
                   "nodeSelector": {"kubernetes.io/os": "linux", "obs": "yes"}, "maxProbeSets": 8,
-                  "maxProbes": 900}},
+                  "maxProbes": 900, "maxSeries": 250000}},
         namespace="obs"))
     dep = objs[("Deployment", "probeset-operator")]
     assert dep["spec"]["replicas"] == 3 and dep["metadata"]["namespace"] == "obs"
@@ -129,7 +130,8 @@ def test_values_reach_the_operator_env(chart):
     assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == res
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == tol
     assert json.loads(env["PROBESET_AGENT_NODE_SELECTOR"]) == {"kubernetes.io/os": "linux", "obs": "yes"}
-    assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"]) == ("8", "900")
+    assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"], env["PROBESET_AGENT_MAX_SERIES"]) \
+        == ("8", "900", "250000")
     assert env["PROBESET_NODE_WIDE_NAMESPACES"] == "obs,platform-team"
     assert env["PROBESET_TENANT_VALUES"] == "kretprobe:vfs_read:retval,tracepoint:net:net_dev_xmit:name"
 
@@ -236,6 +238,7 @@ def test_lint(values):
     ({"agent": {"metrics": {"auth": "yes"}}}, "/agent/metrics/auth"),
     ({"agent": {"maxProbeSets": 0}}, "/agent/maxProbeSets"),
     ({"agent": {"maxProbes": "many"}}, "/agent/maxProbes"),
+    ({"agent": {"maxSeries": -1}}, "/agent/maxSeries"),
     ({"agent": {"nodeSelector": {"obs": True}}}, "/agent/nodeSelector/obs"),
     ({"agent": {"metrics": {"tlsSecret": "Bad_Name"}}}, "/agent/metrics/tlsSecret"),
     ({"replica": 2}, "replica"),
