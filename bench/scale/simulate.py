@@ -16,11 +16,12 @@ BPF program) start, and the run measures:
   change     K spec edits of `all` (a probe replaced): per edit, time until observedGeneration
              and until the summary (nodes.ready = N, probes k/k, Ready=True at that generation) is
              on the CR; requests per user; watch events each agent receives; CPU; etcd growth
-  size       the ProbeSet `all` as stored (JSON bytes; status.agents; managedFields)
+  size       the ProbeSet `all` as stored (JSON bytes; status; managedFields), one ProbeSetNode
   kubectl    `kubectl get probesets -A` and its time
-  lists      what the agents' per-minute re-lists cost the API server at this N
+  lists      what the agents' re-lists (after a 410) cost the API server at this N
 
-  .venv/bin/python bench/scale/simulate.py --nodes 100 1000 --json bench/scale/results/run.json
+  .venv/bin/python bench/scale/simulate.py --nodes 100 1000 5000 --workers 32 --changes 3 \
+      --json bench/scale/results/probesetnode.json
   .venv/bin/python bench/scale/simulate.py --nodes 100 --mode threads     # each agent its own watches
 
 Every process it starts (etcd, API server, controllers, operator) is stopped at the end, also on
@@ -473,7 +474,7 @@ def main() -> int:
     ap.add_argument("--list-reps", type=int, default=10)
     ap.add_argument("--fail-nodes", type=int, default=0, help="nodes where probe xmit fails")
     ap.add_argument("--prefill", action="store_true",
-                    help="write every node's status.agents entry in chunks before the agents start (large N)")
+                    help="write every node's ProbeSetNode before the agents start (with --sample)")
     ap.add_argument("--prefill-failed", type=int, default=0, help="prefilled entries with a failed probe")
     ap.add_argument("--sample", type=int, default=0,
                     help="run only this many agents (with --prefill): per-patch costs at full size, extrapolated")
