@@ -396,8 +396,9 @@ class Run:
         say(f"kubectl get probesets -A ({self.result['kubectl_get']['seconds']} s):\n{self.result['kubectl_get']['output']}")
 
     def list_costs(self) -> None:
-        """What one agent's per-minute re-lists cost the API server (measured: `reps` of each, one
-        after another), and so what N agents' re-lists cost per minute."""
+        """What one agent's list costs the API server (measured: `reps` of each, one after another),
+        as follow() lists (resourceVersion 0: from the API server's watch cache), and so what N
+        agents' re-lists cost (all at once after a 410, e.g. an API server restart)."""
         reps = self.args.list_reps
         some_node = self.nodes[len(self.nodes) // 2]
         calls = {
@@ -413,7 +414,7 @@ class Run:
             u0 = self.usage.read()
             t0 = time.monotonic()
             for _ in range(reps):
-                kube.get(path, params)
+                kube.get(path, {**params, "resourceVersion": "0"})
             wall = (time.monotonic() - t0) / reps
             d = Usage.delta(u0, self.usage.read())
             api_cpu = (d.get("apiserver", {}).get("cpu_s") or 0) / reps
