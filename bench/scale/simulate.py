@@ -106,9 +106,10 @@ def summary_state(obj: dict, desired: int, total: int) -> dict:
           and status.get("probes") == f"{total}/{total}" and ready.get("status") == "True"
           and ready.get("observedGeneration") == gen)
     return {"generation": gen, "observed": status.get("observedGeneration") == gen, "ok": ok,
-            # nodes whose report on this generation counts (the operator's summary of the ProbeSetNodes)
-            "reported": sum(nodes.get(k) or 0 for k in ("ready", "failing", "declined")) if status.get(
-                "observedGeneration") == gen else 0,
+            # nodes whose report on this generation counts (the operator's summary of the ProbeSetNodes;
+            # its counts describe this generation once the Ready condition it writes with them does)
+            "reported": sum(nodes.get(k) or 0 for k in ("ready", "failing", "declined"))
+            if ready.get("observedGeneration") == gen else 0,
             "nodes": nodes, "probes": status.get("probes"), "ready": ready.get("status"),
             "ready_reason": ready.get("reason"), "message": status.get("message")}
 
