@@ -116,9 +116,9 @@ def _bind_metrics(args, authorize=None):
         return None
 
 
-def _serve_metrics(server, programs: list, node: str, features) -> None:
+def _serve_metrics(server, programs: list, node: str, features, histogram_buckets: str = "trimmed") -> None:
     from .exposition import MetricsCollector
-    collector = MetricsCollector(programs, node, features)
+    collector = MetricsCollector(programs, node, features, trim_buckets=histogram_buckets != "all")
     server.start(lambda: collector.render().encode())
     log.info("serving metrics on http://%s:%d/metrics", *server.address)
     sys.stdout.flush()
@@ -214,7 +214,7 @@ def cmd_run(args) -> int:
         _print_status(where, prog)
         programs.append(prog)
     housekeeper = Housekeeper(programs, attribution).start()
-    _serve_metrics(server, programs, node, features)
+    _serve_metrics(server, programs, node, features, args.histogram_buckets)
     stop = threading.Event()
     _on_stop_signals(stop)
     try:
@@ -276,7 +276,7 @@ def cmd_agent(args) -> int:
     threading.Thread(target=watcher.run, name="probeset-pods", daemon=True).start()
     if not pods.synced.wait(30):
         log.warning("no pod listing after 30 s: pods will be named as the listing arrives")
-    _serve_metrics(server, sources, node, features)
+    _serve_metrics(server, sources, node, features, args.histogram_buckets)
     _on_stop_signals(agent.stopping)
     threading.Thread(target=agent.run, name="probeset-sets", daemon=True).start()
     housekeeper.start()

@@ -4,6 +4,11 @@ Prometheus text format (0.0.4); server.py serves it.
 It writes the text itself, rather than through prometheus_client's registry, because a scrape of
 10,000 series must stay within tens of milliseconds: each series' label block is rendered once and
 cached by its raw map key (readout.py), and a sample line is then one string join.
+
+A latency histogram is exported up to its highest non-empty bucket and +Inf (histogram.py,
+cumulative_counts; a series with no event: +Inf 0, _count 0, _sum 0): what a function that takes
+microseconds sends is 8-10 buckets instead of 28. `trim_buckets=False` (`--histogram-buckets all`)
+exports every bound, for queries that sum histograms of several series by `le`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from prometheus_client.utils import floatToGoString
 
 from probeset_api import __version__
 
-from .histogram import cumulative_buckets
+from .histogram import cumulative_counts, export_bounds_ns
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
 
@@ -56,17 +61,20 @@ def _bcc_version() -> str:
 class MetricsCollector:
     """Renders the snapshots of `sources` (objects with .snapshot(): running ProbeSets)."""
 
-    def __init__(self, sources: list, node: str, features=None):
+    def __init__(self, sources: list, node: str, features=None, trim_buckets: bool = True):
         self.sources = sources           # the cluster agent swaps its contents on reload
         self.node = node
         self.features = features
+        self.trim_buckets = trim_buckets  # histogram buckets only up to the highest non-empty one
         self._bcc_version = _bcc_version()
         self._le_text: dict[int, list[str]] = {}
 
-    def _le_strings(self, per_power: int, buckets: list[tuple[float, int]]) -> list[str]:
+    def _le_strings(self, per_power: int) -> list[str]:
+        """The `le` values of the exported bounds, then +Inf."""
         text = self._le_text.get(per_power)
         if text is None:
-            text = self._le_text[per_power] = [floatToGoString(le) for le, _ in buckets]
+            text = self._le_text[per_power] = [floatToGoString(ns / 1e9) for ns in export_bounds_ns(per_power)] \
+                + ["+Inf"]
         return text
 
     def render(self) -> str:
@@ -97,17 +105,18 @@ class MetricsCollector:
         events, latency = lines["probeset_events_total"], lines["probeset_latency_seconds"]
         for probe in snap.probes:
             per_power = probe.buckets_per_power_of_two
+            le_text = self._le_strings(per_power)
             folded = 0
             for s in probe.series:
                 if s.labels["function"] == OVERFLOW_LABEL:
                     folded += s.count
                 events.append(f"probeset_events_total{s.text} {s.count}\n")
                 if s.buckets is not None:
-                    buckets = cumulative_buckets(s.buckets, per_power)
-                    base = s.text[:-1] + ',le="'
-                    for le, (_, n) in zip(self._le_strings(per_power, buckets), buckets):
-                        latency.append(f'probeset_latency_seconds_bucket{base}{le}"}} {n}\n')
-                    latency.append(f"probeset_latency_seconds_count{s.text} {buckets[-1][1]}\n")
+                    cum = cumulative_counts(s.buckets, per_power, self.trim_buckets)
+                    base = "probeset_latency_seconds_bucket" + s.text[:-1] + ',le="'
+                    latency.extend([f'{base}{le}"}} {n}\n' for le, n in zip(le_text, cum[:-1])])
+                    latency.append(f'{base}+Inf"}} {cum[-1]}\n')
+                    latency.append(f"probeset_latency_seconds_count{s.text} {cum[-1]}\n")
                     latency.append(f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n")
             labels = label_text({**name, "probe": probe.probe})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")

@@ -5,6 +5,7 @@ import math
 from prometheus_client.parser import text_string_to_metric_families
 
 from probeset_agent.exposition import MetricsCollector
+from probeset_agent.histogram import export_bounds_ns
 
 
 def families(prog):
@@ -22,9 +23,11 @@ def test_histogram_is_cumulative_sorted_and_ends_with_inf(target, run_probeset):
     buckets = [s for s in hist.samples if s.name.endswith("_bucket")]
     les = [float(s.labels["le"]) for s in buckets]
     assert les == sorted(les) and math.isinf(les[-1]) and les[0] == 256e-9 and les[1] == 320e-9
-    assert len(les) == 105 + 1                       # 4 per power of two from 256 ns to 2^34 ns, and +Inf
     counts = [s.value for s in buckets]
     assert counts == sorted(counts) and counts[-1] == 10
+    # 4 per power of two from 256 ns, up to the highest non-empty bucket (trimmed), and +Inf
+    assert les[:-1] == [b / 1e9 for b in export_bounds_ns(4)[:len(les) - 1]]
+    assert counts[-2] == 10 and counts[-3] < 10 and 1e-3 < les[-2] < 1.0
     (count,) = [s for s in hist.samples if s.name.endswith("_count")]
     (total,) = [s for s in hist.samples if s.name.endswith("_sum")]
     assert count.value == 10 and 0.010 <= total.value < 1.0
