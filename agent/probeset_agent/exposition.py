@@ -46,6 +46,10 @@ FAMILIES = {
                                                     "processes that ran it may have computed wrong results)."),
     "probeset_map_memory_bytes": ("gauge", "Kernel memory the set's BPF maps may take when full (an upper bound, "
                                            "reserved in the agent's --map-memory budget)."),
+    "probeset_compile_seconds": ("gauge", "Wall time clang took to compile the set's running programs on this node, "
+                                          "failed compiles included (they isolate a probe whose C does not compile)."),
+    "probeset_compiles": ("gauge", "Compiles of the set's running programs on this node: one per program, more "
+                                   "when a probe's C did not compile."),
     "probeset_agent_info": ("gauge", "Static facts about the agent and its node."),
 }
 
@@ -123,6 +127,9 @@ class MetricsCollector:
         set_labels = label_text(name)
         lines["probeset_unknown_cgroups"].append(f"probeset_unknown_cgroups{set_labels} {snap.unknown_cgroups}\n")
         lines["probeset_map_memory_bytes"].append(f"probeset_map_memory_bytes{set_labels} {snap.map_memory}\n")
+        lines["probeset_compile_seconds"].append(
+            f"probeset_compile_seconds{set_labels} {floatToGoString(round(snap.compile_seconds, 6))}\n")
+        lines["probeset_compiles"].append(f"probeset_compiles{set_labels} {snap.compiles}\n")
         if snap.allowed_cgroups is not None:
             lines["probeset_allowed_cgroups"].append(f"probeset_allowed_cgroups{set_labels} {snap.allowed_cgroups}\n")
         for sample in snap.uprobe_files:

@@ -154,6 +154,8 @@ class RunningSet:
             if snap.allowed_cgroups is not None:
                 merged.allowed_cgroups = max(merged.allowed_cgroups or 0, snap.allowed_cgroups)
             merged.map_memory += snap.map_memory
+            merged.compile_seconds += snap.compile_seconds
+            merged.compiles += snap.compiles
         return merged
 
     def refresh(self) -> None:

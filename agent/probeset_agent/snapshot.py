@@ -37,6 +37,8 @@ class SetSnapshot:
     unknown_cgroups: int = 0
     allowed_cgroups: int | None = None
     map_memory: int = 0                                                   # upper bound, bytes
+    compile_seconds: float = 0.0                                          # clang's wall time, all compiles
+    compiles: int = 0
 
 
 def take_snapshot(prog) -> SetSnapshot:
@@ -48,6 +50,7 @@ def take_snapshot(prog) -> SetSnapshot:
         snap.probes.append(ProbeSeries(probe.name, probe.buckets_per_power_of_two, series))
     snap.unknown_cgroups, snap.allowed_cgroups = prog.unknown_cgroups, prog.allowed_cgroups
     snap.map_memory = prog.map_memory
+    snap.compile_seconds, snap.compiles = prog.compile_cost.seconds, prog.compile_cost.compiles
 
     def point_labels(point) -> dict[str, str]:
         return {**prog.set_labels, "probe": prog.probe_names(point), "function": point.site.function,
