@@ -22,6 +22,7 @@ from probeset_api import __version__
 from .histogram import cumulative_counts, export_bounds_ns
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
+from .uprobe_cost import point_class
 
 FAMILIES = {
     "probeset_events_total": ("counter", "Events seen by a probe, aggregated in the kernel."),
@@ -35,6 +36,10 @@ FAMILIES = {
     "probeset_bpf_run_seconds_total": ("counter", "CPU time spent in the BPF programs "
                                                   "(needs kernel.bpf_stats_enabled)."),
     "probeset_bpf_runs_total": ("counter", "BPF program runs (needs kernel.bpf_stats_enabled)."),
+    "probeset_uprobe_hit_seconds": ("gauge", "What one hit of this uprobe point costs the probed thread besides its "
+                                             "BPF program, by the class of the probed instruction (emulated, "
+                                             "single-stepped; return: what a uretprobe adds), measured on this node at "
+                                             "start."),
     "probeset_unknown_cgroups": ("gauge", "Cgroup ids not found in the cgroup tree (gone before the agent saw "
                                           "them) whose events are folded into one series labelled __unknown__."),
     "probeset_allowed_cgroups": ("gauge", "Cgroups of the selected pods in the in-kernel filter (namespace "
@@ -65,11 +70,13 @@ def _bcc_version() -> str:
 class MetricsCollector:
     """Renders the snapshots of `sources` (objects with .snapshot(): running ProbeSets)."""
 
-    def __init__(self, sources: list, node: str, features=None, trim_buckets: bool = True):
+    def __init__(self, sources: list, node: str, features=None, trim_buckets: bool = True,
+                 hit_cost: dict[str, float] | None = None):
         self.sources = sources           # the cluster agent swaps its contents on reload
         self.node = node
         self.features = features
         self.trim_buckets = trim_buckets  # histogram buckets only up to the highest non-empty one
+        self.hit_cost = hit_cost or {}    # seconds per uprobe hit by class (uprobe_cost.calibrate)
         self._bcc_version = _bcc_version()
         self._le_text: dict[int, list[str]] = {}
 
@@ -143,5 +150,11 @@ class MetricsCollector:
         for sample in snap.run_ns:
             lines["probeset_bpf_run_seconds_total"].append(
                 f"probeset_bpf_run_seconds_total{label_text(sample.labels)} {floatToGoString(sample.value / 1e9)}\n")
+        for site in snap.uprobe_sites if self.hit_cost else ():
+            cls = point_class(site.mechanism, site.path, site.address)
+            if cls.kind in self.hit_cost:
+                lines["probeset_uprobe_hit_seconds"].append(
+                    f"probeset_uprobe_hit_seconds{label_text({**site.labels, 'class': cls.kind})} "
+                    f"{floatToGoString(round(self.hit_cost[cls.kind], 9))}\n")
         for sample in snap.runs:
             lines["probeset_bpf_runs_total"].append(f"probeset_bpf_runs_total{label_text(sample.labels)} {sample.value}\n")

@@ -147,6 +147,7 @@ class RunningSet:
             merged.probes += snap.probes
             merged.missed += snap.missed
             merged.uprobe_files += snap.uprobe_files
+            merged.uprobe_sites += snap.uprobe_sites
             merged.reattached += snap.reattached
             merged.run_ns += snap.run_ns
             merged.runs += snap.runs
