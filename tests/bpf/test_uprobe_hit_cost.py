@@ -15,6 +15,16 @@ def test_calibration_measures_each_class():
     assert 0 <= cost[RETURN] < cost[SINGLE_STEPPED]
 
 
+def test_calibration_in_a_thread_of_its_own():
+    """The agent measures beside serving, in another thread than the main one."""
+    import threading
+    out = []
+    worker = threading.Thread(target=lambda: out.append(calibrate(calls=5000, rounds=3)))
+    worker.start()
+    worker.join()
+    assert set(out[0]) == {EMULATED, SINGLE_STEPPED, RETURN}
+
+
 def test_each_uprobe_point_exports_its_hit_cost(target, run_probeset):
     prog = run_probeset([{"name": "work", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid,
                           "latency": True}])
