@@ -136,3 +136,26 @@ def test_quantile_twin_matches_prometheus_on_the_documented_example():
     assert bucket_quantile(0.75, buckets) == pytest.approx(0.3)
     assert math.isnan(bucket_quantile(0.5, [(math.inf, 0)]))
     assert bucket_quantile(0.99, [(0.1, 1), (math.inf, 10)]) == 0.1   # in +Inf: the highest finite bound
+
+
+def sum_by_le(*series: list[int], per_power: int = 1) -> dict[float, int]:
+    """Prometheus' `sum by (le)` of exported series: each bound sums the series that export it."""
+    bounds = [ns / 1e9 for ns in export_bounds_ns(per_power)] + [math.inf]
+    out: dict[float, int] = {}
+    for cum in series:
+        for le, n in zip(bounds[:len(cum) - 1] + [math.inf], cum):
+            out[le] = out.get(le, 0) + n
+    return dict(sorted(out.items()))
+
+
+def test_summing_series_by_le_is_exact_with_every_bound_not_with_trimmed_ones():
+    """What docs/metrics.md says of `sum by (le)`: exact over untrimmed series; over trimmed series
+    whose top buckets differ, a bound above one series' top lacks that series."""
+    fast, slow = events(300, 300, 1000), events(1000, 3_000_000)
+    pooled = cumulative_counts({i: fast.get(i, 0) + slow.get(i, 0) for i in {*fast, *slow}}, 1, trim=False)
+    full = sum_by_le(cumulative_counts(fast, 1, trim=False), cumulative_counts(slow, 1, trim=False))
+    assert list(full.values()) == pooled
+    trimmed = sum_by_le(cumulative_counts(fast, 1), cumulative_counts(slow, 1))
+    assert trimmed[1.024e-06] == full[1.024e-06] == 4          # both series export 1.024 µs
+    assert trimmed[2.048e-06] == 1 and full[2.048e-06] == 4    # fast stopped at 1.024 µs: missing here
+    assert trimmed[math.inf] == full[math.inf] == 5
