@@ -47,15 +47,52 @@ def export_bounds_ns(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
     return tuple(bounds)
 
 
-def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS) -> list[tuple[float, int]]:
-    """(le seconds, cumulative count) at every exported bound, ending with +Inf."""
-    by_upper = sorted((bucket_upper_ns(i), n) for i, n in counts.items())
-    out, acc, j = [], 0, 0
-    for bound in export_bounds_ns(per_power_of_two):
-        while j < len(by_upper) and by_upper[j][0] <= bound:
-            acc += by_upper[j][1]
+@functools.lru_cache(maxsize=None)
+def export_positions(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
+    """For each in-kernel bucket index, the position of the exported bound that first includes it
+    (len(export_bounds_ns()) for the ones past the last bound: +Inf)."""
+    bounds = export_bounds_ns(per_power_of_two)
+    out, j = [], 0
+    for i in range(NUM_BUCKETS):
+        upper = bucket_upper_ns(i)
+        while j < len(bounds) and bounds[j] < upper:
             j += 1
-        out.append((bound / 1e9, acc))
-    total = sum(n for _, n in by_upper)
-    out.append((float("inf"), total))
+        out.append(j)
+    return tuple(out)
+
+
+def cumulative_counts(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS, trim: bool = True) -> list[int]:
+    """Cumulative counts at the exported bounds, the last one the total (+Inf): at every bound, or,
+    with `trim`, only up to the highest bound whose own bucket is not empty (every bound after it
+    would repeat the total; all of them when +Inf's own bucket is not empty). A series with no
+    event gives [0]: the +Inf bucket alone.
+
+    For one series, Prometheus' histogram_quantile() gives the same answer for the trimmed and the
+    full list: the bucket a rank falls in, and the bound below it, are both kept. Summing series by
+    `le` is another matter: see docs/metrics.md."""
+    pos = export_positions(per_power_of_two)
+    n = len(export_bounds_ns(per_power_of_two))
+    own = [0] * (n + 1)
+    for index, c in counts.items():
+        own[pos[index]] += c
+    top = n
+    if trim and not own[n]:
+        top = n - 1
+        while top >= 0 and not own[top]:
+            top -= 1
+        top += 1
+    out, acc = [], 0
+    for c in own[:top]:
+        acc += c
+        out.append(acc)
+    out.append(sum(own))
     return out
+
+
+def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS,
+                       trim: bool = False) -> list[tuple[float, int]]:
+    """(le seconds, cumulative count) at every exported bound (or, with `trim`, up to the highest
+    non-empty one: cumulative_counts), ending with +Inf."""
+    bounds = export_bounds_ns(per_power_of_two)
+    cum = cumulative_counts(counts, per_power_of_two, trim)
+    return [(b / 1e9, c) for b, c in zip(bounds, cum[:-1])] + [(float("inf"), cum[-1])]

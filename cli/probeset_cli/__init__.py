@@ -59,6 +59,13 @@ def add_map_memory(command) -> None:
                               f"not fit fails with the reason (default {MemoryBudget.DEFAULT_MIB})")
 
 
+def add_histogram_buckets(command) -> None:
+    command.add_argument("--histogram-buckets", choices=("trimmed", "all"), default="trimmed",
+                         help="latency buckets exported per series: up to the highest non-empty one and +Inf "
+                              "(trimmed, the default), or every bound (all: for sum by (le) across series "
+                              "and nodes; see docs/metrics.md)")
+
+
 def add_tls(command) -> None:
     command.add_argument("--tls-cert", metavar="FILE", help="serve metrics over TLS with this certificate (PEM)")
     command.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
@@ -79,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
                      help=f"keep the series of a vanished cgroup this long (default {DEFAULT_RETENTION:g})")
     add_tls(run)
+    add_histogram_buckets(run)
     add_map_memory(run)
     check = sub.add_parser("check", help="tell what would attach on this host, without attaching")
     check.add_argument("files", nargs="+", metavar="FILE")
@@ -107,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "(maxSeriesPerProbe + 1 per probe, times the histogram's buckets with latency); "
                                  "0: no limit (default)")
     add_tls(node_agent)
+    add_histogram_buckets(node_agent)
     add_map_memory(node_agent)
     node_agent.add_argument("--metrics-auth", action="store_true",
                             help="serve /metrics only to bearer tokens whose user may get the non-resource URL "
