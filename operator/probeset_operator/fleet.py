@@ -27,6 +27,7 @@ FIELD_MANAGER = "probeset-operator"
 API_RETRY_DELAY = 10.0
 REJECTED_RETRY_DELAY = 60.0     # a refused DaemonSet needs an admin's change: retry, but not often
 SUMMARY_MAX_AGE = 60.0          # a set's summary is redone at least this often, even on unchanged inputs
+PROGRESS_INTERVAL = 10.0        # while nodes report a generation, its counts are written this often
 OPERATOR_DEPLOYMENT_ENV = "PROBESET_OPERATOR_DEPLOYMENT"
 # Per-set DaemonSets of operator versions before the single one carried this label.
 _OLD_PER_SET_LABEL = f"{API_GROUP}/probeset-uid"
@@ -60,6 +61,7 @@ class Fleet:
         self._api: client.ApiClient | None = None
         self.cache = None                    # cache.ClusterCache, started by the start-up handler
         self._summarized: dict[str, tuple[tuple, float]] = {}   # set uid -> (inputs, when)
+        self._written: dict[str, float] = {}                     # set uid -> when its summary was written
 
     @property
     def api(self) -> client.ApiClient:
@@ -98,6 +100,17 @@ class Fleet:
             self._summarized.clear()
         self._summarized[uid] = (inputs, now)
         return False
+
+    def forget_summary(self, uid: str) -> None:
+        self._summarized.pop(uid, None)
+
+    def wrote(self, uid: str) -> None:
+        if len(self._written) > 10_000:
+            self._written.clear()
+        self._written[uid] = time.monotonic()
+
+    def wrote_recently(self, uid: str) -> bool:
+        return time.monotonic() - self._written.get(uid, -PROGRESS_INTERVAL) < PROGRESS_INTERVAL
 
     def view(self) -> ClusterView:
         return self.cache.view()

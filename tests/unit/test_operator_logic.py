@@ -508,3 +508,33 @@ def test_a_summary_is_redone_only_when_what_it_reads_changed(cluster, monkeypatc
     monkeypatch.setattr(fleet, "SUMMARY_MAX_AGE", 0.0)
     tick(written)
     assert len(computed) == 4                                # and at least every SUMMARY_MAX_AGE
+
+
+def test_progress_is_written_every_few_seconds_and_the_end_at_once(cluster, monkeypatch):
+    """While nodes report a generation, a summary that differs only in its counts waits for
+    PROGRESS_INTERVAL (each write reaches every agent's watch); a new reason, or every node
+    reported, is written at once."""
+    body = named("a", nodeSelector={"pool": "x"})
+    memo = memo_for(AgentSettings())
+    nodes = [node(f"n{i}", pool="x") for i in range(3)]
+    pods = [agent_pod(f"n{i}") for i in range(3)]
+    status: dict = {}
+
+    def tick(reports):
+        memo.fleet.cache = Cache(view(*nodes, pods=pods), reports)
+        patch = kopf.Patch()
+        handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status=status, patch=patch,
+                           memo=memo, logger=handlers.logging.getLogger("test"))
+        for key, value in patch.status.items():       # as the API server stores the merge patch
+            if value is None:
+                status.pop(key, None)
+            else:
+                status[key] = value
+        return dict(patch.status)
+    assert tick({})["nodes"]["ready"] == 0                              # the first summary of generation 2
+    assert tick({"n0": REPORT}) == {}                                   # only a count changed: later
+    monkeypatch.setattr(fleet, "PROGRESS_INTERVAL", 0.0)
+    assert tick({"n0": REPORT})["nodes"]["ready"] == 1                  # ... after PROGRESS_INTERVAL
+    monkeypatch.setattr(fleet, "PROGRESS_INTERVAL", 3600.0)
+    done = tick({f"n{i}": REPORT for i in range(3)})                    # every node reported: at once
+    assert done["nodes"]["ready"] == 3 and condition_of(done, "Ready")["status"] == "True"
