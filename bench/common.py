@@ -102,19 +102,28 @@ class Generated:
     def stop(self):
         self.prog.stop()
 
-    # Detach and re-attach the loaded program (BCC calls on the agent's BPF object), so that
-    # repetitions do not recompile: start() once, then attach()/detach() around each run.
+    # Detach and re-attach the loaded program, so that repetitions do not recompile: start() once,
+    # then attach()/detach() around each run. uprobes go through the agent's own placements
+    # (UprobeLinks: uprobe_multi links where the kernel has them, else BCC's perf events).
+    _events: list[bytes] | None = None           # our placements; None: the agent's, from start()
+
     def detach(self):
-        site = self.prog.program.attach_points[0].site
-        if site.mechanism == "uprobe":
-            self.prog.bpf.detach_uprobe(name=site.path, addr=site.address)
+        point = self.prog.program.attach_points[0]
+        if point.mechanism != "uprobe":
+            self.prog.bpf.detach_tracepoint(tp=point.site.tracepoint)
+        elif self._events is None and self.prog.links.links:
+            self.prog.links.close_all()
+        elif self._events is None:
+            self.prog.bpf.detach_uprobe(name=point.site.path, addr=point.site.address)
         else:
-            self.prog.bpf.detach_tracepoint(tp=site.tracepoint)
+            for event in self._events:
+                self.prog.links.detach(event)
+        self._events = []
 
     def attach(self):
         point = self.prog.program.attach_points[0]
         if point.mechanism == "uprobe":
-            self.prog.bpf.attach_uprobe(name=point.site.path, addr=point.site.address, fn_name=point.fn_name)
+            self._events = self.prog.links.place(point, point.site.path, point.site.address)
         else:
             self.prog.bpf.attach_tracepoint(tp=point.site.tracepoint, fn_name=point.fn_name)
 

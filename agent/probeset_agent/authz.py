@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from .kube import Kube, KubeError
+from probeset_api.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Which ProbeSets this node's agent runs, from the ProbeSet objects and the Node's labels. Pure.
 
 A set runs here when the administrator's policy admits it (probeset_api.admission: the operator
-applies the same) and its nodeSelector matches the node. Within the node's limits on sets and on
-probes, the oldest sets come first (creationTimestamp, then namespace/name): which sets run is
+applies the same) and its nodeSelector matches the node. Within the node's limits on sets, on
+probes and (when the admin sets one) on the series the sets may export, the oldest sets come first (creationTimestamp, then namespace/name): which sets run is
 decided by the objects alone, not by the order events arrived in, and a new set never pushes out
 one that runs.
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from probeset_api.admission import Admission
 from probeset_api.spec import ProbeSet, SpecError
 
+from .histogram import export_bounds_ns
+
 Key = tuple[str, str]          # (namespace, name)
 
 
@@ -21,6 +23,18 @@ Key = tuple[str, str]          # (namespace, name)
 class Limits:
     max_sets: int = 20         # --max-probesets (Helm agent.maxProbeSets)
     max_probes: int = 500      # --max-probes (Helm agent.maxProbes): probes of all sets together
+    max_series: int = 0        # --max-series (Helm agent.maxSeries): series_bound() of all sets; 0: none
+
+
+def series_bound(pset: ProbeSet) -> int:
+    """The most data series the set can export from one node: per probe, maxSeriesPerProbe series
+    and the overflow one, each a counter, and with latency a histogram (its le buckets, +Inf,
+    _count and _sum). What Prometheus pays per node at worst; docs/scale.md."""
+    total = 0
+    for probe in pset.probes:
+        per_key = 1 + (len(export_bounds_ns(probe.buckets_per_power_of_two)) + 3 if probe.latency else 0)
+        total += (pset.max_series_per_probe + 1) * per_key
+    return total
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ def choose(objects: list[dict], node_labels: dict[str, str] | None, admission: A
     """`admit(obj)` (default admission.admit; the agent passes a cache of it) -> ProbeSet or SpecError."""
     admit = admit or admission.admit
     out = Choice()
-    sets = probes = 0
+    sets = probes = series = 0
     for obj in sorted(objects, key=_age):
         key = key_of(obj)
         generation = (obj.get("metadata") or {}).get("generation")
@@ -77,18 +91,24 @@ def choose(objects: list[dict], node_labels: dict[str, str] | None, admission: A
         except SpecError as e:
             out.refused[key] = Refusal("InvalidSpec", str(e), generation, total)
             continue
-        n = len(pset.probes)
-        if sets + 1 > limits.max_sets or probes + n > limits.max_probes:
-            out.refused[key] = Refusal("OverBudget", _over_budget(sets, probes, n, limits), generation, total)
+        n, s = len(pset.probes), series_bound(pset) if limits.max_series else 0
+        if sets + 1 > limits.max_sets or probes + n > limits.max_probes or \
+                (limits.max_series and series + s > limits.max_series):
+            out.refused[key] = Refusal("OverBudget", _over_budget(sets, probes, n, series, s, limits), generation,
+                                       total)
             continue
-        sets, probes = sets + 1, probes + n
+        sets, probes, series = sets + 1, probes + n, series + s
         out.run[key] = pset
     return out
 
 
-def _over_budget(sets: int, probes: int, n: int, limits: Limits) -> str:
+def _over_budget(sets: int, probes: int, n: int, series: int, s: int, limits: Limits) -> str:
     if sets + 1 > limits.max_sets:
         what = f"the agent of this node runs {sets} ProbeSets, the most it may (--max-probesets, Helm agent.maxProbeSets)"
+    elif probes + n <= limits.max_probes:
+        what = (f"it may export up to {s} series (maxSeriesPerProbe + 1 per probe, times the histogram's buckets "
+                f"with latency), which would take the agent of this node past {limits.max_series} series (its sets "
+                f"take {series}; --max-series, Helm agent.maxSeries): lower maxSeriesPerProbe")
     else:
         what = (f"its {n} probe(s) would take the agent of this node past {limits.max_probes} probes (it runs "
                 f"{probes}; --max-probes, Helm agent.maxProbes)")

@@ -5,25 +5,26 @@ which sets run here, each as its own BPF program(s) (running.py), so that one se
 compile or attach never stops another. An edited set is updated make-before-break; a deleted or
 deselected one is detached at once. All of them are served by one /metrics endpoint.
 
-Each agent writes only status.agents.<its node> of each set, with a JSON merge patch, so agents
-never conflict; full per-probe details only while something fails, to keep the object small. A
-set this node does not select loses the node's entry.
+The agent reports into its own ProbeSetNode (nodestatus.py), never into the ProbeSets: one merge
+patch per change for all its sets, so agents never conflict and a ProbeSet stays small at any
+number of nodes; the operator summarizes the reports into each set's status and Events. A set this
+node does not select loses the node's entry.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 from typing import Callable
 
-from probeset_api import API_GROUP, API_VERSION, KIND, PLURAL
+from probeset_api import API_GROUP, API_VERSION, PLURAL
 from probeset_api.admission import Admission
 from probeset_api.spec import ProbeSet, SpecError
-from probeset_api.status import NodeReport
+from probeset_api.status import NodeReport, set_key
 
 from .choice import Choice, Key, Limits, Refusal, choose, key_of
-from .kube import Kube, KubeError
+from probeset_api.kube import Kube, follow
+from .nodestatus import NodeStatus
 from .report import node_report, spec_failure
 from .running import RunningSet
 
@@ -31,26 +32,6 @@ log = logging.getLogger(__name__)
 
 PROBESETS = f"/apis/{API_GROUP}/{API_VERSION}/{PLURAL}"
 RETRY_SECONDS = 5.0
-
-
-def follow(kube: Kube, path: str, params: dict, on_list: Callable[[list[dict]], None],
-           on_event: Callable[[str, dict], None], stopping: threading.Event, what: str) -> None:
-    """List, then watch from the listing's resourceVersion; list again when the watch ends or
-    fails (410 Gone, the API away). Runs until `stopping`; the probes keep running meanwhile."""
-    while not stopping.is_set():
-        try:
-            listing = kube.get(path, params)
-            on_list(listing.get("items") or [])
-            version = (listing.get("metadata") or {}).get("resourceVersion", "")
-            for kind, obj in kube.watch(path, version, params, timeout_seconds=60, stop=stopping):
-                on_event(kind, obj)
-        except KubeError as e:
-            if e.status != 410:
-                log.warning("watching %s: %s", what, e)
-                stopping.wait(RETRY_SECONDS)
-        except Exception:   # a consumer's failure must not end the watch
-            log.exception("watching %s", what)
-            stopping.wait(RETRY_SECONDS)
 
 
 class NodeAgent:
@@ -67,6 +48,7 @@ class NodeAgent:
         self.running: dict[Key, RunningSet] = {}
         self._admitted: dict[tuple[str, int | None], ProbeSet | SpecError] = {}   # (uid, generation) -> admit()
         self._reported: dict[Key, object] = {}          # what was last reported per set
+        self.status = NodeStatus(kube, node, admission.operator_namespace)
         self._state_lock = threading.Lock()             # objects and node_labels (watch threads write)
         self._work_lock = threading.Lock()              # one reconcile or report at a time
         self.wake = threading.Event()
@@ -93,6 +75,7 @@ class NodeAgent:
 
     def on_node(self, kind: str, obj: dict) -> None:
         labels = None if kind == "DELETED" else dict((obj.get("metadata") or {}).get("labels") or {})
+        self.status.node_uid = None if kind == "DELETED" else (obj.get("metadata") or {}).get("uid")
         with self._state_lock:
             if labels == self.node_labels:
                 return
@@ -135,6 +118,7 @@ class NodeAgent:
                     return
                 self._run(key, pset)
             self._report_all(choice, objects)
+            self.status.flush()
 
     def _run(self, key: Key, pset: ProbeSet) -> None:
         running = self.running.get(key)
@@ -167,6 +151,8 @@ class NodeAgent:
         with self._work_lock:
             for key, running in list(self.running.items()):
                 self._report_running(key, running)
+            if self.status.pending:
+                self.status.flush()
 
     def _report_all(self, choice: Choice, objects: dict[Key, dict]) -> None:
         for key, running in self.running.items():
@@ -174,14 +160,11 @@ class NodeAgent:
         for key, refusal in choice.refused.items():
             self._report_refusal(key, refusal)
         for key in choice.unselected:
-            if self._reported.get(key, "unknown") is not None and self._has_entry(objects.get(key)):
-                self._patch(key, None)
+            self._put(key, None)
             self._reported[key] = None
         for key in [k for k in self._reported if k not in objects]:
+            self._put(key, None)
             del self._reported[key]
-
-    def _has_entry(self, obj: dict | None) -> bool:
-        return obj is not None and self.node in ((obj.get("status") or {}).get("agents") or {})
 
     def _report_running(self, key: Key, running: RunningSet) -> None:
         statuses = running.probe_statuses()
@@ -194,45 +177,18 @@ class NodeAgent:
         failed = [st for st in statuses if st.error and old_errors.get(st.name) != st.error]
         for st in failed:
             log.warning("ProbeSet %s/%s probe %s: %s", *key, st.name, st.error)
-        self._patch(key, node_report(statuses, running.generation, len(statuses)))
-        if failed:
-            self._event(key, "Warning", "ProbeFailed",
-                        f"node {self.node}: " + "; ".join(f"{st.name}: {st.error}" for st in failed)[:1000])
+        self._put(key, node_report(statuses, running.generation, len(statuses)))
 
     def _report_refusal(self, key: Key, refusal: Refusal) -> None:
         if self._reported.get(key) == refusal:
             return
-        first = not isinstance(self._reported.get(key), Refusal) or self._reported[key].reason != refusal.reason
         self._reported[key] = refusal
         log.warning("ProbeSet %s/%s not run here: %s: %s", *key, refusal.reason, refusal.message)
-        self._patch(key, spec_failure(refusal.generation, refusal.total, refusal.message, refusal.reason))
-        if first:
-            self._event(key, "Warning", refusal.reason, f"node {self.node}: {refusal.message}"[:1000])
+        self._put(key, spec_failure(refusal.generation, refusal.total, refusal.message, refusal.reason))
 
-    def _patch(self, key: Key, report: NodeReport | None) -> None:
-        namespace, name = key
-        body = {"status": {"agents": {self.node: report.to_status() if report is not None else None}}}
-        try:
-            self.kube.patch(f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status", body)
-        except KubeError as e:   # the API being away must not stop the probes; a deleted set is fine
-            if e.status != 404:
-                log.warning("cannot report the status of ProbeSet %s/%s: %s", namespace, name, e)
-
-    def _event(self, key: Key, kind: str, reason: str, message: str) -> None:
-        namespace, name = key
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{name}.", "namespace": namespace},
-            "involvedObject": {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": name,
-                               "namespace": namespace},
-            "reason": reason, "message": message, "type": kind, "firstTimestamp": now, "lastTimestamp": now,
-            "count": 1, "source": {"component": "probeset-agent", "host": self.node},
-        }
-        try:
-            self.kube.post(f"/api/v1/namespaces/{namespace}/events", event)
-        except KubeError as e:
-            log.warning("cannot post an event on ProbeSet %s/%s: %s", namespace, name, e)
+    def _put(self, key: Key, report: NodeReport | None) -> None:
+        """Report on a set (None: no entry), written by the next status.flush()."""
+        self.status.put(set_key(*key), report)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -247,12 +203,17 @@ class NodeAgent:
             threading.Thread(target=follow, args=(self.kube, path, params, on_list, on_event, self.stopping, what),
                              name=f"probeset-watch-{what.split()[0].lower()}", daemon=True).start()
         while not self.stopping.is_set():
-            self.wake.wait()
+            # A report the API did not take is written again after RETRY_SECONDS.
+            woke = self.wake.wait(RETRY_SECONDS if self.status.pending else None)
             self.wake.clear()
             if self.stopping.is_set():
                 break
             try:
-                self.reconcile()
+                if woke:
+                    self.reconcile()
+                else:
+                    with self._work_lock:
+                        self.status.flush()
             except Exception:   # keep the agent alive; the next change tries again
                 log.exception("reconciling the ProbeSets of node %s", self.node)
 

@@ -116,9 +116,37 @@ def _bind_metrics(args, authorize=None):
         return None
 
 
-def _serve_metrics(server, programs: list, node: str, features) -> None:
+def _hit_cost() -> dict[str, float]:
+    """Seconds per uprobe hit by instruction class, measured here (uprobe_cost.py); {} if it cannot be."""
+    from .uprobe_cost import calibrate
+    try:
+        cost = calibrate()
+    except OSError as e:
+        log.info("uprobe hit cost not measured: %s", e.strerror or e)
+        return {}
+    log.info("uprobe hit cost on this node: %s", ", ".join(f"{k} {v * 1e6:.2f} µs" for k, v in cost.items()))
+    return cost
+
+
+def _print_uprobe_classes(prog, cost: dict[str, float]) -> None:
+    """Under a set's status lines: each uprobe entry site's first instruction, its class and its
+    cost per hit on this node."""
+    from .uprobe_cost import point_class
+    for rp in prog.resolved:
+        for site in rp.sites:
+            if site.mechanism != "uprobe" or not site.path:
+                continue
+            cls = point_class(site.mechanism, site.path, site.address)
+            each = f", {cost[cls.kind] * 1e6:.2f} µs per hit here" if cls.kind in cost else ""
+            print(f"        {rp.probe.name}: {site.function}: {cls.insn}: {cls.kind}{each}")
+
+
+def _serve_metrics(server, programs: list, node: str, features, histogram_buckets: str = "trimmed") -> None:
     from .exposition import MetricsCollector
-    collector = MetricsCollector(programs, node, features)
+    collector = MetricsCollector(programs, node, features, trim_buckets=histogram_buckets != "all")
+    # Measured beside serving (0.5 s): probeset_uprobe_hit_seconds appears once it is known.
+    threading.Thread(target=lambda: setattr(collector, "hit_cost", _hit_cost()), name="probeset-uprobe-cost",
+                     daemon=True).start()
     server.start(lambda: collector.render().encode())
     log.info("serving metrics on http://%s:%d/metrics", *server.address)
     sys.stdout.flush()
@@ -144,6 +172,7 @@ def cmd_check(args) -> int:
     if features:
         print("kernel: " + ", ".join(f"{k} {v}" for k, v in features.as_dict().items()))
     checked = []
+    cost: dict[str, float] | None = None       # measured once, if a set has a uprobe
     try:
         for where, pset in sets:
             prog = ProbeSetProgram(pset, _node_name(), features)
@@ -152,7 +181,13 @@ def cmd_check(args) -> int:
             for st in prog.probe_statuses():
                 if st.error is None:
                     st.functions = {f: True for f in st.functions}   # would attach: resolved and compiled
+            if cost is None and any(s.mechanism == "uprobe" and s.path for rp in prog.resolved for s in rp.sites):
+                cost = _hit_cost() if os.geteuid() == 0 else {}
+                if cost:
+                    print("uprobe hit on this node, before the BPF program: "
+                          + ", ".join(f"{k} {v * 1e6:.2f} µs" for k, v in cost.items()))
             ok &= _print_status(where, prog)
+            _print_uprobe_classes(prog, cost or {})
             if prog.map_memory:
                 print(f"  maps: up to {prog.map_memory / (1 << 20):.1f} MiB of kernel memory when full")
     finally:
@@ -214,7 +249,7 @@ def cmd_run(args) -> int:
         _print_status(where, prog)
         programs.append(prog)
     housekeeper = Housekeeper(programs, attribution).start()
-    _serve_metrics(server, programs, node, features)
+    _serve_metrics(server, programs, node, features, args.histogram_buckets)
     stop = threading.Event()
     _on_stop_signals(stop)
     try:
@@ -236,7 +271,7 @@ def cmd_agent(args) -> int:
     from .choice import Limits
     from .cluster import NodeAgent
     from .host import node_root
-    from .kube import Kube, KubeError
+    from probeset_api.kube import Kube, KubeError
     from .pods import PodIndex, PodSelection, PodWatcher
     from .program import ProbeSetProgram
 
@@ -269,14 +304,14 @@ def cmd_agent(args) -> int:
         selection = PodSelection(pods, None if pset.scope == "Node" else pset.namespace, pset.pod_selector)
         return ProbeSetProgram(pset, node, features, attribution, selection, host_root, admission.value_policy(pset))
 
-    agent = NodeAgent(kube, node, make, admission, Limits(args.max_probesets, args.max_probes), sources,
+    agent = NodeAgent(kube, node, make, admission, Limits(args.max_probesets, args.max_probes, args.max_series), sources,
                       threading.Lock())
     housekeeper.after = agent.report_changes
     # The watches block in socket reads; they run in their own threads so a signal stops the agent at once.
     threading.Thread(target=watcher.run, name="probeset-pods", daemon=True).start()
     if not pods.synced.wait(30):
         log.warning("no pod listing after 30 s: pods will be named as the listing arrives")
-    _serve_metrics(server, sources, node, features)
+    _serve_metrics(server, sources, node, features, args.histogram_buckets)
     _on_stop_signals(agent.stopping)
     threading.Thread(target=agent.run, name="probeset-sets", daemon=True).start()
     housekeeper.start()

@@ -4,6 +4,11 @@ Prometheus text format (0.0.4); server.py serves it.
 It writes the text itself, rather than through prometheus_client's registry, because a scrape of
 10,000 series must stay within tens of milliseconds: each series' label block is rendered once and
 cached by its raw map key (readout.py), and a sample line is then one string join.
+
+A latency histogram is exported up to its highest non-empty bucket and +Inf (histogram.py,
+cumulative_counts; a series with no event: +Inf 0, _count 0, _sum 0): what a function that takes
+microseconds sends is 8-10 buckets instead of 28. `trim_buckets=False` (`--histogram-buckets all`)
+exports every bound, for queries that sum histograms of several series by `le`.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from probeset_api import __version__
 from probeset_api.schema import AGGREGATES, UNITS
 from probeset_api.values import metric_name
 
-from .histogram import cumulative_buckets, value_bounds
+from .histogram import cumulative_counts, export_bounds_ns, value_bounds
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
+from .uprobe_cost import point_class
 
 FAMILIES = {
     "probeset_events_total": ("counter", "Events seen by a probe, aggregated in the kernel."),
@@ -37,6 +43,10 @@ FAMILIES = {
     "probeset_bpf_run_seconds_total": ("counter", "CPU time spent in the BPF programs "
                                                   "(needs kernel.bpf_stats_enabled)."),
     "probeset_bpf_runs_total": ("counter", "BPF program runs (needs kernel.bpf_stats_enabled)."),
+    "probeset_uprobe_hit_seconds": ("gauge", "What one hit of this uprobe point costs the probed thread besides its "
+                                             "BPF program, by the class of the probed instruction (emulated, "
+                                             "single-stepped; return: what a uretprobe adds), measured on this node at "
+                                             "start."),
     "probeset_unknown_cgroups": ("gauge", "Cgroup ids not found in the cgroup tree (gone before the agent saw "
                                           "them) whose events are folded into one series labelled __unknown__."),
     "probeset_allowed_cgroups": ("gauge", "Cgroups of the selected pods in the in-kernel filter (namespace "
@@ -48,6 +58,10 @@ FAMILIES = {
                                                     "processes that ran it may have computed wrong results)."),
     "probeset_map_memory_bytes": ("gauge", "Kernel memory the set's BPF maps may take when full (an upper bound, "
                                            "reserved in the agent's --map-memory budget)."),
+    "probeset_compile_seconds": ("gauge", "Wall time clang took to compile the set's running programs on this node, "
+                                          "failed compiles included (they isolate a probe whose C does not compile)."),
+    "probeset_compiles": ("gauge", "Compiles of the set's running programs on this node: one per program, more "
+                                   "when a probe's C did not compile."),
     "probeset_agent_info": ("gauge", "Static facts about the agent and its node."),
 }
 
@@ -63,17 +77,26 @@ def _bcc_version() -> str:
 class MetricsCollector:
     """Renders the snapshots of `sources` (objects with .snapshot(): running ProbeSets)."""
 
-    def __init__(self, sources: list, node: str, features=None):
+    def __init__(self, sources: list, node: str, features=None, trim_buckets: bool = True,
+                 hit_cost: dict[str, float] | None = None):
         self.sources = sources           # the cluster agent swaps its contents on reload
         self.node = node
         self.features = features
+        self.trim_buckets = trim_buckets  # histogram buckets only up to the highest non-empty one
+        self.hit_cost = hit_cost or {}    # seconds per uprobe hit by class (uprobe_cost.calibrate)
         self._bcc_version = _bcc_version()
-        self._le_text: dict[int, list[str]] = {}
+        self._le_text: dict[tuple[int, str], list[str]] = {}
 
-    def _le_strings(self, per_power: int, buckets: list[tuple[float, int]], kind: str = "") -> list[str]:
+    def _le_strings(self, per_power: int, kind: str = "latency") -> list[str]:
+        """The `le` values of the exported bounds, then +Inf: latency's (seconds), a value histogram's
+        in seconds (`seconds`: the same bounds) or plain numbers (`value`)."""
         text = self._le_text.get((per_power, kind))
         if text is None:
-            text = self._le_text[(per_power, kind)] = [floatToGoString(le) for le, _ in buckets]
+            if kind == "value":
+                bounds = [floatToGoString(float(v)) for v in value_bounds(per_power)]
+            else:
+                bounds = [floatToGoString(ns / 1e9) for ns in export_bounds_ns(per_power)]
+            text = self._le_text[(per_power, kind)] = bounds + ["+Inf"]
         return text
 
     def render(self) -> str:
@@ -101,14 +124,14 @@ class MetricsCollector:
             out.append(f"{name}{s.text} {floatToGoString(total) if scale != 1 else total}\n")
             return
         per_power = probe.buckets_per_power_of_two
-        if probe.unit == "seconds":
-            buckets, kind = cumulative_buckets(s.buckets, per_power), ""
-        else:
-            buckets, kind = cumulative_buckets(s.buckets, per_power, value_bounds(per_power), 1.0), "value"
-        base = s.text[:-1] + ',le="'
-        for le, (_, n) in zip(self._le_strings(per_power, buckets, kind), buckets):
-            out.append(f'{name}_bucket{base}{le}"}} {n}\n')
-        out.append(f"{name}_count{s.text} {buckets[-1][1]}\n")
+        kind = "seconds" if probe.unit == "seconds" else "value"
+        bounds = value_bounds(per_power) if kind == "value" else None
+        cum = cumulative_counts(s.buckets, per_power, self.trim_buckets, bounds)
+        base = f"{name}_bucket" + s.text[:-1] + ',le="'
+        le_text = self._le_strings(per_power, kind)
+        out.extend([f'{base}{le}"}} {n}\n' for le, n in zip(le_text, cum[:-1])])
+        out.append(f'{base}+Inf"}} {cum[-1]}\n')
+        out.append(f"{name}_count{s.text} {cum[-1]}\n")
         out.append(f"{name}_sum{s.text} {floatToGoString(total) if scale != 1 else total}\n")
 
     def _render_set(self, snap: SetSnapshot, lines: dict[str, list[str]]) -> None:
@@ -123,6 +146,7 @@ class MetricsCollector:
         events, latency = lines["probeset_events_total"], lines["probeset_latency_seconds"]
         for probe in snap.probes:
             per_power = probe.buckets_per_power_of_two
+            le_text = self._le_strings(per_power)
             folded = 0
             for s in probe.series:
                 if s.labels["function"] == OVERFLOW_LABEL:
@@ -131,17 +155,20 @@ class MetricsCollector:
                 if probe.value_metric is not None:
                     self._render_value(probe, s, lines[probe.value_metric])
                 elif s.buckets is not None:
-                    buckets = cumulative_buckets(s.buckets, per_power)
-                    base = s.text[:-1] + ',le="'
-                    for le, (_, n) in zip(self._le_strings(per_power, buckets), buckets):
-                        latency.append(f'probeset_latency_seconds_bucket{base}{le}"}} {n}\n')
-                    latency.append(f"probeset_latency_seconds_count{s.text} {buckets[-1][1]}\n")
+                    cum = cumulative_counts(s.buckets, per_power, self.trim_buckets)
+                    base = "probeset_latency_seconds_bucket" + s.text[:-1] + ',le="'
+                    latency.extend([f'{base}{le}"}} {n}\n' for le, n in zip(le_text, cum[:-1])])
+                    latency.append(f'{base}+Inf"}} {cum[-1]}\n')
+                    latency.append(f"probeset_latency_seconds_count{s.text} {cum[-1]}\n")
                     latency.append(f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n")
             labels = label_text({**name, "probe": probe.probe})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
         set_labels = label_text(name)
         lines["probeset_unknown_cgroups"].append(f"probeset_unknown_cgroups{set_labels} {snap.unknown_cgroups}\n")
         lines["probeset_map_memory_bytes"].append(f"probeset_map_memory_bytes{set_labels} {snap.map_memory}\n")
+        lines["probeset_compile_seconds"].append(
+            f"probeset_compile_seconds{set_labels} {floatToGoString(round(snap.compile_seconds, 6))}\n")
+        lines["probeset_compiles"].append(f"probeset_compiles{set_labels} {snap.compiles}\n")
         if snap.allowed_cgroups is not None:
             lines["probeset_allowed_cgroups"].append(f"probeset_allowed_cgroups{set_labels} {snap.allowed_cgroups}\n")
         for sample in snap.uprobe_files:
@@ -155,5 +182,11 @@ class MetricsCollector:
         for sample in snap.run_ns:
             lines["probeset_bpf_run_seconds_total"].append(
                 f"probeset_bpf_run_seconds_total{label_text(sample.labels)} {floatToGoString(sample.value / 1e9)}\n")
+        for site in snap.uprobe_sites if self.hit_cost else ():
+            cls = point_class(site.mechanism, site.path, site.address)
+            if cls.kind in self.hit_cost:
+                lines["probeset_uprobe_hit_seconds"].append(
+                    f"probeset_uprobe_hit_seconds{label_text({**site.labels, 'class': cls.kind})} "
+                    f"{floatToGoString(round(self.hit_cost[cls.kind], 9))}\n")
         for sample in snap.runs:
             lines["probeset_bpf_runs_total"].append(f"probeset_bpf_runs_total{label_text(sample.labels)} {sample.value}\n")

@@ -67,17 +67,61 @@ def value_bounds(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
     return tuple(bounds)
 
 
-def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS,
-                       bounds: tuple[int, ...] | None = None, scale: float = 1e-9) -> list[tuple[float, int]]:
-    """(le, cumulative count) at every exported bound, ending with +Inf. By default the latency
-    bounds, in seconds; a value histogram passes value_bounds() and its own scale."""
-    by_upper = sorted((bucket_upper_ns(i), n) for i, n in counts.items())
-    out, acc, j = [], 0, 0
-    for bound in export_bounds_ns(per_power_of_two) if bounds is None else bounds:
-        while j < len(by_upper) and by_upper[j][0] <= bound:
-            acc += by_upper[j][1]
+@functools.lru_cache(maxsize=None)
+def positions_for(bounds: tuple[int, ...]) -> tuple[int, ...]:
+    """For each in-kernel bucket index, the position of the first of these bounds that includes it
+    (len(bounds) for the ones past the last bound: +Inf)."""
+    out, j = [], 0
+    for i in range(NUM_BUCKETS):
+        upper = bucket_upper_ns(i)
+        while j < len(bounds) and bounds[j] < upper:
             j += 1
-        out.append((bound * scale, acc))
-    total = sum(n for _, n in by_upper)
-    out.append((float("inf"), total))
+        out.append(j)
+    return tuple(out)
+
+
+def export_positions(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
+    """For each in-kernel bucket index, the position of the exported bound that first includes it
+    (len(export_bounds_ns()) for the ones past the last bound: +Inf)."""
+    return positions_for(export_bounds_ns(per_power_of_two))
+
+
+def cumulative_counts(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS, trim: bool = True,
+                      bounds: tuple[int, ...] | None = None) -> list[int]:
+    """Cumulative counts at the exported bounds (latency's, or `bounds`: a value histogram's
+    value_bounds()), the last one the total (+Inf): at every bound, or, with `trim`, only up to
+    the highest bound whose own bucket is not empty (every bound after it would repeat the total;
+    all of them when +Inf's own bucket is not empty). A series with no event gives [0]: the +Inf
+    bucket alone.
+
+    For one series, Prometheus' histogram_quantile() gives the same answer for the trimmed and the
+    full list: the bucket a rank falls in, and the bound below it, are both kept. Summing series by
+    `le` is another matter: see docs/metrics.md."""
+    bounds = export_bounds_ns(per_power_of_two) if bounds is None else bounds
+    pos = positions_for(bounds)
+    n = len(bounds)
+    own = [0] * (n + 1)
+    for index, c in counts.items():
+        own[pos[index]] += c
+    top = n
+    if trim and not own[n]:
+        top = n - 1
+        while top >= 0 and not own[top]:
+            top -= 1
+        top += 1
+    out, acc = [], 0
+    for c in own[:top]:
+        acc += c
+        out.append(acc)
+    out.append(sum(own))
     return out
+
+
+def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS, trim: bool = False,
+                       bounds: tuple[int, ...] | None = None, scale: float = 1e-9) -> list[tuple[float, int]]:
+    """(le, cumulative count) at every exported bound (or, with `trim`, up to the highest non-empty
+    one: cumulative_counts), ending with +Inf. By default latency's bounds, in seconds; a value
+    histogram passes value_bounds() and its own scale."""
+    bounds = export_bounds_ns(per_power_of_two) if bounds is None else bounds
+    cum = cumulative_counts(counts, per_power_of_two, trim, bounds)
+    return [(b * scale, c) for b, c in zip(bounds, cum[:-1])] + [(float("inf"), cum[-1])]

@@ -1,10 +1,13 @@
-"""Compiling BPF C with BCC, with its errors captured and without BCC's name-based auto-attach."""
+"""Compiling BPF C with BCC, with its errors captured and without BCC's name-based auto-attach,
+and what the compiles cost (CompileCost)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import time
+from dataclasses import dataclass
 
 
 @contextlib.contextmanager
@@ -42,12 +45,26 @@ class CompileError(Exception):
     """The program did not compile or load; the message has clang's or the verifier's first errors."""
 
 
-def compile_program(text: str):
-    """The loaded BPF object; CompileError with the reason when it fails."""
+@dataclass
+class CompileCost:
+    """What a program's compiles took: how many times clang ran (failed compiles included) and
+    their wall time."""
+
+    compiles: int = 0
+    seconds: float = 0.0
+
+
+def compile_program(text: str, cost: CompileCost | None = None):
+    """The loaded BPF object; CompileError with the reason when it fails. `cost` adds this compile."""
+    t0 = time.monotonic()
     with captured_stderr() as err:
         try:
             return _bpf_class()(text=text.encode())
         except Exception as e:  # bcc raises bare Exception
             failure = e
+        finally:
+            if cost is not None:
+                cost.compiles += 1
+                cost.seconds += time.monotonic() - t0
     lines = [ln.strip() for ln in err[0].splitlines() if "error" in ln.lower()] or err[0].splitlines()[-3:]
     raise CompileError("BPF compile failed: " + ("; ".join(lines[:3]) or str(failure)))

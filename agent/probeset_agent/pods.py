@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .kube import Kube
+from probeset_api.kube import Kube, follow
 
 log = logging.getLogger(__name__)
 
@@ -214,23 +214,20 @@ class PodWatcher:
                 log.exception("pod change handler failed")
 
     def run(self) -> None:
-        params = {"fieldSelector": f"spec.nodeName={self.node}"}
-        while not self.stopping.is_set():
-            try:
-                listing = self.kube.get("/api/v1/pods", params)
-                self.index.replace([pod_info(p) for p in listing.get("items") or []])
-                self._changed()
-                for kind, pod in self.kube.watch("/api/v1/pods", listing["metadata"]["resourceVersion"], params,
-                                                 timeout_seconds=60, stop=self.stopping):
-                    info = pod_info(pod)
-                    if kind == "DELETED":
-                        self.index.delete(info.api_uid)
-                    else:
-                        self.index.update(info)
-                    self._changed()
-            except Exception as e:   # API away, watch expired (410), a malformed pod: list again; probes keep running
-                log.warning("watching pods of node %s: %s", self.node, e)
-                self.stopping.wait(5)
+        follow(self.kube, "/api/v1/pods", {"fieldSelector": f"spec.nodeName={self.node}"}, self._listed,
+               self._event, self.stopping, f"pods of node {self.node}")
+
+    def _listed(self, items: list[dict]) -> None:
+        self.index.replace([pod_info(p) for p in items])
+        self._changed()
+
+    def _event(self, kind: str, pod: dict) -> None:
+        info = pod_info(pod)
+        if kind == "DELETED":
+            self.index.delete(info.api_uid)
+        else:
+            self.index.update(info)
+        self._changed()
 
     def stop(self) -> None:
         self.stopping.set()

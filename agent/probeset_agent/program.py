@@ -18,14 +18,14 @@ import time
 from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet, ValuePolicy
 
-from . import codegen
+from . import codegen, isolation
 from .attach import attach_point, default_max_active, detach_all, detach_point, prepare_maps, set_aside
 from .budget import PROCESS_MEMORY, PROCESS_PROBES, Holdings, MemoryBudget, ProbeBudget
 from .codegen import AttachPoint
 from .features import Features
 from .health import missed_events, program_stats
 from .layout import key_uses_cgroup
-from .loader import CompileError, compile_program
+from .loader import CompileCost, CompileError, compile_program
 from .maps import delete_row, read_raw
 from .placement import Placement
 from .readout import Readout, Series, UnknownAging
@@ -91,6 +91,7 @@ class ProbeSetProgram:
         self.links: UprobeLinks | None = None            # the uprobes' placements (links or perf events)
         self.program: codegen.Program | None = None
         self.compiled: list[ResolvedProbe] = []            # the probes in self.bpf (read even if partly failed)
+        self.compile_cost = CompileCost()                  # clang runs and their time (probeset_compile_seconds)
         self.retired: set[int] = set()                     # probe ids an edit removed: detached, not read
         self.attached_points: list[AttachPoint] = []
         self._attach_errors: dict[int, str | None] = {}    # probe id -> its error once start() attached
@@ -118,12 +119,20 @@ class ProbeSetProgram:
         usable = self._usable()
         if usable:
             self.program = self._generate(usable)
-            self.bpf = compile_program(self.program.text)
+            self.bpf = compile_program(self.program.text, self.compile_cost)
             self.compiled = usable
+
+    def _compile_error(self, probes) -> str | None:
+        """None if these probes compile together (the trial is unloaded), else the error."""
+        try:
+            compile_program(self._generate(list(probes)).text, self.compile_cost).cleanup()
+        except CompileError as e:
+            return str(e)
+        return None
 
     def compile(self) -> bool:
         """Compile the usable probes into self.bpf, reporting the ones that cannot be (kernel headers
-        missing, or a probe whose C fails: it is found by compiling each alone). True if any compiled."""
+        missing, or a probe whose C fails: found by compiling halves, isolation.py). True if any compiled."""
         missing = missing_kernel_headers()
         if missing:
             for rp in self._usable():
@@ -134,11 +143,8 @@ class ProbeSetProgram:
             self._compile_usable()
         except CompileError as e:
             log.warning("probeset %s: %s; isolating the failing probe(s)", self.pset.name, e)
-            for rp in self._usable():
-                try:
-                    compile_program(self._generate([rp]).text).cleanup()
-                except CompileError as alone:
-                    self.status[rp.id].fail(str(alone))
+            for rp, error in isolation.failing(self._usable(), self._compile_error):
+                self.status[rp.id].fail(error)
             try:
                 self._compile_usable()
             except CompileError as again:

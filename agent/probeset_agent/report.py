@@ -33,7 +33,7 @@ class ProbeStatus:
 
 
 def node_report(statuses: list[ProbeStatus], generation: int | None, total: int) -> NodeReport:
-    """status.agents.<node> for a node running these probe statuses."""
+    """The node's report on a set (its ProbeSetNode's status.sets entry) for these probe statuses."""
     return NodeReport(generation=generation, attached=sum(1 for st in statuses if st.error is None),
                       total=total, updated=now(),
                       failed=tuple(st.result() for st in statuses if st.error is not None))

@@ -147,6 +147,7 @@ class RunningSet:
             merged.probes += snap.probes
             merged.missed += snap.missed
             merged.uprobe_files += snap.uprobe_files
+            merged.uprobe_sites += snap.uprobe_sites
             merged.reattached += snap.reattached
             merged.run_ns += snap.run_ns
             merged.runs += snap.runs
@@ -154,6 +155,8 @@ class RunningSet:
             if snap.allowed_cgroups is not None:
                 merged.allowed_cgroups = max(merged.allowed_cgroups or 0, snap.allowed_cgroups)
             merged.map_memory += snap.map_memory
+            merged.compile_seconds += snap.compile_seconds
+            merged.compiles += snap.compiles
         return merged
 
     def refresh(self) -> None:

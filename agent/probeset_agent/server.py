@@ -10,6 +10,8 @@
   Concurrent scrapes share one rendering: a request that arrives while the text is being rendered
   waits for that rendering instead of starting its own, so memory holds one body however many
   scrapers there are, and a scrape never sees counts older than its own arrival minus one render.
+- Encoding: gzip (level 1) when the request's Accept-Encoding allows it, identity otherwise;
+  compressed once per rendering, however many scrapers ask for it.
 - Optionally TLS (`tls`, an ssl.SSLContext; with a client CA it requires client certificates; the
   handshake runs in the selector thread, so it is bounded like the request), and an `authorize`
   check of the request's bearer token (authz.py: TokenReview + SubjectAccessReview, as
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import queue
 import selectors
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST_BYTES = 16384
+GZIP_LEVEL = 1            # docs/benchmarks.md 2: level 1 costs the fewest CPU ms per byte saved
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -47,42 +51,88 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class SharedRendering:
-    """render() once for all the callers that arrive while it runs."""
+class _Rendered:
+    """One rendering's body, and its gzip form, made on first request and once."""
 
-    def __init__(self, render: Callable[[], bytes]):
+    def __init__(self, body: bytes, level: int):
+        self.body, self.level = body, level
+        self._gzipped: bytes | None = None
+        self._lock = threading.Lock()
+
+    def gzipped(self) -> bytes:
+        with self._lock:
+            if self._gzipped is None:
+                self._gzipped = gzip.compress(self.body, compresslevel=self.level, mtime=0)
+            return self._gzipped
+
+
+class SharedRendering:
+    """render() once for all the callers that arrive while it runs; its gzip form, when asked
+    for, compressed once for all of them too."""
+
+    def __init__(self, render: Callable[[], bytes], gzip_level: int = GZIP_LEVEL):
         self._render = render
+        self.gzip_level = gzip_level
         self._cond = threading.Condition()
         self._busy = False
         self._round = 0
         self.waiting = 0          # callers waiting for the rendering in progress
-        self._result: tuple[bytes | None, BaseException | None] = (None, None)
+        self._result: tuple[_Rendered | None, BaseException | None] = (None, None)
 
-    def get(self) -> bytes:
+    def get(self, gzipped: bool = False) -> bytes:
+        rendered = self._get()
+        return rendered.gzipped() if gzipped else rendered.body
+
+    def _get(self) -> _Rendered:
         with self._cond:
             if self._busy:
                 waiting_for = self._round
                 self.waiting += 1
                 self._cond.wait_for(lambda: self._round != waiting_for)
                 self.waiting -= 1
-                body, error = self._result
+                rendered, error = self._result
                 if error is not None:
                     raise error
-                return body
+                return rendered
             self._busy = True
-        body, error = None, None
+        rendered, error = None, None
         try:
-            body = self._render()
+            rendered = _Rendered(self._render(), self.gzip_level)
         except BaseException as e:   # handed to every waiter
             error = e
         with self._cond:
-            self._result = (body, error)
+            self._result = (rendered, error)
             self._busy = False
             self._round += 1
             self._cond.notify_all()
         if error is not None:
             raise error
-        return body
+        return rendered
+
+
+def accepts_gzip(headers: bytes) -> bool:
+    """Whether the request's Accept-Encoding allows gzip (RFC 9110 12.5.3): `gzip`, `x-gzip` or
+    `*` with a q-value above 0, a named coding taking precedence over `*`. Anything unreadable
+    counts as not allowed: the identity coding is always acceptable."""
+    q: dict[str, float] = {}
+    for line in headers.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() != b"accept-encoding":
+            continue
+        for item in value.decode("latin-1").split(","):
+            coding, *params = [p.strip() for p in item.split(";")]
+            weight = 1.0
+            for param in params:
+                key, _, val = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        weight = float(val)
+                    except ValueError:
+                        weight = 0.0
+            if coding:
+                q[coding.lower()] = weight
+    weight = q.get("gzip", q.get("x-gzip", q.get("*", 0.0)))
+    return 0.0 < weight <= 1.0
 
 
 @dataclass
@@ -263,7 +313,10 @@ class MetricsServer:
                 self._reply(sock, status, why.encode() + b"\n")
                 return
         if path == b"/metrics":
-            self._reply(sock, 200, self._rendering.get(), CONTENT_TYPE, head=parts[0] == b"HEAD")
+            gzipped = accepts_gzip(headers)
+            self._reply(sock, 200, self._rendering.get(gzipped), CONTENT_TYPE, head=parts[0] == b"HEAD",
+                        extra="Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n" if gzipped else
+                        "Vary: Accept-Encoding\r\n")
         elif path == b"/healthz":
             self._reply(sock, 200, b"ok\n")
         elif path == b"/":
@@ -273,12 +326,12 @@ class MetricsServer:
 
     @staticmethod
     def _reply(sock: socket.socket, status: int, body: bytes, ctype: str = "text/plain",
-               head: bool = False) -> None:
+               head: bool = False, extra: str = "") -> None:
         reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
                   405: "Method Not Allowed", 500: "Internal Server Error",
                   431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
         header = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                  "Connection: close\r\n\r\n").encode()
+                  f"{extra}Connection: close\r\n\r\n").encode()
         try:
             sock.sendall(header)
             if not head:

@@ -29,6 +29,17 @@ class PointSample:
 
 
 @dataclass
+class UprobeSite:
+    """One uprobe point's place in the node's copy of its file: the exposition classes its
+    instruction (uprobe_cost.py)."""
+
+    labels: dict[str, str]
+    mechanism: str                  # uprobe | uretprobe
+    path: str                       # "" when the node's copy is not observed
+    address: int                    # virtual address of the function in that file
+
+
+@dataclass
 class SetSnapshot:
     labels: dict[str, str]                                                # {probeset, probeset_namespace?}
     statuses: list[ProbeStatus]
@@ -41,6 +52,9 @@ class SetSnapshot:
     unknown_cgroups: int = 0
     allowed_cgroups: int | None = None
     map_memory: int = 0                                                   # upper bound, bytes
+    uprobe_sites: list[UprobeSite] = field(default_factory=list)          # where each uprobe point is
+    compile_seconds: float = 0.0                                          # clang's wall time, all compiles
+    compiles: int = 0
 
 
 def take_snapshot(prog) -> SetSnapshot:
@@ -53,12 +67,14 @@ def take_snapshot(prog) -> SetSnapshot:
         snap.probes.append(ProbeSeries(probe.name, probe.buckets_per_power_of_two, series, metric, probe.unit))
     snap.unknown_cgroups, snap.allowed_cgroups = prog.unknown_cgroups, prog.allowed_cgroups
     snap.map_memory = prog.map_memory
+    snap.compile_seconds, snap.compiles = prog.compile_cost.seconds, prog.compile_cost.compiles
 
     def point_labels(point) -> dict[str, str]:
         return {**prog.set_labels, "probe": prog.probe_names(point), "function": point.site.function,
                 "via": point.mechanism}
     points = prog.user_points()
     snap.uprobe_files = [PointSample(point_labels(p), prog.copies(p)) for p in points]
+    snap.uprobe_sites = [UprobeSite(point_labels(p), p.mechanism, p.site.path, p.site.address) for p in points]
     snap.reattached = [PointSample({**point_labels(p), "reason": reason}, prog.placement.reattached.get((p.fn_name, reason), 0))
                        for p in points for reason in ("replaced", "modified")]
     snap.missed = [(by_id[probe_id].probe.name, reason, n) for (probe_id, reason), n in sorted(prog.read_missed().items())]

@@ -1,6 +1,10 @@
-"""The status contract of a ProbeSet, written once: each node's agent writes a NodeReport into
-status.agents.<node>, the operator reads them back (NodeReport.from_status) and writes the summary
-(Summary), and the CRD's status schema (STATUS_SCHEMA) is generated from these types.
+"""The status contract, written once. Each node's agent writes one NodeReport per set it was asked
+about into its own ProbeSetNode object (status.sets["<namespace>/<name>"], one object per node in
+the operator's namespace, one write per change for all its sets); the operator reads them back
+(NodeReport.from_status) and writes each ProbeSet's summary: counts, conditions and at most
+MAX_FAILED_NODES failing nodes (FailedNode), so that a ProbeSet stays small whatever the number of
+nodes (docs/scale.md). The CRDs' status schemas (STATUS_SCHEMA, NODE_STATUS_SCHEMA) are generated
+from these types.
 
 Field names are the API's (camelCase); each field's description reaches users through
 `kubectl explain`.
@@ -16,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONDITION_TYPES = ("Valid", "Ready", "Degraded")
+MAX_FAILED_NODES = 10          # failing nodes named in a ProbeSet's status
+MAX_FAILED_PROBES_SHOWN = 5    # failed probes shown per named node
+ERROR_MAX = 300                # characters of one probe's error in a status
 
 
 def _doc(text: str, **kw) -> Any:
@@ -35,8 +42,8 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class NodeReport:
-    """One node's agent's report: status.agents.<node>. Full per-probe results only for probes that
-    failed, to keep the object small."""
+    """One node's agent's report on one set: status.sets["<namespace>/<name>"] of the node's
+    ProbeSetNode. Full per-probe results only for probes that failed, to keep the object small."""
 
     generation: int | None = _doc("Spec generation the agent runs.")
     attached: int = _doc("Probes attached on this node.")
@@ -64,6 +71,36 @@ class NodeReport:
                    reason=entry.get("reason") if isinstance(entry.get("reason"), str) else None)
 
 
+def set_key(namespace: str, name: str) -> str:
+    """The key of a set in a ProbeSetNode's status.sets."""
+    return f"{namespace}/{name}"
+
+
+@dataclass(frozen=True)
+class FailedNode:
+    """A node whose agent does not run every probe of the set: the first MAX_FAILED_NODES by name."""
+
+    node: str = _doc("The node's name.")
+    attached: int = _doc("Probes attached on this node.", default=0)
+    total: int = _doc("Probes in the spec.", default=0)
+    reason: str | None = _doc("Why the agent does not run the set here (InvalidSpec, OverBudget), if it "
+                              "does not.", default=None)
+    failed: tuple[ProbeResult, ...] = _doc("The first failed probes, with the reason.", default=())
+
+    @classmethod
+    def of(cls, node: str, report: NodeReport) -> "FailedNode":
+        shown = tuple(dataclasses.replace(f, error=(f.error or "")[:ERROR_MAX] or None)
+                      for f in report.failed[:MAX_FAILED_PROBES_SHOWN])
+        return cls(node=node, attached=report.attached, total=report.total, reason=report.reason, failed=shown)
+
+    def to_status(self) -> dict:
+        """As the API stores it (no nulls: a list in a merge patch is stored as it is), so that the
+        operator can tell an unchanged status from a changed one."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        out["failed"] = [{k: v for k, v in f.items() if v is not None} for f in out["failed"]]
+        return out
+
+
 def _without_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None or k == "attachedVia"}
 
@@ -80,6 +117,8 @@ class NodeCounts:
     ready: int = _doc("Nodes whose agent runs with every probe attached.")
     failing: int = _doc("Nodes whose agent reports failed probes.")
     summary: str = _doc("ready/desired, for kubectl get.")
+    declined: int = _doc("Nodes whose agent does not run the set (over its budget, or a spec it refuses).",
+                         default=0)
 
 
 @dataclass(frozen=True)
@@ -127,7 +166,8 @@ def _object_schema(cls) -> dict:
 
 STATUS_SCHEMA = {
     "type": "object",
-    "description": "Observed state, written by the operator (summary) and by the node agents (their node).",
+    "description": "Observed state, written by the operator from the node agents' reports (ProbeSetNode "
+                   "objects in the operator's namespace).",
     "properties": {
         "observedGeneration": {"type": "integer", "description": "The spec generation this status describes."},
         "message": {"type": "string", "description": "One line saying what is wrong, if anything."},
@@ -135,10 +175,24 @@ STATUS_SCHEMA = {
         "nodes": _object_schema(NodeCounts),
         "conditions": {"type": "array", "description": "Valid, Ready and Degraded, with reasons.",
                        "items": _object_schema(Condition)},
-        "agents": {
+        "failedNodes": {
+            "type": "array", "maxItems": MAX_FAILED_NODES,
+            "description": f"The first {MAX_FAILED_NODES} nodes (by name) whose agent does not run every probe, "
+                           "with the reason; nodes.failing and nodes.declined count them all.",
+            "items": _object_schema(FailedNode),
+        },
+    },
+}
+
+NODE_STATUS_SCHEMA = {
+    "type": "object",
+    "description": "Written by the node's agent, one merge patch per change for all its sets.",
+    "properties": {
+        "summary": {"type": "string", "description": "Sets running with every probe attached / sets reported, "
+                                                     "for kubectl get."},
+        "sets": {
             "type": "object",
-            "description": "Per node, written by that node's agent (merge patch keyed by node name): full "
-                           "per-probe results only while something fails, to keep the object small.",
+            "description": 'Per ProbeSet ("<namespace>/<name>") the agent runs or was asked to run: its report.',
             "additionalProperties": _object_schema(NodeReport),
         },
     },

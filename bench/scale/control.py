@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from probeset_agent.kube import Kube, KubeError
+from probeset_api.kube import Kube, KubeError
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "probeset-system"
@@ -37,18 +37,21 @@ rules:
   users: ["system:serviceaccount:probeset-system:probeset-operator"]
   verbs: ["patch"]
   resources: [{group: probeset.io, resources: ["probesets/status", "probesets"]}]
+- level: Request
+  users: ["system:serviceaccount:probeset-system:probeset-agent"]
+  verbs: ["patch"]
+  resources: [{group: probeset.io, resources: ["probesetnodes/status"]}]
 - level: Metadata
 """
 
 # Users of the API, as the audit log names them.
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:probeset-operator"
 AGENT_USER = f"system:serviceaccount:{OPERATOR_NS}:probeset-agent"
-AGGREGATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:probeset-aggregator"   # the proposal's stand-in
 ADMIN_USER = "admin"
 
 
 def who(user: str) -> str:
-    if user in (OPERATOR_USER, AGGREGATOR_USER):
+    if user == OPERATOR_USER:
         return "operator"
     if user == AGENT_USER:
         return "agents"
@@ -152,16 +155,16 @@ def install(cluster) -> None:
     object, the RBAC of operator and agents (operator/probeset_operator/rbac.py)."""
     from kubernetes import client, utils
     from kubernetes.client.exceptions import ApiException
-    from probeset_api.crd import build_crd
+    from probeset_api.crd import build_crds
     from probeset_operator.rbac import peering_objects, role_objects
     with cluster.api_client() as api:
         client.CoreV1Api(api).create_namespace({"metadata": {"name": OPERATOR_NS}})
-        crd, peering_crd, peering = build_crd(), *peering_objects()
+        peering_crd, peering = peering_objects()
         ext = client.ApiextensionsV1Api(api)
-        for item in (crd, peering_crd):
+        for item in (*build_crds(), peering_crd):
             ext.create_custom_resource_definition(item)
         deadline = time.monotonic() + 60
-        names = [crd["metadata"]["name"], peering_crd["metadata"]["name"]]
+        names = [c["metadata"]["name"] for c in build_crds()] + [peering_crd["metadata"]["name"]]
         while True:
             conds = [ext.read_custom_resource_definition(n).status.conditions or [] for n in names]
             if all(any(c.type == "Established" and c.status == "True" for c in cs) for cs in conds):
@@ -179,41 +182,6 @@ def install(cluster) -> None:
                     raise
                 time.sleep(0.1)
         for obj in role_objects(OPERATOR_NS):
-            utils.create_from_dict(api, obj)
-
-
-def install_proposal(cluster) -> None:
-    """The proposal's prototype: the ProbeSetNode CRD, the agents' right to write theirs, and a
-    ServiceAccount for the stand-in aggregator (cluster-admin: a prototype)."""
-    from kubernetes import client, utils
-    from simagents import node_report_crd
-    crd = node_report_crd()
-    with cluster.api_client() as api:
-        ext = client.ApiextensionsV1Api(api)
-        ext.create_custom_resource_definition(crd)
-        deadline = time.monotonic() + 60
-        while not any(c.type == "Established" and c.status == "True"
-                      for c in ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []):
-            if time.monotonic() > deadline:
-                raise RuntimeError("ProbeSetNode CRD not established")
-            time.sleep(0.2)
-        group = crd["spec"]["group"]
-        sa = {"kind": "ServiceAccount", "name": "probeset-agent", "namespace": OPERATOR_NS}
-        for obj in (
-                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                 "metadata": {"name": "probeset-agent-nodes"},
-                 "rules": [{"apiGroups": [group], "resources": ["probesetnodes", "probesetnodes/status"],
-                            "verbs": ["get", "create", "patch"]}]},
-                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                 "metadata": {"name": "probeset-agent-nodes"},
-                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                             "name": "probeset-agent-nodes"}, "subjects": [sa]},
-                {"apiVersion": "v1", "kind": "ServiceAccount",
-                 "metadata": {"name": "probeset-aggregator", "namespace": OPERATOR_NS}},
-                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                 "metadata": {"name": "probeset-aggregator"},
-                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-                 "subjects": [{**sa, "name": "probeset-aggregator"}]}):
             utils.create_from_dict(api, obj)
 
 
@@ -238,8 +206,9 @@ def token_kubeconfig(cluster, token: str, user: str, path: Path) -> Path:
 
 
 def node_name(i: int) -> str:
-    """EKS-style names (ip-10-x-y-z.<region>.compute.internal, 38-42 characters): the name is
-    written twice per node into the ProbeSet (status.agents and managedFields)."""
+    """EKS-style names (ip-10-x-y-z.<region>.compute.internal, 38-42 characters): in the design
+    before ProbeSetNodes, the name was written twice per node into the ProbeSet (status.agents and
+    managedFields)."""
     return f"ip-10-{i // 65536 % 256}-{i // 256 % 256}-{i % 256}.eu-west-1.compute.internal"
 
 

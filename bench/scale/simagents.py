@@ -2,7 +2,7 @@
 real Kube client, and a fake BPF program.
 
 What is the product's code: NodeAgent (watch callbacks, choice of sets, admission, limits, the
-RunningSet edit plan, the status patches and Events), follow() (list, watch, list again), Kube
+RunningSet edit plan, its ProbeSetNode writes), follow() (list, watch from the last version), Kube
 (one TLS connection per call, the agent ServiceAccount's token). What is simulated:
 
 - FakeProgram stands in for ProbeSetProgram: no BPF, every probe "attached" at once (or failed,
@@ -17,10 +17,9 @@ RunningSet edit plan, the status patches and Events), follow() (list, watch, lis
   * "shared": one list+watch of the ProbeSets and one of all Nodes (follow(), as the agents do)
     feed every NodeAgent's on_probesets/on_probeset/on_node callbacks with the same decoded
     objects, and a pool of worker threads runs each woken agent's reconcile() (what
-    NodeAgent.run()'s loop does). The status patches and Events are each agent's own real
-    requests; the watch events are *counted* (every agent's ProbeSet watch carries the same
-    stream), not delivered N times over the network, and the per-minute re-lists happen once,
-    not N times.
+    NodeAgent.run()'s loop does). The ProbeSetNode writes are each agent's own real requests; the
+    watch events are *counted* (every agent's ProbeSet watch carries the same stream), not
+    delivered N times over the network, and the re-lists after a 410 happen once, not N times.
 """
 
 from __future__ import annotations
@@ -28,12 +27,11 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import random
 import threading
 import time
 
-from probeset_agent.cluster import PROBESETS, NodeAgent, follow
-from probeset_agent.kube import Kube
+from probeset_agent.cluster import PROBESETS, NodeAgent
+from probeset_api.kube import Kube, follow
 from probeset_agent.report import ProbeStatus
 
 log = logging.getLogger("simagents")
@@ -180,60 +178,6 @@ class QueuedWake(threading.Event):
         if not self.is_set():
             super().set()
             self.work.put(self.agent_index)
-
-
-NODE_GROUP, NODE_VERSION, NODE_REPORTS = "scale.probeset.io", "v1alpha1", "probesetnodes"
-
-
-class ProposedNodeAgent(NodeAgent):
-    """The agent of the proposed design (docs/scale.md): the same NodeAgent, but its report goes to
-    status.sets["<namespace>/<name>"] of one small object of its own (a ProbeSetNode named after
-    its node, in the operator's namespace) instead of status.agents.<node> of the ProbeSet, and a
-    failed write is retried (with backoff) instead of dropped. Bench-only: a prototype to measure."""
-
-    namespace = "probeset-system"
-    attempts = 6
-
-    def _patch(self, key, report) -> None:
-        namespace, name = key
-        base = f"/apis/{NODE_GROUP}/{NODE_VERSION}/namespaces/{self.namespace}/{NODE_REPORTS}"
-        body = {"status": {"sets": {f"{namespace}/{name}": report.to_status() if report is not None else None}}}
-        delay = 0.2
-        for attempt in range(self.attempts):
-            try:
-                self.kube.patch(f"{base}/{self.node}/status", body)
-                return
-            except Exception as e:      # KubeError; the API away must not stop the probes
-                status = getattr(e, "status", None)
-                if status == 404:       # the first write of this node: create the object, then patch it
-                    try:
-                        self.kube.post(base, {"apiVersion": f"{NODE_GROUP}/{NODE_VERSION}", "kind": "ProbeSetNode",
-                                              "metadata": {"name": self.node}})
-                    except Exception as e2:
-                        if getattr(e2, "status", None) != 409:
-                            log.warning("cannot create the ProbeSetNode of %s: %s", self.node, e2)
-                    continue
-                if attempt == self.attempts - 1 or self.stopping.is_set():
-                    log.warning("cannot report ProbeSet %s/%s on node %s: %s", namespace, name, self.node, e)
-                    return
-                self.stopping.wait(delay * (1 + random.random()))
-                delay *= 2
-
-
-def node_report_crd() -> dict:
-    """The ProbeSetNode CRD of the proposal: status.sets maps "<namespace>/<name>" to the same
-    NodeReport schema as status.agents.<node> today (probeset_api.status)."""
-    from probeset_api.status import NodeReport, _object_schema
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{NODE_REPORTS}.{NODE_GROUP}"},
-        "spec": {"group": NODE_GROUP, "scope": "Namespaced",
-                 "names": {"kind": "ProbeSetNode", "plural": NODE_REPORTS, "singular": "probesetnode"},
-                 "versions": [{"name": NODE_VERSION, "served": True, "storage": True,
-                               "subresources": {"status": {}},
-                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                                   "status": {"type": "object", "properties": {
-                                       "sets": {"type": "object", "additionalProperties": _object_schema(NodeReport)}}}}}}}]}}
 
 
 def make_factory(fail_nodes: set[str], fail_probes: frozenset[str]):

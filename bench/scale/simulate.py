@@ -16,11 +16,12 @@ BPF program) start, and the run measures:
   change     K spec edits of `all` (a probe replaced): per edit, time until observedGeneration
              and until the summary (nodes.ready = N, probes k/k, Ready=True at that generation) is
              on the CR; requests per user; watch events each agent receives; CPU; etcd growth
-  size       the ProbeSet `all` as stored (JSON bytes; status.agents; managedFields)
+  size       the ProbeSet `all` as stored (JSON bytes; status; managedFields), one ProbeSetNode
   kubectl    `kubectl get probesets -A` and its time
-  lists      what the agents' per-minute re-lists cost the API server at this N
+  lists      what the agents' re-lists (after a 410) cost the API server at this N
 
-  .venv/bin/python bench/scale/simulate.py --nodes 100 1000 --json bench/scale/results/run.json
+  .venv/bin/python bench/scale/simulate.py --nodes 100 1000 5000 --workers 32 --changes 3 \
+      --json bench/scale/results/probesetnode.json
   .venv/bin/python bench/scale/simulate.py --nodes 100 --mode threads     # each agent its own watches
 
 Every process it starts (etcd, API server, controllers, operator) is stopped at the end, also on
@@ -101,23 +102,23 @@ def summary_state(obj: dict, desired: int, total: int) -> dict:
     gen = obj["metadata"]["generation"]
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
     nodes = status.get("nodes") or {}
-    agents = status.get("agents") or {}
     ok = (status.get("observedGeneration") == gen and nodes.get("desired") == desired and nodes.get("ready") == desired
           and status.get("probes") == f"{total}/{total}" and ready.get("status") == "True"
           and ready.get("observedGeneration") == gen)
     return {"generation": gen, "observed": status.get("observedGeneration") == gen, "ok": ok,
-            "reported": sum(1 for e in agents.values() if isinstance(e, dict) and e.get("generation") == gen),
+            # nodes whose report on this generation counts (the operator's summary of the ProbeSetNodes;
+            # its counts describe this generation once the Ready condition it writes with them does)
+            "reported": sum(nodes.get(k) or 0 for k in ("ready", "failing", "declined"))
+            if ready.get("observedGeneration") == gen else 0,
             "nodes": nodes, "probes": status.get("probes"), "ready": ready.get("status"),
             "ready_reason": ready.get("reason"), "message": status.get("message")}
 
 
 def object_size(obj: dict) -> dict:
     meta = obj.get("metadata") or {}
-    agents = (obj.get("status") or {}).get("agents") or {}
     return {"bytes": len(json.dumps(obj, separators=(",", ":"))),
-            "status_agents_bytes": len(json.dumps(agents, separators=(",", ":"))),
-            "managed_fields_bytes": len(json.dumps(meta.get("managedFields") or [], separators=(",", ":"))),
-            "agents_entries": len(agents)}
+            "status_bytes": len(json.dumps(obj.get("status") or {}, separators=(",", ":"))),
+            "managed_fields_bytes": len(json.dumps(meta.get("managedFields") or [], separators=(",", ":")))}
 
 
 class Run:
@@ -129,7 +130,8 @@ class Run:
         self.deadline = self.t_start + args.timeout
         self.workdir = Path(tempfile.mkdtemp(prefix=f"probeset-scale-{n}-", dir=args.workdir))
         self.cluster = self.operator = self.fleet = None
-        self.result: dict = {"nodes": n, "design": args.design, "mode": args.mode, "commit": commit(), "watch_bytes_counted_once": True,
+        self.result: dict = {"nodes": n, "design": "probesetnode", "mode": args.mode, "commit": commit(),
+                             "watch_bytes_counted_once": True,
                              "workers": args.workers if args.mode == "shared" else None}
 
     def close(self) -> None:
@@ -166,19 +168,10 @@ class Run:
         self.result["setup_nodes_s"] = round(time.monotonic() - t0, 1)
         say(f"{n} Nodes created in {self.result['setup_nodes_s']} s")
         self.agent_token = control.service_account_token(self.cluster, "probeset-agent")
-        if self.args.design == "proposed":
-            control.install_proposal(self.cluster)
-            token = control.service_account_token(self.cluster, "probeset-aggregator")
-            kubeconfig = control.token_kubeconfig(self.cluster, token, "probeset-aggregator",
-                                                  self.workdir / "aggregator.kubeconfig")
-            self.operator = control.Operator(kubeconfig, self.workdir / "aggregator.log", argv=[
-                sys.executable, str(HERE / "aggregator.py"), "--kubeconfig", str(kubeconfig),
-                "--debounce", str(self.args.debounce)])
-        else:
-            op_token = control.service_account_token(self.cluster, "probeset-operator")
-            kubeconfig = control.token_kubeconfig(self.cluster, op_token, "probeset-operator",
-                                                  self.workdir / "operator.kubeconfig")
-            self.operator = control.Operator(kubeconfig, self.workdir / "operator.log")
+        op_token = control.service_account_token(self.cluster, "probeset-operator")
+        kubeconfig = control.token_kubeconfig(self.cluster, op_token, "probeset-operator",
+                                              self.workdir / "operator.kubeconfig")
+        self.operator = control.Operator(kubeconfig, self.workdir / "operator.log")
         self.usage = Usage({"operator": self.operator.pid, "apiserver": self._pid("kube-apiserver"),
                             "etcd": self._pid("etcd"), "controller-manager": self._pid("kube-controller-manager"),
                             "scheduler": self._pid("kube-scheduler"), "simulator": os.getpid()})
@@ -189,10 +182,6 @@ class Run:
                 self.left(60))
         from probeset_agent.choice import Limits
         from probeset_api.admission import Admission
-        if self.args.design == "proposed":      # no operator, no DaemonSet: the agents' defaults
-            self.admission = Admission(OPERATOR_NS, frozenset({OPERATOR_NS}))
-            self.limits = Limits()
-            return
         t0 = time.monotonic()
 
         def bound():
@@ -224,44 +213,46 @@ class Run:
         return summary_state(self.admin.get(ps_path(name)), desired, total)
 
     def prefill(self) -> None:
-        """status.agents of every node written by the harness, as the agents write it (generation
-        1, every probe attached; --prefill-failed nodes with a failed probe), in chunks: the object
-        at its full size without N serialized agent patches first."""
+        """Every node's ProbeSetNode written by the harness, as its agent writes it (generation 1,
+        every probe attached; --prefill-failed nodes with a failed probe): the cluster's state
+        before a change without N agents' start first (with --sample, only a few agents run)."""
         from probeset_api.status import NodeReport, ProbeResult, now
-        chunk, failed = self.args.prefill_chunk, set(self.nodes[:self.args.prefill_failed])
+        failed = set(self.nodes[:self.args.prefill_failed])
         error = ("kernel headers for 6.1.0-27-cloud-amd64 not found at /lib/modules/6.1.0-27-cloud-amd64/build: "
                  "install linux-headers-6.1.0-27-cloud-amd64")
+        from concurrent.futures import ThreadPoolExecutor
+        from probeset_api.crd import NODE_PLURAL
+        half = set(self.nodes[::2])
+        base = f"/apis/{GROUP}/{VERSION}/namespaces/{OPERATOR_NS}/{NODE_PLURAL}"
         t0 = time.monotonic()
-        for name, probes, nodes in (("all", BASE_PROBES, self.nodes), ("half", HALF_PROBES, self.nodes[::2])):
+
+        def report(probes, bad):
             total = len(probes)
-            for i in range(0, len(nodes), chunk):
-                entries = {}
-                for node in nodes[i:i + chunk]:
-                    bad = node in failed
-                    entries[node] = NodeReport(
-                        generation=1, attached=total - bad, total=total, updated=now(),
-                        failed=(ProbeResult(name=probes[-1]["name"], attached=False, attachedVia="tracepoint",
-                                            error=error),) if bad else ()).to_status()
-                try:
-                    self.admin.patch(ps_path(name, "/status"), {"status": {"agents": entries}})
-                except Exception as e:   # e.g. etcd's request size limit: where it stops is the finding
-                    size = object_size(self.admin.get(ps_path(name)))
-                    self.result["prefill_stopped"] = {"set": name, "entries": i, "error": str(e)[:500], **size}
-                    say(f"prefill of {name} stopped at {i} entries ({size['bytes']} B): {e}")
-                    raise Deadline(f"prefill stopped at {i} entries of {name}: {e}") from None
+            return NodeReport(generation=1, attached=total - bad, total=total, updated=now(),
+                              failed=(ProbeResult(name=probes[-1]["name"], attached=False, attachedVia="tracepoint",
+                                                  error=error),) if bad else ()).to_status()
+
+        def one(node):
+            bad = node in failed
+            sets = {f"{NAMESPACE}/all": report(BASE_PROBES, bad)}
+            if node in half:
+                sets[f"{NAMESPACE}/half"] = report(HALF_PROBES, bad)
+            self.admin.post(base, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ProbeSetNode",
+                                   "metadata": {"name": node}})
+            self.admin.patch(f"{base}/{node}/status", {"status": {"sets": sets}})
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, self.nodes))
         self.result["prefill_s"] = round(time.monotonic() - t0, 1)
-        self.result["object_after_prefill"] = object_size(self.admin.get(ps_path("all")))
-        say(f"prefilled status.agents in {self.result['prefill_s']} s: {self.result['object_after_prefill']}")
+        say(f"prefilled {len(self.nodes)} ProbeSetNodes in {self.result['prefill_s']} s")
 
     def start_agents(self) -> None:
-        from simagents import Fleet, NodeAgent, ProposedNodeAgent
+        from simagents import Fleet
         n = self.n
         fail = set(self.nodes[:self.args.fail_nodes])
         agent_nodes = self.nodes[:self.args.sample] if self.args.sample else self.nodes
         self.fleet = Fleet(agent_nodes, self.cluster.server, control.tls_for(self.cluster), self.agent_token,
                            self.admission, self.limits, mode=self.args.mode, workers=self.args.workers,
-                           fail_nodes=fail, fail_probes=frozenset({"xmit"}),
-                           agent_class=ProposedNodeAgent if self.args.design == "proposed" else NodeAgent)
+                           fail_nodes=fail, fail_probes=frozenset({"xmit"}))
         self.usage.pids["simulator"] = os.getpid()
         t0, w0, u0 = time.monotonic(), time.time(), self.usage.read()
         self.fleet.start()
@@ -286,7 +277,8 @@ class Run:
         say(f"converged {elapsed:.1f} s after the agents started: all {a['nodes']} {a['probes']}, half {h['nodes']}")
 
     def patch_latency(self, t0: float, t1: float):
-        return self.audit.window(t0, t1).get("patch latency (s): p50 p90 max", {}).get("agents: patch probesets/status")
+        return self.audit.window(t0, t1).get("patch latency (s): p50 p90 max", {}).get(
+            "agents: patch probesetnodes/status")
 
     def rest(self) -> None:
         seconds = self.args.rest
@@ -371,7 +363,7 @@ class Run:
             "agent_client_bytes": diff(c0["bytes"], c1["bytes"]),
             "watch_events_per_agent": round(watch.get("probeset_events", 0) / per_agent, 1),
             "agent_patch_latency_s": (self.audit.window(t0w, t1w).get("patch latency (s): p50 p90 max") or {}).get(
-                "agents: patch probesets/status"),
+                "agents: patch probesetnodes/status"),
             "watch": watch,
             "usage": Usage.delta(u0, u1),
             "etcd_db_growth_bytes": etcd1.get("etcd_mvcc_db_total_size_in_bytes", 0)
@@ -393,13 +385,10 @@ class Run:
         obj = self.admin.get(ps_path("all"))
         self.result["object_all"] = object_size(obj)
         self.result["object_half"] = object_size(self.admin.get(ps_path("half")))
-        entry = next(iter(((obj.get("status") or {}).get("agents") or {}).items()), None)
-        self.result["agents_entry_example"] = entry
-        if self.args.design == "proposed":
-            from simagents import NODE_GROUP, NODE_REPORTS, NODE_VERSION
-            node_obj = self.admin.get(f"/apis/{NODE_GROUP}/{NODE_VERSION}/namespaces/{OPERATOR_NS}/{NODE_REPORTS}/"
-                                      f"{self.nodes[0]}")
-            self.result["object_probesetnode"] = {**object_size(node_obj), "example": node_obj.get("status")}
+        self.result["status_example"] = obj.get("status")
+        from probeset_api.crd import NODE_PLURAL
+        node_obj = self.admin.get(f"/apis/{GROUP}/{VERSION}/namespaces/{OPERATOR_NS}/{NODE_PLURAL}/{self.nodes[0]}")
+        self.result["object_probesetnode"] = {**object_size(node_obj), "example": node_obj.get("status")}
         text, secs = control.kubectl(self.cluster, "get", "probesets", "-A")
         self.result["kubectl_get"] = {"output": text, "seconds": round(secs, 2)}
         text, secs = control.kubectl(self.cluster, "get", "probeset", "all", "-n", NAMESPACE, "-o", "json")
@@ -408,8 +397,9 @@ class Run:
         say(f"kubectl get probesets -A ({self.result['kubectl_get']['seconds']} s):\n{self.result['kubectl_get']['output']}")
 
     def list_costs(self) -> None:
-        """What one agent's per-minute re-lists cost the API server (measured: `reps` of each, one
-        after another), and so what N agents' re-lists cost per minute."""
+        """What one agent's list costs the API server (measured: `reps` of each, one after another),
+        as follow() lists (resourceVersion 0: from the API server's watch cache), and so what N
+        agents' re-lists cost (all at once after a 410, e.g. an API server restart)."""
         reps = self.args.list_reps
         some_node = self.nodes[len(self.nodes) // 2]
         calls = {
@@ -425,7 +415,7 @@ class Run:
             u0 = self.usage.read()
             t0 = time.monotonic()
             for _ in range(reps):
-                kube.get(path, params)
+                kube.get(path, {**params, "resourceVersion": "0"})
             wall = (time.monotonic() - t0) / reps
             d = Usage.delta(u0, self.usage.read())
             api_cpu = (d.get("apiserver", {}).get("cpu_s") or 0) / reps
@@ -477,9 +467,6 @@ def diff(a: dict, b: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=[100])
-    ap.add_argument("--design", choices=["current", "proposed"], default="current",
-                    help="proposed: agents write ProbeSetNode objects, aggregator.py summarizes (docs/scale.md)")
-    ap.add_argument("--debounce", type=float, default=1.0, help="proposed: seconds between a set's summary writes")
     ap.add_argument("--mode", choices=["shared", "threads"], default="shared")
     ap.add_argument("--workers", type=int, default=32, help="shared mode: threads running the agents' reconciles")
     ap.add_argument("--changes", type=int, default=3, help="spec edits measured per N")
@@ -489,8 +476,7 @@ def main() -> int:
     ap.add_argument("--list-reps", type=int, default=10)
     ap.add_argument("--fail-nodes", type=int, default=0, help="nodes where probe xmit fails")
     ap.add_argument("--prefill", action="store_true",
-                    help="write every node's status.agents entry in chunks before the agents start (large N)")
-    ap.add_argument("--prefill-chunk", type=int, default=250)
+                    help="write every node's ProbeSetNode before the agents start (with --sample)")
     ap.add_argument("--prefill-failed", type=int, default=0, help="prefilled entries with a failed probe")
     ap.add_argument("--sample", type=int, default=0,
                     help="run only this many agents (with --prefill): per-patch costs at full size, extrapolated")

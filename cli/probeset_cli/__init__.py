@@ -7,7 +7,7 @@ cluster, the node agent and the operator.
   probeset agent            cluster mode: every ProbeSet that selects this node (one agent per node)
   probeset operator         the operator: the agents' DaemonSet, validation, status aggregated
   probeset schema           print the ProbeSet spec's OpenAPI schema (as used by the CRD)
-  probeset crd              print the ProbeSet CustomResourceDefinition
+  probeset crd [--out DIR]  print the CustomResourceDefinitions (ProbeSet, ProbeSetNode), or write crds/
 
 This module only wires the commands: the agent (probeset_agent.commands), the operator
 (probeset_operator) and the API (probeset_api) do the work, and none of them imports another's
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from probeset_agent import commands as agent
@@ -36,8 +37,13 @@ def cmd_schema(args) -> int:
 
 
 def cmd_crd(args) -> int:
-    from probeset_api.crd import crd_yaml
-    sys.stdout.write(crd_yaml())
+    from probeset_api.crd import build_crds, crd_file, crd_yaml
+    if args.out:
+        for crd in build_crds():
+            with open(os.path.join(args.out, crd_file(crd)), "w") as f:
+                f.write(crd_yaml(crd))
+    else:
+        sys.stdout.write("---\n".join(crd_yaml(crd) for crd in build_crds()))
     return 0
 
 
@@ -51,6 +57,13 @@ def add_map_memory(command) -> None:
     command.add_argument("--map-memory", type=int, default=MemoryBudget.DEFAULT_MIB, metavar="MIB",
                          help="kernel memory the sets' BPF maps may take, as upper bounds; a probe that does "
                               f"not fit fails with the reason (default {MemoryBudget.DEFAULT_MIB})")
+
+
+def add_histogram_buckets(command) -> None:
+    command.add_argument("--histogram-buckets", choices=("trimmed", "all"), default="trimmed",
+                         help="latency buckets exported per series: up to the highest non-empty one and +Inf "
+                              "(trimmed, the default), or every bound (all: for sum by (le) across series "
+                              "and nodes; see docs/metrics.md)")
 
 
 def add_tls(command) -> None:
@@ -73,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retention", type=float, default=DEFAULT_RETENTION, metavar="SECONDS",
                      help=f"keep the series of a vanished cgroup this long (default {DEFAULT_RETENTION:g})")
     add_tls(run)
+    add_histogram_buckets(run)
     add_map_memory(run)
     check = sub.add_parser("check", help="tell what would attach on this host, without attaching")
     check.add_argument("files", nargs="+", metavar="FILE")
@@ -96,7 +110,12 @@ def _parser() -> argparse.ArgumentParser:
                             help=f"ProbeSets this node runs at most; the oldest first (default {limits.max_sets})")
     node_agent.add_argument("--max-probes", type=int, default=limits.max_probes, metavar="N",
                             help=f"probes of all ProbeSets this node runs at most (default {limits.max_probes})")
+    node_agent.add_argument("--max-series", type=int, default=limits.max_series, metavar="N",
+                            help="series all ProbeSets of this node may export at most, each counted at its worst "
+                                 "(maxSeriesPerProbe + 1 per probe, times the histogram's buckets with latency); "
+                                 "0: no limit (default)")
     add_tls(node_agent)
+    add_histogram_buckets(node_agent)
     add_map_memory(node_agent)
     node_agent.add_argument("--metrics-auth", action="store_true",
                             help="serve /metrics only to bearer tokens whose user may get the non-resource URL "
@@ -105,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                           help="liveness endpoint (default http://0.0.0.0:8080/healthz)")
     sub.add_parser("schema", help="print the ProbeSet spec schema (JSON)")
-    sub.add_parser("crd", help="print the ProbeSet CustomResourceDefinition (YAML)")
+    crd = sub.add_parser("crd", help="print the CustomResourceDefinitions (YAML), or write them into a directory")
+    crd.add_argument("--out", metavar="DIR", help="write <group>_<plural>.yaml files here (crds/)")
     return parser
 
 

@@ -1,6 +1,7 @@
 """The operator's side of the cluster: the one agent DaemonSet (apply, delete, owner), the
 ProbeSets listed, and the shared state of the handlers (Fleet: serialized recomputes, the last
-refusal, a short-lived view of nodes, DaemonSet and agent pods). handlers.py is the kopf glue.
+refusal, the watched view of nodes, DaemonSet, agent pods and agents' reports: cache.py).
+handlers.py is the kopf glue.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from probeset_api import API_GROUP, API_VERSION, PLURAL
+from probeset_api.crd import NODE_PLURAL
+from probeset_api.status import NodeReport
 
 from .render import AGENT_DAEMONSET, LABELS, SELECTOR
 from .scheduling import runs_on
@@ -23,7 +26,8 @@ from .scheduling import runs_on
 FIELD_MANAGER = "probeset-operator"
 API_RETRY_DELAY = 10.0
 REJECTED_RETRY_DELAY = 60.0     # a refused DaemonSet needs an admin's change: retry, but not often
-VIEW_MAX_AGE = 2.0              # nodes, DaemonSet and agent pods, read once for every set's timer
+SUMMARY_MAX_AGE = 60.0          # a set's summary is redone at least this often, even on unchanged inputs
+PROGRESS_INTERVAL = 10.0        # while nodes report a generation, its counts are written this often
 OPERATOR_DEPLOYMENT_ENV = "PROBESET_OPERATOR_DEPLOYMENT"
 # Per-set DaemonSets of operator versions before the single one carried this label.
 _OLD_PER_SET_LABEL = f"{API_GROUP}/probeset-uid"
@@ -31,8 +35,8 @@ _OLD_PER_SET_LABEL = f"{API_GROUP}/probeset-uid"
 
 @dataclass
 class ClusterView:
-    """What every set's summary reads, fetched at most every VIEW_MAX_AGE seconds: the agent
-    DaemonSet (None: there is none), the nodes and the DaemonSet's pods, as API dicts."""
+    """What every set's summary reads (from the ClusterCache): the agent DaemonSet (None: there is
+    none), the nodes and the DaemonSet's pods, as API dicts."""
 
     daemonset: dict | None
     nodes: list[dict]
@@ -43,7 +47,8 @@ class ClusterView:
 class Fleet:
     """What all handlers share (kopf gives each object a shallow copy of the memo, so this one
     object carries it): the API client, the lock that serializes recomputes, the last refusal of
-    the DaemonSet (until an apply succeeds), the owner reference and a short-lived ClusterView."""
+    the DaemonSet (until an apply succeeds), the owner reference and the ClusterCache (set at
+    start-up; its watches feed every summary)."""
 
     def __init__(self, deployment: str | None = None):
         self.lock = threading.Lock()
@@ -54,8 +59,9 @@ class Fleet:
         self.owner: dict | None = None       # {} once looked up and not found
         self.migrated = False
         self._api: client.ApiClient | None = None
-        self._view: ClusterView | None = None
-        self._view_lock = threading.Lock()
+        self.cache = None                    # cache.ClusterCache, started by the start-up handler
+        self._summarized: dict[str, tuple[tuple, float]] = {}   # set uid -> (inputs, when)
+        self._written: dict[str, float] = {}                     # set uid -> when its summary was written
 
     @property
     def api(self) -> client.ApiClient:
@@ -76,16 +82,42 @@ class Fleet:
             self._rejected_at = time.monotonic()
             return True
 
-    def forget_view(self) -> None:
-        self._view = None
+    @property
+    def synced(self) -> bool:
+        """Whether every watch of the cache has listed once (summaries wait for it)."""
+        return self.cache is not None and self.cache.synced
 
-    def view(self, namespace: str, newer_than: float | None = None) -> ClusterView:
-        """The cached view, read again when older than VIEW_MAX_AGE (or than `newer_than`)."""
-        with self._view_lock:
-            if self._view is None or time.monotonic() - self._view.at > VIEW_MAX_AGE or \
-                    (newer_than is not None and self._view.at <= newer_than):
-                self._view = read_view(self.api, namespace)
-            return self._view
+    def summarized(self, uid: str, inputs: tuple) -> bool:
+        """Whether the set's summary was computed from these inputs (the cache's version, the
+        set's generation and spec) less than SUMMARY_MAX_AGE ago; else remember them. At thousands
+        of nodes a summary costs tens of milliseconds: every set's timer redoes it only on change."""
+        now = time.monotonic()
+        inputs = (self.cache.version, *inputs)
+        last = self._summarized.get(uid)
+        if last is not None and last[0] == inputs and now - last[1] < SUMMARY_MAX_AGE:
+            return True
+        if len(self._summarized) > 10_000:     # uids of deleted sets
+            self._summarized.clear()
+        self._summarized[uid] = (inputs, now)
+        return False
+
+    def forget_summary(self, uid: str) -> None:
+        self._summarized.pop(uid, None)
+
+    def wrote(self, uid: str) -> None:
+        if len(self._written) > 10_000:
+            self._written.clear()
+        self._written[uid] = time.monotonic()
+
+    def wrote_recently(self, uid: str) -> bool:
+        return time.monotonic() - self._written.get(uid, -PROGRESS_INTERVAL) < PROGRESS_INTERVAL
+
+    def view(self) -> ClusterView:
+        return self.cache.view()
+
+    def reports(self, namespace: str, name: str) -> dict[str, NodeReport]:
+        """Every node's report on the set namespace/name, by node."""
+        return self.cache.reports(namespace, name)
 
 
 def api_call(what: str, call, *args, **kwargs):
@@ -175,21 +207,11 @@ def remove_per_set_daemonsets(fleet: Fleet, namespace: str, logger: logging.Logg
     fleet.migrated = True
 
 
-def read_view(api: client.ApiClient, namespace: str) -> ClusterView:
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    ds = api_call(f"reading DaemonSet {namespace}/{AGENT_DAEMONSET}", apps.read_namespaced_daemon_set,
-                   AGENT_DAEMONSET, namespace)
-    if ds is None:
-        return ClusterView(None, [], [], time.monotonic())
-    nodes = api_call("listing nodes", core.list_node)
-    selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
-    pods = api_call(f"listing agent pods in {namespace}", core.list_namespaced_pod, namespace,
-                     label_selector=selector)
-    # Only the DaemonSet's own pods (its controller reference): not a leftover of an older one.
-    own = [p for p in (pods.items if pods else [])
-           if any(o.uid == ds.metadata.uid and o.controller for o in p.metadata.owner_references or [])]
-    return ClusterView(api.sanitize_for_serialization(ds), api.sanitize_for_serialization(nodes.items if nodes else []),
-                       api.sanitize_for_serialization(own), time.monotonic())
+def delete_node_reports(namespace: str, api: client.ApiClient | None = None) -> None:
+    """Delete every ProbeSetNode: with the DaemonSet gone, no agent reports any more."""
+    api_call(f"deleting the ProbeSetNodes of {namespace}",
+             client.CustomObjectsApi(api).delete_collection_namespaced_custom_object, API_GROUP, API_VERSION,
+             namespace, NODE_PLURAL)
 
 
 def desired_nodes(view: ClusterView, selector: dict[str, str]) -> set[str]:

@@ -4,7 +4,8 @@ scheduling.py).
 The operator owns one agent DaemonSet (fleet.py: applying it, and what the handlers share). Any change to any ProbeSet (create, update, resume,
 delete) recomputes it from a fresh list of all ProbeSets, each admitted or not by the
 administrator's policy; recomputes are serialized. Each set keeps its own status: Valid from
-admission, Ready/Degraded from the nodes that should run it (a timer, every few seconds).
+admission, Ready/Degraded from the nodes that should run it and their agents' reports (a timer,
+every few seconds, reading the watched ClusterCache: no request unless the status changes).
 
 Failures carry kopf's retry policy: an invalid spec is a PermanentError (nothing to retry until the
 spec changes; its status says why), an API failure a TemporaryError with a delay. Settings come from
@@ -23,19 +24,21 @@ import kopf
 
 from probeset_api import API_GROUP, API_VERSION, PLURAL
 from probeset_api.admission import Admission
+from probeset_api.kube import Kube
 from probeset_api.spec import ProbeSet, SpecError
 from probeset_api.status import NodeReport
 
+from .cache import ClusterCache
 from .fleet import (OPERATOR_DEPLOYMENT_ENV, REJECTED_RETRY_DELAY, ClusterView, DaemonSetRejected, Fleet,
-                    apply_daemonset, delete_daemonset, desired_nodes, list_probesets, owner_reference,
-                    remove_per_set_daemonsets)
+                    apply_daemonset, delete_daemonset, delete_node_reports, desired_nodes, list_probesets,
+                    owner_reference, remove_per_set_daemonsets)
 from .render import AGENT_DAEMONSET, AgentSettings, render_daemonset
 from .scheduling import pod_node, selector_errors, toleration_errors
 from .summary import MESSAGE_MAX, Verdict, is_live, pod_problem, set_condition, summarize
 
 PEERING_NAME = "probeset"
 FINALIZER = f"{API_GROUP}/agents"
-AGGREGATE_INTERVAL = 5.0
+AGGREGATE_INTERVAL = 2.0       # cheap: a tick whose inputs did not change does nothing
 
 
 def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
@@ -53,6 +56,7 @@ def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
         agent.node_selector = dict(json.loads(environ["PROBESET_AGENT_NODE_SELECTOR"]))
     agent.max_probesets = int(environ.get("PROBESET_AGENT_MAX_PROBESETS") or agent.max_probesets)
     agent.max_probes = int(environ.get("PROBESET_AGENT_MAX_PROBES") or agent.max_probes)
+    agent.max_series = int(environ.get("PROBESET_AGENT_MAX_SERIES") or agent.max_series)
     agent.admission = Admission.from_env(environ)
     agent.metrics_tls_secret = environ.get("PROBESET_AGENT_METRICS_TLS_SECRET", "")
     agent.metrics_auth = environ.get("PROBESET_AGENT_METRICS_AUTH", "false").lower() == "true"
@@ -79,6 +83,8 @@ def admissible(body: dict, policy: Admission) -> ProbeSet:
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     memo.namespace, memo.agent = settings_from_env()
     memo.fleet = Fleet(os.environ.get(OPERATOR_DEPLOYMENT_ENV) or None)
+    memo.fleet.cache = ClusterCache(Kube.from_environment(), memo.namespace)
+    memo.fleet.cache.start()
     # Replicas elect one active operator through kopf peering: the highest priority works, the
     # others pause. A random priority makes ties (which freeze every replica) practically impossible.
     settings.peering.name = os.environ.get("PROBESET_PEERING", PEERING_NAME)
@@ -87,6 +93,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING     # our own kopf.warn/kopf.info still post Events
     logging.getLogger("kopf.objects").addFilter(_QuietTimer())
+
+
+@kopf.on.cleanup()
+def stop_watching(memo: kopf.Memo, **_) -> None:
+    if getattr(memo, "fleet", None) is not None and memo.fleet.cache is not None:
+        memo.fleet.cache.stop()
 
 
 class _QuietTimer(logging.Filter):
@@ -113,12 +125,12 @@ def recompute(memo: kopf.Memo, logger: logging.Logger) -> str:
                 continue
             admitted.append(body)
         remove_per_set_daemonsets(fleet, memo.namespace, logger)
-        fleet.forget_view()
         if not admitted:
-            # No ProbeSet, no agent pods: nothing would run on any node.
+            # No ProbeSet, no agent pods: nothing would run on any node, and nothing reports.
             fleet.refused(None)
-            return "deleted: no ProbeSet to run" if delete_daemonset(memo.namespace, AGENT_DAEMONSET, fleet.api) \
-                else "absent: no ProbeSet to run"
+            deleted = delete_daemonset(memo.namespace, AGENT_DAEMONSET, fleet.api)
+            delete_node_reports(memo.namespace, fleet.api)
+            return "deleted: no ProbeSet to run" if deleted else "absent: no ProbeSet to run"
         manifest = render_daemonset(admitted, memo.namespace, memo.agent)
         owner = owner_reference(fleet, memo.namespace, logger)
         if owner:
@@ -222,13 +234,12 @@ def aggregate(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.St
         patch.status["message"] = rejection[:MESSAGE_MAX]
         _drop_unchanged(status, patch)
         return
-    view = fleet.view(memo.namespace)
-    summary = view.daemonset and _summary(view, spec, status, generation)
-    if summary and summary.stale:
-        # Agents report on change only: drop a report only on a view read after the status that
-        # holds it (so after its agent's pod existed), not on a cached one from before.
-        view = fleet.view(memo.namespace, newer_than=view.at)
-        summary = view.daemonset and _summary(view, spec, status, generation)
+    if not fleet.synced:
+        return   # the cache's watches have not listed yet: the next tick
+    if fleet.summarized(meta.get("uid", ""), (generation, json.dumps(dict(spec), sort_keys=True),
+                                              json.dumps(dict(status), sort_keys=True))):
+        return   # nothing it reads changed since the last tick
+    view = fleet.view()
     if view.daemonset is None:
         # Not made yet, or deleted by hand: an admitted set needs it.
         try:
@@ -236,23 +247,43 @@ def aggregate(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.St
         except DaemonSetRejected:
             pass    # said on the next tick
         return
-    if summary.stale:
-        patch.status["agents"] = {node: None for node in summary.stale}
+    summary = _summary(view, fleet.reports(meta.get("namespace"), meta.get("name")), spec, generation)
+    if _only_progress(summary, status, generation) and fleet.wrote_recently(meta.get("uid", "")):
+        # Nodes are still reporting this generation and nothing but the counts changed: every write
+        # of the set reaches every agent's watch, so progress is written every PROGRESS_INTERVAL.
+        fleet.forget_summary(meta.get("uid", ""))
+        return
+    old = next((c for c in status.get("conditions") or [] if c.get("type") == "Degraded"), {})
+    if summary.degraded.status == "True" and (old.get("status"), old.get("reason")) != ("True", summary.degraded.reason):
+        # Once per problem, from the summary: one Event names the first nodes, not one per node.
+        kopf.warn(body, reason=summary.degraded.reason, message=summary.message[:1000])
     patch.status["nodes"] = vars(summary.nodes).copy()
     patch.status["probes"] = summary.probes
+    patch.status["failedNodes"] = [f.to_status() for f in summary.failed_nodes] or None
     _set(status, patch, "Degraded", summary.degraded, generation)
     _set(status, patch, "Ready", summary.ready, generation)
     patch.status["message"] = summary.message
     _drop_unchanged(status, patch)
+    if patch.status:
+        fleet.wrote(meta.get("uid", ""))
 
 
-def _summary(view: ClusterView, spec: kopf.Spec, status: kopf.Status, generation: int | None):
+def _only_progress(summary, status: kopf.Status, generation: int | None) -> bool:
+    """Whether some nodes have not reported this generation yet and the summary differs from the
+    status only in its counts: same Ready and Degraded reasons, already for this generation."""
+    nodes = summary.nodes
+    if nodes.ready + nodes.failing + nodes.declined >= nodes.desired:
+        return False
+    current = {c.get("type"): c for c in status.get("conditions") or []}
+    return all(current.get(t, {}).get("reason") == v.reason and current[t].get("observedGeneration") == generation
+               for t, v in (("Ready", summary.ready), ("Degraded", summary.degraded)))
+
+
+def _summary(view: ClusterView, reports: dict[str, NodeReport], spec: kopf.Spec, generation: int | None):
     desired = desired_nodes(view, dict(spec.get("nodeSelector") or {}))
     pods = [p for p in view.pods if pod_node(p) in desired]
     scheduled = {p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName")}
     live = {p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName") and is_live(p)}
-    reports = {node: NodeReport.from_status(entry) for node, entry in (status.get("agents") or {}).items()
-               if isinstance(entry, dict)}
     return summarize(reports, scheduled, len(desired), len(spec.get("probes") or []), generation,
                      pod_problem([p for p in pods if not p["metadata"].get("deletionTimestamp")], len(desired)),
                      live)
@@ -261,7 +292,7 @@ def _summary(view: ClusterView, spec: kopf.Spec, status: kopf.Status, generation
 def _drop_unchanged(status: kopf.Status, patch: kopf.Patch) -> None:
     """Leave out of the patch what the status already says (the timer runs every few seconds)."""
     for key in list(patch.status.keys()):
-        if key != "agents" and status.get(key) == patch.status[key]:
+        if status.get(key) == patch.status[key]:
             del patch.status[key]
 
 

@@ -4,6 +4,7 @@ charts/probeset/templates/rbac.yaml is the same, and tests/helm checks it)."""
 from __future__ import annotations
 
 from probeset_api import API_GROUP, PLURAL
+from probeset_api.crd import NODE_PLURAL
 
 # (apiGroups, resources, verbs, why)
 OPERATOR_CLUSTER_RULES = [
@@ -18,14 +19,16 @@ OPERATOR_CLUSTER_RULES = [
     (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"],
      "kopf checks that the resources it serves exist"),
     ([""], ["namespaces"], ["get", "list", "watch"], "kopf's cluster-wide mode follows namespaces"),
-    ([""], ["nodes"], ["list"], "which nodes should run each ProbeSet (labels, taints)"),
+    ([""], ["nodes"], ["list", "watch"], "which nodes should run each ProbeSet (labels, taints)"),
 ]
 
 # Only in the operator's own namespace, where the agent DaemonSet lives.
 OPERATOR_NAMESPACE_RULES = [
-    (["apps"], ["daemonsets"], ["get", "list", "create", "patch", "delete"],
+    (["apps"], ["daemonsets"], ["get", "list", "watch", "create", "patch", "delete"],
      "the one agent DaemonSet (list: the per-ProbeSet DaemonSets of older versions, deleted once)"),
-    ([""], ["pods"], ["list"], "which nodes run an agent, and why not (to drop reports of others)"),
+    ([""], ["pods"], ["list", "watch"], "which nodes run an agent, and why not (to ignore reports of others)"),
+    ([API_GROUP], [NODE_PLURAL], ["list", "watch", "deletecollection"],
+     "the agents' reports, one ProbeSetNode per node (deleted with the DaemonSet)"),
     (["apps"], ["deployments"], ["get"], "the operator's own Deployment: the DaemonSet's owner, so that "
                                          "uninstalling removes it"),
 ]
@@ -33,15 +36,19 @@ OPERATOR_NAMESPACE_RULES = [
 AGENT_CLUSTER_RULES = [
     ([API_GROUP], [PLURAL], ["get", "list", "watch"], "list and watch every ProbeSet: it runs those that select "
                                                       "its node"),
-    ([API_GROUP], [f"{PLURAL}/status"], ["patch"], "report its node's result (status.agents.<node>)"),
     ([""], ["nodes"], ["get", "list", "watch"],
      "its own Node's labels, for the sets' nodeSelectors (watched with a metadata.name field selector)"),
-    ([""], ["events"], ["create"], "an Event when a probe fails on its node"),
     ([""], ["pods"], ["get", "list", "watch"],
      "names for the pod UIDs and container IDs found in cgroups, and pod labels for podSelector "
      "(watched with a spec.nodeName field selector: only its node's pods)"),
 ]
 
+# Only in the operator's namespace: its node's reports.
+AGENT_NAMESPACE_RULES = [
+    ([API_GROUP], [NODE_PLURAL], ["get", "create"], "its node's ProbeSetNode: made on first report, read after "
+                                                    "a restart"),
+    ([API_GROUP], [f"{NODE_PLURAL}/status"], ["patch"], "its reports on every set, one merge patch per change"),
+]
 
 # Only with metrics authentication (agent --metrics-auth; Helm agent.metrics.auth).
 AGENT_METRICS_AUTH_RULES = [
@@ -80,6 +87,9 @@ def role_objects(namespace: str, operator_sa: str = "probeset-operator",
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": agent_sa}, "rules": _rules(agent_rules)},
         binding("ClusterRoleBinding", agent_sa, agent_sa, "ClusterRole"),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": agent_sa, "namespace": namespace}, "rules": _rules(AGENT_NAMESPACE_RULES)},
+        binding("RoleBinding", agent_sa, agent_sa, "Role", namespace),
     ] + ([{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
            "metadata": {"name": "probeset-metrics-reader"}, "rules": METRICS_READER_RULES}] if metrics_auth else [])
 

@@ -54,6 +54,7 @@ class AgentSettings:
     # first, report OverBudget on that node.
     max_probesets: int = 20
     max_probes: int = 500
+    max_series: int = 0          # --max-series when set: series of all sets of a node, at worst
     # The administrator's policy for ProbeSets (scope Node, tenant values, tolerations), which the
     # agents apply too; None: the defaults for the operator's namespace (policy()).
     admission: Admission | None = None
@@ -103,7 +104,8 @@ def render_daemonset(bodies: list[dict], operator_namespace: str, settings: Agen
         _host_mount("host-root", "/", at=HOST_ROOT),
     ]
     args = ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}", "--max-probesets", str(settings.max_probesets),
-            "--max-probes", str(settings.max_probes), "--host-root", HOST_ROOT]
+            "--max-probes", str(settings.max_probes), "--host-root", HOST_ROOT] + \
+        (["--max-series", str(settings.max_series)] if settings.max_series else [])
     volumes = [v for v, _ in mounts]
     volume_mounts = [m for _, m in mounts]
     if settings.metrics_tls_secret:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from probeset_api.status import CONDITION_TYPES, NodeCounts, NodeReport, now
+from probeset_api.status import CONDITION_TYPES, MAX_FAILED_NODES, FailedNode, NodeCounts, NodeReport, now
 
 MESSAGE_MAX = 300
 
@@ -26,7 +26,7 @@ class Summary:
     message: str
     ready: Verdict
     degraded: Verdict
-    stale: tuple[str, ...]       # nodes whose reports are dropped: no agent pod runs there
+    failed_nodes: tuple[FailedNode, ...] = ()   # the first MAX_FAILED_NODES failing or declining nodes
 
 
 # Container waiting reasons, by what they tell a user (kubelet's wording).
@@ -94,7 +94,7 @@ def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int,
               generation: int | None, problem: Verdict | None = None, live: set[str] | None = None) -> Summary:
     """The summary of the agents' reports. Only reports of nodes that should run the set and have
     an agent pod (`scheduled`) that describe this generation count; the others are stale (old
-    generation) or dropped (no pod). With `live` (nodes whose agent pod is Ready and not being
+    generation) or ignored (no pod). With `live` (nodes whose agent pod is Ready and not being
     deleted), a report counts only while its node's agent lives: the report of an agent that was
     replaced by a pod that cannot start says nothing of now. A node whose agent does not run the
     set (report.reason: OverBudget, InvalidSpec) makes the set not Ready and Degraded with that
@@ -106,8 +106,10 @@ def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int,
     ready_nodes = [n for n, r in running.items() if not r.failed and r.attached == total]
     failing = {n: r for n, r in running.items() if r.failed}
     attached = min((r.attached for r in current.values()), default=0)
+    declining = {n: r for n, r in current.items() if r.reason}
     nodes = NodeCounts(desired=desired, ready=len(ready_nodes), failing=len(failing),
-                       summary=f"{len(ready_nodes)}/{desired}")
+                       summary=f"{len(ready_nodes)}/{desired}", declined=len(declining))
+    named = sorted({**failing, **declining}.items())[:MAX_FAILED_NODES]
     if failing:
         node, report = sorted(failing.items())[0]
         first = report.failed[0]
@@ -129,7 +131,7 @@ def summarize(reports: dict[str, NodeReport], scheduled: set[str], desired: int,
     elif not is_ready and problem is not None and not failing:
         ready, message = problem, problem.message
     return Summary(nodes, f"{attached}/{total}", message[:MESSAGE_MAX], ready, degraded,
-                   tuple(sorted(n for n in reports if n not in scheduled)))
+                   tuple(FailedNode.of(n, r) for n, r in named))
 
 
 def set_condition(conditions: list[dict], ctype: str, verdict: Verdict, generation: int | None,

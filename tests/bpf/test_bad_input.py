@@ -64,6 +64,9 @@ def test_a_probe_that_breaks_compilation_is_isolated(target, run_probeset, monke
     ])
     err = status(prog, "broken").error
     assert err.startswith("BPF compile failed:") and "this_is_not_c" in err
+    # the whole (fails); [first] compiles, so the rest fails: [broken] alone fails, [third] compiles;
+    # then first + third
+    assert prog.compile_cost.compiles == 5
     target.run("alpha 4")
     target.run("work 6")
     assert counts(prog, "first") == {"probeset_target_alpha": 4}

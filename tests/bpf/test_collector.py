@@ -5,6 +5,7 @@ import math
 from prometheus_client.parser import text_string_to_metric_families
 
 from probeset_agent.exposition import MetricsCollector
+from probeset_agent.histogram import export_bounds_ns
 
 
 def families(prog):
@@ -22,9 +23,11 @@ def test_histogram_is_cumulative_sorted_and_ends_with_inf(target, run_probeset):
     buckets = [s for s in hist.samples if s.name.endswith("_bucket")]
     les = [float(s.labels["le"]) for s in buckets]
     assert les == sorted(les) and math.isinf(les[-1]) and les[0] == 256e-9 and les[1] == 320e-9
-    assert len(les) == 105 + 1                       # 4 per power of two from 256 ns to 2^34 ns, and +Inf
     counts = [s.value for s in buckets]
     assert counts == sorted(counts) and counts[-1] == 10
+    # 4 per power of two from 256 ns, up to the highest non-empty bucket (trimmed), and +Inf
+    assert les[:-1] == [b / 1e9 for b in export_bounds_ns(4)[:len(les) - 1]]
+    assert counts[-2] == 10 and counts[-3] < 10 and 1e-3 < les[-2] < 1.0
     (count,) = [s for s in hist.samples if s.name.endswith("_count")]
     (total,) = [s for s in hist.samples if s.name.endswith("_sum")]
     assert count.value == 10 and 0.010 <= total.value < 1.0
@@ -47,3 +50,31 @@ def test_self_observability_metrics(target, run_probeset):
     assert overflow == {"work": 0.0}
     assert "probeset_missed_events" in fams and "probeset_agent_info" in fams
     assert "probeset_bpf_run_seconds" in fams and "probeset_bpf_runs" in fams
+
+
+def test_a_scrape_never_compiles(target, run_probeset, monkeypatch):
+    """Compiling is the start's and the edit's cost: /metrics only reads maps. Any BPF object made
+    while scraping (BCC compiles in BPF.__init__) fails this test."""
+    import bcc
+    prog = run_probeset([{"name": "work", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid,
+                          "latency": True}])
+    made = []
+    real_init = bcc.BPF.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made.append(args or kwargs)
+        return real_init(self, *args, **kwargs)
+    monkeypatch.setattr(bcc.BPF, "__init__", counting_init)
+    target.run("work 7")
+    collector = MetricsCollector([prog], "testnode")
+    for _ in range(5):
+        text = collector.render()
+    assert made == []
+    from probeset_agent.loader import compile_program
+    compile_program("int f(void *ctx) { return 0; }").cleanup()
+    assert len(made) == 1                       # the hook sees a compile when there is one
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    (compiles,) = fams["probeset_compiles"].samples
+    (seconds,) = fams["probeset_compile_seconds"].samples
+    assert compiles.value == 1 and compiles.labels == {"probeset": "test"}
+    assert 0.0 < seconds.value == round(prog.compile_cost.seconds, 6) and seconds.value < 30

@@ -75,8 +75,16 @@ def total(name: str, **labels) -> float:
 
 
 def report(api, namespace: str, name: str, node: str) -> dict | None:
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    entry = ((obj.get("status") or {}).get("agents") or {}).get(node)
+    """The node's agent's report on the set (its ProbeSetNode), for the set's current generation."""
+    objs = client.CustomObjectsApi(api)
+    obj = objs.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    try:
+        reports = objs.get_namespaced_custom_object(GROUP, VERSION, NS, "probesetnodes", node)
+    except client.exceptions.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    entry = ((reports.get("status") or {}).get("sets") or {}).get(f"{namespace}/{name}")
     return entry if entry and entry.get("generation") == obj["metadata"]["generation"] else None
 
 

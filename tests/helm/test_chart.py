@@ -13,7 +13,7 @@ except (ImportError, OSError) as e:   # not installed, or its bundled libhelm_c.
     pytest.skip(f"PyPI package helm-python-sdk is not importable ({e}); pip install helm-python-sdk",
                 allow_module_level=True)
 
-from probeset_operator.rbac import (AGENT_CLUSTER_RULES, OPERATOR_CLUSTER_RULES,  # noqa: E402
+from probeset_operator.rbac import (AGENT_CLUSTER_RULES, AGENT_NAMESPACE_RULES, OPERATOR_CLUSTER_RULES,  # noqa: E402
                                     OPERATOR_NAMESPACE_RULES, peering_objects, role_objects)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +97,8 @@ def test_default_render_objects(chart):
                                                            "limits": {"memory": "400Mi"}}
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == []
     assert json.loads(env["PROBESET_AGENT_NODE_SELECTOR"]) == {}           # agents wherever ProbeSets select
-    assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"]) == ("20", "500")
+    assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"], env["PROBESET_AGENT_MAX_SERIES"]) \
+        == ("20", "500", "0")
     assert env["PROBESET_OPERATOR_DEPLOYMENT"] == dep["metadata"]["name"]  # the agent DaemonSet's owner
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
     sc = c["securityContext"]
@@ -116,7 +117,7 @@ def test_values_reach_the_operator_env(chart):
         "agent": {"image": "reg.example/agent:v9", "imagePullPolicy": "Always",
                   "priorityClassName": "system-node-critical", "resources": res, "tolerations": tol,
                   "nodeSelector": {"kubernetes.io/os": "linux", "obs": "yes"}, "maxProbeSets": 8,
-                  "maxProbes": 900}},
+                  "maxProbes": 900, "maxSeries": 250000}},
         namespace="obs"))
     dep = objs[("Deployment", "probeset-operator")]
     assert dep["spec"]["replicas"] == 3 and dep["metadata"]["namespace"] == "obs"
@@ -129,7 +130,8 @@ def test_values_reach_the_operator_env(chart):
     assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == res
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == tol
     assert json.loads(env["PROBESET_AGENT_NODE_SELECTOR"]) == {"kubernetes.io/os": "linux", "obs": "yes"}
-    assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"]) == ("8", "900")
+    assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"], env["PROBESET_AGENT_MAX_SERIES"]) \
+        == ("8", "900", "250000")
     assert env["PROBESET_NODE_WIDE_NAMESPACES"] == "obs,platform-team"
     assert env["PROBESET_TENANT_VALUES"] == "kretprobe:vfs_read:retval,tracepoint:net:net_dev_xmit:name"
 
@@ -139,6 +141,7 @@ def test_rbac_equals_rbac_py(chart):
     assert objs[("ClusterRole", "probeset-operator")]["rules"] == rules(OPERATOR_CLUSTER_RULES)
     assert objs[("Role", "probeset-operator")]["rules"] == rules(OPERATOR_NAMESPACE_RULES)
     assert objs[("ClusterRole", "probeset-agent")]["rules"] == rules(AGENT_CLUSTER_RULES)
+    assert objs[("Role", "probeset-agent")]["rules"] == rules(AGENT_NAMESPACE_RULES)
     # Every RBAC object and ServiceAccount equals rbac.role_objects() apart from the chart's labels.
     for want in role_objects(NS):
         got = objs[(want["kind"], want["metadata"]["name"])]
@@ -168,15 +171,15 @@ def test_secured_metrics_reach_the_operator_rbac_and_podmonitor(chart):
 
 
 def test_crds_equal_the_repository_and_rbac_py():
-    ours = CHART / "crds" / "probeset.io_probesets.yaml"
-    assert ours.read_bytes() == (ROOT / "crds" / "probeset.io_probesets.yaml").read_bytes()
+    for name in ("probeset.io_probesets.yaml", "probeset.io_probesetnodes.yaml"):
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), name
     peering_crd, peering = peering_objects()
     assert yaml.safe_load((CHART / "crds" / "kopf.dev_clusterkopfpeerings.yaml").read_text()) == peering_crd
 
 
 def test_chart_loads_both_crds(chart):
     names = {yaml.safe_load(c["data"])["metadata"]["name"] for c in chart.crds}
-    assert names == {"probesets.probeset.io", "clusterkopfpeerings.kopf.dev"}
+    assert names == {"probesets.probeset.io", "probesetnodes.probeset.io", "clusterkopfpeerings.kopf.dev"}
 
 
 def test_peering_object_matches_rbac_py(chart):
@@ -235,6 +238,7 @@ def test_lint(values):
     ({"agent": {"metrics": {"auth": "yes"}}}, "/agent/metrics/auth"),
     ({"agent": {"maxProbeSets": 0}}, "/agent/maxProbeSets"),
     ({"agent": {"maxProbes": "many"}}, "/agent/maxProbes"),
+    ({"agent": {"maxSeries": -1}}, "/agent/maxSeries"),
     ({"agent": {"nodeSelector": {"obs": True}}}, "/agent/nodeSelector/obs"),
     ({"agent": {"metrics": {"tlsSecret": "Bad_Name"}}}, "/agent/metrics/tlsSecret"),
     ({"replica": 2}, "replica"),

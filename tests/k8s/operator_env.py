@@ -13,7 +13,7 @@ import yaml
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
-from probeset_api.crd import build_crd
+from probeset_api.crd import NODE_PLURAL, build_crds
 from probeset_operator.rbac import peering_objects, role_objects
 from probeset_operator.render import AGENT_DAEMONSET
 
@@ -60,11 +60,11 @@ def installed(kube):
     """CRDs (ours and kopf's peering), the operator namespace, RBAC: what the Helm chart installs."""
     with kube.api_client() as api:
         create_if_absent(client.CoreV1Api(api).create_namespace, {"metadata": {"name": OPERATOR_NS}})
-        crd, peering_crd, peering = build_crd(), *peering_objects()
+        peering_crd, peering = peering_objects()
         ext = client.ApiextensionsV1Api(api)
-        for item in (crd, peering_crd):
+        for item in (*build_crds(), peering_crd):
             create_if_absent(ext.create_custom_resource_definition, item)
-        wait_established(api, crd["metadata"]["name"], peering_crd["metadata"]["name"])
+        wait_established(api, *(c["metadata"]["name"] for c in build_crds()), peering_crd["metadata"]["name"])
         create_if_absent(client.CustomObjectsApi(api).create_cluster_custom_object,
                          "kopf.dev", "v1", "clusterkopfpeerings", peering)
         for obj in role_objects(OPERATOR_NS):
@@ -235,3 +235,23 @@ def condition(obj, ctype):
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), None)
 
 
+
+
+def node_reports(api, node) -> dict:
+    """status.sets of the node's ProbeSetNode ({} when it has none)."""
+    try:
+        obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, OPERATOR_NS, NODE_PLURAL, node)
+    except ApiException as e:
+        if e.status == 404:
+            return {}
+        raise
+    return (obj.get("status") or {}).get("sets") or {}
+
+
+def write_node_report(api, node, namespace, name, report) -> None:
+    """Report on a set as the node's agent would (its ProbeSetNode, made if absent)."""
+    objs = client.CustomObjectsApi(api)
+    create_if_absent(objs.create_namespaced_custom_object, GROUP, VERSION, OPERATOR_NS, NODE_PLURAL,
+                     {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ProbeSetNode", "metadata": {"name": node}})
+    objs.patch_namespaced_custom_object_status(GROUP, VERSION, OPERATOR_NS, NODE_PLURAL, node,
+                                               {"status": {"sets": {f"{namespace}/{name}": report}}})

@@ -20,9 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from probeset_operator.render import AGENT_DAEMONSET, METRICS_PORT, AgentSettings, render_daemonset
 from tests.k8s.fake_kubelet import fake_kubelet  # noqa: F401
 from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, Process, agent_pod_running, api,  # noqa: F401
-                                    condition,
-                                    get_ps, installed, namespace, probeset, service_account_kubeconfig,
-                                    start_operator, wait_for)
+                                    condition, get_ps, installed, namespace, node_reports, probeset,
+                                    service_account_kubeconfig, start_operator, wait_for)
 from tests.support import TARGET_C, bcc_missing_reason
 
 pytestmark = [pytest.mark.k8s,
@@ -119,8 +118,8 @@ def events_of(probe, by=WORKLOAD):
 
 
 def agent_report(api, namespace, name):
-    obj = get_ps(api, namespace, name)
-    return obj, ((obj.get("status") or {}).get("agents") or {}).get(NODE)
+    """The set, and this node's report on it (its ProbeSetNode's status.sets entry) or None."""
+    return get_ps(api, namespace, name), node_reports(api, NODE).get(f"{namespace}/{name}")
 
 
 def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and_detaches(
@@ -147,9 +146,8 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
     agent_pod_running(api, NODE)
     try:
         # No pod of the namespace has the binary yet: the node says so (not attached, with the reason).
-        obj = wait_for("the agent's report", lambda: (r := agent_report(api, namespace, "e2e"))[1] and
-                       r[1].get("failed") and r[0], timeout=60)
-        report = obj["status"]["agents"][NODE]
+        obj, report = wait_for("the agent's report", lambda: (r := agent_report(api, namespace, "e2e"))[1] and
+                               r[1].get("failed") and r, timeout=60)
         assert report["generation"] == obj["metadata"]["generation"] and report["attached"] == 0
         assert report["failed"][0]["error"].startswith(f"no selected pod has {target_binary} (yet)")
         assert gauge("probeset_allowed_cgroups", probeset="e2e") == 0
@@ -165,7 +163,8 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
         obj = wait_for("Ready", lambda: (o := get_ps(api, namespace, "e2e")) and
                        (condition(o, "Ready") or {}).get("status") == "True" and o, timeout=30)
         assert obj["status"]["nodes"]["summary"] == "1/1" and obj["status"]["probes"] == "1/1"
-        assert obj["status"]["agents"][NODE]["attached"] == 1 and "failed" not in obj["status"]["agents"][NODE]
+        report = agent_report(api, namespace, "e2e")[1]
+        assert report["attached"] == 1 and "failed" not in report and "failedNodes" not in obj["status"]
         mine = (NODE, namespace, "app-1", "app")
 
         t_app.run("work 123")
@@ -197,11 +196,15 @@ def test_agent_from_the_daemonset_counts_its_namespaces_pods_reports_reloads_and
         obj = wait_for("Degraded", lambda: (o := get_ps(api, namespace, "e2e")) and
                        (condition(o, "Degraded") or {}).get("status") == "True" and o, timeout=60)
         assert "no function no_such_function" in condition(obj, "Degraded")["message"]
-        (failed,) = obj["status"]["agents"][NODE]["failed"]
+        (failed,) = agent_report(api, namespace, "e2e")[1]["failed"]
         assert failed["name"] == "missing"
         assert failed["error"] == f"no function no_such_function in {target_binary} in pod {namespace}/app-1"
-        wait_for("ProbeFailed event", lambda: [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
-                                               if e.reason == "ProbeFailed" and NODE in e.message])
+        # The set's own status names the node and the reason (its owner cannot read ProbeSetNodes).
+        (shown,) = obj["status"]["failedNodes"]
+        assert (shown["node"], shown["attached"], shown["total"], shown["failed"][0]["error"]) == (
+            NODE, 2, 3, failed["error"])
+        wait_for("ProbesFailed event", lambda: [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
+                                                if e.reason == "ProbesFailed" and NODE in e.message])
         for t in (t_app, t_neighbour, t_host):
             t.run("work 5")
         assert events_of("work") == {mine: 158}    # the good probes kept working, still filtered

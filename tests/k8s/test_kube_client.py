@@ -1,4 +1,4 @@
-"""The agent's own client (probeset_agent.kube) against the real API server, with the two kinds of
+"""The agent's own client (probeset_api.kube) against the real API server, with the two kinds of
 credentials it meets: the agent's ServiceAccount token (exactly its RBAC), and an admin client
 certificate (a second cluster that trusts client certificates: the shared one takes only tokens).
 Changes are made, and results checked, with the `kubernetes` package."""
@@ -15,9 +15,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from probeset_agent.kube import Kube, KubeError
+from probeset_api.kube import Kube, KubeError
 from probeset_agent.pods import PodIndex, PodWatcher
-from probeset_api.crd import build_crd
+from probeset_agent.nodestatus import NodeStatus
+from probeset_api.crd import NODE_PLURAL, build_crds
 from probeset_api.status import NodeReport
 from tests.k8s.cluster import KubeCluster
 from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, api, installed, namespace,  # noqa: F401
@@ -46,8 +47,10 @@ def cert_cluster(kube, tmp_path_factory):
     cluster.start()
     try:
         with cluster.api_client() as admin:
-            client.ApiextensionsV1Api(admin).create_custom_resource_definition(build_crd())
-            wait_established(admin, build_crd()["metadata"]["name"])
+            for crd in build_crds():
+                client.ApiextensionsV1Api(admin).create_custom_resource_definition(crd)
+            wait_established(admin, *(crd["metadata"]["name"] for crd in build_crds()))
+            client.CoreV1Api(admin).create_namespace({"metadata": {"name": OPERATOR_NS}})
         yield cluster
     finally:
         cluster.stop()
@@ -160,33 +163,39 @@ def test_a_watch_from_a_compacted_version_raises_410(target):
     assert e.value.status == 410 and "too old resource version" in e.value.reason
 
 
-def test_merge_patch_of_the_status_subresource(target):
-    create_probeset(target, "reported")
-    report = NodeReport(generation=1, attached=1, total=1, updated="2026-12-01T00:00:00Z").to_status()
-    path = f"{probesets_path(target.namespace)}/reported/status"
-    answer = target.kube.patch(path, {"status": {"agents": {"node-a": report}}})
-    target.kube.patch(path, {"status": {"agents": {"node-b": {**report, "attached": 0}}}})
-    stored = client.CustomObjectsApi(target.admin).get_namespaced_custom_object(GROUP, VERSION, target.namespace,
-                                                                              PLURAL, "reported")
-    want = {k: v for k, v in report.items() if v is not None}
-    assert answer["status"]["agents"] == {"node-a": want}
-    assert stored["status"]["agents"] == {"node-a": want, "node-b": {**want, "attached": 0}}   # merged, not replaced
+def test_node_status_writes_once_per_flush_and_takes_over_after_a_restart(target):
+    """The agent's ProbeSetNode (nodestatus.py) through this client: made on the first flush, one
+    merge patch per flush for every set that changed, none when nothing did; a restarted agent
+    deletes what its predecessor reported and it does not; an object deleted by hand is made
+    again."""
+    node, objs = f"node-{uuid.uuid4().hex[:8]}", client.CustomObjectsApi(target.admin)
 
+    def stored():
+        obj = objs.get_namespaced_custom_object(GROUP, VERSION, OPERATOR_NS, NODE_PLURAL, node)
+        return obj["status"]["sets"], obj["status"]["summary"]
 
-def test_post_an_event(target):
-    created = create_probeset(target, "evented")
-    now = "2026-12-01T00:00:00Z"
-    posted = target.kube.post(f"/api/v1/namespaces/{target.namespace}/events", {
-        "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "evented.", "namespace": target.namespace},
-        "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ProbeSet", "name": "evented",
-                           "namespace": target.namespace, "uid": created["metadata"]["uid"]},
-        "reason": "ProbeFailed", "message": "node n1: opens: no such tracepoint", "type": "Warning",
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        "source": {"component": "probeset-agent", "host": "n1"}})
-    stored = client.CoreV1Api(target.admin).read_namespaced_event(posted["metadata"]["name"], target.namespace)
-    assert posted["metadata"]["name"].startswith("evented.") and posted["metadata"]["uid"] == stored.metadata.uid
-    assert (stored.reason, stored.message, stored.type, stored.involved_object.uid) == (
-        "ProbeFailed", "node n1: opens: no such tracepoint", "Warning", created["metadata"]["uid"])
+    def report(attached, **kw):
+        out = NodeReport(generation=1, attached=attached, total=2, updated="2026-12-01T00:00:00Z", **kw).to_status()
+        return out, {k: v for k, v in out.items() if v is not None}     # sent, stored (null deletes a key)
+
+    (x, want_x), (y, want_y) = report(2), report(0, reason="OverBudget")
+    status = NodeStatus(target.kube, node, OPERATOR_NS)
+    status.wanted = {"web/x": x, "web/y": y}
+    try:
+        assert status.flush() and status.writes == 1
+        assert stored() == ({"web/x": want_x, "web/y": want_y}, "1/2")
+        status.put("web/y", None)
+        assert status.flush() and status.writes == 2 and stored() == ({"web/x": want_x}, "1/1")
+        assert status.flush() and status.writes == 2                   # nothing changed: nothing written
+        restarted = NodeStatus(target.kube, node, OPERATOR_NS)
+        restarted.wanted = {"web/z": x}
+        assert restarted.flush() and restarted.writes == 1 and stored() == ({"web/z": want_x}, "1/1")
+        objs.delete_namespaced_custom_object(GROUP, VERSION, OPERATOR_NS, NODE_PLURAL, node)
+        restarted.wanted["web/z"] = y
+        assert not restarted.flush() and restarted.pending             # 404: made again on the next flush
+        assert restarted.flush() and stored() == ({"web/z": want_y}, "0/1")
+    finally:
+        objs.delete_namespaced_custom_object(GROUP, VERSION, OPERATOR_NS, NODE_PLURAL, node)
 
 
 def test_a_forbidden_call_is_403_with_the_servers_message(target):

@@ -9,7 +9,7 @@ from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from probeset_agent.authz import TokenAuthorizer
-from probeset_agent.kube import Kube
+from probeset_api.kube import Kube
 from probeset_operator.rbac import role_objects
 from tests.k8s.operator_env import OPERATOR_NS, api, installed, namespace, wait_for  # noqa: F401 (fixtures)
 

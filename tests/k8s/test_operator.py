@@ -11,7 +11,8 @@ from kubernetes.client.exceptions import ApiException
 
 from probeset_operator.render import AGENT_DAEMONSET
 from tests.k8s.operator_env import (GROUP, OPERATOR_NS, PLURAL, VERSION, agent_pod_running, api, condition,  # noqa: F401
-                                    get_ds, get_ps, installed, namespace, probeset, start_operator, wait_for)
+                                    get_ds, get_ps, installed, namespace, node_reports, probeset, start_operator,
+                                    wait_for, write_node_report)
 from tests.support import holds_for, wait_stable
 
 TRACEPOINT = [{"name": "t", "tracepoint": "sched:sched_process_exec"}]
@@ -206,21 +207,25 @@ def _try(fn):
         return False
 
 
-def test_reports_of_nodes_without_an_agent_are_dropped(api, namespace, start_operator):
-    """A node's report stays only while an agent pod of the set runs there (a node removed, or no
-    longer selected, leaves none): the summary timer deletes the others."""
+def test_reports_of_nodes_without_an_agent_do_not_count(api, namespace, start_operator):
+    """A node's report counts only while an agent pod of the set runs there (a node removed, or no
+    longer selected, leaves a ProbeSetNode behind): its failure neither degrades the set nor shows.
+    The last set deleted takes the DaemonSet and every ProbeSetNode with it."""
     start_operator()
     objs = client.CustomObjectsApi(api)
     objs.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probeset(
         "ghosts", [{"name": "t", "tracepoint": "sched:sched_process_exec"}], nodeSelector={"probeset-test": "none"}))
     wait_for("Valid", lambda: (c := condition(get_ps(api, namespace, "ghosts"), "Valid")) and c["status"] == "True")
-    report = {"generation": 1, "attached": 1, "total": 1, "updated": "2026-01-01T00:00:00Z"}
-    objs.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "ghosts",
-                                               {"status": {"agents": {"gone-node": report}}})
-    assert get_ps(api, namespace, "ghosts")["status"]["agents"] == {"gone-node": report}
-    obj = wait_for("the stale report dropped", lambda: (o := get_ps(api, namespace, "ghosts")) and
-                   not (o["status"].get("agents") or {}) and o, timeout=30)
-    assert obj["status"]["nodes"]["summary"] == "0/0"
+    report = {"generation": 1, "attached": 0, "total": 1, "updated": "2026-01-01T00:00:00Z",
+              "failed": [{"name": "t", "attached": False, "error": "no such tracepoint"}]}
+    write_node_report(api, "gone-node", namespace, "ghosts", report)
+    obj = wait_for("the summary", lambda: (o := get_ps(api, namespace, "ghosts")) and
+                   (o.get("status") or {}).get("nodes") and o, timeout=30)
+    assert obj["status"]["nodes"] == {"desired": 0, "ready": 0, "failing": 0, "declined": 0, "summary": "0/0"}
+    assert "failedNodes" not in obj["status"] and condition(obj, "Degraded")["status"] == "False"
+    assert node_reports(api, "gone-node") == {f"{namespace}/ghosts": report}
+    objs.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ghosts")
+    wait_for("no ProbeSetNode left", lambda: node_reports(api, "gone-node") == {}, timeout=30)
 
 
 def test_a_refused_daemonset_shows_on_the_probeset(api, namespace, start_operator):
@@ -370,15 +375,17 @@ def test_a_sets_nodes_and_an_over_budget_agent(api, namespace, start_operator):
                   "updated": "2026-12-02T00:00:00Z", "reason": "OverBudget",
                   "failed": [{"name": "t", "attached": False,
                               "error": "this node runs 20 ProbeSets (agent.maxProbeSets), older first"}]}
-        objs.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "busy",
-                                                   {"status": {"agents": {node: report}}})
+        write_node_report(api, node, namespace, "busy", report)
         obj = wait_for("Ready=False OverBudget", lambda: (o := get_ps(api, namespace, "busy")) and
                        (condition(o, "Ready") or {}).get("reason") == "OverBudget" and o, timeout=20)
         ready = condition(obj, "Ready")
         assert (ready["status"], ready["message"]) == (
             "False", f"node {node}: this node runs 20 ProbeSets (agent.maxProbeSets), older first")
         assert condition(obj, "Degraded")["reason"] == "OverBudget" and obj["status"]["message"] == ready["message"]
-        assert obj["status"]["agents"] == {node: report}                # its node's report is kept
+        assert obj["status"]["failedNodes"] == [{"node": node, "attached": 0, "total": 1, "reason": "OverBudget",
+                                                 "failed": [{**report["failed"][0], "functions": 0}]}]
+        wait_for("OverBudget event", lambda: [e for e in core.list_namespaced_event(namespace).items
+                                              if e.reason == "OverBudget" and node in e.message])
     finally:
         for n in (node, tainted):
             core.delete_node(n)

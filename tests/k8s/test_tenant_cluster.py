@@ -2,7 +2,7 @@
 another task's data or kernel addresses. The operator rejects what the spec alone shows (kernel
 function values: Valid=False, InvalidProbes); the agent, run as its DaemonSet runs it, rejects the
 tracepoint fields the node's formats show to be pointers, strings or identities, reports each with
-its field and reason in status.agents.<node>, and runs the rest."""
+its field and reason in its node's report (ProbeSetNode), and runs the rest."""
 
 import pytest
 from kubernetes import client

@@ -1,6 +1,6 @@
 """Which ProbeSets a node's agent runs (probeset_agent.choice): selection, admission, limits, order."""
 
-from probeset_agent.choice import Limits, choose, selects
+from probeset_agent.choice import Limits, choose, selects, series_bound
 from probeset_api.admission import Admission
 
 POLICY = Admission("probeset-system", frozenset({"probeset-system"}))
@@ -52,6 +52,33 @@ def test_the_probe_limit_skips_a_set_too_big_and_runs_a_smaller_newer_one():
     assert list(choice.run) == [("web", "a"), ("web", "small")]
     assert "its 5 probe(s) would take the agent of this node past 6 probes (it runs 3" in \
         choice.refused[("web", "big")].message
+
+
+def test_series_bound_is_each_probes_worst_case():
+    """maxSeriesPerProbe + 1 (overflow) series per probe; with latency each is a histogram: 27 le
+    bounds with one bucket per power of two (256 ns .. 17 s; 53 with 2, 105 with 4), +Inf, _count,
+    _sum, and the counter beside it."""
+    lat = {"name": "l", "uprobe": "libc:getaddrinfo", "latency": True}
+    cases = [
+        ({"probes": [{"name": "c", "uprobe": "libc:malloc"}], "maxSeriesPerProbe": 99}, 100),
+        ({"probes": [lat], "maxSeriesPerProbe": 9}, 10 * (1 + 27 + 3)),
+        ({"probes": [{**lat, "bucketsPerPowerOfTwo": 4}], "maxSeriesPerProbe": 9}, 10 * (1 + 105 + 3)),
+        ({"probes": [{"name": "c", "uprobe": "libc:malloc"}, lat]}, 5001 + 5001 * 31),
+    ]
+    for spec, want in cases:
+        assert series_bound(POLICY.admit({**obj("s"), "spec": spec})) == want, spec
+
+
+def test_the_series_limit_refuses_a_set_that_could_export_too_many():
+    sets = [obj("a", created="2026-12-01T10:00:00Z", maxSeriesPerProbe=999),
+            obj("wide", created="2026-12-01T11:00:00Z", maxSeriesPerProbe=5000),
+            obj("narrow", created="2026-12-01T12:00:00Z", maxSeriesPerProbe=100)]
+    choice = choose(sets, {}, POLICY, Limits(max_series=2000))
+    assert list(choice.run) == [("web", "a"), ("web", "narrow")]
+    assert "it may export up to 5001 series" in choice.refused[("web", "wide")].message
+    assert "past 2000 series (its sets take 1000; --max-series, Helm agent.maxSeries)" in \
+        choice.refused[("web", "wide")].message
+    assert list(choose(sets, {}, POLICY, Limits()).run) == [("web", "a"), ("web", "wide"), ("web", "narrow")]
 
 
 def test_same_age_is_ordered_by_namespace_and_name():

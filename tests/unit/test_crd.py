@@ -4,12 +4,13 @@ the model's own output."""
 
 import re
 
-from probeset_api.crd import build_crd, crd_yaml
+from probeset_api.crd import build_crd, build_crds, build_node_crd, crd_file, crd_yaml
 
 
-def test_crd_file_matches_the_model():
-    with open("crds/probeset.io_probesets.yaml") as f:
-        assert f.read() == crd_yaml(), "regenerate: probeset crd > crds/probeset.io_probesets.yaml"
+def test_crd_files_match_the_model():
+    for crd in build_crds():
+        with open(f"crds/{crd_file(crd)}") as f:
+            assert f.read() == crd_yaml(crd), "regenerate: probeset crd --out crds"
 
 
 def _version() -> dict:
@@ -129,15 +130,21 @@ def test_every_spec_and_status_field_is_described_and_no_hint_leaks():
 
 def test_status_schema_has_what_agents_and_the_operator_write():
     status = _root()["properties"]["status"]["properties"]
-    report = status["agents"]["additionalProperties"]
+    (node_version,) = build_node_crd()["spec"]["versions"]
+    node_status = node_version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(node_status) == {"summary", "sets"}
+    report = node_status["sets"]["additionalProperties"]
     types = {name: sub["type"] for name, sub in report["properties"].items()}
     assert types == {"generation": "integer", "attached": "integer", "total": "integer", "updated": "string",
                      "failed": "array", "reason": "string"}
     failed = report["properties"]["failed"]["items"]["properties"]
     assert {name: sub["type"] for name, sub in failed.items()} == {
         "name": "string", "attached": "boolean", "attachedVia": "string", "functions": "integer", "error": "string"}
-    assert set(status) == {"observedGeneration", "message", "probes", "nodes", "conditions", "agents"}
-    assert set(status["nodes"]["properties"]) == {"desired", "ready", "failing", "summary"}
+    assert set(status) == {"observedGeneration", "message", "probes", "nodes", "conditions", "failedNodes"}
+    assert set(status["nodes"]["properties"]) == {"desired", "ready", "failing", "summary", "declined"}
+    assert status["failedNodes"]["maxItems"] == 10
+    assert {name: sub["type"] for name, sub in status["failedNodes"]["items"]["properties"].items()} == {
+        "node": "string", "attached": "integer", "total": "integer", "reason": "string", "failed": "array"}
     condition = status["conditions"]["items"]
     assert condition["required"] == ["type", "status"]
     assert condition["properties"]["status"]["enum"] == ["True", "False", "Unknown"]

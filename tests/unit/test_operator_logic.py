@@ -14,6 +14,7 @@ from probeset_api.spec import SpecError
 from probeset_api.status import NodeReport, ProbeResult
 from probeset_operator import fleet, handlers
 from probeset_operator.handlers import admissible, settings_from_env
+from probeset_operator.summary import summarize
 from probeset_operator.rbac import AGENT_CLUSTER_RULES
 from probeset_operator.render import AgentSettings
 
@@ -42,6 +43,7 @@ def test_operator_settings_from_environment(monkeypatch):
     monkeypatch.setenv("PROBESET_NODE_WIDE_NAMESPACES", "platform, obs")
     monkeypatch.setenv("PROBESET_AGENT_MAX_PROBESETS", "5")
     monkeypatch.setenv("PROBESET_AGENT_MAX_PROBES", "300")
+    monkeypatch.setenv("PROBESET_AGENT_MAX_SERIES", "250000")
     monkeypatch.setenv("PROBESET_AGENT_NODE_SELECTOR", '{"role": "obs"}')
     agent = settings_from_env()[1]
     assert agent.admission.node_wide == frozenset({"obs", "platform"})
@@ -95,12 +97,13 @@ def test_what_the_shared_daemonset_cannot_carry_makes_the_set_invalid(spec, allo
 def cluster(monkeypatch):
     """The handlers with the API calls replaced: the ProbeSets the cluster holds ("sets"), what
     they applied, deleted and posted."""
-    calls = {"sets": [], "applied": [], "deleted": [], "events": []}
+    calls = {"sets": [], "applied": [], "deleted": [], "events": [], "reports_deleted": []}
     monkeypatch.setattr(handlers, "list_probesets", lambda api=None: list(calls["sets"]))
     monkeypatch.setattr(handlers, "apply_daemonset", lambda m, api=None: calls["applied"].append(m) or "created")
     monkeypatch.setattr(handlers, "delete_daemonset",
                         lambda ns, name, api=None: calls["deleted"].append((ns, name)) or True)
     monkeypatch.setattr(handlers, "remove_per_set_daemonsets", lambda fleet, ns, logger: None)
+    monkeypatch.setattr(handlers, "delete_node_reports", lambda ns, api=None: calls["reports_deleted"].append(ns))
     monkeypatch.setattr(kopf, "warn", lambda body, reason, message: calls["events"].append((reason, message)))
     return calls
 
@@ -314,6 +317,7 @@ def test_the_last_set_deleted_removes_the_daemonset(cluster):
     cluster["sets"] = []
     handlers.remove_agents(memo=memo, logger=handlers.logging.getLogger("test"))
     assert cluster["deleted"] == [("probeset-system", "probeset-agent")]
+    assert cluster["reports_deleted"] == ["probeset-system"]     # no agent reports any more
 
 
 def test_the_daemonset_is_owned_by_the_operators_deployment(cluster, monkeypatch):
@@ -356,8 +360,25 @@ def agent_pod(node_name, bound=True, waiting=None):
     return {"metadata": {"name": f"probeset-agent-{node_name}"}, "spec": spec, "status": status}
 
 
-def aggregate(body, memo, status, cluster_view):
-    memo.fleet.view = lambda namespace, newer_than=None: cluster_view
+class Cache:
+    """The watched ClusterCache as the timer reads it: a view, the nodes' reports (status.sets
+    entries by node, for this one set)."""
+
+    synced = True
+
+    def __init__(self, cluster_view, reports):
+        self.cluster_view, self.node_reports = cluster_view, reports
+        self.version = id(self)
+
+    def view(self):
+        return self.cluster_view
+
+    def reports(self, namespace, name):
+        return {node: NodeReport.from_status(entry) for node, entry in self.node_reports.items()}
+
+
+def aggregate(body, memo, status, cluster_view, reports=None):
+    memo.fleet.cache = Cache(cluster_view, reports or {})
     patch = kopf.Patch()
     handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status=status, patch=patch, memo=memo,
                        logger=handlers.logging.getLogger("test"))
@@ -381,15 +402,14 @@ def test_a_sets_nodes_are_those_that_match_it_and_run_an_agent(cluster):
                         node("n3", pool="y", obs="yes"), node("n4", pool="x"), node("n5", pool="x", obs="yes"),
                         pods=[agent_pod("n1"), agent_pod("n3"), agent_pod("n5")],
                         settings=memo.agent)
-    status = {"agents": {"n1": REPORT, "n3": REPORT, "gone": REPORT}}
-    out = aggregate(body, memo, status, cluster_view)
-    assert out["nodes"] == {"desired": 2, "ready": 1, "failing": 0, "summary": "1/2"}
-    assert out["agents"] == {"n3": None, "gone": None}
+    reports = {"n1": REPORT, "n3": REPORT, "gone": REPORT}
+    out = aggregate(body, memo, {}, cluster_view, reports)
+    assert out["nodes"] == {"desired": 2, "ready": 1, "failing": 0, "declined": 0, "summary": "1/2"}
     ready = condition_of(out, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "AgentsNotReady")
     # n5's agent has not reported yet; once it has, the set is Ready.
-    status["agents"]["n5"] = REPORT
-    ready = condition_of(aggregate(body, memo, status, cluster_view), "Ready")
+    reports["n5"] = REPORT
+    ready = condition_of(aggregate(body, memo, {}, cluster_view, reports), "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "AgentsReady")
 
 
@@ -412,11 +432,18 @@ def test_over_budget_on_a_node_shows_on_the_set(cluster):
     memo = memo_for(AgentSettings())
     report = {**REPORT, "attached": 0, "reason": "OverBudget",
               "failed": [{"name": "t", "attached": False, "error": "over budget: 20 ProbeSets run on this node"}]}
-    out = aggregate(body, memo, {"agents": {"n1": report}}, view(node("n1", pool="x"), pods=[agent_pod("n1")]))
+    out = aggregate(body, memo, {}, view(node("n1", pool="x"), pods=[agent_pod("n1")]), {"n1": report})
     ready = condition_of(out, "Ready")
     assert (ready["status"], ready["reason"], ready["message"]) == (
         "False", "OverBudget", "node n1: over budget: 20 ProbeSets run on this node")
     assert out["message"] == ready["message"]
+    assert out["failedNodes"] == [{"node": "n1", "attached": 0, "total": 1, "reason": "OverBudget", "failed": [
+        {"name": "t", "attached": False, "functions": 0, "error": "over budget: 20 ProbeSets run on this node"}]}]
+    # One Event per problem, not one per tick: the next tick sees the condition it wrote.
+    assert cluster["events"] == [("OverBudget", ready["message"])]
+    aggregate(body, memo, {"conditions": out["conditions"]}, view(node("n1", pool="x"), pods=[agent_pod("n1")]),
+              {"n1": report})
+    assert len(cluster["events"]) == 1
 
 
 def test_a_refusal_shows_on_every_admitted_set_until_an_apply_succeeds(cluster, monkeypatch):
@@ -456,19 +483,58 @@ def test_a_missing_daemonset_is_made_again(cluster):
     assert [ds["metadata"]["name"] for ds in cluster["applied"]] == ["probeset-agent"]
 
 
-def test_a_report_is_dropped_only_on_a_view_read_after_it(cluster, monkeypatch):
-    """The views are cached for every set's timer: one from before a new agent's pod must not drop
-    that agent's report (agents report on change only)."""
+
+
+def test_a_summary_is_redone_only_when_what_it_reads_changed(cluster, monkeypatch):
+    """Every set's timer ticks every few seconds; at thousands of nodes a summary costs tens of
+    milliseconds, so an unchanged cache, spec and status skip it (for at most SUMMARY_MAX_AGE)."""
     body = named("a", nodeSelector={"pool": "x"})
     memo = memo_for(AgentSettings())
-    before = view(node("n1", pool="x"))
-    after = view(node("n1", pool="x"), pods=[agent_pod("n1")])
-    before.at = after.at = time.monotonic()                # both fresh: only newer_than reads again
-    reads = [before, after]
-    monkeypatch.setattr(fleet, "read_view", lambda api, namespace: reads.pop(0))
-    memo.fleet.view("probeset-system")                     # cached: no pod on n1 yet
-    patch = kopf.Patch()
-    handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status={"agents": {"n1": REPORT}},
-                       patch=patch, memo=memo, logger=handlers.logging.getLogger("test"))
-    assert "agents" not in patch.status and reads == []
-    assert condition_of(patch.status, "Ready")["reason"] == "AgentsReady"
+    memo.fleet.cache = Cache(view(node("n1", pool="x"), pods=[agent_pod("n1")]), {"n1": REPORT})
+    computed = []
+    monkeypatch.setattr(handlers, "summarize", lambda *a, **kw: computed.append(1) or summarize(*a, **kw))
+
+    def tick(status):
+        patch = kopf.Patch()
+        handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status=status, patch=patch,
+                           memo=memo, logger=handlers.logging.getLogger("test"))
+        return dict(patch.status)
+    written = tick({})
+    assert condition_of(written, "Ready")["status"] == "True" and len(computed) == 1
+    assert tick(written) == {} and len(computed) == 2        # the status it wrote: once more, nothing to write
+    assert tick(written) == {} and len(computed) == 2        # nothing changed: not computed
+    memo.fleet.cache.version += 1                            # a report, a pod, a node changed
+    assert tick(written) == {} and len(computed) == 3
+    monkeypatch.setattr(fleet, "SUMMARY_MAX_AGE", 0.0)
+    tick(written)
+    assert len(computed) == 4                                # and at least every SUMMARY_MAX_AGE
+
+
+def test_progress_is_written_every_few_seconds_and_the_end_at_once(cluster, monkeypatch):
+    """While nodes report a generation, a summary that differs only in its counts waits for
+    PROGRESS_INTERVAL (each write reaches every agent's watch); a new reason, or every node
+    reported, is written at once."""
+    body = named("a", nodeSelector={"pool": "x"})
+    memo = memo_for(AgentSettings())
+    nodes = [node(f"n{i}", pool="x") for i in range(3)]
+    pods = [agent_pod(f"n{i}") for i in range(3)]
+    status: dict = {}
+
+    def tick(reports):
+        memo.fleet.cache = Cache(view(*nodes, pods=pods), reports)
+        patch = kopf.Patch()
+        handlers.aggregate(body=body, meta=body["metadata"], spec=body["spec"], status=status, patch=patch,
+                           memo=memo, logger=handlers.logging.getLogger("test"))
+        for key, value in patch.status.items():       # as the API server stores the merge patch
+            if value is None:
+                status.pop(key, None)
+            else:
+                status[key] = value
+        return dict(patch.status)
+    assert tick({})["nodes"]["ready"] == 0                              # the first summary of generation 2
+    assert tick({"n0": REPORT}) == {}                                   # only a count changed: later
+    monkeypatch.setattr(fleet, "PROGRESS_INTERVAL", 0.0)
+    assert tick({"n0": REPORT})["nodes"]["ready"] == 1                  # ... after PROGRESS_INTERVAL
+    monkeypatch.setattr(fleet, "PROGRESS_INTERVAL", 3600.0)
+    done = tick({f"n{i}": REPORT for i in range(3)})                    # every node reported: at once
+    assert done["nodes"]["ready"] == 3 and condition_of(done, "Ready")["status"] == "True"

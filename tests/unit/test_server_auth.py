@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from probeset_agent.authz import SUBJECT_ACCESS_REVIEWS, TOKEN_REVIEWS, TokenAuthorizer
-from probeset_agent.kube import KubeError
+from probeset_api.kube import KubeError
 from probeset_agent.server import MetricsServer, bearer_token
 
 

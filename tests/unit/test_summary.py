@@ -16,7 +16,7 @@ def failed(generation=3, name="dns", error="no symbol"):
 
 
 CASES = [
-    # (name, reports, scheduled, desired, expected: summary, probes, ready, degraded, stale, message)
+    # (name, reports, scheduled, desired, expected: summary, probes, ready, degraded, failedNodes, message)
     ("all nodes ready", {"a": ok(), "b": ok()}, {"a", "b"}, 2,
      ("2/2", "2/2", ("True", "AgentsReady"), ("False", "AllProbesAttached"), (), "")),
     ("no nodes selected", {}, set(), 0,
@@ -30,10 +30,10 @@ CASES = [
       "waiting for agents: 1/2 nodes report every probe attached")),
     ("a failing node degrades the set and names the first failure", {"a": ok(), "b": failed(), "c": failed(name="x")},
      {"a", "b", "c"}, 3,
-     ("1/3", "1/2", ("False", "AgentsNotReady"), ("True", "ProbesFailed"), (),
+     ("1/3", "1/2", ("False", "AgentsNotReady"), ("True", "ProbesFailed"), ("b", "c"),
       "2 node(s) with failed probes; b: dns: no symbol")),
-    ("a node without an agent pod is stale", {"a": ok(), "gone": failed()}, {"a"}, 1,
-     ("1/1", "2/2", ("True", "AgentsReady"), ("False", "AllProbesAttached"), ("gone",), "")),
+    ("the report of a node without an agent pod is ignored", {"a": ok(), "gone": failed()}, {"a"}, 1,
+     ("1/1", "2/2", ("True", "AgentsReady"), ("False", "AllProbesAttached"), (), "")),
     ("attached counts the weakest node", {"a": ok(), "b": ok(attached=1)}, {"a", "b"}, 2,
      ("1/2", "1/2", ("False", "AgentsNotReady"), ("False", "Pending"), (),
       "waiting for agents: 1/2 nodes report every probe attached")),
@@ -44,8 +44,25 @@ CASES = [
 def test_summary(name, reports, scheduled, desired, expected):
     s = summarize(reports, scheduled, desired, total=2, generation=3)
     assert (s.nodes.summary, s.probes, (s.ready.status, s.ready.reason), (s.degraded.status, s.degraded.reason),
-            s.stale, s.message) == expected
+            tuple(f.node for f in s.failed_nodes), s.message) == expected
     assert s.ready.message == s.message and s.nodes.desired == desired
+
+
+def test_failed_nodes_are_bounded_and_say_why():
+    """At any number of failing nodes the set names the first ten by name, five failed probes each,
+    errors cut; the counts say how many there are."""
+    many = tuple(ProbeResult(name=f"p{i}", attached=False, error="e" * 2000) for i in range(8))
+    reports = {f"n{i:04}": NodeReport(generation=3, attached=0, total=8, failed=many) for i in range(5000)}
+    reports["a-declined"] = NodeReport(generation=3, attached=0, total=8, reason="OverBudget",
+                                       failed=(ProbeResult(name="(spec)", attached=False, error="over budget"),))
+    s = summarize(reports, set(reports), len(reports), total=8, generation=3)
+    assert (s.nodes.failing, s.nodes.declined, s.nodes.ready) == (5000, 1, 0)
+    assert [f.node for f in s.failed_nodes] == ["a-declined"] + [f"n{i:04}" for i in range(9)]
+    first, second = s.failed_nodes[0].to_status(), s.failed_nodes[1].to_status()
+    assert first == {"node": "a-declined", "attached": 0, "total": 8, "reason": "OverBudget",
+                     "failed": [{"name": "(spec)", "attached": False, "functions": 0, "error": "over budget"}]}
+    assert [f["name"] for f in second["failed"]] == ["p0", "p1", "p2", "p3", "p4"]
+    assert {len(f["error"]) for f in second["failed"]} == {300} and "reason" not in second
 
 
 def test_long_messages_are_cut():
@@ -161,7 +178,6 @@ def test_a_report_counts_only_while_its_nodes_agent_lives():
     problem = pod_problem([pod(waiting="ErrImagePull")], 1)
     s = summarize({"a": ok()}, {"a"}, 1, total=2, generation=3, problem=problem, live=set())
     assert (s.ready.status, s.ready.reason, s.nodes.ready) == ("False", "ImagePullFailed", 0)
-    assert s.stale == ()                      # the node still has an agent pod: the report stays
     s = summarize({"a": ok()}, {"a"}, 1, total=2, generation=3, live={"a"})
     assert (s.ready.status, s.nodes.ready) == ("True", 1)
 

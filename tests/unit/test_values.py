@@ -99,7 +99,7 @@ def test_value_bounds_are_powers_of_two_from_one():
 @pytest.mark.parametrize("value,le", [(0, 1), (1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (8, 8), (9, 16),
                                       (4095, 4096), (4096, 4096), (4097, 8192), ((1 << 40) + 1, float("inf"))])
 def test_a_value_lands_in_the_first_power_of_two_bound_at_or_above_it(value, le):
-    buckets = cumulative_buckets({bucket_index(value): 1}, 1, value_bounds(1), 1.0)
+    buckets = cumulative_buckets({bucket_index(value): 1}, 1, bounds=value_bounds(1), scale=1.0)
     first = next(bound for bound, n in buckets if n == 1)
     assert first == le
     assert bucket_upper_ns(bucket_index(value)) >= value

@@ -1,0 +1,131 @@
+"""The exposition of latency histograms, without maps or root: snapshots in, Prometheus text out
+(parsed back with prometheus_client's parser); and /metrics with gzip through a real MetricsServer."""
+
+import gzip
+import http.client
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from probeset_agent.exposition import MetricsCollector
+from probeset_agent.histogram import bucket_index
+from probeset_agent.readout import Series, label_text
+from probeset_agent.server import MetricsServer, accepts_gzip
+from probeset_agent.snapshot import ProbeSeries, SetSnapshot
+
+
+def series(name: str, *latencies_ns: int) -> Series:
+    labels = {"probeset": "s", "probe": "lat", "function": "f", "node": "n", "arg0": name}
+    buckets: dict[int, int] = {}
+    for ns in latencies_ns:
+        buckets[bucket_index(ns)] = buckets.get(bucket_index(ns), 0) + 1
+    return Series(labels, label_text(labels), len(latencies_ns), sum(latencies_ns), buckets)
+
+
+class Source:
+    def __init__(self, *series_: Series, per_power: int = 1):
+        self.snap = SetSnapshot({"probeset": "s"}, [], [ProbeSeries("lat", per_power, list(series_))])
+
+    def snapshot(self) -> SetSnapshot:
+        return self.snap
+
+
+def histogram(text: str) -> dict[str, list[tuple[str, float]]]:
+    """arg0 -> [(sample name suffix or le, value)] of probeset_latency_seconds."""
+    (fam,) = [f for f in text_string_to_metric_families(text) if f.name == "probeset_latency_seconds"]
+    out: dict[str, list[tuple[str, float]]] = {}
+    for s in fam.samples:
+        key = s.labels["le"] if s.name.endswith("_bucket") else s.name.rsplit("_", 1)[1]
+        out.setdefault(s.labels["arg0"], []).append((key, s.value))
+    return out
+
+
+def test_histograms_stop_after_their_highest_non_empty_bucket():
+    text = MetricsCollector([Source(series("fast", 300, 300, 1000), series("none"),
+                                    series("slow", 1000, 3_000_000_000))], "n").render()
+    assert histogram(text) == {
+        "fast": [("2.56e-07", 0), ("5.12e-07", 2), ("1.024e-06", 3), ("+Inf", 3), ("count", 3), ("sum", 1.6e-06)],
+        "none": [("+Inf", 0), ("count", 0), ("sum", 0)],
+        "slow": [("2.56e-07", 0), ("5.12e-07", 0), *[(le, 1) for le in
+                 ("1.024e-06", "2.048e-06", "4.096e-06", "8.192e-06", "1.6384e-05", "3.2768e-05", "6.5536e-05",
+                  "0.000131072", "0.000262144", "0.000524288", "0.001048576", "0.002097152", "0.004194304",
+                  "0.008388608", "0.016777216", "0.033554432", "0.067108864", "0.134217728", "0.268435456",
+                  "0.536870912", "1.073741824", "2.147483648")],
+                 ("4.294967296", 2), ("+Inf", 2), ("count", 2), ("sum", 3.000001)],
+    }
+
+
+def test_untrimmed_histograms_keep_every_bound():
+    text = MetricsCollector([Source(series("fast", 300), series("none"), per_power=4)], "n",
+                            trim_buckets=False).render()
+    got = histogram(text)
+    assert [len(v) for v in got.values()] == [105 + 1 + 2, 105 + 1 + 2]
+    assert got["none"][-3:] == [("+Inf", 0), ("count", 0), ("sum", 0)]
+    assert got["fast"][:3] == [("2.56e-07", 0), ("3.2e-07", 1), ("3.84e-07", 1)]
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, False),
+    (b"gzip", True),
+    (b"gzip, deflate, br", True),
+    (b"deflate, GZIP;q=0.5", True),
+    (b"x-gzip", True),
+    (b"*", True),
+    (b"gzip;q=0", False),
+    (b"gzip;q=0.000", False),
+    (b"*;q=0.1, gzip;q=0", False),       # a named coding before *
+    (b"gzip;q=abc", False),              # unreadable: identity, always acceptable
+    (b"identity", False),
+    (b"br", False),
+    (b"", False),
+])
+def test_accept_encoding(header, expected):
+    request = b"GET /metrics HTTP/1.1\r\nHost: x"
+    if header is not None:
+        request += b"\r\nAccept-Encoding: " + header
+    assert accepts_gzip(request) is expected
+
+
+@pytest.fixture
+def served():
+    sources = [Source(*[series(f"a{i}", *range(300, 300 + 1000 * (i % 7), 997)) for i in range(200)])]
+    collector = MetricsCollector(sources, "n")
+    renders = []
+
+    def render():
+        renders.append(1)
+        return collector.render().encode()
+    server = MetricsServer("127.0.0.1", 0, request_timeout=2.0).start(render)
+    yield server, renders
+    server.shutdown()
+
+
+def fetch(server, method="GET", **headers):
+    conn = http.client.HTTPConnection(*server.address, timeout=10)
+    conn.request(method, "/metrics", headers=headers)
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp, body
+
+
+def samples(text: str) -> list[tuple[str, dict, float]]:
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def test_gzip_only_when_asked_and_it_decodes_to_the_same_samples(served):
+    server, renders = served
+    plain, plain_body = fetch(server)
+    assert plain.getheader("Content-Encoding") is None and plain.getheader("Vary") == "Accept-Encoding"
+    assert int(plain.getheader("Content-Length")) == len(plain_body)
+    zipped, zipped_body = fetch(server, **{"Accept-Encoding": "gzip"})
+    assert zipped.getheader("Content-Encoding") == "gzip" and zipped.getheader("Vary") == "Accept-Encoding"
+    assert int(zipped.getheader("Content-Length")) == len(zipped_body) < len(plain_body) // 5
+    text = gzip.decompress(zipped_body).decode()
+    assert samples(text) == samples(plain_body.decode())
+    assert len(samples(text)) > 200 * 4
+    refused, refused_body = fetch(server, **{"Accept-Encoding": "gzip;q=0"})
+    assert refused.getheader("Content-Encoding") is None and refused_body.startswith(b"# HELP")
+    head, head_body = fetch(server, "HEAD", **{"Accept-Encoding": "gzip"})
+    assert head.getheader("Content-Encoding") == "gzip" and head_body == b""
+    assert len(renders) == 4                      # one rendering per scrape, none for the gzip form
