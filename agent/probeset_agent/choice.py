@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from probeset_api.admission import Admission
 from probeset_api.spec import ProbeSet, SpecError
 
-from .histogram import export_bounds_ns
+from .histogram import export_bounds_ns, value_bounds
 
 Key = tuple[str, str]          # (namespace, name)
 
@@ -26,15 +26,25 @@ class Limits:
     max_series: int = 0        # --max-series (Helm agent.maxSeries): series_bound() of all sets; 0: none
 
 
+def series_per_key(probe) -> int:
+    """Series one label combination of the probe exports: the events counter, and a value's sum
+    (one counter) or histogram, or a latency histogram (its le buckets, +Inf, _count, _sum)."""
+    per_power = probe.buckets_per_power_of_two
+    if probe.value is not None:
+        if probe.aggregate == "sum":
+            return 2
+        bounds = export_bounds_ns(per_power) if probe.unit == "seconds" else value_bounds(per_power)
+        return 1 + len(bounds) + 3
+    if probe.latency or probe.kind == "span":
+        return 1 + len(export_bounds_ns(per_power)) + 3
+    return 1
+
+
 def series_bound(pset: ProbeSet) -> int:
-    """The most data series the set can export from one node: per probe, maxSeriesPerProbe series
-    and the overflow one, each a counter, and with latency a histogram (its le buckets, +Inf,
-    _count and _sum). What Prometheus pays per node at worst; docs/scale.md."""
-    total = 0
-    for probe in pset.probes:
-        per_key = 1 + (len(export_bounds_ns(probe.buckets_per_power_of_two)) + 3 if probe.latency else 0)
-        total += (pset.max_series_per_probe + 1) * per_key
-    return total
+    """The most data series the set can export from one node: per probe, maxSeriesPerProbe label
+    combinations and the overflow one, each series_per_key(). What Prometheus pays per node at
+    worst; docs/scale.md."""
+    return sum((pset.max_series_per_probe + 1) * series_per_key(probe) for probe in pset.probes)
 
 
 @dataclass(frozen=True)

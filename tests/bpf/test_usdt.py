@@ -3,6 +3,7 @@ summed and filtered by their arguments), Python's gc__start/gc__done (semaphores
 kernel while the probe is attached), libstdc++'s throw, and bad input."""
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -117,6 +118,8 @@ def test_python_gc_pauses_from_gc_start_to_gc_done(run_probeset, tmp_path):
 
 
 def test_cpp_exceptions_thrown(build_c, run_probeset, tmp_path):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed (apt-get install g++)")
     src = tmp_path / "thrower.cc"
     src.write_text(THROW_CC)
     exe = tmp_path / "thrower"

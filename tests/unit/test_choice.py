@@ -64,6 +64,14 @@ def test_series_bound_is_each_probes_worst_case():
         ({"probes": [lat], "maxSeriesPerProbe": 9}, 10 * (1 + 27 + 3)),
         ({"probes": [{**lat, "bucketsPerPowerOfTwo": 4}], "maxSeriesPerProbe": 9}, 10 * (1 + 105 + 3)),
         ({"probes": [{"name": "c", "uprobe": "libc:malloc"}, lat]}, 5001 + 5001 * 31),
+        # a value's sum: the events counter and the sum; its histogram: 41 bounds 1 .. 2^40
+        ({"probes": [{"name": "v", "uretprobe": "libc:read", "value": "retval"}], "maxSeriesPerProbe": 9}, 10 * 2),
+        ({"probes": [{"name": "v", "uretprobe": "libc:read", "value": "retval", "aggregate": "histogram"}],
+          "maxSeriesPerProbe": 9}, 10 * (1 + 41 + 3)),
+        # two points: a latency histogram
+        ({"probes": [{"name": "s", "start": {"tracepoint": "sched:sched_wakeup", "key": ["pid"]},
+                      "end": {"tracepoint": "sched:sched_switch", "key": ["next_pid"]}}], "maxSeriesPerProbe": 9},
+         10 * (1 + 27 + 3)),
     ]
     for spec, want in cases:
         assert series_bound(POLICY.admit({**obj("s"), "spec": spec})) == want, spec
