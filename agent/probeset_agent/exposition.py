@@ -5,10 +5,12 @@ It writes the text itself, rather than through prometheus_client's registry, bec
 10,000 series must stay within tens of milliseconds: each series' label block is rendered once and
 cached by its raw map key (readout.py), and a sample line is then one string join.
 
-A latency histogram is exported up to its highest non-empty bucket and +Inf (histogram.py,
-cumulative_counts; a series with no event: +Inf 0, _count 0, _sum 0): what a function that takes
-microseconds sends is 8-10 buckets instead of 28. `trim_buckets=False` (`--histogram-buckets all`)
-exports every bound, for queries that sum histograms of several series by `le`.
+A latency histogram's buckets are exported as `histogram_buckets` says (histogram.py, bucket_runs;
+`--histogram-buckets`, docs/metrics.md): by default (nonzero) from the bound just below the lowest
+non-empty bucket up to +Inf, which keeps `sum by (le)` across series exact; `sparse` also stops at
+the highest non-empty bucket (one series' quantiles only); `all` every bound. A series' bucket lines
+are written with one str.join per run of equal cumulative counts (a fast function's bounds above
+its slowest event all repeat the total), not one f-string per line: docs/benchmarks.md 2.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 from probeset_api import __version__
 
-from .histogram import cumulative_counts, export_bounds_ns
+from .histogram import BUCKET_MODES, DEFAULT_BUCKET_MODE, bucket_runs, export_bounds_ns
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
 from .uprobe_cost import point_class
@@ -67,29 +69,44 @@ def _bcc_version() -> str:
         return "missing"
 
 
+def _seconds(ns: int) -> str:
+    """floatToGoString(ns / 1e9), without its call when repr() is already Go's form (a dot within
+    the first 7 characters: under 10^6 s, or an exponent)."""
+    text = repr(ns / 1e9)
+    return text if text.find(".") <= 6 else floatToGoString(ns / 1e9)
+
+
 class MetricsCollector:
     """Renders the snapshots of `sources` (objects with .snapshot(): running ProbeSets)."""
 
-    def __init__(self, sources: list, node: str, features=None, trim_buckets: bool = True,
+    def __init__(self, sources: list, node: str, features=None, histogram_buckets: str = DEFAULT_BUCKET_MODE,
                  hit_cost: dict[str, float] | None = None):
+        if histogram_buckets not in BUCKET_MODES:
+            raise ValueError(f"histogram buckets: {histogram_buckets!r} is not one of {', '.join(BUCKET_MODES)}")
         self.sources = sources           # the cluster agent swaps its contents on reload
         self.node = node
         self.features = features
-        self.trim_buckets = trim_buckets  # histogram buckets only up to the highest non-empty one
+        self.histogram_buckets = histogram_buckets   # nonzero, sparse or all (histogram.bucket_runs)
         self.hit_cost = hit_cost or {}    # seconds per uprobe hit by class (uprobe_cost.calibrate)
         self._bcc_version = _bcc_version()
-        self._le_text: dict[int, list[str]] = {}
+        self._le_text: dict[int, list[bytes]] = {}
 
-    def _le_strings(self, per_power: int) -> list[str]:
-        """The `le` values of the exported bounds, then +Inf."""
+    def _le_strings(self, per_power: int) -> list[bytes]:
+        """What follows `le="` on a bucket line, up to the value: each exported bound's `1.024e-06"} `,
+        then `+Inf"} ` (indexed as histogram.bucket_runs' positions)."""
         text = self._le_text.get(per_power)
         if text is None:
-            text = self._le_text[per_power] = [floatToGoString(ns / 1e9) for ns in export_bounds_ns(per_power)] \
-                + ["+Inf"]
+            text = self._le_text[per_power] = [f'{floatToGoString(ns / 1e9)}"}} '.encode()
+                                               for ns in export_bounds_ns(per_power)] + [b'+Inf"} ']
         return text
 
     def render(self) -> str:
-        lines: dict[str, list[str]] = {name: [] for name in FAMILIES}
+        return self.render_bytes().decode()
+
+    def render_bytes(self) -> bytes:
+        """The /metrics body, UTF-8. The latency family is built as bytes (docstring): the body is
+        then one join, not a str join and its encoding, two copies of tens of MB."""
+        lines: dict[str, list] = {name: [] for name in FAMILIES}
         feats = self.features.as_dict() if self.features else {}
         info = {"version": __version__, "node": self.node, "kernel": platform.release(),
                 "bcc_version": self._bcc_version,
@@ -100,9 +117,12 @@ class MetricsCollector:
             self._render_set(source.snapshot(), lines)
         out = []
         for name, (kind, help_text) in FAMILIES.items():
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-            out.extend(lines[name])
-        return "".join(out)
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode())
+            if name == "probeset_latency_seconds":
+                out.extend(lines[name])                  # bytes, one piece per series
+            else:
+                out.append("".join(lines[name]).encode())
+        return b"".join(out)
 
     def _render_set(self, snap: SetSnapshot, lines: dict[str, list[str]]) -> None:
         name = snap.labels          # {probeset, probeset_namespace?}: first on every line
@@ -117,18 +137,24 @@ class MetricsCollector:
         for probe in snap.probes:
             per_power = probe.buckets_per_power_of_two
             le_text = self._le_strings(per_power)
+            mode = self.histogram_buckets
             folded = 0
             for s in probe.series:
                 if s.labels["function"] == OVERFLOW_LABEL:
                     folded += s.count
                 events.append(f"probeset_events_total{s.text} {s.count}\n")
                 if s.buckets is not None:
-                    cum = cumulative_counts(s.buckets, per_power, self.trim_buckets)
-                    base = "probeset_latency_seconds_bucket" + s.text[:-1] + ',le="'
-                    latency.extend([f'{base}{le}"}} {n}\n' for le, n in zip(le_text, cum[:-1])])
-                    latency.append(f'{base}+Inf"}} {cum[-1]}\n')
-                    latency.append(f"probeset_latency_seconds_count{s.text} {cum[-1]}\n")
-                    latency.append(f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n")
+                    # base + le + count per line; a run of equal counts is one join: docstring
+                    text = s.text.encode()
+                    base = b"probeset_latency_seconds_bucket" + text[:-1] + b',le="'
+                    sep = b"\n" + base
+                    chunks = []
+                    for a, b, c in bucket_runs(s.buckets, per_power, mode):
+                        n = b"%d" % c
+                        chunks.append((n + sep).join(le_text[a:b]) + n)
+                    # n: the last run's count, +Inf's: the total
+                    latency.append(b"%s%s\nprobeset_latency_seconds_count%s %s\nprobeset_latency_seconds_sum%s %s\n"
+                                   % (base, sep.join(chunks), text, n, text, _seconds(s.sum_ns).encode()))
             labels = label_text({**name, "probe": probe.probe})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
         set_labels = label_text(name)

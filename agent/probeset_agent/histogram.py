@@ -61,38 +61,71 @@ def export_positions(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
     return tuple(out)
 
 
-def cumulative_counts(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS, trim: bool = True) -> list[int]:
-    """Cumulative counts at the exported bounds, the last one the total (+Inf): at every bound, or,
-    with `trim`, only up to the highest bound whose own bucket is not empty (every bound after it
-    would repeat the total; all of them when +Inf's own bucket is not empty). A series with no
-    event gives [0]: the +Inf bucket alone.
+# What /metrics exports of each latency series (--histogram-buckets; docs/metrics.md "Histogram buckets"):
+#   nonzero  every bound from the one just below the lowest non-empty bucket up to 2^34 ns, and +Inf
+#            (the default): the bounds left out hold 0, so `sum by (le)` across series stays exact
+#   sparse   the same, but only up to the highest non-empty bucket: exact for one series' quantiles,
+#            not for sums across series whose slowest events differ (opt-in)
+#   all      every bound
+BUCKET_MODES = ("nonzero", "sparse", "all")
+DEFAULT_BUCKET_MODE = "nonzero"
 
-    For one series, Prometheus' histogram_quantile() gives the same answer for the trimmed and the
-    full list: the bucket a rank falls in, and the bound below it, are both kept. Summing series by
-    `le` is another matter: see docs/metrics.md."""
+Run = tuple[int, int, int]
+
+
+def bucket_runs(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS,
+                mode: str = DEFAULT_BUCKET_MODE) -> list[Run]:
+    """The exported buckets of one series as runs of equal cumulative count: (first position, end
+    position (exclusive), cumulative count), positions indexing export_bounds_ns() with
+    len(export_bounds_ns()) for +Inf; in increasing order, +Inf in the last run. (A run, rather than
+    one count per bound, is what lets the exposition write a series' bucket lines with one join per
+    distinct count: a fast function's 20-odd bounds above its slowest event all repeat the total.)
+
+    - nonzero: from the bound just below the lowest non-empty bucket (the lower edge that
+      histogram_quantile() interpolates it from; none below the first bound) to +Inf. Every bound
+      left out has cumulative count 0. A series with no event: +Inf 0 alone (every bound is 0).
+    - sparse: as nonzero, but after the highest non-empty bucket's bound only +Inf (the bounds in
+      between would repeat the total; every bound stays when +Inf's own bucket is not empty).
+    - all: every bound."""
+    if mode not in BUCKET_MODES:
+        raise ValueError(f"histogram buckets: {mode!r} is not one of {', '.join(BUCKET_MODES)}")
     pos = export_positions(per_power_of_two)
     n = len(export_bounds_ns(per_power_of_two))
-    own = [0] * (n + 1)
+    own: dict[int, int] = {}
     for index, c in counts.items():
-        own[pos[index]] += c
-    top = n
-    if trim and not own[n]:
-        top = n - 1
-        while top >= 0 and not own[top]:
-            top -= 1
-        top += 1
-    out, acc = [], 0
-    for c in own[:top]:
+        if c:
+            p = pos[index]
+            own[p] = own.get(p, 0) + c
+    if not own:
+        return [(0 if mode == "all" else n, n + 1, 0)]
+    steps = sorted(own.items())
+    low = steps[0][0]
+    runs: list[Run] = []
+    start = 0 if mode == "all" else max(low - 1, 0)
+    if start < low:
+        runs.append((start, low, 0))
+    acc = 0
+    for j in range(len(steps) - 1):
+        p, c = steps[j]
         acc += c
-        out.append(acc)
-    out.append(sum(own))
-    return out
+        runs.append((p, steps[j + 1][0], acc))
+    p, c = steps[-1]
+    acc += c
+    if mode == "sparse" and p < n:
+        runs += [(p, p + 1, acc), (n, n + 1, acc)]
+    else:
+        runs.append((p, n + 1, acc))
+    return runs
 
 
 def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS,
-                       trim: bool = False) -> list[tuple[float, int]]:
-    """(le seconds, cumulative count) at every exported bound (or, with `trim`, up to the highest
-    non-empty one: cumulative_counts), ending with +Inf."""
-    bounds = export_bounds_ns(per_power_of_two)
-    cum = cumulative_counts(counts, per_power_of_two, trim)
-    return [(b / 1e9, c) for b, c in zip(bounds, cum[:-1])] + [(float("inf"), cum[-1])]
+                       mode: str = "all") -> list[tuple[float, int]]:
+    """(le seconds, cumulative count) of the exported buckets (bucket_runs; by default every bound),
+    ending with +Inf."""
+    les = [ns / 1e9 for ns in export_bounds_ns(per_power_of_two)] + [float("inf")]
+    return [(les[p], c) for a, b, c in bucket_runs(counts, per_power_of_two, mode) for p in range(a, b)]
+
+
+def cumulative_counts(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS) -> list[int]:
+    """Cumulative counts at every exported bound, then the total (+Inf): the full histogram."""
+    return [c for _, c in cumulative_buckets(counts, per_power_of_two, "all")]
