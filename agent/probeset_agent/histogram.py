@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 
+from probeset_api import DEFAULT_HISTOGRAM_BUCKETS, HISTOGRAM_BUCKETS
+
 SUB_BUCKET_BITS = 2                  # 4 sub-buckets per power of two
 SUB_BUCKETS = 1 << SUB_BUCKET_BITS
 NUM_BUCKETS = SUB_BUCKETS * 63       # covers every u64 nanosecond value
@@ -67,8 +69,8 @@ def export_positions(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
 #   sparse   the same, but only up to the highest non-empty bucket: exact for one series' quantiles,
 #            not for sums across series whose slowest events differ (opt-in)
 #   all      every bound
-BUCKET_MODES = ("nonzero", "sparse", "all")
-DEFAULT_BUCKET_MODE = "nonzero"
+BUCKET_MODES = HISTOGRAM_BUCKETS
+DEFAULT_BUCKET_MODE = DEFAULT_HISTOGRAM_BUCKETS
 
 Run = tuple[int, int, int]
 
