@@ -9,8 +9,10 @@ A latency histogram's buckets are exported as `histogram_buckets` says (histogra
 `--histogram-buckets`, docs/metrics.md): by default (nonzero) from the bound just below the lowest
 non-empty bucket up to +Inf, which keeps `sum by (le)` across series exact; `sparse` also stops at
 the highest non-empty bucket (one series' quantiles only); `all` every bound. A series' bucket lines
-are written with one str.join per run of equal cumulative counts (a fast function's bounds above
-its slowest event all repeat the total), not one f-string per line: docs/benchmarks.md 2.
+are written with one bytes.join per run of equal cumulative counts (a fast function's bounds above
+its slowest event all repeat the total), not one f-string per line, straight into the response
+body (render_bytes): 10,000 latency series are ~43 MB, and every full copy of that costs ~20 ms
+(docs/benchmarks.md 2).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from probeset_api import __version__
 
-from .histogram import BUCKET_MODES, DEFAULT_BUCKET_MODE, bucket_runs, export_bounds_ns
+from .histogram import BUCKET_MODES, DEFAULT_BUCKET_MODE, bucket_runner, export_bounds_ns
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
 from .uprobe_cost import point_class
@@ -103,26 +105,51 @@ class MetricsCollector:
     def render(self) -> str:
         return self.render_bytes().decode()
 
-    def render_bytes(self) -> bytes:
-        """The /metrics body, UTF-8. The latency family is built as bytes (docstring): the body is
-        then one join, not a str join and its encoding, two copies of tens of MB."""
-        lines: dict[str, list] = {name: [] for name in FAMILIES}
+    def render_bytes(self) -> bytearray:
+        """The /metrics body, UTF-8. The latency family, most of the body, is written as bytes
+        straight into it, series by series (_write_latency), after the other families are rendered:
+        no intermediate copy of it, and no str join and encoding of the whole body."""
+        lines: dict[str, list[str]] = {name: [] for name in FAMILIES}
         feats = self.features.as_dict() if self.features else {}
         info = {"version": __version__, "node": self.node, "kernel": platform.release(),
                 "bcc_version": self._bcc_version,
                 "kprobe": ("yes" if feats["kprobe"] == "yes" else "no") if feats else "unknown",
                 "fentry": ("yes" if feats["fentry"] == "yes" else "no") if feats else "unknown"}
         lines["probeset_agent_info"].append(f"probeset_agent_info{label_text(info)} 1\n")
-        for source in list(self.sources):   # a copy: the cluster agent swaps programs on reload
-            self._render_set(source.snapshot(), lines)
-        out = []
+        # A copy of the list: the cluster agent swaps programs on reload.
+        snaps = [source.snapshot() for source in list(self.sources)]
+        for snap in snaps:
+            self._render_set(snap, lines)
+        body = bytearray()
         for name, (kind, help_text) in FAMILIES.items():
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode())
+            body += f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
             if name == "probeset_latency_seconds":
-                out.extend(lines[name])                  # bytes, one piece per series
+                for snap in snaps:
+                    self._write_latency(snap, body)
             else:
-                out.append("".join(lines[name]).encode())
-        return b"".join(out)
+                body += "".join(lines[name]).encode()
+        return body
+
+    def _write_latency(self, snap: SetSnapshot, body: bytearray) -> None:
+        """The latency histograms of one set's series, appended to `body`: per series, base + le +
+        count per line, where a run of equal counts is one join (module docstring)."""
+        for probe in snap.probes:
+            per_power = probe.buckets_per_power_of_two
+            le_text = self._le_strings(per_power)
+            runs = bucket_runner(per_power, self.histogram_buckets)
+            for s in probe.series:
+                if s.buckets is None:
+                    continue
+                text = s.text.encode()
+                base = b"probeset_latency_seconds_bucket" + text[:-1] + b',le="'
+                sep = b"\n" + base
+                chunks = []
+                for a, b, c in runs(s.buckets):
+                    n = b"%d" % c
+                    chunks.append((n + sep).join(le_text[a:b]) + n)
+                # n: the last run's count, +Inf's: the total
+                body += b"%s%s\nprobeset_latency_seconds_count%s %s\nprobeset_latency_seconds_sum%s %s\n" % (
+                    base, sep.join(chunks), text, n, text, _seconds(s.sum_ns).encode())
 
     def _render_set(self, snap: SetSnapshot, lines: dict[str, list[str]]) -> None:
         name = snap.labels          # {probeset, probeset_namespace?}: first on every line
@@ -133,28 +160,13 @@ class MetricsCollector:
             if not st.functions:   # never resolved: still visible, as not attached
                 labels = label_text({**name, "probe": st.name, "function": "", "via": st.via})
                 lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} 0\n")
-        events, latency = lines["probeset_events_total"], lines["probeset_latency_seconds"]
-        for probe in snap.probes:
-            per_power = probe.buckets_per_power_of_two
-            le_text = self._le_strings(per_power)
-            mode = self.histogram_buckets
+        events = lines["probeset_events_total"]
+        for probe in snap.probes:      # the latency histograms: _write_latency
             folded = 0
             for s in probe.series:
                 if s.labels["function"] == OVERFLOW_LABEL:
                     folded += s.count
                 events.append(f"probeset_events_total{s.text} {s.count}\n")
-                if s.buckets is not None:
-                    # base + le + count per line; a run of equal counts is one join: docstring
-                    text = s.text.encode()
-                    base = b"probeset_latency_seconds_bucket" + text[:-1] + b',le="'
-                    sep = b"\n" + base
-                    chunks = []
-                    for a, b, c in bucket_runs(s.buckets, per_power, mode):
-                        n = b"%d" % c
-                        chunks.append((n + sep).join(le_text[a:b]) + n)
-                    # n: the last run's count, +Inf's: the total
-                    latency.append(b"%s%s\nprobeset_latency_seconds_count%s %s\nprobeset_latency_seconds_sum%s %s\n"
-                                   % (base, sep.join(chunks), text, n, text, _seconds(s.sum_ns).encode()))
             labels = label_text({**name, "probe": probe.probe})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
         set_labels = label_text(name)

@@ -4,6 +4,7 @@ in-kernel log-linear buckets, and the `le` bounds exported to Prometheus. Pure."
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 from probeset_api import DEFAULT_HISTOGRAM_BUCKETS, HISTOGRAM_BUCKETS
 
@@ -89,34 +90,47 @@ def bucket_runs(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS,
     - sparse: as nonzero, but after the highest non-empty bucket's bound only +Inf (the bounds in
       between would repeat the total; every bound stays when +Inf's own bucket is not empty).
     - all: every bound."""
+    return bucket_runner(per_power_of_two, mode)(counts)
+
+
+@functools.lru_cache(maxsize=None)
+def bucket_runner(per_power_of_two: int = SUB_BUCKETS,
+                  mode: str = DEFAULT_BUCKET_MODE) -> Callable[[dict[int, int]], list[Run]]:
+    """bucket_runs for one resolution and mode, its tables bound once (the exposition calls it per
+    series: 10,000 times a scrape)."""
     if mode not in BUCKET_MODES:
         raise ValueError(f"histogram buckets: {mode!r} is not one of {', '.join(BUCKET_MODES)}")
     pos = export_positions(per_power_of_two)
     n = len(export_bounds_ns(per_power_of_two))
-    own: dict[int, int] = {}
-    for index, c in counts.items():
-        if c:
-            p = pos[index]
-            own[p] = own.get(p, 0) + c
-    if not own:
-        return [(0 if mode == "all" else n, n + 1, 0)]
-    steps = sorted(own.items())
-    low = steps[0][0]
-    runs: list[Run] = []
-    start = 0 if mode == "all" else max(low - 1, 0)
-    if start < low:
-        runs.append((start, low, 0))
-    acc = 0
-    for j in range(len(steps) - 1):
-        p, c = steps[j]
+    every, sparse = mode == "all", mode == "sparse"
+    empty = [(0 if every else n, n + 1, 0)]
+
+    def runs(counts: dict[int, int]) -> list[Run]:
+        own: dict[int, int] = {}
+        for index, c in counts.items():
+            if c:
+                p = pos[index]
+                own[p] = own.get(p, 0) + c
+        if not own:
+            return list(empty)
+        steps = sorted(own.items())
+        low = steps[0][0]
+        out: list[Run] = []
+        start = 0 if every or not low else low - 1
+        if start < low:
+            out.append((start, low, 0))
+        acc = 0
+        p, c = steps[0]
+        for q, d in steps[1:]:
+            acc += c
+            out.append((p, q, acc))
+            p, c = q, d
         acc += c
-        runs.append((p, steps[j + 1][0], acc))
-    p, c = steps[-1]
-    acc += c
-    if mode == "sparse" and p < n:
-        runs += [(p, p + 1, acc), (n, n + 1, acc)]
-    else:
-        runs.append((p, n + 1, acc))
+        if sparse and p < n:
+            out += [(p, p + 1, acc), (n, n + 1, acc)]
+        else:
+            out.append((p, n + 1, acc))
+        return out
     return runs
 
 
