@@ -5,20 +5,22 @@ A one-probe ProbeSet with a uprobe on the driver's bench_target() and `groupBy: 
 probe's map holds K series. With the programs attached and the maps filled, we time (median of
 --scrapes runs each, after one warm-up):
   read_series      ProbeSetProgram.read_series(): batch map read, per-CPU sums, labels (cached)
-  render           MetricsCollector.render(): the text of one /metrics response (includes the above)
-  render_full      the same with every histogram bucket (trim_buckets=False: the agent before
-                   issue 14; the same as render without --latency)
-  gzip1, gzip6     gzip.compress(body) at level 1 (what the agent uses) and 6 (zlib's default)
+  render           MetricsCollector.render_bytes(): the body of one /metrics response (includes the above),
+                   with --latency once per --histogram-buckets mode (nonzero, the default: from the
+                   bound below the lowest non-empty bucket to +Inf; sparse: also stopping at the
+                   highest non-empty one; all: every bound, the agent before issue 14)
+  gzip1, gzip6     gzip.compress(body) at level 1 (what the agent uses) and 6 (zlib's default), of
+                   each mode's body
 each as wall time and as this process's CPU time (the latter barely changes with other load).
-Then the whole scrape as a scraper sees it: the agent's MetricsServer in this process, `curl`
-(another process) fetching /metrics --scrapes times without and with `Accept-Encoding: gzip`;
+Then the whole scrape as a scraper sees it, per mode: the agent's MetricsServer in this process,
+`curl` (another process) fetching /metrics --scrapes times without and with `Accept-Encoding: gzip`;
 "agent CPU" is this process's CPU time per scrape (render + compress + send), and the bytes sent.
 With --latency the probe also has `latency: true` (uprobe + uretprobe, a histogram per series).
 Peak RSS is this process's high-water mark so far (sizes run in order).
 With --profile, one render() at the largest size runs under cProfile (top functions).
 
   chrt -f 50 .venv/bin/python bench/scrape.py [--series 1000 10000] [--scrapes 20] [--latency] [--profile]
-      [--json FILE]
+      [--modes nonzero sparse all] [--json FILE]
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def timed(fn, n: int) -> tuple[float, float, object]:
     return median(wall), median(cpu), result
 
 
-def measure(series: int, scrapes: int, latency: bool, profile: bool) -> dict:
+def measure(series: int, scrapes: int, latency: bool, modes: list[str], profile: bool) -> dict:
     from probeset_agent.exposition import MetricsCollector
     probe = {"uprobe": f"{DRIVER}:bench_target", "groupBy": ["arg0"], "latency": latency}
     gen = Generated(f"scrape-{series}", probe, max_series=max(20000, series))
@@ -58,29 +60,29 @@ def measure(series: int, scrapes: int, latency: bool, profile: bool) -> dict:
     try:
         run_driver("call", series)
         prog = gen.prog
-        collector = MetricsCollector([prog], "bench")
         n_series = sum(len(v) for v in prog.read_series().values())
         read_ms, read_cpu, _ = timed(prog.read_series, scrapes)
-        scrape_ms, scrape_cpu, text = timed(collector.render, scrapes)
-        body = text.encode()
-        full = MetricsCollector([prog], "bench", trim_buckets=False)
-        full_ms, full_cpu, full_text = timed(full.render, scrapes)
         out = {"series": series, "series_read": n_series, "latency": latency, "scrapes": scrapes,
-               "samples": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
-               "body_bytes": len(body), "full_body_bytes": len(full_text.encode()),
-               "read_series_ms": read_ms, "render_ms": scrape_ms, "render_full_ms": full_ms,
-               "read_series_cpu_ms": read_cpu, "render_cpu_ms": scrape_cpu, "render_full_cpu_ms": full_cpu}
-        for level in (1, 6):
-            ms, cpu, zipped = timed(lambda: gzip.compress(body, compresslevel=level, mtime=0), scrapes)
-            out.update({f"gzip{level}_ms": ms, f"gzip{level}_cpu_ms": cpu, f"gzip{level}_bytes": len(zipped)})
-        out.update(served(collector, scrapes))
+               "read_series_ms": read_ms, "read_series_cpu_ms": read_cpu, "modes": {}}
+        for mode in modes if latency else modes[:1]:     # without histograms the modes are the same
+            collector = MetricsCollector([prog], "bench", histogram_buckets=mode)
+            render_ms, render_cpu, body = timed(collector.render_bytes, scrapes)
+            text = body.decode()
+            r = out["modes"][mode] = {
+                "samples": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
+                "body_bytes": len(body), "render_ms": render_ms, "render_cpu_ms": render_cpu}
+            for level in (1, 6):
+                ms, cpu, zipped = timed(lambda: gzip.compress(body, compresslevel=level, mtime=0), scrapes)
+                r.update({f"gzip{level}_ms": ms, f"gzip{level}_cpu_ms": cpu, f"gzip{level}_bytes": len(zipped)})
+            del text, body
+            r.update(served(collector, scrapes))
+            if profile:
+                pr = cProfile.Profile()
+                pr.runcall(collector.render_bytes)
+                s = io.StringIO()
+                pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(15)
+                r["profile"] = s.getvalue()
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if profile:
-            pr = cProfile.Profile()
-            pr.runcall(collector.render)
-            s = io.StringIO()
-            pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(15)
-            out["profile"] = s.getvalue()
         return out
     finally:
         gen.stop()
@@ -89,7 +91,7 @@ def measure(series: int, scrapes: int, latency: bool, profile: bool) -> dict:
 def served(collector, scrapes: int) -> dict:
     """Agent CPU ms and bytes per scrape through the real server, curl fetching without and with gzip."""
     from probeset_agent.server import MetricsServer
-    server = MetricsServer("127.0.0.1", 0).start(lambda: collector.render().encode())
+    server = MetricsServer("127.0.0.1", 0).start(collector.render_bytes)
     url = f"http://127.0.0.1:{server.address[1]}/metrics"
     out = {}
     try:
@@ -110,11 +112,14 @@ def served(collector, scrapes: int) -> dict:
 
 
 def main(argv=None) -> dict:
+    from probeset_agent.histogram import BUCKET_MODES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--series", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--scrapes", type=int, default=20)
     ap.add_argument("--latency", action="store_true", help="latency: true (histograms) instead of counts")
-    ap.add_argument("--profile", action="store_true", help="cProfile one scrape at the largest size")
+    ap.add_argument("--modes", nargs="+", choices=BUCKET_MODES, default=list(BUCKET_MODES),
+                    help="--histogram-buckets modes to measure with --latency (default: all three)")
+    ap.add_argument("--profile", action="store_true", help="cProfile one scrape per mode at the largest size")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     build_driver()
@@ -122,24 +127,26 @@ def main(argv=None) -> dict:
     results = []
     print(f"median of {args.scrapes} scrapes{', latency: true' if args.latency else ''}; "
           f"times in ms, wall (CPU)")
-    print(f"{'series':>7} {'samples':>8} {'bytes':>10} {'(full)':>10} {'read_series':>13} {'render':>13} "
-          f"{'render_full':>13} {'gzip1':>13} {'gzip6':>13} {'peak RSS MB':>12}")
+    print(f"{'series':>7} {'mode':>8} {'samples':>8} {'bytes':>10} {'read_series':>13} {'render':>13} "
+          f"{'gzip1':>13} {'gzip6':>13}")
+    target = TARGET_MS[args.latency]
     for n in args.series:
-        r = measure(n, args.scrapes, args.latency, args.profile and n == max(args.series))
+        r = measure(n, args.scrapes, args.latency, args.modes, args.profile and n == max(args.series))
         results.append(r)
-        cols = [f"{r[k + '_ms']:.1f} ({r[k + '_cpu_ms']:.1f})"
-                for k in ("read_series", "render", "render_full", "gzip1", "gzip6")]
-        print(f"{r['series_read']:7d} {r['samples']:8d} {r['body_bytes']:10d} {r['full_body_bytes']:10d} "
-              + " ".join(f"{c:>13}" for c in cols) + f" {r['peak_rss_mb']:12.0f}")
-        print(f"{'':7} gzip bytes: level 1 {r['gzip1_bytes']}, level 6 {r['gzip6_bytes']}")
-        target = TARGET_MS[args.latency]
-        for how in ("plain", "gzip"):
-            met = "met" if r[f"http_{how}_cpu_ms"] <= target else "MISSED"
-            print(f"{'':7} served, {how:5}: {r[f'http_{how}_bytes']:10d} bytes, agent CPU "
-                  f"{r[f'http_{how}_cpu_ms']:.1f} ms, curl wall {r[f'http_{how}_ms']:.1f} ms"
-                  + (f"  target {target:.0f} ms at 10,000: {met}" if n == 10000 else ""))
-        if "profile" in r:
-            print(r["profile"])
+        read = f"{r['read_series_ms']:.1f} ({r['read_series_cpu_ms']:.1f})"
+        for mode, m in r["modes"].items():
+            cols = [f"{m[k + '_ms']:.1f} ({m[k + '_cpu_ms']:.1f})" for k in ("render", "gzip1", "gzip6")]
+            print(f"{r['series_read']:7d} {mode if args.latency else '-':>8} {m['samples']:8d} {m['body_bytes']:10d} "
+                  f"{read:>13} " + " ".join(f"{c:>13}" for c in cols))
+            print(f"{'':16} gzip bytes: level 1 {m['gzip1_bytes']}, level 6 {m['gzip6_bytes']}")
+            for how in ("plain", "gzip"):
+                met = "met" if m[f"http_{how}_cpu_ms"] <= target else "MISSED"
+                print(f"{'':16} served, {how:5}: {m[f'http_{how}_bytes']:10d} bytes, agent CPU "
+                      f"{m[f'http_{how}_cpu_ms']:.1f} ms, curl wall {m[f'http_{how}_ms']:.1f} ms"
+                      + (f"  target {target:.0f} ms at 10,000: {met}" if n == 10000 else ""))
+            if "profile" in m:
+                print(m["profile"])
+        print(f"{'':16} peak RSS {r['peak_rss_mb']:.0f} MB")
     out = {"machine": machine(), "results": results}
     save_json(args.json, out)
     return out

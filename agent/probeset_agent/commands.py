@@ -18,6 +18,7 @@ import threading
 
 from probeset_api.spec import MAX_DOCUMENT_BYTES, DocumentError, ProbeSet, SpecError, load_documents, parse_probeset
 
+from .histogram import DEFAULT_BUCKET_MODE
 from .host import NR_BPF, shorten
 
 from .housekeeping import Housekeeper
@@ -141,13 +142,13 @@ def _print_uprobe_classes(prog, cost: dict[str, float]) -> None:
             print(f"        {rp.probe.name}: {site.function}: {cls.insn}: {cls.kind}{each}")
 
 
-def _serve_metrics(server, programs: list, node: str, features, histogram_buckets: str = "trimmed") -> None:
+def _serve_metrics(server, programs: list, node: str, features, histogram_buckets: str = DEFAULT_BUCKET_MODE) -> None:
     from .exposition import MetricsCollector
-    collector = MetricsCollector(programs, node, features, trim_buckets=histogram_buckets != "all")
+    collector = MetricsCollector(programs, node, features, histogram_buckets=histogram_buckets)
     # Measured beside serving (0.5 s): probeset_uprobe_hit_seconds appears once it is known.
     threading.Thread(target=lambda: setattr(collector, "hit_cost", _hit_cost()), name="probeset-uprobe-cost",
                      daemon=True).start()
-    server.start(lambda: collector.render().encode())
+    server.start(collector.render_bytes)
     log.info("serving metrics on http://%s:%d/metrics", *server.address)
     sys.stdout.flush()
 

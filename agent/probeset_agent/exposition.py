@@ -5,10 +5,14 @@ It writes the text itself, rather than through prometheus_client's registry, bec
 10,000 series must stay within tens of milliseconds: each series' label block is rendered once and
 cached by its raw map key (readout.py), and a sample line is then one string join.
 
-A latency histogram is exported up to its highest non-empty bucket and +Inf (histogram.py,
-cumulative_counts; a series with no event: +Inf 0, _count 0, _sum 0): what a function that takes
-microseconds sends is 8-10 buckets instead of 28. `trim_buckets=False` (`--histogram-buckets all`)
-exports every bound, for queries that sum histograms of several series by `le`.
+A latency histogram's buckets are exported as `histogram_buckets` says (histogram.py, bucket_runs;
+`--histogram-buckets`, docs/metrics.md): by default (nonzero) from the bound just below the lowest
+non-empty bucket up to +Inf, which keeps `sum by (le)` across series exact; `sparse` also stops at
+the highest non-empty bucket (one series' quantiles only); `all` every bound. A series' bucket lines
+are written with one bytes.join per run of equal cumulative counts (a fast function's bounds above
+its slowest event all repeat the total), not one f-string per line, straight into the response
+body (render_bytes): 10,000 latency series are ~43 MB, and every full copy of that costs ~20 ms
+(docs/benchmarks.md 2).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from probeset_api import __version__
 from probeset_api.schema import AGGREGATES, UNITS
 from probeset_api.values import metric_name
 
-from .histogram import cumulative_counts, export_bounds_ns, value_bounds
+from .histogram import BUCKET_MODES, DEFAULT_BUCKET_MODE, bucket_runner, export_bounds_ns, value_bounds
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
 from .uprobe_cost import point_class
@@ -74,32 +78,48 @@ def _bcc_version() -> str:
         return "missing"
 
 
+def _seconds(ns: int) -> str:
+    """floatToGoString(ns / 1e9), without its call when repr() is already Go's form (a dot within
+    the first 7 characters: under 10^6 s, or an exponent)."""
+    text = repr(ns / 1e9)
+    return text if text.find(".") <= 6 else floatToGoString(ns / 1e9)
+
+
 class MetricsCollector:
     """Renders the snapshots of `sources` (objects with .snapshot(): running ProbeSets)."""
 
-    def __init__(self, sources: list, node: str, features=None, trim_buckets: bool = True,
+    def __init__(self, sources: list, node: str, features=None, histogram_buckets: str = DEFAULT_BUCKET_MODE,
                  hit_cost: dict[str, float] | None = None):
+        if histogram_buckets not in BUCKET_MODES:
+            raise ValueError(f"histogram buckets: {histogram_buckets!r} is not one of {', '.join(BUCKET_MODES)}")
         self.sources = sources           # the cluster agent swaps its contents on reload
         self.node = node
         self.features = features
-        self.trim_buckets = trim_buckets  # histogram buckets only up to the highest non-empty one
+        self.histogram_buckets = histogram_buckets   # nonzero, sparse or all (histogram.bucket_runs)
         self.hit_cost = hit_cost or {}    # seconds per uprobe hit by class (uprobe_cost.calibrate)
         self._bcc_version = _bcc_version()
-        self._le_text: dict[tuple[int, str], list[str]] = {}
+        self._le_text: dict[tuple[int, str], list[bytes]] = {}
 
-    def _le_strings(self, per_power: int, kind: str = "latency") -> list[str]:
-        """The `le` values of the exported bounds, then +Inf: latency's (seconds), a value histogram's
-        in seconds (`seconds`: the same bounds) or plain numbers (`value`)."""
+    def _le_strings(self, per_power: int, kind: str = "latency") -> list[bytes]:
+        """What follows `le="` on a bucket line, up to the value: each exported bound's `1.024e-06"} `,
+        then `+Inf"} ` (indexed as histogram.bucket_runs' positions). Latency's bounds in seconds (also
+        a value histogram's in `seconds`), or a value histogram's plain numbers (`value`)."""
         text = self._le_text.get((per_power, kind))
         if text is None:
             if kind == "value":
                 bounds = [floatToGoString(float(v)) for v in value_bounds(per_power)]
             else:
                 bounds = [floatToGoString(ns / 1e9) for ns in export_bounds_ns(per_power)]
-            text = self._le_text[(per_power, kind)] = bounds + ["+Inf"]
+            text = self._le_text[(per_power, kind)] = [f'{b}"}} '.encode() for b in bounds] + [b'+Inf"} ']
         return text
 
     def render(self) -> str:
+        return self.render_bytes().decode()
+
+    def render_bytes(self) -> bytearray:
+        """The /metrics body, UTF-8. The latency family, most of the body, is written as bytes
+        straight into it, series by series (_write_latency), after the other families are rendered:
+        no intermediate copy of it, and no str join and encoding of the whole body."""
         lines: dict[str, list[str]] = {name: [] for name in FAMILIES}
         feats = self.features.as_dict() if self.features else {}
         info = {"version": __version__, "node": self.node, "kernel": platform.release(),
@@ -107,13 +127,42 @@ class MetricsCollector:
                 "kprobe": ("yes" if feats["kprobe"] == "yes" else "no") if feats else "unknown",
                 "fentry": ("yes" if feats["fentry"] == "yes" else "no") if feats else "unknown"}
         lines["probeset_agent_info"].append(f"probeset_agent_info{label_text(info)} 1\n")
-        for source in list(self.sources):   # a copy: the cluster agent swaps programs on reload
-            self._render_set(source.snapshot(), lines)
-        out = []
+        # A copy of the list: the cluster agent swaps programs on reload.
+        snaps = [source.snapshot() for source in list(self.sources)]
+        for snap in snaps:
+            self._render_set(snap, lines)
+        body = bytearray()
         for name, (kind, help_text) in FAMILIES.items():
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-            out.extend(lines[name])
-        return "".join(out)
+            body += f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
+            if name == "probeset_latency_seconds":
+                for snap in snaps:
+                    self._write_latency(snap, body)
+            else:
+                body += "".join(lines[name]).encode()
+        return body
+
+    def _write_latency(self, snap: SetSnapshot, body: bytearray) -> None:
+        """The latency histograms of one set's series, appended to `body`: per series, base + le +
+        count per line, where a run of equal counts is one join (module docstring)."""
+        for probe in snap.probes:
+            if probe.value_metric is not None:
+                continue    # a value histogram is its own family: _render_value
+            per_power = probe.buckets_per_power_of_two
+            le_text = self._le_strings(per_power)
+            runs = bucket_runner(per_power, self.histogram_buckets)
+            for s in probe.series:
+                if s.buckets is None:
+                    continue
+                text = s.text.encode()
+                base = b"probeset_latency_seconds_bucket" + text[:-1] + b',le="'
+                sep = b"\n" + base
+                chunks = []
+                for a, b, c in runs(s.buckets):
+                    n = b"%d" % c
+                    chunks.append((n + sep).join(le_text[a:b]) + n)
+                # n: the last run's count, +Inf's: the total
+                body += b"%s%s\nprobeset_latency_seconds_count%s %s\nprobeset_latency_seconds_sum%s %s\n" % (
+                    base, sep.join(chunks), text, n, text, _seconds(s.sum_ns).encode())
 
     def _render_value(self, probe, s, out: list[str]) -> None:
         """A value probe's series: a counter (sum) or a histogram; seconds were nanoseconds."""
@@ -126,12 +175,12 @@ class MetricsCollector:
         per_power = probe.buckets_per_power_of_two
         kind = "seconds" if probe.unit == "seconds" else "value"
         bounds = value_bounds(per_power) if kind == "value" else None
-        cum = cumulative_counts(s.buckets, per_power, self.trim_buckets, bounds)
+        les = [le.decode() for le in self._le_strings(per_power, kind)]
         base = f"{name}_bucket" + s.text[:-1] + ',le="'
-        le_text = self._le_strings(per_power, kind)
-        out.extend([f'{base}{le}"}} {n}\n' for le, n in zip(le_text, cum[:-1])])
-        out.append(f'{base}+Inf"}} {cum[-1]}\n')
-        out.append(f"{name}_count{s.text} {cum[-1]}\n")
+        count = 0
+        for a, b, count in bucket_runner(per_power, self.histogram_buckets, bounds)(s.buckets):
+            out.extend(f"{base}{les[p]}{count}\n" for p in range(a, b))
+        out.append(f"{name}_count{s.text} {count}\n")
         out.append(f"{name}_sum{s.text} {floatToGoString(total) if scale != 1 else total}\n")
 
     def _render_set(self, snap: SetSnapshot, lines: dict[str, list[str]]) -> None:
@@ -143,10 +192,8 @@ class MetricsCollector:
             if not st.functions:   # never resolved: still visible, as not attached
                 labels = label_text({**name, "probe": st.name, "function": "", "via": st.via})
                 lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} 0\n")
-        events, latency = lines["probeset_events_total"], lines["probeset_latency_seconds"]
-        for probe in snap.probes:
-            per_power = probe.buckets_per_power_of_two
-            le_text = self._le_strings(per_power)
+        events = lines["probeset_events_total"]
+        for probe in snap.probes:      # the latency histograms: _write_latency
             folded = 0
             for s in probe.series:
                 if s.labels["function"] == OVERFLOW_LABEL:
@@ -154,13 +201,6 @@ class MetricsCollector:
                 events.append(f"probeset_events_total{s.text} {s.count}\n")
                 if probe.value_metric is not None:
                     self._render_value(probe, s, lines[probe.value_metric])
-                elif s.buckets is not None:
-                    cum = cumulative_counts(s.buckets, per_power, self.trim_buckets)
-                    base = "probeset_latency_seconds_bucket" + s.text[:-1] + ',le="'
-                    latency.extend([f'{base}{le}"}} {n}\n' for le, n in zip(le_text, cum[:-1])])
-                    latency.append(f'{base}+Inf"}} {cum[-1]}\n')
-                    latency.append(f"probeset_latency_seconds_count{s.text} {cum[-1]}\n")
-                    latency.append(f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n")
             labels = label_text({**name, "probe": probe.probe})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
         set_labels = label_text(name)

@@ -6,6 +6,9 @@ range, 1 to 2^40. Pure."""
 from __future__ import annotations
 
 import functools
+from typing import Callable
+
+from probeset_api import DEFAULT_HISTOGRAM_BUCKETS, HISTOGRAM_BUCKETS
 
 SUB_BUCKET_BITS = 2                  # 4 sub-buckets per power of two
 SUB_BUCKETS = 1 << SUB_BUCKET_BITS
@@ -86,42 +89,88 @@ def export_positions(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
     return positions_for(export_bounds_ns(per_power_of_two))
 
 
-def cumulative_counts(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS, trim: bool = True,
-                      bounds: tuple[int, ...] | None = None) -> list[int]:
-    """Cumulative counts at the exported bounds (latency's, or `bounds`: a value histogram's
-    value_bounds()), the last one the total (+Inf): at every bound, or, with `trim`, only up to
-    the highest bound whose own bucket is not empty (every bound after it would repeat the total;
-    all of them when +Inf's own bucket is not empty). A series with no event gives [0]: the +Inf
-    bucket alone.
+# What /metrics exports of each latency series (--histogram-buckets; docs/metrics.md "Histogram buckets"):
+#   nonzero  every bound from the one just below the lowest non-empty bucket up to 2^34 ns, and +Inf
+#            (the default): the bounds left out hold 0, so `sum by (le)` across series stays exact
+#   sparse   the same, but only up to the highest non-empty bucket: exact for one series' quantiles,
+#            not for sums across series whose slowest events differ (opt-in)
+#   all      every bound
+BUCKET_MODES = HISTOGRAM_BUCKETS
+DEFAULT_BUCKET_MODE = DEFAULT_HISTOGRAM_BUCKETS
 
-    For one series, Prometheus' histogram_quantile() gives the same answer for the trimmed and the
-    full list: the bucket a rank falls in, and the bound below it, are both kept. Summing series by
-    `le` is another matter: see docs/metrics.md."""
+Run = tuple[int, int, int]
+
+
+def bucket_runs(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS,
+                mode: str = DEFAULT_BUCKET_MODE, bounds: tuple[int, ...] | None = None) -> list[Run]:
+    """The exported buckets of one series as runs of equal cumulative count: (first position, end
+    position (exclusive), cumulative count), positions indexing the bounds (latency's
+    export_bounds_ns(), or a value histogram's value_bounds()) with len(bounds) for +Inf; in increasing order, +Inf in the last run. (A run, rather than
+    one count per bound, is what lets the exposition write a series' bucket lines with one join per
+    distinct count: a fast function's 20-odd bounds above its slowest event all repeat the total.)
+
+    - nonzero: from the bound just below the lowest non-empty bucket (the lower edge that
+      histogram_quantile() interpolates it from; none below the first bound) to +Inf. Every bound
+      left out has cumulative count 0. A series with no event: +Inf 0 alone (every bound is 0).
+    - sparse: as nonzero, but after the highest non-empty bucket's bound only +Inf (the bounds in
+      between would repeat the total; every bound stays when +Inf's own bucket is not empty).
+    - all: every bound."""
+    return bucket_runner(per_power_of_two, mode, bounds)(counts)
+
+
+@functools.lru_cache(maxsize=None)
+def bucket_runner(per_power_of_two: int = SUB_BUCKETS, mode: str = DEFAULT_BUCKET_MODE,
+                  bounds: tuple[int, ...] | None = None) -> Callable[[dict[int, int]], list[Run]]:
+    """bucket_runs for one resolution and mode, its tables bound once (the exposition calls it per
+    series: 10,000 times a scrape)."""
+    if mode not in BUCKET_MODES:
+        raise ValueError(f"histogram buckets: {mode!r} is not one of {', '.join(BUCKET_MODES)}")
     bounds = export_bounds_ns(per_power_of_two) if bounds is None else bounds
     pos = positions_for(bounds)
     n = len(bounds)
-    own = [0] * (n + 1)
-    for index, c in counts.items():
-        own[pos[index]] += c
-    top = n
-    if trim and not own[n]:
-        top = n - 1
-        while top >= 0 and not own[top]:
-            top -= 1
-        top += 1
-    out, acc = [], 0
-    for c in own[:top]:
+    every, sparse = mode == "all", mode == "sparse"
+    empty = [(0 if every else n, n + 1, 0)]
+
+    def runs(counts: dict[int, int]) -> list[Run]:
+        own: dict[int, int] = {}
+        for index, c in counts.items():
+            if c:
+                p = pos[index]
+                own[p] = own.get(p, 0) + c
+        if not own:
+            return list(empty)
+        steps = sorted(own.items())
+        low = steps[0][0]
+        out: list[Run] = []
+        start = 0 if every or not low else low - 1
+        if start < low:
+            out.append((start, low, 0))
+        acc = 0
+        p, c = steps[0]
+        for q, d in steps[1:]:
+            acc += c
+            out.append((p, q, acc))
+            p, c = q, d
         acc += c
-        out.append(acc)
-    out.append(sum(own))
-    return out
+        if sparse and p < n:
+            out += [(p, p + 1, acc), (n, n + 1, acc)]
+        else:
+            out.append((p, n + 1, acc))
+        return out
+    return runs
 
 
-def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS, trim: bool = False,
+def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS, mode: str = "all",
                        bounds: tuple[int, ...] | None = None, scale: float = 1e-9) -> list[tuple[float, int]]:
-    """(le, cumulative count) at every exported bound (or, with `trim`, up to the highest non-empty
-    one: cumulative_counts), ending with +Inf. By default latency's bounds, in seconds; a value
-    histogram passes value_bounds() and its own scale."""
+    """(le, cumulative count) of the exported buckets (bucket_runs; by default every bound), ending
+    with +Inf. By default latency's bounds, in seconds; a value histogram passes value_bounds() and
+    its own scale."""
     bounds = export_bounds_ns(per_power_of_two) if bounds is None else bounds
-    cum = cumulative_counts(counts, per_power_of_two, trim, bounds)
-    return [(b * scale, c) for b, c in zip(bounds, cum[:-1])] + [(float("inf"), cum[-1])]
+    les = [b * scale for b in bounds] + [float("inf")]
+    return [(les[p], c) for a, b, c in bucket_runs(counts, per_power_of_two, mode, bounds) for p in range(a, b)]
+
+
+def cumulative_counts(counts: dict[int, int], per_power_of_two: int = SUB_BUCKETS,
+                      bounds: tuple[int, ...] | None = None) -> list[int]:
+    """Cumulative counts at every exported bound, then the total (+Inf): the full histogram."""
+    return [c for _, c in cumulative_buckets(counts, per_power_of_two, "all", bounds)]

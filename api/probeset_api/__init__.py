@@ -15,3 +15,8 @@ DEFAULT_OPERATOR_NAMESPACE = "probeset-system"
 NODE_WIDE_NAMESPACES_ENV = "PROBESET_NODE_WIDE_NAMESPACES"
 TENANT_VALUES_ENV = "PROBESET_TENANT_VALUES"
 ALLOW_TOLERATIONS_ENV = "PROBESET_ALLOW_PROBESET_TOLERATIONS"
+
+# The agent's --histogram-buckets (the operator passes it from the chart's agent.histogramBuckets):
+# which latency buckets /metrics exports per series (probeset_agent/histogram.py, docs/metrics.md).
+HISTOGRAM_BUCKETS = ("nonzero", "sparse", "all")
+DEFAULT_HISTOGRAM_BUCKETS = "nonzero"

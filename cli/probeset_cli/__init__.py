@@ -25,6 +25,7 @@ import sys
 from probeset_agent import commands as agent
 from probeset_agent.budget import MemoryBudget
 from probeset_agent.choice import Limits
+from probeset_agent.histogram import BUCKET_MODES, DEFAULT_BUCKET_MODE
 
 DEFAULT_RETENTION = agent.DEFAULT_RETENTION
 
@@ -60,10 +61,11 @@ def add_map_memory(command) -> None:
 
 
 def add_histogram_buckets(command) -> None:
-    command.add_argument("--histogram-buckets", choices=("trimmed", "all"), default="trimmed",
-                         help="latency buckets exported per series: up to the highest non-empty one and +Inf "
-                              "(trimmed, the default), or every bound (all: for sum by (le) across series "
-                              "and nodes; see docs/metrics.md)")
+    command.add_argument("--histogram-buckets", choices=BUCKET_MODES, default=DEFAULT_BUCKET_MODE,
+                         help="latency buckets exported per series: from the bound below the lowest non-empty "
+                              "one to +Inf (nonzero, the default: exact for sum by (le) across series), the "
+                              "same but stopping at the highest non-empty one (sparse: only for queries that "
+                              "never sum series by le), or every bound (all); see docs/metrics.md")
 
 
 def add_tls(command) -> None:

@@ -22,7 +22,7 @@ import random
 
 import kopf
 
-from probeset_api import API_GROUP, API_VERSION, PLURAL
+from probeset_api import API_GROUP, API_VERSION, HISTOGRAM_BUCKETS, PLURAL
 from probeset_api.admission import Admission
 from probeset_api.kube import Kube
 from probeset_api.spec import ProbeSet, SpecError
@@ -57,6 +57,10 @@ def settings_from_env(environ=os.environ) -> tuple[str, AgentSettings]:
     agent.max_probesets = int(environ.get("PROBESET_AGENT_MAX_PROBESETS") or agent.max_probesets)
     agent.max_probes = int(environ.get("PROBESET_AGENT_MAX_PROBES") or agent.max_probes)
     agent.max_series = int(environ.get("PROBESET_AGENT_MAX_SERIES") or agent.max_series)
+    agent.histogram_buckets = environ.get("PROBESET_AGENT_HISTOGRAM_BUCKETS") or agent.histogram_buckets
+    if agent.histogram_buckets not in HISTOGRAM_BUCKETS:
+        raise ValueError(f"PROBESET_AGENT_HISTOGRAM_BUCKETS: {agent.histogram_buckets!r} is not one of "
+                         f"{', '.join(HISTOGRAM_BUCKETS)}")
     agent.admission = Admission.from_env(environ)
     agent.metrics_tls_secret = environ.get("PROBESET_AGENT_METRICS_TLS_SECRET", "")
     agent.metrics_auth = environ.get("PROBESET_AGENT_METRICS_AUTH", "false").lower() == "true"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from probeset_api import DEFAULT_HISTOGRAM_BUCKETS
 from probeset_api.admission import Admission
 
 from .scheduling import node_affinity, tolerations
@@ -55,6 +56,9 @@ class AgentSettings:
     max_probesets: int = 20
     max_probes: int = 500
     max_series: int = 0          # --max-series when set: series of all sets of a node, at worst
+    # Latency buckets each agent exports per series (--histogram-buckets; docs/metrics.md): nonzero
+    # (the agents' default, not passed), sparse or all.
+    histogram_buckets: str = DEFAULT_HISTOGRAM_BUCKETS
     # The administrator's policy for ProbeSets (scope Node, tenant values, tolerations), which the
     # agents apply too; None: the defaults for the operator's namespace (policy()).
     admission: Admission | None = None
@@ -105,7 +109,9 @@ def render_daemonset(bodies: list[dict], operator_namespace: str, settings: Agen
     ]
     args = ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}", "--max-probesets", str(settings.max_probesets),
             "--max-probes", str(settings.max_probes), "--host-root", HOST_ROOT] + \
-        (["--max-series", str(settings.max_series)] if settings.max_series else [])
+        (["--max-series", str(settings.max_series)] if settings.max_series else []) + \
+        (["--histogram-buckets", settings.histogram_buckets] if settings.histogram_buckets != DEFAULT_HISTOGRAM_BUCKETS
+         else [])
     volumes = [v for v, _ in mounts]
     volume_mounts = [m for _, m in mounts]
     if settings.metrics_tls_secret:

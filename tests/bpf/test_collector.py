@@ -8,8 +8,8 @@ from probeset_agent.exposition import MetricsCollector
 from probeset_agent.histogram import export_bounds_ns
 
 
-def families(prog):
-    text = MetricsCollector([prog], "testnode").render()
+def families(prog, histogram_buckets="nonzero"):
+    text = MetricsCollector([prog], "testnode", histogram_buckets=histogram_buckets).render()
     return {f.name: f for f in text_string_to_metric_families(text)}, text
 
 
@@ -22,12 +22,21 @@ def test_histogram_is_cumulative_sorted_and_ends_with_inf(target, run_probeset):
     assert hist.type == "histogram"
     buckets = [s for s in hist.samples if s.name.endswith("_bucket")]
     les = [float(s.labels["le"]) for s in buckets]
-    assert les == sorted(les) and math.isinf(les[-1]) and les[0] == 256e-9 and les[1] == 320e-9
+    assert les == sorted(les) and math.isinf(les[-1])
     counts = [s.value for s in buckets]
     assert counts == sorted(counts) and counts[-1] == 10
-    # 4 per power of two from 256 ns, up to the highest non-empty bucket (trimmed), and +Inf
-    assert les[:-1] == [b / 1e9 for b in export_bounds_ns(4)[:len(les) - 1]]
-    assert counts[-2] == 10 and counts[-3] < 10 and 1e-3 < les[-2] < 1.0
+    # The default (nonzero): 4 per power of two from the bound below the lowest non-empty bucket
+    # (usleep(1000): >= 1 ms) to 2^34 ns, and +Inf
+    bounds = [b / 1e9 for b in export_bounds_ns(4)]
+    first = bounds.index(les[0])
+    assert les[:-1] == bounds[first:] and counts[0] == 0 < counts[1] and 1e-3 < les[1] < 1.0
+    # sparse: the same, up to the highest non-empty bucket; all: every bound from 256 ns
+    sparse = [s for s in families(prog, "sparse")[0]["probeset_latency_seconds"].samples if s.name.endswith("_bucket")]
+    les_sparse = [float(s.labels["le"]) for s in sparse]
+    assert les_sparse[:-1] == bounds[first:first + len(les_sparse) - 1]
+    assert sparse[-2].value == 10 and sparse[-3].value < 10 and 1e-3 < les_sparse[-2] < 1.0
+    full = [s for s in families(prog, "all")[0]["probeset_latency_seconds"].samples if s.name.endswith("_bucket")]
+    assert len(full) == 105 + 1 and float(full[0].labels["le"]) == 256e-9 and float(full[1].labels["le"]) == 320e-9
     (count,) = [s for s in hist.samples if s.name.endswith("_count")]
     (total,) = [s for s in hist.samples if s.name.endswith("_sum")]
     assert count.value == 10 and 0.010 <= total.value < 1.0

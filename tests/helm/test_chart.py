@@ -99,6 +99,7 @@ def test_default_render_objects(chart):
     assert json.loads(env["PROBESET_AGENT_NODE_SELECTOR"]) == {}           # agents wherever ProbeSets select
     assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"], env["PROBESET_AGENT_MAX_SERIES"]) \
         == ("20", "500", "0")
+    assert env["PROBESET_AGENT_HISTOGRAM_BUCKETS"] == "nonzero"          # safe for sum by (le)
     assert env["PROBESET_OPERATOR_DEPLOYMENT"] == dep["metadata"]["name"]  # the agent DaemonSet's owner
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
     sc = c["securityContext"]
@@ -117,7 +118,7 @@ def test_values_reach_the_operator_env(chart):
         "agent": {"image": "reg.example/agent:v9", "imagePullPolicy": "Always",
                   "priorityClassName": "system-node-critical", "resources": res, "tolerations": tol,
                   "nodeSelector": {"kubernetes.io/os": "linux", "obs": "yes"}, "maxProbeSets": 8,
-                  "maxProbes": 900, "maxSeries": 250000}},
+                  "maxProbes": 900, "maxSeries": 250000, "histogramBuckets": "sparse"}},
         namespace="obs"))
     dep = objs[("Deployment", "probeset-operator")]
     assert dep["spec"]["replicas"] == 3 and dep["metadata"]["namespace"] == "obs"
@@ -132,6 +133,10 @@ def test_values_reach_the_operator_env(chart):
     assert json.loads(env["PROBESET_AGENT_NODE_SELECTOR"]) == {"kubernetes.io/os": "linux", "obs": "yes"}
     assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"], env["PROBESET_AGENT_MAX_SERIES"]) \
         == ("8", "900", "250000")
+    assert env["PROBESET_AGENT_HISTOGRAM_BUCKETS"] == "sparse"
+    from probeset_operator.handlers import settings_from_env       # and what the operator passes the agents
+    agent = settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})[1]
+    assert agent.histogram_buckets == "sparse"
     assert env["PROBESET_NODE_WIDE_NAMESPACES"] == "obs,platform-team"
     assert env["PROBESET_TENANT_VALUES"] == "kretprobe:vfs_read:retval,tracepoint:net:net_dev_xmit:name"
 
@@ -239,6 +244,7 @@ def test_lint(values):
     ({"agent": {"maxProbeSets": 0}}, "/agent/maxProbeSets"),
     ({"agent": {"maxProbes": "many"}}, "/agent/maxProbes"),
     ({"agent": {"maxSeries": -1}}, "/agent/maxSeries"),
+    ({"agent": {"histogramBuckets": "trimmed"}}, "/agent/histogramBuckets"),
     ({"agent": {"nodeSelector": {"obs": True}}}, "/agent/nodeSelector/obs"),
     ({"agent": {"metrics": {"tlsSecret": "Bad_Name"}}}, "/agent/metrics/tlsSecret"),
     ({"replica": 2}, "replica"),

@@ -1,14 +1,18 @@
 """The exposition of latency histograms, without maps or root: snapshots in, Prometheus text out
-(parsed back with prometheus_client's parser); and /metrics with gzip through a real MetricsServer."""
+(parsed back with prometheus_client's parser) in each --histogram-buckets mode, and byte for byte
+what one line per bucket would write; and /metrics with gzip through a real MetricsServer."""
 
 import gzip
 import http.client
+import random
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from probeset_agent.exposition import MetricsCollector
-from probeset_agent.histogram import bucket_index
+from prometheus_client.utils import floatToGoString
+
+from probeset_agent.histogram import BUCKET_MODES, bucket_index, cumulative_buckets
 from probeset_agent.readout import Series, label_text
 from probeset_agent.server import MetricsServer, accepts_gzip
 from probeset_agent.snapshot import ProbeSeries, SetSnapshot
@@ -40,28 +44,81 @@ def histogram(text: str) -> dict[str, list[tuple[str, float]]]:
     return out
 
 
-def test_histograms_stop_after_their_highest_non_empty_bucket():
-    text = MetricsCollector([Source(series("fast", 300, 300, 1000), series("none"),
-                                    series("slow", 1000, 3_000_000_000))], "n").render()
-    assert histogram(text) == {
+LES = ("2.56e-07", "5.12e-07", "1.024e-06", "2.048e-06", "4.096e-06", "8.192e-06", "1.6384e-05", "3.2768e-05",
+       "6.5536e-05", "0.000131072", "0.000262144", "0.000524288", "0.001048576", "0.002097152", "0.004194304",
+       "0.008388608", "0.016777216", "0.033554432", "0.067108864", "0.134217728", "0.268435456", "0.536870912",
+       "1.073741824", "2.147483648", "4.294967296", "8.589934592", "17.179869184")     # 1 per power of two
+
+
+def three() -> Source:
+    return Source(series("fast", 300, 300, 1000), series("none"), series("slow", 5000, 3_000_000_000))
+
+
+def test_default_histograms_start_below_their_lowest_non_empty_bucket_and_keep_every_bound_above():
+    got = histogram(MetricsCollector([three()], "n").render())
+    assert got == histogram(MetricsCollector([three()], "n", histogram_buckets="nonzero").render())
+    assert got["fast"] == [("2.56e-07", 0), ("5.12e-07", 2), *[(le, 3) for le in LES[2:]],
+                           ("+Inf", 3), ("count", 3), ("sum", 1.6e-06)]
+    # 5 µs is in (4.096, 8.192] µs: from 4.096 µs (0); 3 s in (2.15, 4.29] s; up to 17.2 s all the same
+    assert got["slow"] == [("4.096e-06", 0), *[(le, 1) for le in LES[5:24]], *[(le, 2) for le in LES[24:]],
+                           ("+Inf", 2), ("count", 2), ("sum", 3.000005)]
+    assert got["none"] == [("+Inf", 0), ("count", 0), ("sum", 0)]
+
+
+def test_sparse_histograms_also_stop_after_their_highest_non_empty_bucket():
+    got = histogram(MetricsCollector([three()], "n", histogram_buckets="sparse").render())
+    assert got == {
         "fast": [("2.56e-07", 0), ("5.12e-07", 2), ("1.024e-06", 3), ("+Inf", 3), ("count", 3), ("sum", 1.6e-06)],
         "none": [("+Inf", 0), ("count", 0), ("sum", 0)],
-        "slow": [("2.56e-07", 0), ("5.12e-07", 0), *[(le, 1) for le in
-                 ("1.024e-06", "2.048e-06", "4.096e-06", "8.192e-06", "1.6384e-05", "3.2768e-05", "6.5536e-05",
-                  "0.000131072", "0.000262144", "0.000524288", "0.001048576", "0.002097152", "0.004194304",
-                  "0.008388608", "0.016777216", "0.033554432", "0.067108864", "0.134217728", "0.268435456",
-                  "0.536870912", "1.073741824", "2.147483648")],
-                 ("4.294967296", 2), ("+Inf", 2), ("count", 2), ("sum", 3.000001)],
+        "slow": [("4.096e-06", 0), *[(le, 1) for le in LES[5:24]], ("4.294967296", 2), ("+Inf", 2), ("count", 2),
+                 ("sum", 3.000005)],
     }
 
 
-def test_untrimmed_histograms_keep_every_bound():
+def test_all_keeps_every_bound():
     text = MetricsCollector([Source(series("fast", 300), series("none"), per_power=4)], "n",
-                            trim_buckets=False).render()
+                            histogram_buckets="all").render()
     got = histogram(text)
     assert [len(v) for v in got.values()] == [105 + 1 + 2, 105 + 1 + 2]
     assert got["none"][-3:] == [("+Inf", 0), ("count", 0), ("sum", 0)]
     assert got["fast"][:3] == [("2.56e-07", 0), ("3.2e-07", 1), ("3.84e-07", 1)]
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="trimmed"):
+        MetricsCollector([], "n", histogram_buckets="trimmed")
+
+
+def line_per_bucket(s: Series, per_power: int, mode: str) -> str:
+    """What the exposition wrote before it joined runs of equal counts: one line per bucket."""
+    base = "probeset_latency_seconds_bucket" + s.text[:-1] + ',le="'
+    pairs = cumulative_buckets(s.buckets, per_power, mode)
+    return "".join(f'{base}{floatToGoString(le)}"}} {n}\n' for le, n in pairs) + \
+        f"probeset_latency_seconds_count{s.text} {pairs[-1][1]}\n" \
+        f"probeset_latency_seconds_sum{s.text} {floatToGoString(s.sum_ns / 1e9)}\n"
+
+
+@pytest.mark.parametrize("per_power", [1, 2, 4])
+@pytest.mark.parametrize("mode", BUCKET_MODES)
+def test_histogram_text_is_byte_for_byte_one_line_per_bucket(mode, per_power):
+    rng = random.Random(per_power)
+    all_series = [series(f"s{i}", *[max(1, int(rng.lognormvariate(rng.uniform(5, 22), rng.uniform(0.1, 2))))
+                                     for _ in range(rng.randint(0, 40))]) for i in range(300)]
+    all_series.append(series("huge", 1 << 40, 1 << 62))
+    collector = MetricsCollector([Source(*all_series, per_power=per_power)], "n", histogram_buckets=mode)
+    body = collector.render_bytes()
+    assert collector.render() == body.decode()
+    text = body.decode()
+    start = text.index("# TYPE probeset_latency_seconds histogram\n") + len("# TYPE probeset_latency_seconds histogram\n")
+    end = text.index("# HELP", start)
+    assert text[start:end] == "".join(line_per_bucket(s, per_power, mode) for s in all_series)
+
+
+def test_non_ascii_label_values_are_utf8():
+    s = series("café ☕", 300)
+    body = MetricsCollector([Source(s)], "n").render_bytes()
+    assert 'arg0="café ☕",le="2.56e-07"} 0\n'.encode() in body
+    assert histogram(body.decode())["café ☕"][-3:] == [("+Inf", 1), ("count", 1), ("sum", 3e-07)]
 
 
 @pytest.mark.parametrize("header, expected", [
@@ -94,7 +151,7 @@ def served():
 
     def render():
         renders.append(1)
-        return collector.render().encode()
+        return collector.render_bytes()
     server = MetricsServer("127.0.0.1", 0, request_timeout=2.0).start(render)
     yield server, renders
     server.shutdown()

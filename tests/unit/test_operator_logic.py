@@ -40,6 +40,7 @@ def test_operator_settings_from_environment(monkeypatch):
     assert agent.extra_tolerations == [{"operator": "Exists"}]
     assert agent.admission == Admission("obs", frozenset({"obs"}))      # default: the operator's namespace
     assert (agent.max_probesets, agent.max_probes, agent.node_selector) == (20, 500, {})
+    assert agent.histogram_buckets == "nonzero"
     monkeypatch.setenv("PROBESET_NODE_WIDE_NAMESPACES", "platform, obs")
     monkeypatch.setenv("PROBESET_AGENT_MAX_PROBESETS", "5")
     monkeypatch.setenv("PROBESET_AGENT_MAX_PROBES", "300")
@@ -48,6 +49,11 @@ def test_operator_settings_from_environment(monkeypatch):
     agent = settings_from_env()[1]
     assert agent.admission.node_wide == frozenset({"obs", "platform"})
     assert (agent.max_probesets, agent.max_probes, agent.node_selector) == (5, 300, {"role": "obs"})
+    monkeypatch.setenv("PROBESET_AGENT_HISTOGRAM_BUCKETS", "sparse")
+    assert settings_from_env()[1].histogram_buckets == "sparse"
+    monkeypatch.setenv("PROBESET_AGENT_HISTOGRAM_BUCKETS", "trimmed")       # 2a10e05's name: gone
+    with pytest.raises(ValueError, match="nonzero, sparse, all"):
+        settings_from_env()
 
 
 def probeset(namespace, **spec):

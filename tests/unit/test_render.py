@@ -75,6 +75,12 @@ def test_budgets_and_the_admins_node_selector():
     assert pod["containers"][0]["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "3",
                                             "--max-probes", "40", "--host-root", "/host"]
     assert list(pod["nodeSelector"].items()) == [("kubernetes.io/os", "linux"), ("role", "obs")]
+    # --histogram-buckets only when not the agents' default (nonzero): the default manifest is unchanged
+    for mode in ("sparse", "all"):
+        args = pod_of(render_daemonset([body("a")], "ops", AgentSettings(histogram_buckets=mode)))["containers"][0]["args"]
+        assert args[-2:] == ["--histogram-buckets", mode]
+    assert "--histogram-buckets" not in pod_of(render_daemonset([body("a")], "ops", AgentSettings(
+        histogram_buckets="nonzero")))["containers"][0]["args"]
     assert "affinity" not in pod         # a set without nodeSelector: every node (the admin's narrow it)
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["PROBESET_OPERATOR_NAMESPACE"] == "ops" and env["PROBESET_NODE_WIDE_NAMESPACES"] == "ops"
