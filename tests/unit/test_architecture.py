@@ -35,3 +35,10 @@ def test_agent_and_operator_do_not_import_each_other():
     assert "probeset_operator" not in imports_of(ROOT / "agent")
     assert "probeset_agent" not in imports_of(ROOT / "operator")
     assert imports_of(ROOT / "api") & set(PACKAGES.values()) <= {"probeset_api"}
+
+
+def test_test_file_names_are_unique_across_tiers():
+    """pytest imports test modules by their base name (rootdir-relative, no packages): two tiers'
+    test_x.py cannot be collected in one run, which is how the whole suite runs (scripts/test)."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
