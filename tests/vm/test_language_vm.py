@@ -75,15 +75,26 @@ def test_fsync_on_overlay_pairs_each_level(run_probeset):
     assert (s.count, missed[(probe_id, "unpaired_return")], missed[(probe_id, "nesting_too_deep")]) == (200, 0, 0)
 
 
-def test_biolatency_example_times_each_direct_write(start_program):
-    """N O_DIRECT writes to a null_blk device (blk-mq, no backing store) -> exactly N issue ->
-    complete samples, told apart from other devices by dev (the kernel's dev_t: major << 20 | minor)."""
-    import mmap
-    import subprocess
+def virtio_disk():
+    """The guest's virtio-blk scratch disk (tests/vm/run-in-vm attaches it): its /dev path and the
+    kernel's dev_t of it (major << 20 | minor, what block tracepoints carry). Found by its driver,
+    not by name."""
+    disks = [name for name in sorted(os.listdir("/sys/block"))
+             if os.path.basename(os.path.realpath(f"/sys/block/{name}/device/driver")) == "virtio_blk"]
+    assert len(disks) == 1, f"want one virtio_blk disk in the guest, found {disks} (tests/vm/run-in-vm, init)"
+    with open(f"/sys/block/{disks[0]}/dev") as f:
+        major, minor = map(int, f.read().split(":"))
+    path = f"/dev/{disks[0]}"
+    assert os.stat(path).st_rdev == os.makedev(major, minor)
+    return path, major << 20 | minor
 
-    subprocess.run(["modprobe", "null_blk", "nr_devices=1"], check=True)
-    rdev = os.stat("/dev/nullb0").st_rdev
-    dev = os.major(rdev) << 20 | os.minor(rdev)
+
+def test_biolatency_example_times_each_direct_write(start_program):
+    """N O_DIRECT writes to the guest's virtio-blk disk -> exactly N issue -> complete samples
+    (completed by the device's interrupt), told apart from other devices by dev."""
+    import mmap
+
+    path, dev = virtio_disk()
     with open("examples/biolatency.yaml") as f:
         (doc,) = [d for d in yaml.safe_load_all(f) if d]
     doc["spec"]["probes"][0]["start"]["filter"] = {"field": "dev", "op": "==", "value": dev}
@@ -92,7 +103,7 @@ def test_biolatency_example_times_each_direct_write(start_program):
     n = 64
     buf = mmap.mmap(-1, 4096)                          # page-aligned, as O_DIRECT wants
     buf.write(b"p" * 4096)
-    fd = os.open("/dev/nullb0", os.O_WRONLY | os.O_DIRECT)
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
     try:
         for i in range(n):
             assert os.pwritev(fd, [buf], i * 4096) == 4096
