@@ -166,7 +166,8 @@ def cumulative_buckets(counts: dict[int, int], per_power_of_two: int = SUB_BUCKE
     with +Inf. By default latency's bounds, in seconds; a value histogram passes value_bounds() and
     its own scale."""
     bounds = export_bounds_ns(per_power_of_two) if bounds is None else bounds
-    les = [b * scale for b in bounds] + [float("inf")]
+    # ns / 1e9 rather than ns * 1e-9: the `le` text the exposition writes (384e-9 is 3.8400000000000005e-07)
+    les = [b / 1e9 if scale == 1e-9 else b * scale for b in bounds] + [float("inf")]
     return [(les[p], c) for a, b, c in bucket_runs(counts, per_power_of_two, mode, bounds) for p in range(a, b)]
 
 
