@@ -70,6 +70,8 @@ def _print_status(where: str, prog) -> bool:
             targets = "; ".join(st.targets[:4]) + (f"; ... {len(st.targets) - 4} more" if len(st.targets) > 4 else "")
             detail = f"{attached}/{n} functions" if attached != n else targets
             print(f"  ok    {st.name}: {detail}" if attached == n else f"  ok    {st.name}: {detail} ({targets})")
+            if st.via_reason:
+                print(f"        {st.name}: via {st.via}: {st.via_reason}")
         else:
             print(f"  FAIL  {st.name}: {st.error}")
     return all_ok
