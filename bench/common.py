@@ -108,40 +108,55 @@ class Generated:
     _events: list[bytes] | None = None           # our placements; None: the agent's, from start()
 
     def detach(self):
-        point = self.prog.program.attach_points[0]
-        if point.mechanism != "uprobe":
-            self.prog.bpf.detach_tracepoint(tp=point.site.tracepoint)
-        elif self._events is None and self.prog.links.links:
+        bpf = self.prog.bpf
+        for point in self.prog.program.attach_points:
+            if point.mechanism == "tracepoint":
+                bpf.detach_tracepoint(tp=point.site.tracepoint)
+            elif point.mechanism == "raw_tracepoint":
+                bpf.detach_raw_tracepoint(tp=point.site.tracepoint.partition(":")[2])
+            elif self._events is None and not self.prog.links.links:
+                bpf.detach_uprobe(name=point.site.path, addr=point.site.address)
+        if self._events is None and self.prog.links.links:
             self.prog.links.close_all()
-        elif self._events is None:
-            self.prog.bpf.detach_uprobe(name=point.site.path, addr=point.site.address)
-        else:
-            for event in self._events:
-                self.prog.links.detach(event)
+        for event in self._events or []:
+            self.prog.links.detach(event)
         self._events = []
 
     def attach(self):
-        point = self.prog.program.attach_points[0]
-        if point.mechanism == "uprobe":
-            self._events = self.prog.links.place(point, point.site.path, point.site.address)
-        else:
-            self.prog.bpf.attach_tracepoint(tp=point.site.tracepoint, fn_name=point.fn_name)
+        bpf = self.prog.bpf
+        for point in self.prog.program.attach_points:
+            if point.mechanism == "uprobe":
+                self._events += self.prog.links.place(point, point.site.path, point.site.address)
+            elif point.mechanism == "raw_tracepoint":
+                bpf.attach_raw_tracepoint(tp=point.site.tracepoint.partition(":")[2], fn_name=point.fn_name)
+            else:
+                bpf.attach_tracepoint(tp=point.site.tracepoint, fn_name=point.fn_name)
+
+    @property
+    def hook(self) -> str:
+        """The hook and map the agent chose: what this variant measures."""
+        rp = self.prog.compiled[0]
+        return f"{rp.via}, {self.prog.program.shapes[rp.id].counts}"
 
     def count(self) -> int:
         return sum(s.count for series in self.prog.read_series().values() for s in series)
 
     def stats(self) -> tuple[int, int]:
-        (_, ns, cnt), = self.prog.read_program_stats()
-        return ns, cnt
+        """(run_time_ns, run_cnt) summed over the probe's programs (a glob has one per function)."""
+        stats = self.prog.read_program_stats()
+        return sum(ns for _, ns, _ in stats), sum(cnt for _, _, cnt in stats)
 
 
 class HandWritten:
-    """The minimal BCC program doing the same count: a per-CPU hash, u32 key, u64 counter."""
+    """The minimal BCC program doing the same count: a per-CPU hash, u32 key, u64 counter; on a glob
+    of uprobes, one such function per probed function (key = its index), as one writes it by hand."""
 
     TEXT = """
-BPF_PERCPU_HASH(counts, u32, u64, 1);
-int count_event(CTX ctx) {
-    u32 key = 0;
+BPF_PERCPU_HASH(counts, u32, u64, 8);
+"""
+    FUNC = """
+int count_event_@I@(CTX ctx) {
+    u32 key = @I@;
     u64 *val = counts.lookup(&key);
     if (val) {
         (*val)++;
@@ -153,36 +168,41 @@ int count_event(CTX ctx) {
 }
 """
 
-    def __init__(self, name: str, uprobe: tuple[str, str] | None = None, tracepoint: str | None = None):
-        self.name, self.uprobe, self.tracepoint = name, uprobe, tracepoint
+    def __init__(self, name: str, uprobe: tuple[str, str] | None = None, tracepoint: str | None = None,
+                 uprobes: list[tuple[str, str]] | None = None):
+        self.name, self.tracepoint = name, tracepoint
+        self.uprobes = uprobes or ([uprobe] if uprobe else [])
         self.bpf = None
+        self.hook = "tracepoint, hash" if tracepoint else "uprobe, hash"
 
     def start(self):
         from bcc import BPF
-        ctx = "struct pt_regs *" if self.uprobe else "void *"
-        self.bpf = BPF(text=self.TEXT.replace("CTX ", ctx))
+        ctx = "struct pt_regs *" if self.uprobes else "void *"
+        funcs = "".join(self.FUNC.replace("@I@", str(i)) for i in range(max(1, len(self.uprobes))))
+        self.bpf = BPF(text=self.TEXT + funcs.replace("CTX ", ctx))
         self.attach()
 
     def stop(self):
         self.bpf.cleanup()
 
     def attach(self):
-        if self.uprobe:
-            self.bpf.attach_uprobe(name=self.uprobe[0], sym=self.uprobe[1], fn_name="count_event")
-        else:
-            self.bpf.attach_tracepoint(tp=self.tracepoint, fn_name="count_event")
+        for i, (path, sym) in enumerate(self.uprobes):
+            self.bpf.attach_uprobe(name=path, sym=sym, fn_name=f"count_event_{i}")
+        if self.tracepoint:
+            self.bpf.attach_tracepoint(tp=self.tracepoint, fn_name="count_event_0")
 
     def detach(self):
-        if self.uprobe:
-            self.bpf.detach_uprobe(name=self.uprobe[0], sym=self.uprobe[1])
-        else:
+        for path, sym in self.uprobes:
+            self.bpf.detach_uprobe(name=path, sym=sym)
+        if self.tracepoint:
             self.bpf.detach_tracepoint(tp=self.tracepoint)
 
     def count(self) -> int:
         return sum(sum(per_cpu) for per_cpu in self.bpf["counts"].values())
 
     def stats(self) -> tuple[int, int]:
-        return fdinfo_stats(self.bpf.funcs[b"count_event"].fd)
+        out = [fdinfo_stats(self.bpf.funcs[f"count_event_{i}".encode()].fd) for i in range(max(1, len(self.uprobes)))]
+        return sum(ns for ns, _ in out), sum(cnt for _, cnt in out)
 
 
 def save_json(path: str | None, data: dict) -> None:
