@@ -18,12 +18,15 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
 import yaml
-from common import DRIVER, DRIVER_CPU, build_driver, loadavg, machine, median, save_json
-from startup import PROBESET, cpu_seconds, free_port, scrape
+from common import DRIVER, DRIVER_CPU, ROOT, build_driver, loadavg, machine, median, save_json
+from startup import cpu_seconds, free_port, scrape
+
+PROBESET = [sys.executable, "-m", "probeset_cli"]     # this checkout's agent (sys.path as common.py sets it)
 
 
 def events_total(port: int) -> int:
@@ -65,7 +68,9 @@ def main(argv=None) -> dict:
         path = os.path.join(tmp, "flat.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(doc, f)
-        agent = subprocess.Popen(PROBESET + ["run", path, "--listen", f"127.0.0.1:{port}"],
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / d) for d in ("api", "agent", "cli")] + [os.environ.get("PYTHONPATH", "")])}
+        agent = subprocess.Popen(PROBESET + ["run", path, "--listen", f"127.0.0.1:{port}"], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 30
