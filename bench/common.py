@@ -114,6 +114,10 @@ class Generated:
                 bpf.detach_tracepoint(tp=point.site.tracepoint)
             elif point.mechanism == "raw_tracepoint":
                 bpf.detach_raw_tracepoint(tp=point.site.tracepoint.partition(":")[2])
+            elif point.mechanism == "kprobe":
+                bpf.detach_kprobe(event=point.site.kernel_function)
+            elif point.mechanism == "fentry":
+                bpf.detach_kfunc(fn_name=point.fn_name)
             elif self._events is None and not self.prog.links.links:
                 bpf.detach_uprobe(name=point.site.path, addr=point.site.address)
         if self._events is None and self.prog.links.links:
@@ -129,6 +133,10 @@ class Generated:
                 self._events += self.prog.links.place(point, point.site.path, point.site.address)
             elif point.mechanism == "raw_tracepoint":
                 bpf.attach_raw_tracepoint(tp=point.site.tracepoint.partition(":")[2], fn_name=point.fn_name)
+            elif point.mechanism == "kprobe":
+                bpf.attach_kprobe(event=point.site.kernel_function, fn_name=point.fn_name)
+            elif point.mechanism == "fentry":
+                bpf.attach_kfunc(fn_name=point.fn_name)
             else:
                 bpf.attach_tracepoint(tp=point.site.tracepoint, fn_name=point.fn_name)
 
@@ -169,18 +177,26 @@ int count_event_@I@(CTX ctx) {
 """
 
     def __init__(self, name: str, uprobe: tuple[str, str] | None = None, tracepoint: str | None = None,
-                 uprobes: list[tuple[str, str]] | None = None):
-        self.name, self.tracepoint = name, tracepoint
+                 uprobes: list[tuple[str, str]] | None = None, kprobe: str | None = None, fentry: str | None = None):
+        self.name, self.tracepoint, self.kprobe, self.fentry = name, tracepoint, kprobe, fentry
         self.uprobes = uprobes or ([uprobe] if uprobe else [])
         self.bpf = None
-        self.hook = "tracepoint, hash" if tracepoint else "uprobe, hash"
+        self.hook = f"{'tracepoint' if tracepoint else 'kprobe' if kprobe else 'fentry' if fentry else 'uprobe'}, hash"
 
     def start(self):
         from bcc import BPF
-        ctx = "struct pt_regs *" if self.uprobes else "void *"
+        ctx = "struct pt_regs *" if self.uprobes or self.kprobe else "void *"
         funcs = "".join(self.FUNC.replace("@I@", str(i)) for i in range(max(1, len(self.uprobes))))
+        if self.fentry:     # BCC attaches KFUNC_PROBE functions itself when it loads them
+            funcs = funcs.replace("int count_event_0(CTX ctx)", f"KFUNC_PROBE({self.fentry})")
+            self.bpf = BPF(text=self.TEXT + funcs)
+            return
         self.bpf = BPF(text=self.TEXT + funcs.replace("CTX ", ctx))
         self.attach()
+
+    @property
+    def _fn0(self) -> bytes:
+        return f"kfunc__{self.fentry}".encode() if self.fentry else b"count_event_0"
 
     def stop(self):
         self.bpf.cleanup()
@@ -190,18 +206,27 @@ int count_event_@I@(CTX ctx) {
             self.bpf.attach_uprobe(name=path, sym=sym, fn_name=f"count_event_{i}")
         if self.tracepoint:
             self.bpf.attach_tracepoint(tp=self.tracepoint, fn_name="count_event_0")
+        if self.kprobe:
+            self.bpf.attach_kprobe(event=self.kprobe, fn_name="count_event_0")
+        if self.fentry:
+            self.bpf.attach_kfunc(fn_name=self._fn0)
 
     def detach(self):
         for path, sym in self.uprobes:
             self.bpf.detach_uprobe(name=path, sym=sym)
         if self.tracepoint:
             self.bpf.detach_tracepoint(tp=self.tracepoint)
+        if self.kprobe:
+            self.bpf.detach_kprobe(event=self.kprobe)
+        if self.fentry:
+            self.bpf.detach_kfunc(fn_name=self._fn0)
 
     def count(self) -> int:
         return sum(sum(per_cpu) for per_cpu in self.bpf["counts"].values())
 
     def stats(self) -> tuple[int, int]:
-        out = [fdinfo_stats(self.bpf.funcs[f"count_event_{i}".encode()].fd) for i in range(max(1, len(self.uprobes)))]
+        names = [self._fn0] + [f"count_event_{i}".encode() for i in range(1, len(self.uprobes))]
+        out = [fdinfo_stats(self.bpf.funcs[name].fd) for name in names]
         return sum(ns for ns, _ in out), sum(cnt for _, cnt in out)
 
 

@@ -14,6 +14,8 @@ Targets, all driven by bench/driver.c pinned to the last CPU (SCHED_FIFO):
               has one function per uprobe, key = its index; the generated one is one glob probe
   tracepoint  syscalls:sys_enter_getppid, the driver calling syscall(SYS_getppid) N times (a syscall
               tracepoint: no raw tracepoint by that name, so classic for both)
+  kprobe, fentry  __x64_sys_getppid (the driver's getppid), attach: kprobe / fentry; only with --only,
+              in the QEMU guest (tests/vm/run-in-vm): this host's kernel has neither
   rawtp       task:task_rename, the driver calling prctl(PR_SET_NAME) N times: a count-only probe
               there attaches as a raw tracepoint; `generated classic` forces attach: tracepoint
               (the array without the raw hook)
@@ -30,7 +32,7 @@ run_time_ns / run_cnt increase of each program over a run, from /proc/self/fdinf
 own ns per run, without the uprobe trap or tracepoint dispatch around it. Medians over runs.
 
   chrt -f 50 .venv/bin/python bench/overhead.py [--reps 100] [--calls 200000] [--syscalls 300000] [--xol]
-                                                [--only uprobe|glob8|tracepoint|rawtp]
+                                                [--only uprobe|glob8|tracepoint|rawtp|kprobe|fentry]
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from common import (DRIVER, Generated, HandWritten, bpf_stats_enabled, build_dri
                     run_driver, save_json)
 
 DEFAULT_LABELS = ("node", "namespace", "pod", "container")
-TARGETS = ("uprobe", "glob8", "tracepoint", "rawtp")
+TARGETS = ("uprobe", "glob8", "tracepoint", "rawtp", "kprobe", "fentry")
+KERNEL_FUNCTION = "__x64_sys_getppid"      # what the driver's getppid enters (kprobe, fentry: in the VM)
 
 
 def variants(target: str, symbol: str):
@@ -55,6 +58,9 @@ def variants(target: str, symbol: str):
         return [HandWritten("hand", tracepoint=tp), Generated("generated", {"tracepoint": tp}),
                 Generated("generated classic", {"tracepoint": tp, "attach": "tracepoint"}),
                 Generated("generated+cgroup", {"tracepoint": tp}, labels=DEFAULT_LABELS)]
+    elif target in ("kprobe", "fentry"):
+        probe = {"kprobe": KERNEL_FUNCTION, "attach": target}
+        hand = HandWritten("hand", **{target: KERNEL_FUNCTION})
     else:
         tp = "syscalls:sys_enter_getppid"
         probe, hand = {"tracepoint": tp}, HandWritten("hand", tracepoint=tp)
@@ -143,9 +149,10 @@ def main(argv=None) -> dict:
     out = {"machine": machine()}
     symbol, mode = ("bench_target_xol", "call_xol") if args.xol else ("bench_target", "call")
     modes = {"uprobe": (mode, args.calls), "glob8": ("call8", args.calls), "tracepoint": ("getppid", args.syscalls),
-             "rawtp": ("rename", args.syscalls)}
+             "rawtp": ("rename", args.syscalls), "kprobe": ("getppid", args.syscalls),
+             "fentry": ("getppid", args.syscalls)}
     for target in TARGETS:
-        if args.only is None or target in args.only:
+        if (args.only is None and target not in ("kprobe", "fentry")) or target in (args.only or ()):
             out[target] = measure(target, symbol, *modes[target], args.reps)
             report(out[target])
     save_json(args.json, out)
