@@ -37,19 +37,24 @@ def test_field_less_tracepoint_counts_exactly_on_a_raw_tracepoint_and_array(buil
     t = renamer(build_c, targets)
     prog = run_probeset([{"name": "auto", "tracepoint": "task:task_rename", "pid": t.pid},
                          {"name": "classic", "tracepoint": "task:task_rename", "pid": t.pid, "attach": "tracepoint"},
-                         {"name": "by_comm", "tracepoint": "task:task_rename", "filter": {"field": "pid", "op": "==",
+                         {"name": "by_comm", "tracepoint": "task:task_rename", "filter": {"field": "tid", "op": "==",
                                                                                           "value": t.pid},
-                          "groupBy": ["comm"]}])
-    assert [st.error for st in prog.probe_statuses()] == [None, None, None]
-    assert [st.via for st in prog.probe_statuses()] == ["raw_tracepoint", "tracepoint", "raw_tracepoint"]
+                          "groupBy": ["comm"]},
+                         # task_rename has a field pid: a filter on pid compares the event's, so classic
+                         {"name": "by_pid", "tracepoint": "task:task_rename", "filter": {"field": "pid", "op": "==",
+                                                                                         "value": t.pid}}])
+    assert [st.error for st in prog.probe_statuses()] == [None] * 4
+    assert [st.via for st in prog.probe_statuses()] == ["raw_tracepoint", "tracepoint", "raw_tracepoint", "tracepoint"]
+    assert "event field pid" in status(prog, "by_pid").via_reason
     assert "reads no event field" in status(prog, "auto").via_reason
     assert status(prog, "classic").via_reason == "attach: tracepoint (forced)"
     shapes = prog.program.shapes
     assert (shapes[0].counts, shapes[1].counts, shapes[2].counts) == ("array", "array", "hash")
     for n in (1, 999, 25000):
-        before = {p: sum(counts(prog, p).values()) for p in ("auto", "classic", "by_comm")}
+        before = {p: sum(counts(prog, p).values()) for p in ("auto", "classic", "by_comm", "by_pid")}
         t.run(f"rename {n}")
-        assert {p: sum(counts(prog, p).values()) - before[p] for p in before} == {"auto": n, "classic": n, "by_comm": n}
+        assert {p: sum(counts(prog, p).values()) - before[p] for p in before} == {
+            "auto": n, "classic": n, "by_comm": n, "by_pid": n}
     assert counts(prog, "by_comm", by="comm") == {"psren": 1 + 999 + 25000}
     assert counts(prog, "auto") == {"task:task_rename": 26000}
 
