@@ -176,12 +176,24 @@ int count_event_@I@(CTX ctx) {
 }
 """
 
+    EMPTY = """
+int count_event_@I@(CTX ctx) {
+    return 0;
+}
+"""
+
     def __init__(self, name: str, uprobe: tuple[str, str] | None = None, tracepoint: str | None = None,
-                 uprobes: list[tuple[str, str]] | None = None, kprobe: str | None = None, fentry: str | None = None):
+                 uprobes: list[tuple[str, str]] | None = None, kprobe: str | None = None, fentry: str | None = None,
+                 empty: bool = False):
+        """`empty`: a program that counts nothing (returns at once): the floor of the hook's cost."""
         self.name, self.tracepoint, self.kprobe, self.fentry = name, tracepoint, kprobe, fentry
+        self.empty = empty
+        if empty:
+            self.FUNC = self.EMPTY
         self.uprobes = uprobes or ([uprobe] if uprobe else [])
         self.bpf = None
-        self.hook = f"{'tracepoint' if tracepoint else 'kprobe' if kprobe else 'fentry' if fentry else 'uprobe'}, hash"
+        hook = 'tracepoint' if tracepoint else 'kprobe' if kprobe else 'fentry' if fentry else 'uprobe'
+        self.hook = f"{hook}, {'no map' if empty else 'hash'}"
 
     def start(self):
         from bcc import BPF
@@ -222,6 +234,8 @@ int count_event_@I@(CTX ctx) {
             self.bpf.detach_kfunc(fn_name=self._fn0)
 
     def count(self) -> int:
+        if self.empty:      # counts nothing (run_attached does not check it)
+            return 0
         return sum(sum(per_cpu) for per_cpu in self.bpf["counts"].values())
 
     def stats(self) -> tuple[int, int]:

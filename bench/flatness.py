@@ -4,8 +4,8 @@ The kernel aggregates; the agent only reads the maps at scrape time, so its CPU 
 at 1,000 and at 500,000 events per second. `probeset run` on a one-probe ProbeSet (a uprobe on the
 driver's bench_target, `labels: [node]`: a per-CPU array; `--labels node,comm`: a hash), scraped
 every second as Prometheus would; bench/driver.c (`paced N RATE`, pinned to the last CPU) calls
-bench_target at each rate for --seconds; the agent's utime+stime over that window, from
-/proc/PID/stat, divided by the window. Rates alternate over repetitions; medians. The events the
+bench_target at each rate for --seconds; the agent's CPU time over that window (its threads'
+/proc/PID/task/TID/schedstat, ns), divided by the window. Rates alternate over repetitions; medians. The events the
 agent counted (probeset_events_total) say the rate was reached.
 
   chrt -f 50 .venv/bin/python bench/flatness.py [--rates 0 1000 500000] [--seconds 10] [--reps 3]
@@ -24,9 +24,20 @@ import time
 
 import yaml
 from common import DRIVER, DRIVER_CPU, ROOT, build_driver, loadavg, machine, median, save_json
-from startup import cpu_seconds, free_port, scrape
+from startup import free_port, scrape
 
 PROBESET = [sys.executable, "-m", "probeset_cli"]     # this checkout's agent (sys.path as common.py sets it)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all the agent's threads, in ns precision (schedstat; /proc/PID/stat has 10 ms ticks)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0])
+        except (OSError, ValueError):
+            pass                    # a thread that ended meanwhile
+    return total / 1e9
 
 
 def events_total(port: int) -> int:

@@ -48,34 +48,37 @@ KERNEL_FUNCTION = "__x64_sys_getppid"      # what the driver's getppid enters (k
 
 
 def variants(target: str, symbol: str):
+    """hand, generated, [generated classic,] generated+cgroup, empty (a program on the hand-written
+    one's hook that returns at once: the floor every variant pays)."""
     if target == "uprobe":
-        probe, hand = {"uprobe": f"{DRIVER}:{symbol}"}, HandWritten("hand", uprobe=(str(DRIVER), symbol))
+        probe, where = {"uprobe": f"{DRIVER}:{symbol}"}, {"uprobe": (str(DRIVER), symbol)}
     elif target == "glob8":
         probe = {"uprobe": f"{DRIVER}:bench_glob_*"}
-        hand = HandWritten("hand", uprobes=[(str(DRIVER), f"bench_glob_{i}") for i in range(8)])
+        where = {"uprobes": [(str(DRIVER), f"bench_glob_{i}") for i in range(8)]}
     elif target == "rawtp":
         tp = "task:task_rename"
         return [HandWritten("hand", tracepoint=tp), Generated("generated", {"tracepoint": tp}),
                 Generated("generated classic", {"tracepoint": tp, "attach": "tracepoint"}),
-                Generated("generated+cgroup", {"tracepoint": tp}, labels=DEFAULT_LABELS)]
+                Generated("generated+cgroup", {"tracepoint": tp}, labels=DEFAULT_LABELS),
+                HandWritten("empty", tracepoint=tp, empty=True)]
     elif target in ("kprobe", "fentry"):
-        probe = {"kprobe": KERNEL_FUNCTION, "attach": target}
-        hand = HandWritten("hand", **{target: KERNEL_FUNCTION})
+        probe, where = {"kprobe": KERNEL_FUNCTION, "attach": target}, {target: KERNEL_FUNCTION}
     else:
         tp = "syscalls:sys_enter_getppid"
-        probe, hand = {"tracepoint": tp}, HandWritten("hand", tracepoint=tp)
-    return [hand, Generated("generated", probe), Generated("generated+cgroup", probe, labels=DEFAULT_LABELS)]
+        probe, where = {"tracepoint": tp}, {"tracepoint": tp}
+    return [HandWritten("hand", **where), Generated("generated", probe),
+            Generated("generated+cgroup", probe, labels=DEFAULT_LABELS), HandWritten("empty", empty=True, **where)]
 
 
 def run_attached(p, mode: str, n: int) -> tuple[float, bool]:
-    """Driver ns/op with p attached, and whether p counted every event."""
+    """Driver ns/op with p attached, and whether p counted every event (an empty program counts none)."""
     before = p.count()
     p.attach()
     try:
         ns = run_driver(mode, n)
     finally:
         p.detach()
-    return ns, p.count() - before >= n
+    return ns, getattr(p, "empty", False) or p.count() - before >= n
 
 
 def measure(target: str, symbol: str, mode: str, n: int, reps: int) -> dict:
@@ -117,6 +120,10 @@ def measure(target: str, symbol: str, mode: str, n: int, reps: int) -> dict:
         "bpf_prog_ns_per_run": {k: median(v) for k, v in prog_ns.items()},
         "bpf_ratio_generated_over_hand": median(prog_ns["generated"]) / median(prog_ns["hand"]),
         "hook": {p.name: p.hook for p in probes},
+        # beyond the empty program: what counting itself costs, generated over hand-written
+        "net_ratio_generated_over_hand": (overhead["generated"] - overhead["empty"]) / (overhead["hand"] - overhead["empty"]),
+        "net_bpf_ratio_generated_over_hand": (median(prog_ns["generated"]) - median(prog_ns["empty"])) / (
+            median(prog_ns["hand"]) - median(prog_ns["empty"])),
         "raw_wall_ns_per_op": wall, "raw_bpf_prog_ns_per_run": prog_ns,
     }
 
@@ -132,7 +139,8 @@ def report(r: dict) -> None:
         print(f"  {name:18} {r['hook'][name]:24} {r['wall_ns_per_op'][name]:10.1f} {ov:18.1f} "
               f"{f'{lo:.0f}..{hi:.0f}':>13} {r['bpf_prog_ns_per_run'][name]:16.1f}")
     print(f"  generated/hand-written: overhead {r['ratio_generated_over_hand']:.3f}, "
-          f"BPF program {r['bpf_ratio_generated_over_hand']:.3f}")
+          f"BPF program {r['bpf_ratio_generated_over_hand']:.3f}; beyond the empty program: overhead "
+          f"{r['net_ratio_generated_over_hand']:.3f}, BPF program {r['net_bpf_ratio_generated_over_hand']:.3f}")
 
 
 def main(argv=None) -> dict:
