@@ -14,8 +14,9 @@ Targets, all driven by bench/driver.c pinned to the last CPU (SCHED_FIFO):
               has one function per uprobe, key = its index; the generated one is one glob probe
   tracepoint  syscalls:sys_enter_getppid, the driver calling syscall(SYS_getppid) N times (a syscall
               tracepoint: no raw tracepoint by that name, so classic for both)
-  kprobe, fentry  __do_sys_getppid (the driver's getppid; the guest's __x64_sys_* are not traceable), attach: kprobe / fentry; only with --only,
-              in the QEMU guest (tests/vm/run-in-vm): this host's kernel has neither
+  kprobe, fentry  __do_sys_getppid (what the driver's getppid runs; the guest's __x64_sys_* are not
+              traceable), attach: kprobe / fentry; only with --only, in the QEMU guest
+              (tests/vm/run-in-vm): this host's kernel has neither
   rawtp       task:task_rename, the driver calling prctl(PR_SET_NAME) N times: a count-only probe
               there attaches as a raw tracepoint; `generated classic` forces attach: tracepoint
               (the array without the raw hook)
@@ -44,7 +45,7 @@ from common import (DRIVER, Generated, HandWritten, bpf_stats_enabled, build_dri
 
 DEFAULT_LABELS = ("node", "namespace", "pod", "container")
 TARGETS = ("uprobe", "glob8", "tracepoint", "rawtp", "kprobe", "fentry")
-X
+KERNEL_FUNCTION = "__do_sys_getppid"      # what the driver's getppid runs (kprobe, fentry: in the QEMU guest)
 
 
 def variants(target: str, symbol: str):
