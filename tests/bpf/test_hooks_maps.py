@@ -57,6 +57,13 @@ def test_field_less_tracepoint_counts_exactly_on_a_raw_tracepoint_and_array(buil
             "auto": n, "classic": n, "by_comm": n, "by_pid": n}
     assert counts(prog, "by_comm", by="comm") == {"psren": 1 + 999 + 25000}
     assert counts(prog, "auto") == {"task:task_rename": 26000}
+    from probeset_agent.exposition import MetricsCollector
+    text = MetricsCollector([prog], "testnode").render()
+    assert ('probeset_probe_attached{probeset="test",probe="auto",function="task:task_rename",'
+            'via="raw_tracepoint"} 1') in text
+    assert ('probeset_probe_attached{probeset="test",probe="classic",function="task:task_rename",'
+            'via="tracepoint"} 1') in text
+    assert 'probeset_events_total{probeset="test",probe="auto",function="task:task_rename",node="testnode"} 26000' in text
 
 
 def test_uprobe_counts_exactly_in_arrays_and_hashes(target, run_probeset):
