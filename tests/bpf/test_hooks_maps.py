@@ -138,3 +138,5 @@ def test_check_says_which_hook_and_why(tmp_path):
     assert "ok    exec: raw_tracepoint sched_process_exec (of sched:sched_process_exec)" in out.stdout
     assert "exec: via raw_tracepoint: auto: it reads no event field" in out.stdout
     assert "sw: via tracepoint: auto: classic tracepoint, since it reads event field prev_comm" in out.stdout
+    assert "exec: counts in a per-CPU array of 1 slot: the key is only the function index" in out.stdout
+    assert "sw: counts in a per-CPU hash: groupBy prev_comm makes the key space open" in out.stdout
