@@ -108,40 +108,63 @@ class Generated:
     _events: list[bytes] | None = None           # our placements; None: the agent's, from start()
 
     def detach(self):
-        point = self.prog.program.attach_points[0]
-        if point.mechanism != "uprobe":
-            self.prog.bpf.detach_tracepoint(tp=point.site.tracepoint)
-        elif self._events is None and self.prog.links.links:
+        bpf = self.prog.bpf
+        for point in self.prog.program.attach_points:
+            if point.mechanism == "tracepoint":
+                bpf.detach_tracepoint(tp=point.site.tracepoint)
+            elif point.mechanism == "raw_tracepoint":
+                bpf.detach_raw_tracepoint(tp=point.site.tracepoint.partition(":")[2])
+            elif point.mechanism == "kprobe":
+                bpf.detach_kprobe(event=point.site.kernel_function)
+            elif point.mechanism == "fentry":
+                bpf.detach_kfunc(fn_name=point.fn_name)
+            elif self._events is None and not self.prog.links.links:
+                bpf.detach_uprobe(name=point.site.path, addr=point.site.address)
+        if self._events is None and self.prog.links.links:
             self.prog.links.close_all()
-        elif self._events is None:
-            self.prog.bpf.detach_uprobe(name=point.site.path, addr=point.site.address)
-        else:
-            for event in self._events:
-                self.prog.links.detach(event)
+        for event in self._events or []:
+            self.prog.links.detach(event)
         self._events = []
 
     def attach(self):
-        point = self.prog.program.attach_points[0]
-        if point.mechanism == "uprobe":
-            self._events = self.prog.links.place(point, point.site.path, point.site.address)
-        else:
-            self.prog.bpf.attach_tracepoint(tp=point.site.tracepoint, fn_name=point.fn_name)
+        bpf = self.prog.bpf
+        for point in self.prog.program.attach_points:
+            if point.mechanism == "uprobe":
+                self._events += self.prog.links.place(point, point.site.path, point.site.address)
+            elif point.mechanism == "raw_tracepoint":
+                bpf.attach_raw_tracepoint(tp=point.site.tracepoint.partition(":")[2], fn_name=point.fn_name)
+            elif point.mechanism == "kprobe":
+                bpf.attach_kprobe(event=point.site.kernel_function, fn_name=point.fn_name)
+            elif point.mechanism == "fentry":
+                bpf.attach_kfunc(fn_name=point.fn_name)
+            else:
+                bpf.attach_tracepoint(tp=point.site.tracepoint, fn_name=point.fn_name)
+
+    @property
+    def hook(self) -> str:
+        """The hook and map the agent chose: what this variant measures."""
+        rp = self.prog.compiled[0]
+        return f"{rp.via}, {self.prog.program.shapes[rp.id].counts}"
 
     def count(self) -> int:
         return sum(s.count for series in self.prog.read_series().values() for s in series)
 
     def stats(self) -> tuple[int, int]:
-        (_, ns, cnt), = self.prog.read_program_stats()
-        return ns, cnt
+        """(run_time_ns, run_cnt) summed over the probe's programs (a glob has one per function)."""
+        stats = self.prog.read_program_stats()
+        return sum(ns for _, ns, _ in stats), sum(cnt for _, _, cnt in stats)
 
 
 class HandWritten:
-    """The minimal BCC program doing the same count: a per-CPU hash, u32 key, u64 counter."""
+    """The minimal BCC program doing the same count: a per-CPU hash, u32 key, u64 counter; on a glob
+    of uprobes, one such function per probed function (key = its index), as one writes it by hand."""
 
     TEXT = """
-BPF_PERCPU_HASH(counts, u32, u64, 1);
-int count_event(CTX ctx) {
-    u32 key = 0;
+BPF_PERCPU_HASH(counts, u32, u64, 8);
+"""
+    FUNC = """
+int count_event_@I@(CTX ctx) {
+    u32 key = @I@;
     u64 *val = counts.lookup(&key);
     if (val) {
         (*val)++;
@@ -153,36 +176,72 @@ int count_event(CTX ctx) {
 }
 """
 
-    def __init__(self, name: str, uprobe: tuple[str, str] | None = None, tracepoint: str | None = None):
-        self.name, self.uprobe, self.tracepoint = name, uprobe, tracepoint
+    EMPTY = """
+int count_event_@I@(CTX ctx) {
+    return 0;
+}
+"""
+
+    def __init__(self, name: str, uprobe: tuple[str, str] | None = None, tracepoint: str | None = None,
+                 uprobes: list[tuple[str, str]] | None = None, kprobe: str | None = None, fentry: str | None = None,
+                 empty: bool = False):
+        """`empty`: a program that counts nothing (returns at once): the floor of the hook's cost."""
+        self.name, self.tracepoint, self.kprobe, self.fentry = name, tracepoint, kprobe, fentry
+        self.empty = empty
+        if empty:
+            self.FUNC = self.EMPTY
+        self.uprobes = uprobes or ([uprobe] if uprobe else [])
         self.bpf = None
+        hook = 'tracepoint' if tracepoint else 'kprobe' if kprobe else 'fentry' if fentry else 'uprobe'
+        self.hook = f"{hook}, {'no map' if empty else 'hash'}"
 
     def start(self):
         from bcc import BPF
-        ctx = "struct pt_regs *" if self.uprobe else "void *"
-        self.bpf = BPF(text=self.TEXT.replace("CTX ", ctx))
+        ctx = "struct pt_regs *" if self.uprobes or self.kprobe else "void *"
+        funcs = "".join(self.FUNC.replace("@I@", str(i)) for i in range(max(1, len(self.uprobes))))
+        if self.fentry:     # BCC attaches KFUNC_PROBE functions itself when it loads them
+            funcs = funcs.replace("int count_event_0(CTX ctx)", f"KFUNC_PROBE({self.fentry})")
+            self.bpf = BPF(text=self.TEXT + funcs)
+            return
+        self.bpf = BPF(text=self.TEXT + funcs.replace("CTX ", ctx))
         self.attach()
+
+    @property
+    def _fn0(self) -> bytes:
+        return f"kfunc__{self.fentry}".encode() if self.fentry else b"count_event_0"
 
     def stop(self):
         self.bpf.cleanup()
 
     def attach(self):
-        if self.uprobe:
-            self.bpf.attach_uprobe(name=self.uprobe[0], sym=self.uprobe[1], fn_name="count_event")
-        else:
-            self.bpf.attach_tracepoint(tp=self.tracepoint, fn_name="count_event")
+        for i, (path, sym) in enumerate(self.uprobes):
+            self.bpf.attach_uprobe(name=path, sym=sym, fn_name=f"count_event_{i}")
+        if self.tracepoint:
+            self.bpf.attach_tracepoint(tp=self.tracepoint, fn_name="count_event_0")
+        if self.kprobe:
+            self.bpf.attach_kprobe(event=self.kprobe, fn_name="count_event_0")
+        if self.fentry:
+            self.bpf.attach_kfunc(fn_name=self._fn0)
 
     def detach(self):
-        if self.uprobe:
-            self.bpf.detach_uprobe(name=self.uprobe[0], sym=self.uprobe[1])
-        else:
+        for path, sym in self.uprobes:
+            self.bpf.detach_uprobe(name=path, sym=sym)
+        if self.tracepoint:
             self.bpf.detach_tracepoint(tp=self.tracepoint)
+        if self.kprobe:
+            self.bpf.detach_kprobe(event=self.kprobe)
+        if self.fentry:
+            self.bpf.detach_kfunc(fn_name=self._fn0)
 
     def count(self) -> int:
+        if self.empty:      # counts nothing (run_attached does not check it)
+            return 0
         return sum(sum(per_cpu) for per_cpu in self.bpf["counts"].values())
 
     def stats(self) -> tuple[int, int]:
-        return fdinfo_stats(self.bpf.funcs[b"count_event"].fd)
+        names = [self._fn0] + [f"count_event_{i}".encode() for i in range(1, len(self.uprobes))]
+        out = [fdinfo_stats(self.bpf.funcs[name].fd) for name in names]
+        return sum(ns for ns, _ in out), sum(cnt for _, cnt in out)
 
 
 def save_json(path: str | None, data: dict) -> None:

@@ -3,6 +3,9 @@
  *   driver call N      call bench_target(i) for i = 0..N-1; print wall ns per call
  *   driver call_xol N  the same with bench_target_xol
  *   driver getppid N   syscall(SYS_getppid) N times; print wall ns per call
+ *   driver rename N    prctl(PR_SET_NAME) N times (tracepoint task:task_rename, also a raw tracepoint)
+ *   driver call8 N     call bench_glob_<i % 8>(i): 8 functions with bench_target's body (a glob's uprobes)
+ *   driver paced N R   call bench_target N times at R calls per second (sleeping when ahead)
  *
  * `driver call K` is also the series generator of the scrape benchmark: K distinct arg0 values.
  *
@@ -18,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 long bench_target(long x);
@@ -37,7 +41,15 @@ asm(".text\n"
     "bench_target_xol:\n"
     "    lea 1(%rdi), %rax\n"
     "    ret\n"
-    ".size bench_target_xol, .-bench_target_xol\n");
+    ".size bench_target_xol, .-bench_target_xol\n"
+#define GLOB(i) ".globl bench_glob_" #i "\n.type bench_glob_" #i ", @function\nbench_glob_" #i ":\n" \
+    "    push %rbp\n    mov %rsp, %rbp\n    lea 1(%rdi), %rax\n    pop %rbp\n    ret\n" \
+    ".size bench_glob_" #i ", .-bench_glob_" #i "\n"
+    GLOB(0) GLOB(1) GLOB(2) GLOB(3) GLOB(4) GLOB(5) GLOB(6) GLOB(7));
+long bench_glob_0(long), bench_glob_1(long), bench_glob_2(long), bench_glob_3(long),
+     bench_glob_4(long), bench_glob_5(long), bench_glob_6(long), bench_glob_7(long);
+static long (*const globs[8])(long) = {bench_glob_0, bench_glob_1, bench_glob_2, bench_glob_3,
+                                       bench_glob_4, bench_glob_5, bench_glob_6, bench_glob_7};
 
 static double now_ns(void)
 {
@@ -48,8 +60,8 @@ static double now_ns(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s call|call_xol|getppid N\n", argv[0]);
+    if (argc != 3 && !(argc == 4 && !strcmp(argv[1], "paced"))) {
+        fprintf(stderr, "usage: %s call|call_xol|getppid|rename|call8 N | paced N RATE\n", argv[0]);
         return 2;
     }
     long n = atol(argv[2]);
@@ -64,6 +76,24 @@ int main(int argc, char **argv)
     } else if (!strcmp(argv[1], "getppid")) {
         for (long i = 0; i < n; i++)
             sink += syscall(SYS_getppid);
+    } else if (!strcmp(argv[1], "rename")) {
+        for (long i = 0; i < n; i++)
+            sink += prctl(PR_SET_NAME, "bench-driver");
+    } else if (!strcmp(argv[1], "call8")) {
+        for (long i = 0; i < n; i++)
+            sink += globs[i & 7](i);
+    } else if (!strcmp(argv[1], "paced")) {
+        double rate = atof(argv[3]);
+        for (long i = 0; i < n; i++) {
+            sink += bench_target(i);
+            if ((i & 63) == 0) {
+                double ahead = t0 + i * 1e9 / rate - now_ns();
+                if (ahead > 1e5) {
+                    struct timespec ts = {(time_t)(ahead / 1e9), (long)((long long)ahead % 1000000000LL)};
+                    nanosleep(&ts, NULL);
+                }
+            }
+        }
     } else {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;

@@ -13,6 +13,7 @@ from probeset_api.schema import USER_KINDS
 from .codegen import AttachPoint, attach_key
 from .filtergen import comm_literals
 from .layout import KeyLayout
+from .mapshape import HASH, MapShape
 from .resolve import ResolvedProbe
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,17 @@ def default_max_active() -> int:
     return max(10, 2 * (os.cpu_count() or 1))
 
 
-def prepare_maps(bpf, rp: ResolvedProbe, layout: KeyLayout) -> None:
+def prepare_maps(bpf, rp: ResolvedProbe, layout: KeyLayout, shape: MapShape) -> None:
     """Open every table now (BCC reads /sys/devices/system/cpu/possible when it opens a per-CPU
-    table, and a scrape should touch nothing but the maps); give the overflow series its slot; set
-    the comm filters (the probe's comm, and the comm literals of its filter)."""
+    table, and a scrape should touch nothing but the maps); give the overflow series its slot (a
+    hash's: an array never overflows); set the comm filters (the probe's comm, and the comm
+    literals of its filter)."""
     if rp.probe.has_histogram:
         bpf[f"hist_p{rp.id}"]
     bpf["missed"]
     counts = bpf[f"counts_p{rp.id}"]
-    counts[counts.Key.from_buffer_copy(layout.overflow_key())] = counts.Leaf()
+    if shape.counts == HASH:
+        counts[counts.Key.from_buffer_copy(layout.overflow_key())] = counts.Leaf()
     if rp.probe.comm is not None:
         table = bpf[f"comm_filter_p{rp.id}"]
         want = table.Leaf()
@@ -61,6 +64,11 @@ def kretprobe_event(point: AttachPoint, instance: int) -> bytes:
     return f"r_{point.site.kernel_function.replace('.', '_')}_ps{instance}".encode()
 
 
+def raw_tracepoint_name(point: AttachPoint) -> str:
+    """The raw tracepoint of a CATEGORY:NAME tracepoint site: NAME (hooks.py checked it exists)."""
+    return point.site.tracepoint.partition(":")[2]
+
+
 def attach_point(bpf, point: AttachPoint, instance: int, max_active: int, place_node_copy) -> None:
     """Attach one point; uprobes go to the node's copy through `place_node_copy(point)` (the
     containers' copies are placed later, by the placement)."""
@@ -78,6 +86,8 @@ def attach_point(bpf, point: AttachPoint, instance: int, max_active: int, place_
             place_node_copy(point)
     elif point.mechanism == "tracepoint":
         bpf.attach_tracepoint(tp=site.tracepoint.encode(), fn_name=fn)
+    elif point.mechanism == "raw_tracepoint":
+        bpf.attach_raw_tracepoint(tp=raw_tracepoint_name(point).encode(), fn_name=fn)
     else:
         raise AssertionError(point.mechanism)
 
@@ -108,6 +118,8 @@ def detach_point(bpf, point: AttachPoint) -> None:
         bpf.detach_kretfunc(fn)
     elif point.mechanism == "tracepoint":
         bpf.detach_tracepoint(point.site.tracepoint.encode())
+    elif point.mechanism == "raw_tracepoint":
+        bpf.detach_raw_tracepoint(raw_tracepoint_name(point).encode())
 
 
 def detach_all(bpf) -> None:

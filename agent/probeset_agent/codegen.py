@@ -2,8 +2,10 @@
 
 Per probe P the program has:
   counts_pP   per-CPU hash  series key -> {count, sum_ns}; maxSeriesPerProbe + 1 entries, the extra
-              one being the overflow series (func = OVERFLOW_FUNC), inserted by user space at load
-  hist_pP     per-CPU hash  (series key, log-linear bucket) -> count        (latency probes)
+              one being the overflow series (func = OVERFLOW_FUNC), inserted by user space at load;
+              or, when the key is only the function index, a per-CPU array with a slot per function
+  hist_pP     per-CPU hash  (series key, log-linear bucket) -> count        (latency, value histograms)
+              (or a per-CPU array, slot function x NUM_BUCKETS + bucket: mapshape.py)
   start_pP    LRU hash      (thread, function, depth) -> entry time + entry args (latency probes)
   depth_pP    LRU hash      (thread, function) -> calls open on that thread (latency probes)
 and one C function per attach point (site); probes sharing an attach point share its function.
@@ -20,7 +22,8 @@ from probeset_api.filters import at_return
 
 from . import memory
 from .ctemplates import CCode, CName, fill, join
-from .histogram import SUB_BUCKET_BITS, SUB_BUCKETS
+from .histogram import NUM_BUCKETS, SUB_BUCKET_BITS, SUB_BUCKETS
+from .mapshape import ARRAY, MapShape, choose_map
 from .layout import COMM_BYTES, MAX_PROBES, MISSED_REASONS, OVERFLOW_FUNC, KeyLayout, key_uses_cgroup
 from .filtergen import filter_function, filter_maps
 from .spangen import span_block, span_maps
@@ -47,8 +50,11 @@ def probe_memory(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cp
     """Upper bound of the kernel memory of one probe's maps (memory.py)."""
     start_args = sum(1 for label in rp.probe.group_by if label not in ("retval", "comm"))
     start_args += rp.probe.filter is not None and not at_return(rp.probe.filter)    # the skip flag
+    shape = map_shape(rp, labels, max_series)
     total = memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.has_histogram, rp.probe.latency,
-                               start_args, histogram_entries(max_series), START_MAP_ENTRIES, cpus)
+                               start_args, histogram_entries(max_series), START_MAP_ENTRIES, cpus,
+                               counts_slots=shape.functions if shape.counts == ARRAY else None,
+                               hist_slots=shape.hist_slots if shape.hist == ARRAY else None)
     if rp.probe.kind == "span":     # pending_pN: key u64 k0[, k1]; value ts, cgroup, comm
         total += memory.hash_bytes(rp.probe.max_pending, 8 * len(rp.probe.start.key), 32, cpus, percpu=False)
     return total
@@ -76,6 +82,7 @@ class Program:
     text: str
     attach_points: list[AttachPoint]
     layouts: dict[int, KeyLayout]       # probe id -> its series key
+    shapes: dict[int, MapShape] = field(default_factory=dict)   # probe id -> array or hash (mapshape.py)
 
 
 def key_layout(rp: ResolvedProbe, labels: tuple[str, ...]) -> KeyLayout:
@@ -187,10 +194,20 @@ def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...]) -> CCode:
                 MAX_DEPTH=MAX_CALL_DEPTH)
 
 
+def map_shape(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int) -> MapShape:
+    """Array or hash, for the counts and the histogram of this probe (mapshape.py)."""
+    return choose_map(labels, rp.probe.group_by, max(1, len(rp.functions)), max_series)
+
+
 def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool) -> CCode:
-    p = rp.id
-    out = [fill(T.PROBE_MAPS, P=p, SERIES_ENTRIES=max_series + 1, KEY_FIELDS=_key_fields(key_layout(rp, labels)))]
-    if rp.probe.has_histogram:
+    p, shape = rp.id, map_shape(rp, labels, max_series)
+    if shape.counts == ARRAY:
+        out = [fill(T.PROBE_MAPS_ARRAY, P=p, SLOTS=shape.functions)]
+    else:
+        out = [fill(T.PROBE_MAPS, P=p, SERIES_ENTRIES=max_series + 1, KEY_FIELDS=_key_fields(key_layout(rp, labels)))]
+    if rp.probe.has_histogram and shape.hist == ARRAY:
+        out.append(fill(T.HISTOGRAM_ARRAY, P=p, SLOTS=shape.hist_slots))
+    elif rp.probe.has_histogram:
         out.append(fill(T.HISTOGRAM_MAP, P=p, HIST_ENTRIES=histogram_entries(max_series)))
     if rp.probe.kind == "span":
         out.append(span_maps(rp))
@@ -206,9 +223,12 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
     out.append(filter_maps(rp))
     record_sum = CCode("")
     if rp.probe.records_sum:
-        record_hist = fill(T.RECORD_HIST, P=p) if rp.probe.has_histogram else CCode("")
+        record_hist = CCode("")
+        if rp.probe.has_histogram:
+            record_hist = (fill(T.RECORD_HIST_ARRAY, P=p, BUCKETS=NUM_BUCKETS) if shape.hist == ARRAY
+                           else fill(T.RECORD_HIST, P=p))
         record_sum = fill(T.RECORD_SUM, RECORD_HIST=record_hist)
-    out.append(fill(T.RECORD_FUNC, P=p, RECORD_SUM=record_sum))
+    out.append(fill(T.RECORD_FUNC_ARRAY if shape.counts == ARRAY else T.RECORD_FUNC, P=p, RECORD_SUM=record_sum))
     return join(out)
 
 
@@ -230,7 +250,8 @@ def _fn_name(site: Site, n: int) -> CName:
 
 _PT_REGS, _TRAMPOLINE_CTX = CCode("struct pt_regs *"), CCode("unsigned long long *")
 _CTX_TYPES = {"kprobe": _PT_REGS, "kretprobe": _PT_REGS, "uprobe": _PT_REGS, "uretprobe": _PT_REGS,
-              "fentry": _TRAMPOLINE_CTX, "fexit": _TRAMPOLINE_CTX, "tracepoint": CCode("void *")}
+              "fentry": _TRAMPOLINE_CTX, "fexit": _TRAMPOLINE_CTX, "tracepoint": CCode("void *"),
+              "raw_tracepoint": CCode("void *")}     # struct bpf_raw_tracepoint_args; never read (hooks.py)
 
 
 def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series: int,
@@ -273,4 +294,5 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
     leftover = T.TOKEN.search(text)
     if leftover:
         raise AssertionError(f"unfilled template token {leftover.group(0)}")
-    return Program(text, list(points.values()), {rp.id: key_layout(rp, labels) for rp in probes})
+    return Program(text, list(points.values()), {rp.id: key_layout(rp, labels) for rp in probes},
+                   {rp.id: map_shape(rp, labels, max_series) for rp in probes})

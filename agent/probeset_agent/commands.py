@@ -71,6 +71,11 @@ def _print_status(where: str, prog) -> bool:
             targets = "; ".join(st.targets[:4]) + (f"; ... {len(st.targets) - 4} more" if len(st.targets) > 4 else "")
             detail = f"{attached}/{n} functions" if attached != n else targets
             print(f"  ok    {st.name}: {detail}" if attached == n else f"  ok    {st.name}: {detail} ({targets})")
+            if st.via_reason:
+                print(f"        {st.name}: via {st.via}: {st.via_reason}")
+            shape = prog.program.shapes.get(st.index) if prog.program is not None else None
+            if shape is not None:
+                print(f"        {st.name}: counts in a {shape.reason}")
         else:
             print(f"  FAIL  {st.name}: {st.error}")
     return all_ok

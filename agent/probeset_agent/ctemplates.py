@@ -101,6 +101,20 @@ struct key_p@P@ {
 BPF_PERCPU_HASH(counts_p@P@, struct key_p@P@, struct value_t, @SERIES_ENTRIES@);
 """
 
+# The key is only the function index (mapshape.py): one array slot per function.
+PROBE_MAPS_ARRAY = """\
+/* probe @P@ */
+struct key_p@P@ {
+    u32 func;
+    u32 pad;
+};
+BPF_PERCPU_ARRAY(counts_p@P@, struct value_t, @SLOTS@);
+"""
+
+HISTOGRAM_ARRAY = """\
+BPF_PERCPU_ARRAY(hist_p@P@, u64, @SLOTS@);
+"""
+
 HISTOGRAM_MAP = """\
 struct hkey_p@P@ { struct key_p@P@ series; u32 bucket; u32 pad; };
 BPF_F_TABLE("percpu_hash", struct hkey_p@P@, u64, hist_p@P@, @HIST_ENTRIES@, BPF_F_NO_PREALLOC);
@@ -168,6 +182,23 @@ static __always_inline void record_p@P@(struct key_p@P@ *key, u64 ns, int timed)
     val->count++;
     if (!timed) return;
 @RECORD_SUM@}
+"""
+
+RECORD_FUNC_ARRAY = """\
+static __always_inline void record_p@P@(struct key_p@P@ *key, u64 ns, int timed) {
+    u32 slot = key->func;
+    struct value_t *val = counts_p@P@.lookup(&slot);
+    if (!val) return;
+    val->count++;
+    if (!timed) return;
+@RECORD_SUM@}
+"""
+
+RECORD_HIST_ARRAY = """\
+    u32 hslot = key->func * @BUCKETS@ + latency_bucket(ns);
+    u64 *bucket = hist_p@P@.lookup(&hslot);
+    if (bucket) (*bucket)++;
+    else count_missed(@P@, MISSED_HISTOGRAM_FULL);
 """
 
 RECORD_SUM = """\

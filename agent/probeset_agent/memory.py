@@ -31,7 +31,8 @@ def hash_bytes(entries: int, key: int, value: int, cpus: int, percpu: bool) -> i
 
 
 def array_bytes(entries: int, value: int, cpus: int, percpu: bool) -> int:
-    return MAP_HEADER + entries * _round8(value) * (cpus if percpu else 1)
+    # a per-CPU array also keeps one per-CPU pointer per slot
+    return MAP_HEADER + entries * (_round8(value) * cpus + 8 if percpu else _round8(value))
 
 
 def possible_cpus() -> int:
@@ -47,11 +48,18 @@ def possible_cpus() -> int:
 
 
 def probe_bytes(layout: KeyLayout, max_series: int, histogram: bool, latency: bool, start_args: int,
-                hist_entries: int, start_entries: int, cpus: int) -> int:
+                hist_entries: int, start_entries: int, cpus: int, counts_slots: int | None = None,
+                hist_slots: int | None = None) -> int:
     """One probe's maps: counts_pN (+ the overflow slot), hist_pN with a histogram (latency, or a
-    value's), start_pN and depth_pN with latency."""
-    total = hash_bytes(max_series + 1, layout.size, 16, cpus, percpu=True)
-    if histogram:
+    value's), start_pN and depth_pN with latency. counts_slots/hist_slots: that map is a per-CPU
+    array of so many slots (mapshape.py), not a hash."""
+    if counts_slots is not None:
+        total = array_bytes(counts_slots, 16, cpus, percpu=True)
+    else:
+        total = hash_bytes(max_series + 1, layout.size, 16, cpus, percpu=True)
+    if histogram and hist_slots is not None:
+        total += array_bytes(hist_slots, 8, cpus, percpu=True)
+    elif histogram:
         total += hash_bytes(hist_entries, layout.size + 8, 8, cpus, percpu=True)
     if latency:
         total += hash_bytes(start_entries, 16, 8 + 8 * start_args, cpus, percpu=False)

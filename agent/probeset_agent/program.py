@@ -27,6 +27,7 @@ from .health import missed_events, program_stats
 from .layout import key_uses_cgroup
 from .loader import CompileCost, CompileError, compile_program
 from .maps import delete_row, read_raw
+from .mapshape import as_hash_rows
 from .placement import Placement
 from .readout import Readout, Series, UnknownAging
 from .report import ProbeStatus
@@ -81,7 +82,7 @@ class ProbeSetProgram:
         for bad in pset.rejected:
             self.status[bad.index] = ProbeStatus(name=bad.name, index=bad.index, kind="", error=bad.reason)
         for rp in self.resolved:
-            self.status[rp.id] = ProbeStatus(rp.probe.name, rp.id, rp.probe.kind, rp.via,
+            self.status[rp.id] = ProbeStatus(rp.probe.name, rp.id, rp.probe.kind, rp.via, rp.via_reason,
                                              rp.describe_sites(), {f: False for f in rp.functions}, rp.error)
         if filtering and (attribution is None or not attribution.available):
             for st in self.status.values():
@@ -160,7 +161,7 @@ class ProbeSetProgram:
             return
         self.links = UprobeLinks(self.bpf)
         for rp in self.compiled:
-            prepare_maps(self.bpf, rp, self.program.layouts[rp.id])
+            prepare_maps(self.bpf, rp, self.program.layouts[rp.id], self.program.shapes[rp.id])
         for point in self.program.attach_points:
             self._attach(point)
         self._forget_open_calls()
@@ -372,8 +373,9 @@ class ProbeSetProgram:
             self._names_version = version
             for rp in self.live_probes():
                 counts, hist = self._tables(rp)
-                out[rp.id] = self.readout.series(rp, self.program.layouts[rp.id], read_raw(counts),
-                                                 read_raw(hist) if hist is not None else (), counts.total_cpu)
+                out[rp.id] = self.readout.series(rp, self.program.layouts[rp.id], *as_hash_rows(
+                    self.program.shapes[rp.id], self.program.layouts[rp.id], read_raw(counts),
+                    read_raw(hist) if hist is not None else ()), counts.total_cpu)
             self.unknown_cgroups = len(self.readout.unknown)
         return out
 

@@ -15,6 +15,7 @@ class ProbeStatus:
     index: int
     kind: str
     via: str = ""
+    via_reason: str = ""                                       # why that hook (hooks.py)
     targets: list[str] = field(default_factory=list)
     functions: dict[str, bool] = field(default_factory=dict)   # function label -> attached
     error: str | None = None

@@ -4,6 +4,7 @@ left out; the others go on."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,6 +16,7 @@ from probeset_api.values import errno_label, errno_symbols, metric_name
 
 from . import host
 from .features import Features
+from .hooks import choose_tracepoint_hook, event_fields_read, kernel_hook_reason, raw_tracepoint_exists
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ class Site:
 @dataclass
 class ResolvedProbe:
     probe: Probe
-    via: str = ""                               # kprobe | fentry | uprobe | tracepoint
+    via: str = ""                               # kprobe | fentry | uprobe | tracepoint | raw_tracepoint | ...
+    via_reason: str = ""                        # why that hook (hooks.py), for `probeset check`
     functions: list[str] = field(default_factory=list)
     sites: list[Site] = field(default_factory=list)
     string_labels: frozenset[str] = frozenset()  # groupBy labels holding strings (others are integers)
@@ -92,6 +95,8 @@ class ResolvedProbe:
                 text = f"{s.mechanism} {s.path}:{s.function} at offset {s.address:#x}"
             elif s.mechanism == "tracepoint":
                 text = f"tracepoint {s.tracepoint}"
+            elif s.mechanism == "raw_tracepoint":
+                text = f"raw_tracepoint {s.tracepoint.partition(':')[2]} (of {s.tracepoint})"
             else:
                 text = f"{s.mechanism} {s.kernel_function}"
             if s.role.startswith("span_"):
@@ -247,7 +252,13 @@ def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
                                  f"unsigned in others (e.g. {name}); narrow the glob")
         rp.sites.append(Site(i, name, "tracepoint", "count", tracepoint=name, fields=fields, value=value,
                              filter_fields=_filter_fields(p.filter, fmt)))
-    rp.via = "tracepoint"
+    read = {f for s in rp.sites for f in event_fields_read(p.group_by, p.value,
+                                                           {gf.label: gf.source for gf in s.filter_fields})}
+    choice = choose_tracepoint_hook(p.attach, names, sorted(read), raw_tracepoint_exists)
+    if choice.mechanism is None:
+        raise host.HostError(f"{p.path}.attach: {choice.reason}")
+    rp.sites = [dataclasses.replace(s, mechanism=choice.mechanism) for s in rp.sites]
+    rp.via, rp.via_reason = choice.mechanism, choice.reason
 
 
 @dataclass(frozen=True)
@@ -332,6 +343,7 @@ def _resolve_kernel(rp: ResolvedProbe, features: Features) -> None:
         else:
             rp.sites.append(Site(i, mechanism=exit_ if p.is_return else entry, role="count", **common))
     rp.via = mechanism
+    rp.via_reason = kernel_hook_reason(p.attach, mechanism, "" if features.fentry.ok else features.fentry.reason)
 
 
 def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets = UserTargets(),

@@ -41,6 +41,11 @@ FILTER_OPS = ("==", "!=", "<", "<=", ">", ">=", "&")
 INT_TYPES = ("u8", "s8", "u16", "s16", "u32", "s32", "u64", "s64")
 TASK_FIELDS = ("pid", "tid", "uid", "gid", "comm")
 MAX_FILTER_ITEMS = 8
+# attach: which hook; auto picks the cheapest that works (agent's hooks.py). Kernel-function and
+# tracepoint modes apply only to their own probe kinds.
+KERNEL_ATTACH = ("kprobe", "fentry")
+TRACEPOINT_ATTACH = ("tracepoint", "raw_tracepoint")
+ATTACH_MODES = ("auto",) + KERNEL_ATTACH + TRACEPOINT_ATTACH
 SPAN_HOOK_KINDS = PROBE_KINDS       # what a start or end of a two-point probe attaches to
 LABELS_FROM = ("start", "end")
 
@@ -192,9 +197,13 @@ PROBE_SCHEMA: dict = {
                            "missed for lack of instances are counted in probeset_missed_events_total.",
         },
         "attach": {
-            "type": "string", "enum": ["auto", "kprobe", "fentry"], "default": "auto",
-            "description": "Kernel attach mechanism for kprobe/kretprobe: fentry/fexit (BPF trampoline, no "
-                           "instance pool), kprobe, or auto (fentry where the node allows it, else kprobe).",
+            "type": "string", "enum": list(ATTACH_MODES), "default": "auto",
+            "description": "The hook. kprobe/kretprobe: fentry/fexit (BPF trampoline, no instance pool), "
+                           "kprobe, or auto (fentry where the node allows it, else kprobe). tracepoint: "
+                           "raw_tracepoint (cheapest; sees no event field, so no groupBy, value or filter on "
+                           "event fields), tracepoint (the classic, typed one), or auto (raw_tracepoint when "
+                           "the probe reads no event field and the kernel has one by that name: never for "
+                           "syscalls:*, else tracepoint). probeset_probe_attached's `via` says which.",
         },
         "maxFunctions": {
             "type": "integer", "minimum": 1, "maximum": 1000, "default": 128,

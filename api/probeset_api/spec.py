@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 from . import (API_GROUP, API_VERSION, DEFAULT_OPERATOR_NAMESPACE, KIND, NODE_WIDE_NAMESPACES_ENV,
                OPERATOR_NAMESPACE_ENV, TENANT_VALUES_ENV)
-from .schema import (ARG_FIELDS, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS, PROBE_KINDS,
-                     PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA, FieldError,
-                     check_schema, show)
+from .schema import (ARG_FIELDS, KERNEL_ATTACH, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS,
+                     PROBE_KINDS, PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA,
+                     TASK_FIELDS, TRACEPOINT_ATTACH, FieldError, check_schema, show)
 from . import documents as _documents
 from .filters import DEFAULT_TYPES, Filter, comparisons, parse_filter
 from .spans import Hook, is_span, parse_span, span_errors
@@ -127,6 +127,26 @@ def _span_semantic_errors(raw: dict, path: str) -> list[FieldError]:
     return errors
 
 
+def _attach_errors(raw: dict, kind: str, path: str) -> list[FieldError]:
+    """`attach` must name a hook of the probe's kind; raw_tracepoint sees no event field (the
+    fields of the current task, comm pid tid uid gid, are not the event's: those it has)."""
+    attach, where = raw["attach"], f"{path}.attach"
+    if attach in KERNEL_ATTACH and kind not in KERNEL_KINDS:
+        return [FieldError(where, f"{attach} only applies to kprobe/kretprobe, not {kind}")]
+    if attach in TRACEPOINT_ATTACH and kind != "tracepoint":
+        return [FieldError(where, f"{attach} only applies to tracepoint probes, not {kind}")]
+    if attach != "raw_tracepoint":
+        return []
+    reads = [f"groupBy {g}" for g in raw.get("groupBy") or [] if g != "comm"]
+    reads += [f"value {raw['value']}"] if raw.get("value") is not None else []
+    flt, _ = parse_filter(raw.get("filter"), kind, raw["latency"], path)
+    reads += [f"filter field {c.field}" for c in comparisons(flt) if c.field not in TASK_FIELDS]
+    if reads:
+        return [FieldError(where, f"raw_tracepoint sees no event field, and this probe reads {', '.join(reads)}: "
+                                  "use attach: tracepoint or auto")]
+    return []
+
+
 def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
     if is_span(raw):
         return _span_semantic_errors(raw, path)
@@ -149,8 +169,7 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
     raw = {**PROBE_DEFAULTS, **raw}
     errors += value_errors(raw, kind, path)
     errors += parse_filter(raw.get("filter"), kind, raw["latency"], path)[1]
-    if raw["attach"] != PROBE_DEFAULTS["attach"] and kind not in KERNEL_KINDS:
-        errors.append(FieldError(f"{path}.attach", f"only applies to kprobe/kretprobe, not {kind}"))
+    errors += _attach_errors(raw, kind, path)
     group_by = raw.get("groupBy") or []
     if len(set(group_by)) != len(group_by):
         errors.append(FieldError(f"{path}.groupBy", "names must be unique"))

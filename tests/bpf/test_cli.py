@@ -34,7 +34,7 @@ def test_check_reports_each_probe_and_exit_code(tmp_path, target):
     out = subprocess.run(PROBESET + ["check", good], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"ok    work: uprobe {target.path}:probeset_target_work at offset 0x" in out.stdout
-    assert "ok    tp: tracepoint sched:sched_process_exec" in out.stdout
+    assert "ok    tp: raw_tracepoint sched_process_exec (of sched:sched_process_exec)" in out.stdout
 
     mixed = write_set(tmp_path, [{"name": "work", "uprobe": f"{target.path}:probeset_target_work"},
                                  {"name": "missing", "uprobe": f"{target.path}:nope"}], "mixed")
@@ -55,7 +55,7 @@ def test_check_invalid_yaml_names_the_field(tmp_path):
 def test_render_prints_the_program(tmp_path, target):
     path = write_set(tmp_path, [{"name": "work", "uprobe": f"{target.path}:probeset_target_work", "latency": True}])
     out = subprocess.run(PROBESET + ["render", path], capture_output=True, text=True, check=True)
-    assert "BPF_PERCPU_HASH(counts_p0" in out.stdout and "int site_1(struct pt_regs *ctx)" in out.stdout
+    assert "BPF_PERCPU_ARRAY(counts_p0" in out.stdout and "int site_1(struct pt_regs *ctx)" in out.stdout
     assert "probeset_target_work" not in out.stdout       # names stay in user space
 
 

@@ -188,8 +188,9 @@ def test_map_memory_budget_refuses_the_probe_that_does_not_fit(target, run_probe
     from probeset_agent.budget import MIB, MemoryBudget
     memory = MemoryBudget(limit=10 * MIB)
     prog = run_probeset([{"name": "small", "uprobe": f"{target.path}:probeset_target_work", "pid": target.pid},
+                         # groupBy: a hash of 20,000 series (keyed by the function only, it would be an array)
                          {"name": "big", "uprobe": f"{target.path}:probeset_target_alpha", "latency": True,
-                          "pid": target.pid},
+                          "pid": target.pid, "groupBy": ["arg0"]},
                          {"name": "tp", "tracepoint": "sched:sched_process_exec"}],
                         maxSeriesPerProbe=20000, program={"memory": memory})
     assert status(prog, "small").error is None and status(prog, "tp").error is None

@@ -66,7 +66,8 @@ def test_crd_spec_carries_the_models_patterns_enums_and_defaults():
     assert fields["groupBy"]["items"] == {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"}
     assert fields["latency"]["type"] == "boolean" and fields["latency"]["default"] is False
     assert (fields["bucketsPerPowerOfTwo"]["enum"], fields["bucketsPerPowerOfTwo"]["default"]) == ([1, 2, 4], 1)
-    assert (fields["attach"]["enum"], fields["attach"]["default"]) == (["auto", "kprobe", "fentry"], "auto")
+    assert (fields["attach"]["enum"], fields["attach"]["default"]) == (
+        ["auto", "kprobe", "fentry", "tracepoint", "raw_tracepoint"], "auto")
     assert (fields["pid"]["minimum"], fields["pid"]["maximum"]) == (1, 4194304)
     assert (fields["maxActive"]["minimum"], fields["maxActive"]["maximum"]) == (1, 4096)
     assert (fields["maxFunctions"]["minimum"], fields["maxFunctions"]["maximum"],

@@ -75,6 +75,18 @@ def test_defaults():
     ({"name": "x", "uprobe": "c:f", "bucketsPerPowerOfTwo": 4}, "spec.probes[0].bucketsPerPowerOfTwo",
      "only applies with latency"),
     ({"name": "x", "kprobe": "f", "attach": "ebpf"}, "spec.probes[0].attach", "not one of: auto, kprobe, fentry"),
+    ({"name": "x", "tracepoint": "a:b", "attach": "raw"}, "spec.probes[0].attach", "raw_tracepoint"),
+    ({"name": "x", "tracepoint": "a:b", "attach": "kprobe"}, "spec.probes[0].attach", "only applies to kprobe"),
+    ({"name": "x", "uprobe": "c:f", "attach": "raw_tracepoint"}, "spec.probes[0].attach",
+     "only applies to tracepoint probes, not uprobe"),
+    ({"name": "x", "kprobe": "f", "attach": "tracepoint"}, "spec.probes[0].attach", "only applies to tracepoint"),
+    ({"name": "x", "tracepoint": "a:b", "attach": "raw_tracepoint", "groupBy": ["comm", "next_pid"]},
+     "spec.probes[0].attach", "sees no event field, and this probe reads groupBy next_pid"),
+    ({"name": "x", "tracepoint": "a:b", "attach": "raw_tracepoint", "value": "len"},
+     "spec.probes[0].attach", "reads value len"),
+    ({"name": "x", "tracepoint": "a:b", "attach": "raw_tracepoint",
+      "filter": {"all": [{"field": "pid", "op": "==", "value": 1}, {"field": "prev_prio", "op": "<", "value": 9}]}},
+     "spec.probes[0].attach", "reads filter field prev_prio"),
     ({"name": "x", "kprobe": "f", "groupBy": ["retval"]}, "spec.probes[0].groupBy[0]", "retval needs a return probe"),
     ({"name": "x", "kprobe": "f", "groupBy": ["arg9"]}, "spec.probes[0].groupBy[0]", "use arg0..arg5"),
     ({"name": "x", "uretprobe": "c:f", "groupBy": ["arg0"]}, "spec.probes[0].groupBy[0]", "needs latency: true"),
@@ -230,3 +242,12 @@ def test_scope_error():
                                            "for ProbeSets in namespace(s) obs, probeset-system; this ProbeSet "
                                            "is in web: remove spec.scope or ask the cluster admin")
     assert str(err).startswith("spec.scope: Node (host processes")
+
+
+def test_raw_tracepoint_may_read_the_current_task():
+    """comm, pid, tid, uid, gid come from the task, not the event: a raw tracepoint has them."""
+    errors = rejected([{"name": "t", "tracepoint": "sched:sched_switch", "attach": "raw_tracepoint",
+                        "groupBy": ["comm"], "filter": {"field": "uid", "op": "==", "value": 0}},
+                       {"name": "u", "tracepoint": "sched:sched_switch", "attach": "tracepoint",
+                        "groupBy": ["prev_pid"]}])
+    assert errors == {}
