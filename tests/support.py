@@ -23,6 +23,27 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+def namespace_with_token(api, prefix: str, grace_period_seconds: int | None = None):
+    """A fresh namespace whose default ServiceAccount has its token Secret (v1.20's ServiceAccount
+    admission rejects pods before that, and controllers back off); deleted afterwards, its pods with
+    it. A generator for fixtures: `yield from namespace_with_token(api, "t")`."""
+    from kubernetes import client
+    core = client.CoreV1Api(api)
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+
+    def default_sa_has_token():
+        try:
+            return core.read_namespaced_service_account("default", name).secrets
+        except client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+    wait_for(default_sa_has_token, 30, f"the default ServiceAccount's token in {name}")
+    yield name
+    core.delete_namespace(name, grace_period_seconds=grace_period_seconds)
+
+
 def wait_stable(value, seconds: float, timeout: float, what: str, interval: float = 0.2):
     """Poll ``value()`` until it has returned the same truthy value for ``seconds`` in a row (a
     state that has settled, not just passed through); return it, or fail saying ``what``."""

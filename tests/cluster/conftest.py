@@ -21,13 +21,12 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support import wait_for
+from tests.support import namespace_with_token, wait_for
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,23 +127,8 @@ def cluster_api(node_cluster):
 
 @pytest.fixture
 def cluster_namespace(cluster_api):
-    """A fresh namespace whose default ServiceAccount has its token Secret (v1.20 admission rejects
-    pods before that); deleted afterwards, its pods with it."""
-    from kubernetes import client
-    core = client.CoreV1Api(cluster_api)
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-
-    def default_sa_has_token():
-        try:
-            return core.read_namespaced_service_account("default", name).secrets
-        except client.ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-    wait_for(default_sa_has_token, 30, f"the default ServiceAccount's token in {name}")
-    yield name
-    core.delete_namespace(name, grace_period_seconds=0)
+    """A fresh namespace whose default ServiceAccount has its token Secret; deleted afterwards."""
+    yield from namespace_with_token(cluster_api, "t", grace_period_seconds=0)
 
 
 @pytest.fixture

@@ -20,14 +20,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.cluster.node import pod_manifest
-from tests.support import wait_for
+from tests.support import namespace_with_token, wait_for
 
 client = pytest.importorskip("kubernetes.client", reason="the kubernetes Python client is not installed")
 try:
@@ -179,20 +178,7 @@ def release(node_cluster):
 
 @pytest.fixture
 def other_namespace(cluster_api):
-    core = client.CoreV1Api(cluster_api)
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-
-    def default_sa_has_token():
-        try:
-            return core.read_namespaced_service_account("default", name).secrets
-        except client.ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-    wait_for(default_sa_has_token, 30, f"the default ServiceAccount's token in {name}")
-    yield name
-    core.delete_namespace(name, grace_period_seconds=0)
+    yield from namespace_with_token(cluster_api, "t", grace_period_seconds=0)
 
 
 def apply(node_cluster, namespace: str, doc: dict) -> None:

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.support import holds_for, wait_for
+from tests.support import holds_for, namespace_with_token, wait_for
 
 client = pytest.importorskip("kubernetes.client", reason="the kubernetes Python client is not installed")
 
@@ -18,21 +18,9 @@ pytestmark = pytest.mark.k8s
 @pytest.fixture
 def namespace(kube_api):
     """A fresh namespace whose default ServiceAccount has its token Secret (pods mount it: before
-    that, v1.20's ServiceAccount admission rejects pods and controllers back off)."""
-    core = client.CoreV1Api(kube_api)
-    name = f"smoke-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-
-    def default_sa_has_token():
-        try:
-            return core.read_namespaced_service_account("default", name).secrets
-        except client.ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-    wait_for(default_sa_has_token, 30, f"the default ServiceAccount's token in {name}")
-    yield name
-    core.delete_namespace(name)   # the namespace controller empties it in the background
+    that, v1.20's ServiceAccount admission rejects pods and controllers back off); the namespace
+    controller empties it in the background afterwards."""
+    yield from namespace_with_token(kube_api, "smoke")
 
 
 @pytest.fixture
