@@ -8,9 +8,11 @@ import json
 import os
 import re
 import platform
+import socket
 import statistics
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -38,6 +40,21 @@ def run_driver(mode: str, n: int) -> float:
     out = subprocess.run(["chrt", "-f", "50", "taskset", "-c", DRIVER_CPU, str(DRIVER), mode, str(n)],
                          check=True, capture_output=True, text=True).stdout
     return float(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int, timeout: float = 5.0) -> bytes | None:
+    """The body of an agent's /metrics on this host, or None (not serving yet, or not 200)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            return r.read() if r.status == 200 else None
+    except OSError:
+        return None
 
 
 def median(xs) -> float:

@@ -21,30 +21,14 @@ import datetime
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-from common import ROOT, loadavg, machine, median, save_json
+from common import ROOT, free_port, loadavg, machine, median, save_json, scrape
 
 TARGET_S, TARGET_RSS_MB = 3.0, 160.0
 PROBESET = ROOT / ".venv" / "bin" / "probeset"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> bytes | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            return r.read() if r.status == 200 else None
-    except OSError:
-        return None
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -90,7 +74,7 @@ def measure_agent(args: list[str], ready, env: dict | None = None, timeout: floa
                                  stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=env)
         try:
             while True:
-                body = scrape(port)
+                body = scrape(port, timeout=2)
                 if body and ready(body):
                     break
                 if agent.poll() is not None or time.monotonic() - t0 > timeout:
@@ -100,7 +84,7 @@ def measure_agent(args: list[str], ready, env: dict | None = None, timeout: floa
             first = time.monotonic() - t0
             mem_first, cpu = memory_mb(agent.pid), cpu_seconds(agent.pid)
             for _ in range(5):
-                scrape(port)
+                scrape(port, timeout=2)
             mem_after = memory_mb(agent.pid)
         finally:
             agent.send_signal(signal.SIGTERM)

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import free_port  # noqa: E402  (bench/common.py: simulate.py puts bench/ on the path)
 from probeset_api.kube import Kube, KubeError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,12 +277,6 @@ def mark_agent_pods_running(kube: Kube, threads: int = 8) -> int:
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, items))
     return len(items)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Operator:

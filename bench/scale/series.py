@@ -23,34 +23,21 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBESET = ROOT / ".venv" / "bin" / "probeset"
+sys.path.insert(0, str(ROOT / "bench"))
+from common import free_port, scrape  # noqa: E402
+
 DATA = ("probeset_events_total", "probeset_latency_seconds_bucket", "probeset_latency_seconds_count",
         "probeset_latency_seconds_sum")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            return r.read().decode()
-    except OSError:
-        return None
 
 
 def workload(seconds: float, port: int) -> None:
@@ -103,7 +90,7 @@ def measure(doc: dict, seconds: float) -> dict:
                 raise RuntimeError(f"agent for {doc['metadata']['name']} did not serve: {log.read()[-2000:]!r}")
             time.sleep(0.2)
         workload(seconds, port)
-        text = scrape(port) or ""
+        text = (scrape(port) or b"").decode()
     finally:
         agent.send_signal(signal.SIGTERM)
         try:

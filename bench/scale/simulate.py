@@ -44,7 +44,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path[:0] = [str(HERE), str(ROOT / "agent"), str(ROOT / "api"), str(ROOT / "operator"), str(ROOT)]
+sys.path[:0] = [str(HERE), str(ROOT / "bench"), str(ROOT / "agent"), str(ROOT / "api"), str(ROOT / "operator"),
+                str(ROOT)]
 
 import control  # noqa: E402
 from control import GROUP, OPERATOR_NS, PLURAL, VERSION, AuditLog, Usage  # noqa: E402
@@ -258,7 +259,6 @@ class Run:
         self.fleet.start()
         say(f"{len(agent_nodes)} simulated agents started ({self.args.mode})")
         half = len([x for i, x in enumerate(self.nodes) if i % 2 == 0])
-        healthy = n - len(fail)
 
         def converged():
             a = self.state("all", n, len(BASE_PROBES))
