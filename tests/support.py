@@ -11,6 +11,20 @@ import pytest
 from probeset_agent.pods import PodInfo
 
 
+def resolved_uprobe(probe, function: str, address: int, **site_fields):
+    """A ResolvedProbe of a uprobe-kind `probe` at one site of /bin/true, as resolve.py makes it:
+    with latency an entry (start) and a return (finish) site, else one counting site."""
+    from probeset_agent.resolve import ResolvedProbe, Site
+    rp = ResolvedProbe(probe, via="uprobe", functions=[function])
+    common = dict(function=function, path="/bin/true", address=address, **site_fields)
+    if probe.latency:
+        rp.sites = [Site(0, mechanism="uprobe", role="start", **common),
+                    Site(0, mechanism="uretprobe", role="finish", **common)]
+    else:
+        rp.sites = [Site(0, mechanism=probe.kind, role="count", **common)]
+    return rp
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll until ``predicate()`` returns something truthy; return it, or fail saying ``what``."""
     deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@ from probeset_agent.codegen import CCode, CName, fill, generate, join
 from probeset_agent.histogram import NUM_BUCKETS, bucket_index, bucket_upper_ns, cumulative_buckets, export_bounds_ns
 from probeset_agent.resolve import GroupField, ResolvedProbe, Site
 from probeset_api.spec import Probe
+from tests.support import resolved_uprobe
 
 
 def uprobe(index, name, latency=False, group_by=(), pid=None, comm=None, kind="uprobe"):
@@ -16,14 +17,7 @@ def uprobe(index, name, latency=False, group_by=(), pid=None, comm=None, kind="u
               pid=pid, comm=comm)
     fields = tuple(GroupField(g, "retval", signed=True) if g == "retval" else GroupField(g, "arg", index=int(g[3:]))
                    for g in group_by)
-    rp = ResolvedProbe(p, via="uprobe", functions=["main_function_label"])
-    common = dict(function="main_function_label", path="/bin/true", address=0x1234, fields=fields)
-    if latency:
-        rp.sites = [Site(0, mechanism="uprobe", role="start", **common),
-                    Site(0, mechanism="uretprobe", role="finish", **common)]
-    else:
-        rp.sites = [Site(0, mechanism=kind, role="count", **common)]
-    return rp
+    return resolved_uprobe(p, "main_function_label", 0x1234, fields=fields)
 
 
 def test_fill_accepts_only_typed_values():

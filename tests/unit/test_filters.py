@@ -7,9 +7,10 @@ import pytest
 
 from probeset_agent.codegen import generate
 from probeset_agent.filtergen import comm_literals
-from probeset_agent.resolve import GroupField, ResolvedProbe, Site
+from probeset_agent.resolve import GroupField
 from probeset_api.filters import Compare, Group, describe, evaluate, parse_filter, type_range
 from probeset_api.spec import Probe, parse_probeset
+from tests.support import resolved_uprobe
 
 
 def parse(probe):
@@ -134,14 +135,7 @@ def probe_with_filter(raw, kind="uprobe", latency=False, fields=()):
     f, errors = parse_filter(raw, kind, latency, "spec.probes[0]")
     assert not errors
     p = Probe(index=0, name="p", kind=kind, target="/bin/true:main", latency=latency, filter=f)
-    rp = ResolvedProbe(p, via="uprobe", functions=["main"])
-    common = dict(function="main", path="/bin/true", address=0x10, filter_fields=tuple(fields))
-    if latency:
-        rp.sites = [Site(0, mechanism="uprobe", role="start", **common),
-                    Site(0, mechanism="uretprobe", role="finish", **common)]
-    else:
-        rp.sites = [Site(0, mechanism=kind, role="count", **common)]
-    return rp
+    return resolved_uprobe(p, "main", 0x10, filter_fields=tuple(fields))
 
 
 def test_generated_filter_is_typed_and_holds_no_user_text():
