@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from . import ALLOW_TOLERATIONS_ENV, NODE_WIDE_NAMESPACES_ENV, OPERATOR_NAMESPACE_ENV, TENANT_VALUES_ENV
-from .schema import FieldError
+from .validation import FieldError
 from .spec import (ProbeSet, SpecError, node_wide_from_env, operator_namespace_from_env, parse_probeset,
                    restrict_values, scope_error, tenant_values_from_env, value_policy)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .schema import show
+from .validation import show
 
 MAX_DOCUMENT_BYTES = 1 << 20      # a ProbeSet file; the API server's own limit for an object is 1.5 MB
 MAX_DOCUMENT_VALUES = 100_000     # values in a document once YAML aliases are expanded

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .schema import ARG_FIELDS, COMM_RE, RETURN_KINDS, TASK_FIELDS, FieldError
+from .schema import ARG_FIELDS, COMM_RE, RETURN_KINDS, TASK_FIELDS
+from .validation import FieldError
 
 # Task fields and their types: pid is the process (tgid), tid the thread; comm is the task name.
 TASK_TYPES = {"pid": "u32", "tid": "u32", "uid": "u32", "gid": "u32"}

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .filters import Filter, parse_filter
-from .schema import ARG_FIELDS, PROBE_DEFAULTS, PROBE_KINDS, RETURN_KINDS, FieldError
+from .schema import ARG_FIELDS, PROBE_DEFAULTS, PROBE_KINDS, RETURN_KINDS
+from .validation import FieldError
 
 SPAN_FIELDS = ("start", "end")
 SPAN_ONLY = ("labelsFrom", "maxPending", "maxAgeSeconds")

@@ -17,7 +17,8 @@ from . import (API_GROUP, API_VERSION, DEFAULT_OPERATOR_NAMESPACE, KIND, NODE_WI
                OPERATOR_NAMESPACE_ENV, TENANT_VALUES_ENV)
 from .schema import (ARG_FIELDS, KERNEL_ATTACH, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS,
                      PROBE_KINDS, PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA,
-                     TASK_FIELDS, TRACEPOINT_ATTACH, FieldError, check_schema, show)
+                     TASK_FIELDS, TRACEPOINT_ATTACH)
+from .validation import FieldError, check_schema, show
 from . import documents as _documents
 from .filters import DEFAULT_TYPES, Filter, comparisons, parse_filter
 from .spans import Hook, is_span, parse_span, span_errors

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import ARG_FIELDS, PROBE_DEFAULTS, RETURN_KINDS, FieldError
+from .schema import ARG_FIELDS, PROBE_DEFAULTS, RETURN_KINDS
+from .validation import FieldError
 
 VALUE_METRIC = "probeset_value"
 

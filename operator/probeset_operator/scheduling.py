@@ -21,7 +21,7 @@ import json
 import re
 from typing import Iterable, Mapping
 
-from probeset_api.schema import FieldError
+from probeset_api.validation import FieldError
 
 # What the DaemonSet controller adds to every daemon pod (k8s v1.20,
 # pkg/controller/daemon/util.AddOrUpdateDaemonPodTolerations; network-unavailable only with

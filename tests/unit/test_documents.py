@@ -6,7 +6,7 @@ import time
 import pytest
 
 from probeset_agent.commands import _load_sets
-from probeset_api.schema import show
+from probeset_api.validation import show
 from probeset_api.spec import MAX_DOCUMENT_VALUES, DocumentError, SpecError, load_documents, parse_probeset
 
 # 550 bytes that stand for 9^9 (387 million) strings once the aliases are expanded.

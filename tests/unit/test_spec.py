@@ -223,7 +223,7 @@ def test_node_wide_namespaces(value, want):
 
 
 def test_scope_error():
-    from probeset_api.schema import FieldError
+    from probeset_api.validation import FieldError
     from probeset_api.spec import scope_error
 
     def pset(scope, namespace):
