@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from probeset_api.status import NodeReport, ProbeResult, now
+from probeset_api.status import REPORT_ERROR_MAX, NodeReport, ProbeResult, now
 
 
 @dataclass
@@ -30,7 +30,8 @@ class ProbeStatus:
 
     def result(self) -> ProbeResult:
         return ProbeResult(name=self.name, attached=self.attached, attachedVia=self.via or None,
-                           functions=sum(self.functions.values()), error=self.error)
+                           functions=sum(self.functions.values()),
+                           error=self.error[:REPORT_ERROR_MAX] if self.error is not None else None)
 
 
 def node_report(statuses: list[ProbeStatus], generation: int | None, total: int) -> NodeReport:
@@ -44,4 +45,4 @@ def spec_failure(generation: int | None, total: int, message: str, reason: str =
     """The report of a node whose agent does not run the spec at all, and why (`reason`: InvalidSpec,
     OverBudget; `message` says more)."""
     return NodeReport(generation=generation, attached=0, total=total, updated=now(), reason=reason,
-                      failed=(ProbeResult(name="(spec)", attached=False, error=message[:1000]),))
+                      failed=(ProbeResult(name="(spec)", attached=False, error=message[:REPORT_ERROR_MAX]),))

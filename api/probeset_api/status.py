@@ -23,6 +23,7 @@ CONDITION_TYPES = ("Valid", "Ready", "Degraded")
 MAX_FAILED_NODES = 10          # failing nodes named in a ProbeSet's status
 MAX_FAILED_PROBES_SHOWN = 5    # failed probes shown per named node
 ERROR_MAX = 300                # characters of one probe's error in a status
+REPORT_ERROR_MAX = 1000        # ... in a node's report: 500 probes failing stay far below etcd's 1.5 MiB
 
 
 def _doc(text: str, **kw) -> Any:

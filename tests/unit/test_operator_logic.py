@@ -28,6 +28,9 @@ def test_node_report_is_small_unless_something_fails():
     assert report["attached"] == 1 and report["total"] == 2
     assert report["failed"] == [{"name": "b", "attached": False, "attachedVia": None, "functions": 0,
                                  "error": "kprobes are not supported"}]
+    # A compiler's error can be long: the node's report keeps its first 1,000 characters.
+    wordy = ProbeStatus("c", 2, "uprobe", error="x" * 5000)
+    assert node_report([wordy], 4, 1).to_status()["failed"][0]["error"] == "x" * 1000
 
 
 def test_operator_settings_from_environment(monkeypatch):
