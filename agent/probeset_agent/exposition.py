@@ -116,10 +116,12 @@ class MetricsCollector:
     def render(self) -> str:
         return self.render_bytes().decode()
 
-    def render_bytes(self) -> bytearray:
-        """The /metrics body, UTF-8. The latency family, most of the body, is written as bytes
-        straight into it, series by series (_write_latency), after the other families are rendered:
-        no intermediate copy of it, and no str join and encoding of the whole body."""
+    def render_bytes(self, out=None):
+        """The /metrics body, UTF-8, written into `out` (a bytearray by default; anything that takes
+        `out += bytes`, such as server.GzipWriter, which compresses as the body is written) and
+        returned. The latency family, most of the body, is written as bytes straight into it, series
+        by series (_write_latency), after the other families are rendered: no intermediate copy of
+        it, and no str join and encoding of the whole body."""
         lines: dict[str, list[str]] = {name: [] for name in FAMILIES}
         feats = self.features.as_dict() if self.features else {}
         info = {"version": __version__, "node": self.node, "kernel": platform.release(),
@@ -131,7 +133,7 @@ class MetricsCollector:
         snaps = [source.snapshot() for source in list(self.sources)]
         for snap in snaps:
             self._render_set(snap, lines)
-        body = bytearray()
+        body = bytearray() if out is None else out
         for name, (kind, help_text) in FAMILIES.items():
             body += f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
             if name == "probeset_latency_seconds":
@@ -141,7 +143,7 @@ class MetricsCollector:
                 body += "".join(lines[name]).encode()
         return body
 
-    def _write_latency(self, snap: SetSnapshot, body: bytearray) -> None:
+    def _write_latency(self, snap: SetSnapshot, body) -> None:
         """The latency histograms of one set's series, appended to `body`: per series, base + le +
         count per line, where a run of equal counts is one join (module docstring)."""
         for probe in snap.probes:

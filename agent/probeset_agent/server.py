@@ -10,8 +10,8 @@
   Concurrent scrapes share one rendering: a request that arrives while the text is being rendered
   waits for that rendering instead of starting its own, so memory holds one body however many
   scrapers there are, and a scrape never sees counts older than its own arrival minus one render.
-- Encoding: gzip (level 1) when the request's Accept-Encoding allows it, identity otherwise;
-  compressed once per rendering, however many scrapers ask for it.
+- Encoding: gzip (ISA-L, level 1) when the request's Accept-Encoding allows it, identity
+  otherwise; compressed while the body is written, once per rendering, however many scrapers ask.
 - Optionally TLS (`tls`, an ssl.SSLContext; with a client CA it requires client certificates; the
   handshake runs in the selector thread, so it is bounded like the request), and an `authorize`
   check of the request's bearer token (authz.py: TokenReview + SubjectAccessReview, as
@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 import queue
 import selectors
@@ -31,11 +30,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from isal import isal_zlib
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST_BYTES = 16384
-GZIP_LEVEL = 1            # docs/benchmarks.md 2: level 1 costs the fewest CPU ms per byte saved
+GZIP_LEVEL = 1            # ISA-L's levels are 0-3; docs/benchmarks.md 2: 1 costs the fewest CPU ms per byte saved
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -51,26 +52,66 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _Rendered:
-    """One rendering's body, and its gzip form, made on first request and once."""
+class GzipWriter:
+    """A gzip stream written as the body is rendered (`writer += bytes`): the text goes through a
+    256 kB buffer that stays in cache, so a 43 MB body is never held, and ISA-L's deflate (level 1,
+    about 5x zlib's speed at the same ratio) compresses it. Cheaper than rendering the plain body
+    alone, whose fresh memory costs page faults (docs/benchmarks.md 2)."""
 
-    def __init__(self, body: bytes, level: int):
-        self.body, self.level = body, level
-        self._gzipped: bytes | None = None
+    CHUNK = 256 * 1024          # 64 kB and 1 MB were slower (docs/benchmarks.md 2)
+
+    def __init__(self, level: int = GZIP_LEVEL):
+        self._deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
+        self._buffer = bytearray()
+        self._parts: list[bytes] = []
+
+    def __iadd__(self, data: bytes) -> "GzipWriter":
+        self._buffer += data
+        if len(self._buffer) >= self.CHUNK:
+            self._parts.append(self._deflate.compress(self._buffer))
+            self._buffer.clear()
+        return self
+
+    def finish(self) -> bytes:
+        self._parts.append(self._deflate.compress(self._buffer))
+        self._parts.append(self._deflate.flush())
+        self._buffer = bytearray()
+        return b"".join(self._parts)
+
+
+def gzip_bytes(body: bytes, level: int = GZIP_LEVEL) -> bytes:
+    writer = GzipWriter(level)
+    writer += body
+    return writer.finish()
+
+
+class _Rendered:
+    """One rendering, in the encoding its first caller asked for; the other form is derived from it
+    on first request, once."""
+
+    def __init__(self, level: int, body: bytes | None = None, gzipped: bytes | None = None):
+        self.level = level
+        self._body, self._gzipped = body, gzipped
         self._lock = threading.Lock()
 
-    def gzipped(self) -> bytes:
+    def get(self, gzipped: bool) -> bytes:
         with self._lock:
-            if self._gzipped is None:
-                self._gzipped = gzip.compress(self.body, compresslevel=self.level, mtime=0)
-            return self._gzipped
+            if gzipped and self._gzipped is None:
+                self._gzipped = gzip_bytes(self._body, self.level)
+            if not gzipped and self._body is None:
+                self._body = isal_zlib.decompress(self._gzipped, 16 + isal_zlib.MAX_WBITS)
+            return self._gzipped if gzipped else self._body
 
 
 class SharedRendering:
-    """render() once for all the callers that arrive while it runs; its gzip form, when asked
-    for, compressed once for all of them too."""
+    """render() once for all the callers that arrive while it runs, in the encoding the first of
+    them asked for (gzip: compressed as it is written, GzipWriter); a caller in the same round
+    that asked for the other form gets it derived from that rendering, once for all of them.
 
-    def __init__(self, render: Callable[[], bytes], gzip_level: int = GZIP_LEVEL):
+    `render(out=None)` writes the body into `out` (a GzipWriter) or into a new bytearray, and
+    returns it (MetricsCollector.render_bytes)."""
+
+    def __init__(self, render: Callable, gzip_level: int = GZIP_LEVEL):
         self._render = render
         self.gzip_level = gzip_level
         self._cond = threading.Condition()
@@ -80,10 +121,9 @@ class SharedRendering:
         self._result: tuple[_Rendered | None, BaseException | None] = (None, None)
 
     def get(self, gzipped: bool = False) -> bytes:
-        rendered = self._get()
-        return rendered.gzipped() if gzipped else rendered.body
+        return self._get(gzipped).get(gzipped)
 
-    def _get(self) -> _Rendered:
+    def _get(self, gzipped: bool) -> _Rendered:
         with self._cond:
             if self._busy:
                 waiting_for = self._round
@@ -97,7 +137,10 @@ class SharedRendering:
             self._busy = True
         rendered, error = None, None
         try:
-            rendered = _Rendered(self._render(), self.gzip_level)
+            if gzipped:
+                rendered = _Rendered(self.gzip_level, gzipped=self._render(GzipWriter(self.gzip_level)).finish())
+            else:
+                rendered = _Rendered(self.gzip_level, body=self._render())
         except BaseException as e:   # handed to every waiter
             error = e
         with self._cond:

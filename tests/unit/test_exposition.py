@@ -14,7 +14,7 @@ from prometheus_client.utils import floatToGoString
 
 from probeset_agent.histogram import BUCKET_MODES, bucket_index, cumulative_buckets
 from probeset_agent.readout import Series, label_text
-from probeset_agent.server import MetricsServer, accepts_gzip
+from probeset_agent.server import GzipWriter, MetricsServer, accepts_gzip, gzip_bytes
 from probeset_agent.snapshot import ProbeSeries, SetSnapshot
 
 
@@ -149,9 +149,9 @@ def served():
     collector = MetricsCollector(sources, "n")
     renders = []
 
-    def render():
+    def render(out=None):
         renders.append(1)
-        return collector.render_bytes()
+        return collector.render_bytes(out)
     server = MetricsServer("127.0.0.1", 0, request_timeout=2.0).start(render)
     yield server, renders
     server.shutdown()
@@ -185,4 +185,17 @@ def test_gzip_only_when_asked_and_it_decodes_to_the_same_samples(served):
     assert refused.getheader("Content-Encoding") is None and refused_body.startswith(b"# HELP")
     head, head_body = fetch(server, "HEAD", **{"Accept-Encoding": "gzip"})
     assert head.getheader("Content-Encoding") == "gzip" and head_body == b""
-    assert len(renders) == 4                      # one rendering per scrape, none for the gzip form
+    assert len(renders) == 4                      # one rendering per scrape, gzip written as it is rendered
+
+
+def test_gzip_written_as_rendered_equals_the_plain_body_compressed():
+    """The streamed gzip (GzipWriter, chunks of 256 kB) decodes to exactly the plain body, over
+    bodies that cross several chunks, and gzip_bytes() of a whole body decodes to it too."""
+    sources = [Source(*[series(f"a{i}", *range(300, 300 + 1000 * (i % 7), 997)) for i in range(3000)])]
+    collector = MetricsCollector(sources, "n")
+    plain = bytes(collector.render_bytes())
+    assert len(plain) > 3 * GzipWriter.CHUNK
+    streamed = collector.render_bytes(GzipWriter()).finish()
+    assert gzip.decompress(streamed) == plain
+    assert gzip.decompress(gzip_bytes(plain)) == plain
+    assert len(streamed) < len(plain) // 5

@@ -2,6 +2,7 @@
 large synthetic exposition (8 MB, 0.2 s to render), against slow, idle and many concurrent clients.
 Memory, threads and latency are read from /proc and asserted with bounds."""
 
+import gzip
 import os
 import socket
 import subprocess
@@ -204,3 +205,32 @@ def test_shared_rendering_hands_one_result_or_error_to_every_waiter():
     with pytest.raises(RuntimeError, match="map gone"):
         shared.get()
     assert shared.get() == b"body3"
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_shared_rendering_derives_the_other_encoding_once(first):
+    """The round's first caller decides how it is rendered (gzip: written through a GzipWriter);
+    a caller in the same round that asked for the other encoding gets it derived, not rendered."""
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def render(out=None):
+        calls.append(out is not None)
+        started.set()
+        release.wait(5)
+        out = bytearray() if out is None else out
+        out += b"# HELP x\n" * 1000
+        return out
+    shared = SharedRendering(render)
+    results = {}
+    first_caller = threading.Thread(target=lambda: results.setdefault(first, shared.get(first)))
+    first_caller.start()
+    started.wait(5)
+    other = threading.Thread(target=lambda: results.setdefault(not first, shared.get(not first)))
+    other.start()
+    wait_for(lambda: shared.waiting == 1, 5, "the other caller waiting for the rendering in progress")
+    release.set()
+    first_caller.join(5)
+    other.join(5)
+    assert calls == [first]                           # one rendering, in the first caller's encoding
+    assert results[False] == b"# HELP x\n" * 1000
+    assert gzip.decompress(results[True]) == results[False]
