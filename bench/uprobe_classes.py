@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=100000)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    from probeset_agent.host import elf_file_offset
+    from probeset_agent.elf import file_offset as elf_file_offset
     from probeset_agent.uprobe_cost import calibrate, site_class
     build_driver()
     print(f"{machine()}, load average {loadavg()}")

@@ -333,25 +333,6 @@ def elf_functions(path: str, pattern: str) -> list[tuple[str, int]]:
     return sorted(((n, a) for a, n in by_addr.items()), key=lambda x: x[0])
 
 
-def elf_file_offset(path: str, vaddr: int) -> int:
-    """The file offset of a virtual address of an ELF file (through its PT_LOAD program headers),
-    as uprobes want it; what libbcc does for BCC's own uprobes."""
-    import struct
-    with open(path, "rb") as f:
-        ident = f.read(64)
-        if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
-            raise HostError(f"{shorten(path)}: not a 64-bit little-endian ELF file")
-        phoff, = struct.unpack_from("<Q", ident, 32)
-        phentsize, phnum = struct.unpack_from("<HH", ident, 54)
-        f.seek(phoff)
-        table = f.read(phentsize * min(phnum, 512))
-    for i in range(len(table) // phentsize):
-        p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
-        if p_type == 1 and p_vaddr <= vaddr < p_vaddr + p_filesz:      # PT_LOAD
-            return vaddr - p_vaddr + p_offset
-    raise HostError(f"{shorten(path)}: address {vaddr:#x} is in no loaded segment")
-
-
 def shorten(text: str, limit: int = 200) -> str:
     """A user- or workload-supplied string as it may appear in a message: bounded."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

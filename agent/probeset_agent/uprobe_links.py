@@ -16,8 +16,9 @@ import os
 import platform
 from concurrent.futures import ThreadPoolExecutor
 
-from . import host
+from . import elf, host
 from .codegen import AttachPoint
+from .uprobe_cost import entry_address
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,12 @@ class UprobeLinks:
     def place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         from bcc import BPF
         fn_name = point.fn_name.encode()
+        address = entry_address(path, address)      # past endbr64 where that is sure (uprobe_cost.py)
         if self.usable is not False and host.NR_BPF.get(platform.machine()):
             try:
                 fn = self.bpf.load_func(fn_name, BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
-                ref_ctr = host.elf_file_offset(path, point.site.semaphore) if point.site.semaphore else 0
-                fd = _link_create(fn.fd, path, host.elf_file_offset(path, address), point.mechanism == "uretprobe",
+                ref_ctr = elf.file_offset(path, point.site.semaphore) if point.site.semaphore else 0
+                fd = _link_create(fn.fd, path, elf.file_offset(path, address), point.mechanism == "uretprobe",
                                   ref_ctr)
                 self.usable = True
                 name = b"link%d:%s:%s" % (next(_NAMES), fn_name, os.path.basename(path).encode())

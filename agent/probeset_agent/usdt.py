@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from probeset_api.filters import int_type
 
+from . import elf
 from .ctemplates import CCode, CName, fill
 
 NT_STAPSDT = 3
@@ -133,29 +134,13 @@ def parse_notes(data: bytes, base_actual: int | None) -> list[UsdtProbe]:
 def read_notes(path: str) -> list[UsdtProbe]:
     """The USDT probes of an ELF file (64-bit little-endian), from its section headers."""
     with open(path, "rb") as f:
-        head = f.read(64)
-        if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-            raise UsdtError("not a 64-bit little-endian ELF file")
-        shoff, = struct.unpack_from("<Q", head, 40)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 58)
-        if not shoff or shentsize < 64 or shnum > 4096 or shstrndx >= shnum:
-            return []
-        f.seek(shoff)
-        table = f.read(shentsize * shnum)
-        sections = [struct.unpack_from("<IIQQQQ", table, i * shentsize) for i in range(shnum)]
-        _, _, _, _, str_off, str_size = sections[shstrndx]
-        f.seek(str_off)
-        names = f.read(min(str_size, 1 << 20))
-
-        def name_of(sec) -> bytes:
-            return names[sec[0]:names.find(b"\0", sec[0])]
-        by_name = {name_of(s): s for s in sections}
+        by_name = {s.name: s for s in elf.sections(f, path)}
         note = by_name.get(b".note.stapsdt")
         if note is None:
             return []
-        if note[5] > MAX_NOTES_BYTES:
-            raise UsdtError(f".note.stapsdt is {note[5]} bytes, more than {MAX_NOTES_BYTES}")
-        f.seek(note[4])
-        data = f.read(note[5])
+        if note.size > MAX_NOTES_BYTES:
+            raise UsdtError(f".note.stapsdt is {note.size} bytes, more than {MAX_NOTES_BYTES}")
+        f.seek(note.offset)
+        data = f.read(note.size)
     base = by_name.get(b".stapsdt.base")
-    return parse_notes(data, base[3] if base else None)
+    return parse_notes(data, base.addr if base else None)

@@ -9,6 +9,7 @@ from probeset_api.schema import ARG_FIELDS, TASK_FIELDS
 from probeset_api.spec import Probe
 
 from . import host
+from .elf import ElfError
 from .resolve import GroupField, ResolvedProbe, Site, UserTargets, _arg_field
 from .usdt import MAX_ARGS, UsdtError, UsdtProbe, parse_arg, read_notes
 
@@ -17,7 +18,7 @@ def find_usdt(path: str, provider: str, name: str, where: str) -> list[UsdtProbe
     """The locations of PROVIDER:NAME in the file; an error naming the probes it has if none."""
     try:
         notes = read_notes(path)
-    except (OSError, UsdtError) as e:
+    except (OSError, UsdtError, ElfError) as e:
         raise host.HostError(f"{where}: {host.shorten(path)}: cannot read its USDT notes: {e}") from None
     found = [n for n in notes if n.provider == provider and n.name == name]
     if not found:
@@ -70,7 +71,7 @@ def usdt_place(path: str, label: str, location: int, expected: tuple) -> int | N
     provider, name = label.split(":", 1)
     try:
         notes = [n for n in read_notes(path) if n.provider == provider and n.name == name]
-    except (OSError, UsdtError):
+    except (OSError, UsdtError, ElfError):
         return None
     if location >= len(notes) or (notes[location].args, notes[location].semaphore) != expected:
         return None

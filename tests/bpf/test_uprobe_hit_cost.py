@@ -38,3 +38,30 @@ def test_each_uprobe_point_exports_its_hit_cost(target, run_probeset):
         sorted([("uprobe", kind, cost[kind]), ("uretprobe", RETURN, cost[RETURN])])
     assert {s.labels["probe"] for s in fam.samples} == {"work"}
     assert "probeset_uprobe_hit_seconds{" not in MetricsCollector([prog], "testnode").render()   # not measured
+
+
+def test_cet_functions_are_probed_past_endbr64_and_count_every_call(build_c, run_probeset):
+    """The test program built with -fcf-protection=full: its functions start with endbr64, which
+    the kernel would single-step; the agent places their uprobes (entry and the uretprobe's) on the
+    next instruction, and every call is still counted once, with every latency paired."""
+    from tests.support import TARGET_C, Target, counts
+    path = build_c("probeset_target_cet", TARGET_C, "-fcf-protection=full")
+    target = Target(path)
+    try:
+        prog = run_probeset([
+            {"name": "alpha", "uprobe": f"{path}:probeset_target_alpha", "pid": target.pid},
+            {"name": "beta", "uprobe": f"{path}:probeset_target_beta", "pid": target.pid, "latency": True}])
+        sites = {p.site.function: p.site for p in prog.program.attach_points if p.mechanism == "uprobe"}
+        for function in ("probeset_target_alpha", "probeset_target_beta"):
+            site = sites[function]
+            cls = point_class("uprobe", site.path, site.address)
+            assert cls.insn.endswith("past endbr64"), cls
+        target.run("alpha 300")
+        target.run("beta 200")
+        assert counts(prog, "alpha") == {"probeset_target_alpha": 300}
+        assert counts(prog, "beta") == {"probeset_target_beta": 200}
+        text = MetricsCollector([prog], "testnode").render()
+        (latency,) = [f for f in text_string_to_metric_families(text) if f.name == "probeset_latency_seconds"]
+        assert [s.value for s in latency.samples if s.name.endswith("_count")] == [200]   # every return paired
+    finally:
+        target.close()
