@@ -27,6 +27,7 @@ from .mapshape import ARRAY, MapShape, choose_map
 from .layout import COMM_BYTES, MAX_PROBES, MISSED_REASONS, OVERFLOW_FUNC, KeyLayout, key_uses_cgroup
 from .filtergen import filter_function, filter_maps
 from .spangen import span_block, span_maps
+from .uprobe_entry import movable
 from .usdt import arg_c
 from .resolve import GroupField, ResolvedProbe, Site
 
@@ -75,6 +76,7 @@ class AttachPoint:
     mechanism: str
     site: Site                          # the target (shared by all probes of this attach point)
     probes: list[int] = field(default_factory=list)
+    movable: bool = True                # no probe here reads a register at entry (uprobe_entry.py)
 
 
 @dataclass
@@ -283,6 +285,7 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
             point = points[key]
             if rp.id not in point.probes:
                 point.probes.append(rp.id)
+            point.movable = point.movable and movable(site, site.mechanism)
             if filtered_here(rp, site) and filter_key(site) not in filters:
                 filters.add(filter_key(site))
                 parts.append(filter_function(rp, site, filter_number(rp, site), _CTX_TYPES[site.mechanism]))

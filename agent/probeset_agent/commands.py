@@ -135,16 +135,16 @@ def _hit_cost() -> dict[str, float]:
 
 
 def _print_uprobe_classes(prog, cost: dict[str, float]) -> None:
-    """Under a set's status lines: each uprobe entry site's first instruction, its class and its
-    cost per hit on this node."""
-    from .uprobe_cost import point_class
-    for rp in prog.resolved:
-        for site in rp.sites:
-            if site.mechanism != "uprobe" or not site.path:
-                continue
-            cls = point_class(site.mechanism, site.path, site.address)
-            each = f", {cost[cls.kind] * 1e6:.2f} µs per hit here" if cls.kind in cost else ""
-            print(f"        {rp.probe.name}: {site.function}: {cls.insn}: {cls.kind}{each}")
+    """Under a set's status lines: each uprobe entry point's instruction (where uprobe_entry.py puts
+    it), its class and its cost per hit on this node."""
+    from .uprobe_entry import point_class
+    for point in prog.program.attach_points if prog.program else ():
+        site = point.site
+        if point.mechanism != "uprobe" or not site.path:
+            continue
+        cls = point_class(point.mechanism, site.path, site.address, point.movable)
+        each = f", {cost[cls.kind] * 1e6:.2f} µs per hit here" if cls.kind in cost else ""
+        print(f"        {prog.probe_names(point)}: {site.function}: {cls.insn}: {cls.kind}{each}")
 
 
 def _serve_metrics(server, programs: list, node: str, features, histogram_buckets: str = DEFAULT_BUCKET_MODE) -> None:

@@ -28,7 +28,7 @@ from probeset_api.values import metric_name
 from .histogram import BUCKET_MODES, DEFAULT_BUCKET_MODE, bucket_runner, export_bounds_ns, value_bounds
 from .readout import OVERFLOW_LABEL, label_text
 from .snapshot import SetSnapshot
-from .uprobe_cost import point_class
+from .uprobe_entry import point_class
 
 FAMILIES = {
     "probeset_events_total": ("counter", "Events seen by a probe, aggregated in the kernel."),
@@ -225,7 +225,7 @@ class MetricsCollector:
             lines["probeset_bpf_run_seconds_total"].append(
                 f"probeset_bpf_run_seconds_total{label_text(sample.labels)} {floatToGoString(sample.value / 1e9)}\n")
         for site in snap.uprobe_sites if self.hit_cost else ():
-            cls = point_class(site.mechanism, site.path, site.address)
+            cls = point_class(site.mechanism, site.path, site.address, site.movable)
             if cls.kind in self.hit_cost:
                 lines["probeset_uprobe_hit_seconds"].append(
                     f"probeset_uprobe_hit_seconds{label_text({**site.labels, 'class': cls.kind})} "

@@ -37,6 +37,7 @@ class UprobeSite:
     mechanism: str                  # uprobe | uretprobe
     path: str                       # "" when the node's copy is not observed
     address: int                    # virtual address of the function in that file
+    movable: bool = False           # AttachPoint.movable: past the entry block's first instructions
 
 
 @dataclass
@@ -74,7 +75,8 @@ def take_snapshot(prog) -> SetSnapshot:
                 "via": point.mechanism}
     points = prog.user_points()
     snap.uprobe_files = [PointSample(point_labels(p), prog.copies(p)) for p in points]
-    snap.uprobe_sites = [UprobeSite(point_labels(p), p.mechanism, p.site.path, p.site.address) for p in points]
+    snap.uprobe_sites = [UprobeSite(point_labels(p), p.mechanism, p.site.path, p.site.address, p.movable)
+                         for p in points]
     snap.reattached = [PointSample({**point_labels(p), "reason": reason}, prog.placement.reattached.get((p.fn_name, reason), 0))
                        for p in points for reason in ("replaced", "modified")]
     snap.missed = [(by_id[probe_id].probe.name, reason, n) for (probe_id, reason), n in sorted(prog.read_missed().items())]

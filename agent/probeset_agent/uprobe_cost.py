@@ -7,10 +7,8 @@ prefixes, `jmp` rel8/rel32, `call` rel32, a conditional jump (70-7f, 0f 80-8f), 
 register (50-57, 41 50-57); a branch with a 0x66 prefix is refused (the probe does not attach).
 Any other instruction is copied out of line and single-stepped: a second trap, about 5x the
 cost (docs/benchmarks.md 1: 1.05 vs 5.4 µs). `endbr64`, which functions built with
--fcf-protection start with (Ubuntu's, Fedora's and RHEL's libraries and programs), is
-single-stepped: entry_address() places a function's uprobe past it, where the function's next
-instruction (usually `push`, emulated) is hit on every call just the same. A uretprobe adds the
-return trampoline's cost.
+-fcf-protection start with, is single-stepped. A uretprobe adds the return trampoline's cost.
+Where the agent puts a function's uprobe so that it is emulated more often: uprobe_entry.py.
 
 classify() is pure. calibrate() measures each class here, without BPF: a uprobe perf event
 (the kernel's uprobe PMU) on code in a memfd that the calling thread runs in a loop, timed in that
@@ -20,18 +18,13 @@ thread's CPU time; the event's count checks that every call was a hit.
 from __future__ import annotations
 
 import ctypes
-import functools
 import mmap
 import os
-import re
 import statistics
 import struct
 import threading
 import time
 from dataclasses import dataclass
-
-from . import elf
-from .host import HostError
 
 EMULATED, SINGLE_STEPPED, REFUSED, RETURN = "emulated", "single-stepped", "refused", "return"
 
@@ -39,10 +32,6 @@ EMULATED, SINGLE_STEPPED, REFUSED, RETURN = "emulated", "single-stepped", "refus
 X86_NOPS = {bytes.fromhex(h) for h in ("90", "6690", "0f1f00", "0f1f4000", "0f1f440000", "660f1f440000",
                                        "0f1f8000000000", "0f1f840000000000")}
 LEGACY_PREFIXES = frozenset(b"\x66\x67\xf2\xf3\x2e\x3e\x26\x36\x64\x65\xf0")
-
-
-ENDBR64 = b"\xf3\x0f\x1e\xfa"
-MAX_FUNCTION_BYTES = 1 << 20      # a longer function keeps its uprobe on endbr64 (not scanned)
 
 
 @dataclass(frozen=True)
@@ -89,84 +78,6 @@ def site_class(path: str, file_offset: int) -> SiteClass:
             return classify(f.read(16))
     except OSError as e:
         return SiteClass("unknown", f"cannot read {path}: {e.strerror}")
-
-
-def point_class(mechanism: str, path: str, address: int) -> SiteClass:
-    """The class of a uprobe point: its instruction's (`address`, a virtual address of the file at
-    `path`, the node's copy, moved past endbr64 as entry_address() does), read again only when the
-    file changes; a uretprobe's is `return`."""
-    if mechanism == "uretprobe":
-        return SiteClass(RETURN, "return trampoline")
-    if not path:
-        return SiteClass("unknown", "the node's copy of the file is not observed")
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        return SiteClass("unknown", f"cannot read {path}: {e.strerror}")
-    entry = _entry_at(path, address, st.st_ino, st.st_mtime_ns)
-    cls = _class_at(path, entry, st.st_ino, st.st_mtime_ns)
-    return SiteClass(cls.kind, f"{cls.insn}, past endbr64") if entry != address else cls
-
-
-@functools.lru_cache(maxsize=4096)
-def _class_at(path: str, address: int, _inode: int, _mtime_ns: int) -> SiteClass:
-    try:
-        return site_class(path, elf.file_offset(path, address))
-    except Exception as e:     # HostError: not an ELF file we can read
-        return SiteClass("unknown", str(e))
-
-
-# --- where a function's entry uprobe goes ---------------------------------------------------
-
-def entry_address(path: str, address: int) -> int:
-    """Where a uprobe on the function (or USDT point) at `address` of the file at `path` goes:
-    past the function's endbr64 (single-stepped, ~35x an emulated hit on a VM: docs/benchmarks.md
-    8) when that is sure to be hit exactly once per call, else `address` itself.
-
-    Sure means: the function symbol's size is known (up to MAX_FUNCTION_BYTES) and no direct jump,
-    conditional jump or call inside the function lands on its second instruction (a loop back to
-    just after endbr64, as a self tail call can compile to, would be counted once per turn).
-    Indirect branches cannot land there (under CET they need an endbr64; a switch's `notrack`
-    targets are its cases, never the function's first instruction after the entry). Jumps into
-    the middle of a function from another one are not looked for: compilers do not emit them."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return address
-    return _entry_at(path, address, st.st_ino, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4096)
-def _entry_at(path: str, address: int, _inode: int, _mtime_ns: int) -> int:
-    try:
-        code = elf.function_bytes(path, address, MAX_FUNCTION_BYTES)
-    except (OSError, HostError):
-        return address
-    if code is None or len(code) <= len(ENDBR64) or not code.startswith(ENDBR64):
-        return address
-    return address if branches_to(code, len(ENDBR64)) else address + len(ENDBR64)
-
-
-# direct branches: jcc, loop/loope/loopne, jrcxz, jmp with an 8-bit displacement; call, jmp and
-# jcc with a 32-bit one (the displacement counts from the instruction's end)
-_REL8 = re.compile(b"[\x70-\x7f\xe0-\xe3\xeb]")
-_REL32 = re.compile(b"[\xe8\xe9]|\x0f[\x80-\x8f]")
-
-
-def branches_to(code: bytes, target: int) -> bool:
-    """Whether a direct branch encoded in `code` lands on offset `target`. Instruction boundaries
-    are not known, so every byte is tried as an opcode: a match that is not really an instruction
-    only keeps a uprobe where it was, while a real branch is never missed."""
-    # an 8-bit displacement reaches target from at most 126 bytes after it
-    for m in _REL8.finditer(code, 0, target + 127):
-        at = m.start()
-        if at + 2 <= len(code) and at + 2 + struct.unpack_from("<b", code, at + 1)[0] == target:
-            return True
-    for m in _REL32.finditer(code):
-        end = m.end() + 4
-        if end <= len(code) and end + struct.unpack_from("<i", code, m.end())[0] == target:
-            return True
-    return False
 
 
 # --- measuring each class on this node -----------------------------------------------------

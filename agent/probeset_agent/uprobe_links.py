@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import elf, host
 from .codegen import AttachPoint
-from .uprobe_cost import entry_address
+from .uprobe_entry import entry_address
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class UprobeLinks:
     def place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         from bcc import BPF
         fn_name = point.fn_name.encode()
-        address = entry_address(path, address)      # past endbr64 where that is sure (uprobe_cost.py)
+        address = entry_address(path, address, point.movable)   # past endbr64 and more: uprobe_entry.py
         if self.usable is not False and host.NR_BPF.get(platform.machine()):
             try:
                 fn = self.bpf.load_func(fn_name, BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)

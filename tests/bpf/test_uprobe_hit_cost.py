@@ -4,7 +4,8 @@ this process calls), and the gauge that exports it beside each uprobe point's BP
 from prometheus_client.parser import text_string_to_metric_families
 
 from probeset_agent.exposition import MetricsCollector
-from probeset_agent.uprobe_cost import EMULATED, RETURN, SINGLE_STEPPED, calibrate, point_class
+from probeset_agent.uprobe_cost import EMULATED, RETURN, SINGLE_STEPPED, calibrate
+from probeset_agent.uprobe_entry import point_class
 
 
 def test_calibration_measures_each_class():
@@ -55,7 +56,7 @@ def test_cet_functions_are_probed_past_endbr64_and_count_every_call(build_c, run
         for function in ("probeset_target_alpha", "probeset_target_beta"):
             site = sites[function]
             cls = point_class("uprobe", site.path, site.address)
-            assert cls.insn.endswith("past endbr64"), cls
+            assert cls.insn.endswith(" at +4"), cls
         target.run("alpha 300")
         target.run("beta 200")
         assert counts(prog, "alpha") == {"probeset_target_alpha": 300}
@@ -63,5 +64,57 @@ def test_cet_functions_are_probed_past_endbr64_and_count_every_call(build_c, run
         text = MetricsCollector([prog], "testnode").render()
         (latency,) = [f for f in text_string_to_metric_families(text) if f.name == "probeset_latency_seconds"]
         assert [s.value for s in latency.samples if s.name.endswith("_count")] == [200]   # every return paired
+    finally:
+        target.close()
+
+
+MOVES_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#define FN(name, body) ".globl " #name "\n.type " #name ",@function\n" #name ":\n" body ".size " #name ", .-" #name "\n"
+__asm__(".text\n"
+        FN(leaf, " lea 1(%rdi),%rax\n ret\n")
+        FN(sub_call, " sub $8,%rsp\n call leaf\n add $8,%rsp\n ret\n")
+        FN(block_loop, " mov %rdi,%rax\n1: dec %rax\n jnz 1b\n ret\n"));
+long leaf(long), sub_call(long), block_loop(long);
+int main(void) {            /* "N": sub_call(i) and block_loop(3) N times each, then "done" */
+    long n;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    printf("ready\n");
+    while (scanf("%ld", &n) == 1) {
+        for (long i = 0; i < n; i++) { sub_call(i % 4); block_loop(3); }
+        printf("done\n");
+    }
+    return 0;
+}
+"""
+
+
+def test_count_probes_move_to_the_entry_blocks_emulated_instruction_and_count_every_call(build_c, run_probeset):
+    """sub_call starts with `sub` (single-stepped) then `call` (emulated): a count probe goes on the
+    call; one grouping by arg0 reads a register and stays on `sub`; block_loop loops back inside its
+    entry block, so its probe stays at the entry. Each counts every call exactly."""
+    from tests.support import Target, counts
+    path = build_c("probeset_moves", MOVES_C)
+    target = Target(path)
+    try:
+        prog = run_probeset([
+            {"name": "calls", "uprobe": f"{path}:sub_call", "pid": target.pid},
+            {"name": "byarg", "uprobe": f"{path}:sub_call", "pid": target.pid, "groupBy": ["arg0"]},
+            {"name": "loop", "uprobe": f"{path}:block_loop", "pid": target.pid}])
+        where = {p.site.function: point_class("uprobe", p.site.path, p.site.address, p.movable).insn
+                 for p in prog.program.attach_points}
+        # one point serves both probes of sub_call: byarg reads arg0 there, so it stays at entry
+        assert where == {"sub_call": "bytes 48 83 ec 08", "block_loop": "bytes 48 89 f8 48"}
+        target.run("250")
+        assert counts(prog, "calls") == {"sub_call": 250}
+        assert counts(prog, "byarg", by="arg0") == {"0": 63, "1": 63, "2": 62, "3": 62}
+        assert counts(prog, "loop") == {"block_loop": 250}
+        prog.stop()
+        prog = run_probeset([{"name": "calls", "uprobe": f"{path}:sub_call", "pid": target.pid}], name="alone")
+        ((point),) = prog.program.attach_points
+        assert point_class("uprobe", path, point.site.address, point.movable).insn == "call at +4"
+        target.run("250")
+        assert counts(prog, "calls") == {"sub_call": 250}
     finally:
         target.close()

@@ -6,9 +6,8 @@ import subprocess
 import pytest
 
 from probeset_agent.elf import file_offset as elf_file_offset
-from probeset_agent.elf import function_bytes
-from probeset_agent.uprobe_cost import (EMULATED, REFUSED, RETURN, SINGLE_STEPPED, SiteClass, branches_to, classify,
-                                        entry_address, point_class, site_class)
+from probeset_agent.uprobe_cost import EMULATED, REFUSED, RETURN, SINGLE_STEPPED, SiteClass, classify, site_class
+from probeset_agent.uprobe_entry import point_class
 
 PAD = bytes(8)
 
@@ -69,63 +68,3 @@ def test_sites_of_a_real_binary(build_c):
     assert point_class("uretprobe", path, symbols["f_push"]).kind == RETURN
     assert point_class("uprobe", "", 0).kind == "unknown"
     assert point_class("uprobe", "/nonexistent/file", 0).insn == "cannot read /nonexistent/file: No such file or directory"
-
-
-@pytest.mark.parametrize("code, target, expected", [
-    ("f30f1efa 55 4889f8 5d c3", 4, False),                 # endbr64; push; mov; pop; ret
-    ("f30f1efa 48ffcf 75fb c3", 4, True),                   # 4: dec %rdi; jnz 4 (rel8 -5)
-    ("f30f1efa 48ffcf 0f85f7ffffff c3", 4, True),           # the same loop with jnz rel32
-    ("f30f1efa 48ffcf e9f8ffffff", 4, True),                # jmp rel32 back to 4
-    ("f30f1efa 48ffcf e8f8ffffff c3", 4, True),             # call 4 (a recursive call past endbr64)
-    ("f30f1efa 48ffcf 75fa c3", 4, False),                  # jnz 3: not the second instruction
-    ("f30f1efa 48ffcf 75fc c3", 4, False),                  # jnz 5
-    ("f30f1efa e2fe c3", 4, True),                          # 4: loop 4
-    ("f30f1efa" + "90" * 126 + "7480 c3", 4, True),         # je -128: the farthest a rel8 reaches back
-    ("f30f1efa" + "90" * 127 + "7480 c3", 4, False),        # one byte farther: lands on 5
-    ("f30f1efa 0f85", 4, False),                            # cut short: no displacement to read
-])
-def test_branches_to(code, target, expected):
-    assert branches_to(bytes.fromhex(code.replace(" ", "")), target) is expected
-
-
-ENTRY_SOURCE = r"""
-#define FN(name, body) ".globl " #name "\n.type " #name ",@function\n" #name ":\n" body ".size " #name ", .-" #name "\n"
-__asm__(".text\n"
-        FN(cet_push, " endbr64\n push %rbp\n mov %rdi,%rax\n pop %rbp\n ret\n")
-        FN(cet_loop, " endbr64\n1: dec %rdi\n jnz 1b\n ret\n")
-        FN(cet_loop32, " endbr64\n1: dec %rdi\n {disp32} jnz 1b\n ret\n")
-        FN(cet_lea, " endbr64\n lea 1(%rdi),%rax\n ret\n")
-        FN(plain_push, " push %rbp\n mov %rdi,%rax\n pop %rbp\n ret\n")
-        ".globl cet_nosize\n.type cet_nosize,@function\ncet_nosize:\n endbr64\n push %rbp\n pop %rbp\n ret\n");
-long cet_push(long), cet_loop(long), cet_loop32(long), cet_lea(long), plain_push(long), cet_nosize(long);
-__attribute__((noinline)) long c_function(long x) { return x * 3 + 1; }
-int main(int argc, char **argv) {
-    return (int)(cet_push(argc) + cet_loop(2) + cet_loop32(2) + cet_lea(1) + plain_push(1) + cet_nosize(1)
-                 + c_function(argc)) & 1;
-}
-"""
-
-
-def _symbols(path: str) -> dict[str, int]:
-    return {line.split()[2]: int(line.split()[0], 16)
-            for line in subprocess.run(["nm", path], capture_output=True, text=True, check=True).stdout.splitlines()
-            if len(line.split()) == 3}
-
-
-def test_entry_uprobes_go_past_endbr64_only_where_that_is_sure(build_c):
-    """A function built for CET starts with endbr64, which the kernel single-steps: its uprobe goes
-    4 bytes on, unless a branch in the function lands there (a loop would count each turn) or the
-    function's extent is unknown (no symbol size)."""
-    path = build_c("entry_points", ENTRY_SOURCE, "-fcf-protection=full")
-    sym = _symbols(path)
-    moved = {name: entry_address(path, sym[name]) - sym[name]
-             for name in ("cet_push", "cet_loop", "cet_loop32", "cet_lea", "plain_push", "cet_nosize", "c_function")}
-    assert moved == {"cet_push": 4, "cet_loop": 0, "cet_loop32": 0, "cet_lea": 4, "plain_push": 0,
-                     "cet_nosize": 0, "c_function": 4}
-    assert point_class("uprobe", path, sym["cet_push"]) == SiteClass(EMULATED, "push %rbp, past endbr64")
-    assert point_class("uprobe", path, sym["cet_lea"]).kind == SINGLE_STEPPED     # no worse than endbr64
-    assert point_class("uprobe", path, sym["cet_loop"]) == SiteClass(SINGLE_STEPPED, "endbr64")
-    assert function_bytes(path, sym["cet_loop"], 1 << 20) == bytes.fromhex("f30f1efa48ffcf75fbc3")
-    assert function_bytes(path, sym["cet_push"], 4) is None                      # longer than the limit
-    assert function_bytes(path, sym["cet_push"] + 1, 1 << 20) is None            # no symbol starts there
-    assert entry_address("/nonexistent/file", 4096) == 4096
