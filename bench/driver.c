@@ -3,6 +3,7 @@
  *   driver call N      call bench_target(i) for i = 0..N-1; print wall ns per call
  *   driver call_xol N  the same with bench_target_xol
  *   driver call_cet N  the same with bench_target_cet (as built with -fcf-protection: endbr64 first)
+ *   driver call_sub N  the same with bench_target_sub (`sub $8,%rsp` first, then a call)
  *   driver getppid N   syscall(SYS_getppid) N times; print wall ns per call
  *   driver rename N    prctl(PR_SET_NAME) N times (tracepoint task:task_rename, also a raw tracepoint)
  *   driver call8 N     call bench_glob_<i % 8>(i): 8 functions with bench_target's body (a glob's uprobes)
@@ -16,7 +17,9 @@
  * bury the BPF program's cost in trap cost. bench_target_xol is that case, for comparison
  * (bench/overhead.py --xol; numbers in docs/benchmarks.md). bench_target_cet is bench_target as
  * gcc -fcf-protection (Ubuntu's, Fedora's, RHEL's default) builds it: `endbr64` first, which the
- * kernel single-steps; the agent probes it past that (bench/overhead.py --cet).
+ * kernel single-steps; the agent probes it past that (bench/overhead.py --cet). bench_target_sub is
+ * how gcc -O2 without frame pointers begins a function that calls another: `sub $8,%rsp`
+ * (single-stepped), then the call (emulated), where the agent counts (bench/overhead.py --sub).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -30,6 +33,7 @@
 long bench_target(long x);
 long bench_target_xol(long x);
 long bench_target_cet(long x);
+long bench_target_sub(long x);
 asm(".text\n"
     ".globl bench_target\n"
     ".type bench_target, @function\n"
@@ -50,6 +54,20 @@ asm(".text\n"
     "    pop %rbp\n"
     "    ret\n"
     ".size bench_target_cet, .-bench_target_cet\n"
+    ".globl bench_leaf\n"
+    ".type bench_leaf, @function\n"
+    "bench_leaf:\n"
+    "    lea 1(%rdi), %rax\n"
+    "    ret\n"
+    ".size bench_leaf, .-bench_leaf\n"
+    ".globl bench_target_sub\n"
+    ".type bench_target_sub, @function\n"
+    "bench_target_sub:\n"
+    "    sub $8, %rsp\n"
+    "    call bench_leaf\n"
+    "    add $8, %rsp\n"
+    "    ret\n"
+    ".size bench_target_sub, .-bench_target_sub\n"
     ".globl bench_target_xol\n"
     ".type bench_target_xol, @function\n"
     "bench_target_xol:\n"
@@ -75,7 +93,7 @@ static double now_ns(void)
 int main(int argc, char **argv)
 {
     if (argc != 3 && !(argc == 4 && !strcmp(argv[1], "paced"))) {
-        fprintf(stderr, "usage: %s call|call_xol|call_cet|getppid|rename|call8 N | paced N RATE\n", argv[0]);
+        fprintf(stderr, "usage: %s call|call_xol|call_cet|call_sub|getppid|rename|call8 N | paced N RATE\n", argv[0]);
         return 2;
     }
     long n = atol(argv[2]);
@@ -90,6 +108,9 @@ int main(int argc, char **argv)
     } else if (!strcmp(argv[1], "call_cet")) {
         for (long i = 0; i < n; i++)
             sink += bench_target_cet(i);
+    } else if (!strcmp(argv[1], "call_sub")) {
+        for (long i = 0; i < n; i++)
+            sink += bench_target_sub(i);
     } else if (!strcmp(argv[1], "getppid")) {
         for (long i = 0; i < n; i++)
             sink += syscall(SYS_getppid);

@@ -12,7 +12,9 @@ Targets, all driven by bench/driver.c pinned to the last CPU (SCHED_FIFO):
               (first instruction `lea`, which the kernel single-steps out of line); with --cet,
               bench_target_cet() (bench_target after an `endbr64`, as -fcf-protection builds
               functions): the hand-written program attaches on endbr64 (single-stepped), the
-              agent past it (uprobe_cost.entry_address), on the emulated `push %rbp`
+              agent past it (uprobe_entry.py), on the emulated `push %rbp`; with --sub,
+              bench_target_sub() (`sub $8,%rsp`, then a call: gcc -O2's prologue without frame
+              pointers): hand-written on the single-stepped `sub`, the agent on the emulated call
   glob8       bench_glob_* (8 functions like bench_target) called in turn: the hand-written program
               has one function per uprobe, key = its index; the generated one is one glob probe
   tracepoint  syscalls:sys_enter_getppid, the driver calling syscall(SYS_getppid) N times (a syscall
@@ -35,7 +37,7 @@ Phase 2 (BPF program cost): kernel.bpf_stats_enabled=1 (restored afterwards), th
 run_time_ns / run_cnt increase of each program over a run, from /proc/self/fdinfo: the program's
 own ns per run, without the uprobe trap or tracepoint dispatch around it. Medians over runs.
 
-  chrt -f 50 .venv/bin/python bench/overhead.py [--reps 100] [--calls 200000] [--syscalls 300000] [--xol | --cet]
+  chrt -f 50 .venv/bin/python bench/overhead.py [--reps 100] [--calls 200000] [--syscalls 300000] [--xol | --cet | --sub]
                                                 [--only uprobe|glob8|tracepoint|rawtp|kprobe|fentry]
 """
 
@@ -155,15 +157,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--xol", action="store_true", help="uprobe on bench_target_xol (single-stepped first insn)")
     ap.add_argument("--cet", action="store_true", help="uprobe on bench_target_cet (endbr64 first); fewer calls "
                     "per run by default (--calls 20000: a single-stepped hit is ~16 µs on a VM)")
+    ap.add_argument("--sub", action="store_true", help="uprobe on bench_target_sub (sub, then call); --calls 20000 "
+                    "by default, as --cet")
     ap.add_argument("--only", choices=TARGETS, action="append", help="these targets only (repeatable)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     build_driver()
     print(f"{machine()}, load average {loadavg()}")
     out = {"machine": machine()}
-    symbol, mode = ("bench_target_xol", "call_xol") if args.xol else ("bench_target_cet", "call_cet") if args.cet \
-        else ("bench_target", "call")
-    if args.cet and args.calls == ap.get_default("calls"):
+    symbol, mode = next(((f"bench_target_{v}", f"call_{v}") for v in ("xol", "cet", "sub") if getattr(args, v)),
+                        ("bench_target", "call"))
+    if (args.cet or args.sub) and args.calls == ap.get_default("calls"):
         args.calls = 20_000           # a driver run stays under RT throttling's 0.95 s
     modes = {"uprobe": (mode, args.calls), "glob8": ("call8", args.calls), "tracepoint": ("getppid", args.syscalls),
              "rawtp": ("rename", args.syscalls), "kprobe": ("getppid", args.syscalls),
