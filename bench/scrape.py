@@ -20,6 +20,8 @@ Then the whole scrape as a scraper sees it, per mode: the agent's MetricsServer 
 With --latency the probe also has `latency: true` (uprobe + uretprobe, a histogram per series).
 Peak RSS is this process's high-water mark so far (sizes run in order).
 With --profile, one render() at the largest size runs under cProfile (top functions).
+Against an older tree (PYTHONPATH=<tree>/agent:<tree>/api), isal1 and streamed are left out where
+that agent has no GzipWriter.
 
   chrt -f 50 .venv/bin/python bench/scrape.py [--series 1000 10000] [--scrapes 20] [--latency] [--profile]
       [--modes nonzero sparse all] [--json FILE]
@@ -56,7 +58,10 @@ def timed(fn, n: int) -> tuple[float, float, object]:
 
 def measure(series: int, scrapes: int, latency: bool, modes: list[str], profile: bool) -> dict:
     from probeset_agent.exposition import MetricsCollector
-    from probeset_agent.server import GzipWriter, gzip_bytes
+    try:
+        from probeset_agent.server import GzipWriter, gzip_bytes
+    except ImportError:     # an agent before GzipWriter (run against an older tree: the docstring)
+        GzipWriter = gzip_bytes = None
     probe = {"uprobe": f"{DRIVER}:bench_target", "groupBy": ["arg0"], "latency": latency}
     gen = Generated(f"scrape-{series}", probe, max_series=max(20000, series))
     gen.start()
@@ -82,6 +87,9 @@ def measure(series: int, scrapes: int, latency: bool, modes: list[str], profile:
             for name, compress in (("zlib1", lambda: gzip.compress(body, compresslevel=1, mtime=0)),
                                    ("isal1", lambda: gzip_bytes(body)),
                                    ("streamed", lambda: collector.render_bytes(GzipWriter()).finish())):
+                if GzipWriter is None and name != "zlib1":
+                    r.update({f"{name}_ms": float("nan"), f"{name}_cpu_ms": float("nan"), f"{name}_bytes": 0})
+                    continue
                 ms, cpu, zipped = timed(compress, scrapes)
                 r.update({f"{name}_ms": ms, f"{name}_cpu_ms": cpu, f"{name}_bytes": len(zipped)})
             del text, body
