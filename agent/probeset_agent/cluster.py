@@ -23,7 +23,8 @@ from probeset_api.spec import ProbeSet, SpecError
 from probeset_api.status import NodeReport, set_key
 
 from .choice import Choice, Key, Limits, Refusal, choose, key_of
-from probeset_api.kube import Kube, follow
+from probeset_api.kube import Kube
+from probeset_api.reflector import follow
 from .nodestatus import NodeStatus
 from .report import node_report, spec_failure
 from .running import RunningSet

@@ -27,8 +27,8 @@ from .mapshape import ARRAY, MapShape, choose_map
 from .layout import COMM_BYTES, MAX_PROBES, MISSED_REASONS, OVERFLOW_FUNC, KeyLayout, key_uses_cgroup
 from .filtergen import filter_function, filter_maps
 from .spangen import span_block, span_maps
+from .intload import load_int
 from .uprobe_entry import movable
-from .usdt import arg_c
 from .resolve import GroupField, ResolvedProbe, Site
 
 START_MAP_ENTRIES = 10240
@@ -63,9 +63,6 @@ def probe_memory(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cp
 
 def set_memory(cgroup_filter: bool, cpus: int) -> int:
     return memory.set_bytes(cgroup_filter, MAX_ALLOWED_CGROUPS, cpus)
-
-_INT_CTYPES = {(1, False): "u8", (1, True): "s8", (2, False): "u16", (2, True): "s16",
-               (4, False): "u32", (4, True): "s32", (8, False): "u64", (8, True): "s64"}
 
 
 @dataclass
@@ -104,24 +101,13 @@ def _start_fields(rp: ResolvedProbe) -> CCode:
 
 def _field_fill(gf: GroupField, i: int, site: Site, dst: str) -> CCode:
     """C that stores groupBy value i (`gf`) for this site into `dst`.g<i> (dst is key or sv)."""
-    trampoline = site.mechanism in ("fentry", "fexit")
-    if gf.source == "arg":
-        if trampoline:
-            return fill(T.ARG_TRAMPOLINE, DST=CName(dst), IDX=gf.index, I=i)
-        return fill(T.ARG_PT_REGS, DST=CName(dst), I=i, N=gf.index + 1)
-    if gf.source == "retval":
-        return fill(T.RETVAL_TRAMPOLINE if trampoline else T.RETVAL_PT_REGS, I=i)
     if gf.source == "comm":
         return fill(T.COMM_FIELD_FILL, I=i)
-    if gf.source == "tp_int":
-        return fill(T.TP_INT_FILL, CTYPE=CName(_INT_CTYPES[(gf.size, gf.signed)]), OFFSET=gf.offset, I=i)
     if gf.source == "tp_str":
         return fill(T.TP_STR_FILL, OFFSET=gf.offset, SIZE=gf.size, I=i)
     if gf.source == "tp_data_loc":
         return fill(T.TP_DATA_LOC_FILL, OFFSET=gf.offset, I=i)
-    if gf.source == "usdt_arg":
-        return fill(T.USDT_ARG_FILL, DST=CName(dst), I=i, LOAD=arg_c(gf.arg, CCode("u_")))
-    raise AssertionError(gf.source)
+    return fill(T.LOAD_LINE, LOAD=load_int(gf, site, fill("@DST@.g@I@", DST=CName(dst), I=i)))
 
 
 def _value_record(rp: ResolvedProbe, site: Site) -> CCode:
@@ -129,17 +115,7 @@ def _value_record(rp: ResolvedProbe, site: Site) -> CCode:
     p, gf = rp.id, site.value
     if gf is None:
         return fill(T.RECORD_COUNT, P=p)
-    trampoline = site.mechanism in ("fentry", "fexit")
-    if gf.source == "arg":
-        load = fill(T.VALUE_ARG_TRAMPOLINE, IDX=gf.index) if trampoline else fill(T.VALUE_ARG_PT_REGS, N=gf.index + 1)
-    elif gf.source == "retval":
-        load = CCode(T.VALUE_RETVAL_TRAMPOLINE if trampoline else T.VALUE_RETVAL_PT_REGS)
-    elif gf.source == "tp_int":
-        load = fill(T.VALUE_TP_INT, CTYPE=CName(_INT_CTYPES[(gf.size, gf.signed)]), OFFSET=gf.offset)
-    elif gf.source == "usdt_arg":
-        load = fill(T.VALUE_USDT, LOAD=arg_c(gf.arg, CCode("val_")))
-    else:
-        raise AssertionError(gf.source)
+    load = fill(T.VALUE_LOAD, LOAD=load_int(gf, site, CCode("val_")))
     return join([load, fill(T.RECORD_SIGNED_VALUE if gf.signed else T.RECORD_VALUE, P=p)])
 
 

@@ -2,7 +2,8 @@
 only way values enter them. fill() accepts only integers, `CName`s (identifiers that passed a strict
 pattern and came from the host's own lists) and `CCode` (text fill() made); it fails on a missing or
 leftover token. No user string is ever pasted into C: probe and label names stay in Python; C sees
-probe ids, function indexes, offsets and sizes.
+probe ids, function indexes, offsets and sizes. A two-point probe's blocks are in spangen.py, the
+loads of an integer (argument, retval, tracepoint field, USDT argument) in intload.py.
 """
 
 from __future__ import annotations
@@ -228,12 +229,7 @@ RECORD_VALUE = "        record_p@P@(&key, val_, 1);\n"
 # A negative value (an error return) is no size: the event counts, its value is left out.
 RECORD_SIGNED_VALUE = ("        if ((s64)val_ < 0) { count_missed(@P@, MISSED_NEGATIVE_VALUE); record_p@P@(&key, 0, 0); }\n"
                        "        else record_p@P@(&key, val_, 1);\n")
-VALUE_ARG_PT_REGS = "        u64 val_ = PT_REGS_PARM@N@(ctx);\n"
-VALUE_ARG_TRAMPOLINE = "        u64 val_ = 0; bpf_get_func_arg(ctx, @IDX@, &val_);\n"
-VALUE_RETVAL_PT_REGS = "        u64 val_ = PT_REGS_RC(ctx);\n"
-VALUE_RETVAL_TRAMPOLINE = "        u64 val_ = 0; bpf_get_func_ret(ctx, &val_);\n"
-VALUE_TP_INT = ("        u64 val_ = 0; { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
-                "val_ = (u64)v_; }\n")
+VALUE_LOAD = "        u64 val_ = 0; @LOAD@\n"          # LOAD: intload.load_int() into val_
 
 # Entry and return are paired per (thread, function, depth): each nesting level of a recursive or
 # re-entered function has its own start slot, up to MAX_CALL_DEPTH (codegen.py) levels; depth_pP counts the open
@@ -296,14 +292,9 @@ int @FN@(@CTX_TYPE@ctx) {
 
 CGROUP_FILL = CCode("        key.cgroup = bpf_get_current_cgroup_id();\n")
 COMM_LABEL_FILL = CCode("        bpf_get_current_comm(&key.comm, sizeof(key.comm));\n")
-ARG_PT_REGS = "        @DST@.g@I@ = PT_REGS_PARM@N@(ctx);\n"
-ARG_TRAMPOLINE = "        { u64 v_ = 0; bpf_get_func_arg(ctx, @IDX@, &v_); @DST@.g@I@ = v_; }\n"
-RETVAL_PT_REGS = "        key.g@I@ = PT_REGS_RC(ctx);\n"
-RETVAL_TRAMPOLINE = "        { u64 v_ = 0; bpf_get_func_ret(ctx, &v_); key.g@I@ = v_; }\n"
+LOAD_LINE = "        @LOAD@\n"                  # one intload.load_int() statement (key, start slot, span key)
 FROM_START = "        key.g@I@ = sv->g@I@;\n"
 COMM_FIELD_FILL = "        bpf_get_current_comm(&key.g@I@, sizeof(key.g@I@));\n"
-TP_INT_FILL = ("        { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
-               "key.g@I@ = (u64)v_; }\n")
 TP_STR_FILL = ("        bpf_probe_read_kernel_str(&key.g@I@, sizeof(key.g@I@) < @SIZE@ ? sizeof(key.g@I@) : @SIZE@, "
                "(char *)ctx + @OFFSET@);\n")
 TP_DATA_LOC_FILL = ("        { u32 loc_ = 0; bpf_probe_read_kernel(&loc_, sizeof(loc_), (char *)ctx + @OFFSET@); "
@@ -333,69 +324,10 @@ static __always_inline int comm_is_p@P@(struct comm_t *have, u32 slot) {
     return 1;
 }
 """
-LOAD_ARG_PT_REGS = "    u64 f@K@ = PT_REGS_PARM@N@(ctx);\n"
-LOAD_ARG_TRAMPOLINE = "    u64 f@K@ = 0; bpf_get_func_arg(ctx, @IDX@, &f@K@);\n"
-LOAD_RETVAL_PT_REGS = "    u64 f@K@ = PT_REGS_RC(ctx);\n"
-LOAD_RETVAL_TRAMPOLINE = "    u64 f@K@ = 0; bpf_get_func_ret(ctx, &f@K@);\n"
-LOAD_TP_INT = ("    u64 f@K@ = 0; { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
-               "f@K@ = (u64)v_; }\n")
-LOAD_PID = "    u64 f@K@ = bpf_get_current_pid_tgid() >> 32;\n"
-LOAD_TID = "    u64 f@K@ = (u32)bpf_get_current_pid_tgid();\n"
-LOAD_UID = "    u64 f@K@ = (u32)bpf_get_current_uid_gid();\n"
-LOAD_GID = "    u64 f@K@ = bpf_get_current_uid_gid() >> 32;\n"
+FILTER_LOAD = "    u64 f@K@ = 0; @LOAD@\n"              # LOAD: intload.load_int() into f<K>
 LOAD_COMM = "    struct comm_t f@K@ = {}; bpf_get_current_comm(&f@K@.c, sizeof(f@K@.c));\n"
 # A literal is its 64-bit pattern (never negative in the text), cast to the field's type like the field.
 COMPARE = "((@CTYPE@)f@K@ @OP@ (@CTYPE@)@BITS@ull)"
 COMPARE_BITS = "(((@CTYPE@)f@K@ & (@CTYPE@)@BITS@ull) != 0)"
 COMPARE_COMM = "(comm_is_p@P@(&f@K@, @SLOT@) == @WANT@)"
 
-# Two-point probes (spangen.py): starts wait in pending_pP under their key (u64 k0, k1); the first
-# end with an equal key takes its start and records the time between them.
-SPAN_MAPS = """\
-struct pkey_p@P@ {@PKEY_FIELDS@ };
-struct pending_p@P@ { u64 ts; u64 cgroup; struct comm_t comm; };
-BPF_HASH(pending_p@P@, struct pkey_p@P@, struct pending_p@P@, @ENTRIES@);
-"""
-SPAN_START_BLOCK = """\
-    if (@PASS@@FILTER@) {
-        struct pkey_p@P@ pk;
-        struct pending_p@P@ pv = {};
-        __builtin_memset(&pk, 0, sizeof(pk));
-@FILL_PKEY@@ATTRIBUTION@        pv.ts = bpf_ktime_get_ns();
-        if (pending_p@P@.update(&pk, &pv)) count_missed(@P@, MISSED_PENDING_FULL);
-    }
-"""
-SPAN_END_BLOCK = """\
-    if (@PASS@@FILTER@) {
-        struct pkey_p@P@ pk;
-        __builtin_memset(&pk, 0, sizeof(pk));
-@FILL_PKEY@        struct pending_p@P@ *pv = pending_p@P@.lookup(&pk);
-        if (pv) {
-            u64 ns = bpf_ktime_get_ns() - pv->ts;
-            struct key_p@P@ key;
-            __builtin_memset(&key, 0, sizeof(key));
-            key.func = 0;
-@FILL_KEY@            pending_p@P@.delete(&pk);
-            record_p@P@(&key, ns, 1);
-        }
-    }
-"""
-PASS_CALL = "pass_p@P@()"
-PK_ARG_PT_REGS = "        pk.k@I@ = PT_REGS_PARM@N@(ctx);\n"
-PK_ARG_TRAMPOLINE = "        { u64 v_ = 0; bpf_get_func_arg(ctx, @IDX@, &v_); pk.k@I@ = v_; }\n"
-PK_RETVAL_PT_REGS = "        pk.k@I@ = PT_REGS_RC(ctx);\n"
-PK_RETVAL_TRAMPOLINE = "        { u64 v_ = 0; bpf_get_func_ret(ctx, &v_); pk.k@I@ = v_; }\n"
-PK_TP_INT = ("        { @CTYPE@ v_ = 0; bpf_probe_read_kernel(&v_, sizeof(v_), (char *)ctx + @OFFSET@); "
-             "pk.k@I@ = (u64)v_; }\n")
-PK_TID = "        pk.k@I@ = (u32)bpf_get_current_pid_tgid();\n"
-PK_PID = "        pk.k@I@ = bpf_get_current_pid_tgid() >> 32;\n"
-PENDING_CGROUP = CCode("        pv.cgroup = bpf_get_current_cgroup_id();\n")
-PENDING_COMM = CCode("        bpf_get_current_comm(&pv.comm.c, sizeof(pv.comm.c));\n")
-CGROUP_FROM_START = CCode("            key.cgroup = pv->cgroup;\n")
-COMM_FROM_START = CCode("            __builtin_memcpy(&key.comm, &pv->comm.c, sizeof(key.comm));\n")
-
-# USDT arguments (usdt.arg_c() makes LOAD from the note's typed argument location).
-USDT_ARG_FILL = "        { u64 u_ = 0; @LOAD@ @DST@.g@I@ = u_; }\n"
-VALUE_USDT = "        u64 val_ = 0; @LOAD@\n"
-LOAD_USDT = "    u64 f@K@ = 0; @LOAD@\n"
-PK_USDT = "        { u64 u_ = 0; @LOAD@ pk.k@I@ = u_; }\n"

@@ -9,12 +9,11 @@ from probeset_api.filters import Compare, Filter, comparisons, int_type
 
 from . import ctemplates as T
 from .ctemplates import CCode, CName, fill, join
+from .intload import load_int
 from .resolve import GroupField, ResolvedProbe, Site
-from .usdt import arg_c
 
 _OPS = {"==": CCode("=="), "!=": CCode("!="), "<": CCode("<"), "<=": CCode("<="), ">": CCode(">"),
         ">=": CCode(">=")}
-_TASK_LOADS = {"pid": T.LOAD_PID, "tid": T.LOAD_TID, "uid": T.LOAD_UID, "gid": T.LOAD_GID, "comm": T.LOAD_COMM}
 
 
 def probe_filters(rp: ResolvedProbe) -> list[Filter]:
@@ -34,17 +33,10 @@ def comm_literals(rp: ResolvedProbe) -> list[str]:
 
 
 def _load(gf: GroupField, k: int, site: Site) -> CCode:
-    trampoline = site.mechanism in ("fentry", "fexit")
-    if gf.source == "arg":
-        return fill(T.LOAD_ARG_TRAMPOLINE, K=k, IDX=gf.index) if trampoline else fill(T.LOAD_ARG_PT_REGS, K=k,
-                                                                                          N=gf.index + 1)
-    if gf.source == "retval":
-        return fill(T.LOAD_RETVAL_TRAMPOLINE if trampoline else T.LOAD_RETVAL_PT_REGS, K=k)
-    if gf.source == "tp_int":
-        return fill(T.LOAD_TP_INT, K=k, CTYPE=CName(int_type(gf.size, gf.signed)), OFFSET=gf.offset)
-    if gf.source == "usdt_arg":
-        return fill(T.LOAD_USDT, K=k, LOAD=arg_c(gf.arg, fill("f@K@", K=k)))
-    return fill(_TASK_LOADS[gf.source], K=k)
+    """f<K> = the field: the task's comm as a comm_t, any other field as a u64 (intload.py)."""
+    if gf.source == "comm":
+        return fill(T.LOAD_COMM, K=k)
+    return fill(T.FILTER_LOAD, K=k, LOAD=load_int(gf, site, fill("f@K@", K=k)))
 
 
 def _expr(f: Filter, p: int, index: dict[str, int], fields: dict[str, GroupField], slots: list[Compare]) -> CCode:

@@ -10,7 +10,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from probeset_api.kube import Kube, follow
+from probeset_api.kube import Kube
+from probeset_api.reflector import follow
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ attach, keep up with pods, read, detach.
 
 Failures stay local: a probe that does not resolve, compile, load or attach gets the exact reason in
 its ProbeStatus and the other probes of the set keep working. The steps it drives live in their own
-modules: resolve (probe -> sites), codegen (sites -> C + key layouts), loader (C -> BCC object),
+modules: resolve (probe -> sites), build (sites -> C -> BCC object, failing probes isolated),
 placement (cgroup filter, containers' copies), maps + readout (rows -> series), health (misses, cost).
 """
 
@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 
 from probeset_api.schema import USER_KINDS
 from probeset_api.spec import ProbeSet, ValuePolicy
 
-from . import codegen, isolation
+from . import codegen
 from .attach import attach_point, default_max_active, detach_all, detach_point, prepare_maps, set_aside
 from .budget import PROCESS_MEMORY, PROCESS_PROBES, Holdings, MemoryBudget, ProbeBudget
+from .build import build, missing_kernel_headers
 from .codegen import AttachPoint
 from .features import Features
 from .health import missed_events, program_stats
 from .layout import key_uses_cgroup
-from .loader import CompileCost, CompileError, compile_program
+from .loader import CompileCost
 from .maps import delete_row, read_raw
 from .mapshape import as_hash_rows
 from .placement import Placement
@@ -38,18 +38,6 @@ from .uprobe_links import UprobeLinks
 log = logging.getLogger(__name__)
 
 _INSTANCES = itertools.count(1)
-
-
-def missing_kernel_headers() -> str | None:
-    """Why BCC cannot compile here, said plainly, or None. BCC compiles against the running kernel's
-    headers at /lib/modules/$(uname -r)/build (or $BCC_KERNEL_SOURCE); in a pod they come from the
-    node through the /lib/modules and /usr/src host mounts."""
-    release = os.uname().release
-    source = os.environ.get("BCC_KERNEL_SOURCE") or f"/lib/modules/{release}/build"
-    if os.path.isdir(os.path.join(source, "include")):
-        return None
-    return (f"kernel headers for {release} not found at {source}: install linux-headers-{release} "
-            "(or the distribution's equivalent) on the node")
 
 
 class ProbeSetProgram:
@@ -116,41 +104,21 @@ class ProbeSetProgram:
     def _usable(self) -> list[ResolvedProbe]:
         return [rp for rp in self.resolved if rp.ok and self.status[rp.id].error is None]
 
-    def _compile_usable(self) -> None:
-        usable = self._usable()
-        if usable:
-            self.program = self._generate(usable)
-            self.bpf = compile_program(self.program.text, self.compile_cost)
-            self.compiled = usable
-
-    def _compile_error(self, probes) -> str | None:
-        """None if these probes compile together (the trial is unloaded), else the error."""
-        try:
-            compile_program(self._generate(list(probes)).text, self.compile_cost).cleanup()
-        except CompileError as e:
-            return str(e)
-        return None
+    def _fail(self, rp: ResolvedProbe, why: str) -> None:
+        self.status[rp.id].fail(why)
 
     def compile(self) -> bool:
         """Compile the usable probes into self.bpf, reporting the ones that cannot be (kernel headers
-        missing, or a probe whose C fails: found by compiling halves, isolation.py). True if any compiled."""
+        missing, or a probe whose C fails: build.py). True if any compiled."""
         missing = missing_kernel_headers()
         if missing:
             for rp in self._usable():
                 self.status[rp.id].fail(missing)
             return False
-        self.held.reserve(self._usable, self.placement.filtering, lambda rp, why: self.status[rp.id].fail(why))
-        try:
-            self._compile_usable()
-        except CompileError as e:
-            log.warning("probeset %s: %s; isolating the failing probe(s)", self.pset.name, e)
-            for rp, error in isolation.failing(self._usable(), self._compile_error):
-                self.status[rp.id].fail(error)
-            try:
-                self._compile_usable()
-            except CompileError as again:
-                for rp in self._usable():
-                    self.status[rp.id].fail(str(again))
+        self.held.reserve(self._usable, self.placement.filtering, self._fail)
+        built = build(self._usable, self._generate, self._fail, self.compile_cost, self.pset.name)
+        if built.bpf is not None:
+            self.program, self.bpf, self.compiled = built.program, built.bpf, built.compiled
         self.held.settle(self.compiled if self.bpf is not None else [], self.placement.filtering)
         return self.bpf is not None
 

@@ -1,35 +1,57 @@
 """A two-point probe's C (spans): the pending map, the start block (remember the time, and the
 task's cgroup and name when the start labels the sample) and the end block (take the start with
-an equal key, record the time between). Keys and labels come from typed fields only. Pure."""
+an equal key, record the time between). Its C text is here; keys are loaded by intload.load_int,
+labels come from typed fields only. Pure."""
 
 from __future__ import annotations
 
-from probeset_api.filters import int_type
-
-from . import ctemplates as T
-from .ctemplates import CCode, CName, fill, join
+from .ctemplates import CCode, LOAD_LINE, fill, join
+from .intload import load_int
 from .layout import key_uses_cgroup
-from .resolve import GroupField, ResolvedProbe, Site
-from .usdt import arg_c
+from .resolve import ResolvedProbe, Site
+
+# Starts wait in pending_pP under their key (u64 k0, k1); the first end with an equal key takes
+# its start and records the time between them.
+SPAN_MAPS = """\
+struct pkey_p@P@ {@PKEY_FIELDS@ };
+struct pending_p@P@ { u64 ts; u64 cgroup; struct comm_t comm; };
+BPF_HASH(pending_p@P@, struct pkey_p@P@, struct pending_p@P@, @ENTRIES@);
+"""
+SPAN_START_BLOCK = """\
+    if (@PASS@@FILTER@) {
+        struct pkey_p@P@ pk;
+        struct pending_p@P@ pv = {};
+        __builtin_memset(&pk, 0, sizeof(pk));
+@FILL_PKEY@@ATTRIBUTION@        pv.ts = bpf_ktime_get_ns();
+        if (pending_p@P@.update(&pk, &pv)) count_missed(@P@, MISSED_PENDING_FULL);
+    }
+"""
+SPAN_END_BLOCK = """\
+    if (@PASS@@FILTER@) {
+        struct pkey_p@P@ pk;
+        __builtin_memset(&pk, 0, sizeof(pk));
+@FILL_PKEY@        struct pending_p@P@ *pv = pending_p@P@.lookup(&pk);
+        if (pv) {
+            u64 ns = bpf_ktime_get_ns() - pv->ts;
+            struct key_p@P@ key;
+            __builtin_memset(&key, 0, sizeof(key));
+            key.func = 0;
+@FILL_KEY@            pending_p@P@.delete(&pk);
+            record_p@P@(&key, ns, 1);
+        }
+    }
+"""
+PASS_CALL = "pass_p@P@()"
+PENDING_CGROUP = CCode("        pv.cgroup = bpf_get_current_cgroup_id();\n")
+PENDING_COMM = CCode("        bpf_get_current_comm(&pv.comm.c, sizeof(pv.comm.c));\n")
+CGROUP_FROM_START = CCode("            key.cgroup = pv->cgroup;\n")
+COMM_FROM_START = CCode("            __builtin_memcpy(&key.comm, &pv->comm.c, sizeof(key.comm));\n")
+
 
 def span_maps(rp: ResolvedProbe) -> CCode:
     keys = len(rp.sites[0].key_fields)
     fields = join(fill(" u64 k@I@;", I=i) for i in range(keys))
-    return fill(T.SPAN_MAPS, P=rp.id, PKEY_FIELDS=fields, ENTRIES=rp.probe.max_pending)
-
-
-def _pkey(gf: GroupField, i: int, site: Site) -> CCode:
-    trampoline = site.mechanism in ("fentry", "fexit")
-    if gf.source == "arg":
-        return fill(T.PK_ARG_TRAMPOLINE, IDX=gf.index, I=i) if trampoline else fill(T.PK_ARG_PT_REGS, N=gf.index + 1,
-                                                                                        I=i)
-    if gf.source == "retval":
-        return fill(T.PK_RETVAL_TRAMPOLINE if trampoline else T.PK_RETVAL_PT_REGS, I=i)
-    if gf.source == "tp_int":
-        return fill(T.PK_TP_INT, CTYPE=CName(int_type(gf.size, gf.signed)), OFFSET=gf.offset, I=i)
-    if gf.source == "usdt_arg":
-        return fill(T.PK_USDT, I=i, LOAD=arg_c(gf.arg, CCode("u_")))
-    return fill(T.PK_TID if gf.source == "tid" else T.PK_PID, I=i)
+    return fill(SPAN_MAPS, P=rp.id, PKEY_FIELDS=fields, ENTRIES=rp.probe.max_pending)
 
 
 def span_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], filter_call: CCode,
@@ -38,18 +60,19 @@ def span_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], filter_ca
     the series key; `field_fill(gf, i)`: a groupBy field of the end event into it."""
     p, from_start = rp.id, rp.probe.labels_from == "start"
     labelled_here = from_start == (site.role == "span_start")
-    passes = fill(T.PASS_CALL, P=p) if labelled_here else CCode("1")
-    fill_pkey = join(_pkey(gf, i, site) for i, gf in enumerate(site.key_fields))
+    passes = fill(PASS_CALL, P=p) if labelled_here else CCode("1")
+    fill_pkey = join(fill(LOAD_LINE, LOAD=load_int(gf, site, fill("pk.k@I@", I=i)))
+                     for i, gf in enumerate(site.key_fields))
     if site.role == "span_start":
-        remember = [T.PENDING_CGROUP if from_start and key_uses_cgroup(labels) else "",
-                    T.PENDING_COMM if from_start and "comm" in labels else ""]
-        return fill(T.SPAN_START_BLOCK, P=p, PASS=passes, FILTER=filter_call, FILL_PKEY=fill_pkey,
+        remember = [PENDING_CGROUP if from_start and key_uses_cgroup(labels) else "",
+                    PENDING_COMM if from_start and "comm" in labels else ""]
+        return fill(SPAN_START_BLOCK, P=p, PASS=passes, FILTER=filter_call, FILL_PKEY=fill_pkey,
                     ATTRIBUTION=join(remember))
     if from_start:
-        attribution = join([T.CGROUP_FROM_START if key_uses_cgroup(labels) else "",
-                            T.COMM_FROM_START if "comm" in labels else ""])
+        attribution = join([CGROUP_FROM_START if key_uses_cgroup(labels) else "",
+                            COMM_FROM_START if "comm" in labels else ""])
     else:
         attribution = join("    " + line + "\n" for line in attribution_here.splitlines())
     fields = join("    " + line + "\n" for i, gf in enumerate(site.fields) for line in field_fill(gf, i).splitlines())
-    return fill(T.SPAN_END_BLOCK, P=p, PASS=passes, FILTER=filter_call, FILL_PKEY=fill_pkey,
+    return fill(SPAN_END_BLOCK, P=p, PASS=passes, FILTER=filter_call, FILL_PKEY=fill_pkey,
                 FILL_KEY=join([attribution, fields]))

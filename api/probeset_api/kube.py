@@ -5,12 +5,8 @@ ClusterCache) use the same client and reflector.
 
 Bounded against a broken or hostile server: every connect and read has a timeout, response bodies
 and watch events a maximum size. One connection per call: the agent calls rarely (a listing at start, a watch every few minutes,
-a status patch per change), and threads share no connection state.
-
-`follow` is the agent's reflector: list once, then watch from the last version seen (bookmarks
-included), and list again only when the server says that version is gone (410) or a call fails:
-at thousands of nodes, a re-list per agent per minute would cost the API server more than
-everything else the agents do (docs/scale.md)."""
+a status patch per change), and threads share no connection state. The reflector that lists
+and watches with it is reflector.follow."""
 
 from __future__ import annotations
 
@@ -18,16 +14,14 @@ import base64
 import binascii
 import http.client
 import json
-import logging
 import os
-import random
 import socket
 import ssl
 import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from probeset_api import __version__
 
@@ -41,10 +35,6 @@ MAX_ERROR_BODY_BYTES = 1 << 20
 TOKEN_REREAD_SECONDS = 60.0        # bound service-account tokens rotate
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 WATCHED_EVENTS = ("ADDED", "MODIFIED", "DELETED")
-WATCH_SECONDS = (240, 360)         # each watch lasts a random time in this range, then resumes
-FOLLOW_RETRY_SECONDS = 5.0
-
-log = logging.getLogger(__name__)
 
 
 class KubeError(Exception):
@@ -222,35 +212,6 @@ class Kube:
             conn.close()
             raise
         return sock, response
-
-
-def follow(kube: Kube, path: str, params: dict, on_list: Callable[[list[dict]], None],
-           on_event: Callable[[str, dict], None], stopping: threading.Event, what: str) -> None:
-    """List (from the API server's cache: resourceVersion 0), then watch from the listing's
-    version; when a watch ends, watch again from the last version seen. List again only after a
-    410 (that version is gone), a failed call or a consumer's failure. Runs until `stopping`;
-    the probes keep running meanwhile."""
-    version: str | None = None
-    while not stopping.is_set():
-        try:
-            if version is None:
-                listing = kube.get(path, {**params, "resourceVersion": "0"})
-                on_list(listing.get("items") or [])
-                version = (listing.get("metadata") or {}).get("resourceVersion", "")
-            for kind, obj in kube.watch(path, version, params, timeout_seconds=random.randint(*WATCH_SECONDS),
-                                        stop=stopping, bookmarks=True):
-                version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                if kind != "BOOKMARK":
-                    on_event(kind, obj)
-        except KubeError as e:
-            version = None
-            if e.status != 410:
-                log.warning("watching %s: %s", what, e)
-                stopping.wait(FOLLOW_RETRY_SECONDS)
-        except Exception:   # a consumer's failure must not end the watch: list again
-            version = None
-            log.exception("watching %s", what)
-            stopping.wait(FOLLOW_RETRY_SECONDS)
 
 
 def _shut_down_when(stop: threading.Event, done: threading.Event, sock: socket.socket) -> None:

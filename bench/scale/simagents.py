@@ -31,7 +31,8 @@ import threading
 import time
 
 from probeset_agent.cluster import PROBESETS, NodeAgent
-from probeset_api.kube import Kube, follow
+from probeset_api.kube import Kube
+from probeset_api.reflector import follow
 from probeset_agent.report import ProbeStatus
 
 log = logging.getLogger("simagents")

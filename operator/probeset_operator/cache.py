@@ -4,7 +4,7 @@ DaemonSet, the nodes, the agent pods and every node's ProbeSetNode (its agent's 
 At thousands of nodes, listing nodes and pods for each summary would cost the API server more than
 the agents' reports themselves (docs/scale.md); one list and one watch each cost it nothing at
 rest. Objects are kept trimmed to the fields the summary reads, so the operator's memory grows by
-a few hundred bytes per node. The watches use the agent's reflector (probeset_api.kube.follow:
+a few hundred bytes per node. The watches use the agent's reflector (probeset_api.reflector.follow:
 list once, watch from the last version, list again only after a 410).
 """
 
@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 
-from probeset_api.kube import Kube, follow
+from probeset_api.kube import Kube
+from probeset_api.reflector import follow
 from probeset_api import API_GROUP, API_VERSION
 from probeset_api.crd import NODE_PLURAL
 from probeset_api.status import NodeReport

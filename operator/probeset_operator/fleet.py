@@ -20,7 +20,7 @@ from probeset_api import API_GROUP, API_VERSION, PLURAL
 from probeset_api.crd import NODE_PLURAL
 from probeset_api.status import NodeReport
 
-from .render import AGENT_DAEMONSET, LABELS, SELECTOR
+from .render import AGENT_DAEMONSET, LABELS
 from .scheduling import runs_on
 
 FIELD_MANAGER = "probeset-operator"

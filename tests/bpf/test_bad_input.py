@@ -74,11 +74,11 @@ def test_a_probe_that_breaks_compilation_is_isolated(target, run_probeset, monke
 
 
 def test_missing_kernel_headers_is_a_clear_reason_not_a_crash(monkeypatch, run_probeset):
-    from probeset_agent import program
+    from probeset_agent import build
     monkeypatch.setenv("BCC_KERNEL_SOURCE", "/nonexistent/headers")
     prog = run_probeset([{"name": "tp", "tracepoint": "sched:sched_switch"}])
     assert status(prog, "tp").error == (f"kernel headers for {os.uname().release} not found at /nonexistent/headers: "
                                         f"install linux-headers-{os.uname().release} (or the distribution's "
                                         "equivalent) on the node")
     assert prog.read_series() == {}
-    assert program.missing_kernel_headers() is not None
+    assert build.missing_kernel_headers() is not None

@@ -146,9 +146,9 @@ def test_generated_filter_is_typed_and_holds_no_user_text():
                                                      GroupField("comm", "comm"), GroupField("tid", "tid")))
     text = generate([rp], ("node",), 10).text
     fn = re.search(r"static __always_inline int filter_p0_s0\(struct pt_regs \*ctx\) \{\n(.*?)\n\}", text, re.S).group(1)
-    assert "u64 f0 = PT_REGS_RC(ctx);" in fn
+    assert "u64 f0 = 0; f0 = PT_REGS_RC(ctx);" in fn
     assert "struct comm_t f1 = {}; bpf_get_current_comm(&f1.c, sizeof(f1.c));" in fn
-    assert "u64 f2 = (u32)bpf_get_current_pid_tgid();" in fn
+    assert "u64 f2 = 0; f2 = (u32)bpf_get_current_pid_tgid();" in fn
     assert ("return (((s32)f0 < (s32)18446744073709551614ull) && ((comm_is_p0(&f1, 0) == 0) || "
             "(((u32)f2 & (u32)3ull) != 0)));") in fn
     assert "if (pass_p0() && filter_p0_s0(ctx)) {" in text

@@ -15,7 +15,7 @@ import tracemalloc
 import pytest
 import yaml
 
-from probeset_api import kube
+from probeset_api import kube, reflector
 from probeset_api.kube import Kube, KubeError, TokenFile, api_path, status_error
 
 
@@ -493,7 +493,7 @@ class ScriptedKube:
 def test_follow_watches_again_from_the_last_version_and_lists_only_after_a_410(monkeypatch):
     """The reflector of agents and operator: a watch that ends resumes from the last version seen
     (an event's or a bookmark's), without a list; a 410 (that version is gone) lists again."""
-    monkeypatch.setattr(kube, "FOLLOW_RETRY_SECONDS", 0)
+    monkeypatch.setattr(reflector, "FOLLOW_RETRY_SECONDS", 0)
     stop = threading.Event()
     listing = {"metadata": {"resourceVersion": "5"}, "items": [pod("a", "4")]}
     fake = ScriptedKube(stop, [listing, {"metadata": {"resourceVersion": "30"}, "items": []}], [
@@ -502,7 +502,7 @@ def test_follow_watches_again_from_the_last_version_and_lists_only_after_a_410(m
         KubeError(410, "too old resource version: 11 (20)"),                              # gone: list again
     ])
     seen = []
-    kube.follow(fake, "/api/v1/pods", {}, lambda items: seen.append(("listed", len(items))),
+    reflector.follow(fake, "/api/v1/pods", {}, lambda items: seen.append(("listed", len(items))),
                 lambda kind, obj: seen.append((kind, obj["metadata"]["name"])), stop, "pods")
     assert fake.calls == [("list", "0"), ("watch", "5"), ("watch", "9"), ("watch", "11"), ("list", "0"),
                           ("watch", "30")]

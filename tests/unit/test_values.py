@@ -121,11 +121,11 @@ def test_generated_c_records_values():
                      value_probe(2, "tracepoint", "tp_int", "bytes", "histogram", signed=False, mechanism="tracepoint")],
                     ("node",), max_series=10)
     text = prog.text
-    assert "u64 val_ = PT_REGS_PARM3(ctx);\n        record_p0(&key, val_, 1);" in text
+    assert "u64 val_ = 0; val_ = PT_REGS_PARM3(ctx);\n        record_p0(&key, val_, 1);" in text
     assert "hist_p0" not in text                    # a sum needs no histogram map
     assert "val->sum_ns += ns;" in re.search(r"void record_p0\(.*?\n}\n", text, re.S).group(0)
     # one function, labels [node]: the histogram is an array, slot function x NUM_BUCKETS + bucket (mapshape.py)
-    assert "u64 val_ = PT_REGS_RC(ctx);" in text and "BPF_PERCPU_ARRAY(hist_p1, u64, 252);" in text
+    assert "u64 val_ = 0; val_ = PT_REGS_RC(ctx);" in text and "BPF_PERCPU_ARRAY(hist_p1, u64, 252);" in text
     assert generate([value_probe(1, "uretprobe", "retval", "retval", "histogram", signed=True)], ("node", "comm"),
                     max_series=10).text.count("hist_p1, 320,") == 1      # per-event labels: a hash
     assert "if ((s64)val_ < 0) { count_missed(1, MISSED_NEGATIVE_VALUE); record_p1(&key, 0, 0); }" in text
