@@ -140,7 +140,6 @@ def read_notes(path: str) -> list[UsdtProbe]:
             return []
         if note.size > MAX_NOTES_BYTES:
             raise UsdtError(f".note.stapsdt is {note.size} bytes, more than {MAX_NOTES_BYTES}")
-        f.seek(note.offset)
-        data = f.read(note.size)
+        data = elf.read_at(f, note.offset, note.size)
     base = by_name.get(b".stapsdt.base")
     return parse_notes(data, base.addr if base else None)

@@ -156,3 +156,35 @@ def test_functions_of_a_real_binary(build_c):
     assert function_bytes(path, sym["cet_push"], 4) is None                      # longer than the limit
     assert function_bytes(path, sym["cet_push"] + 1, 1 << 20) is None            # no symbol starts there
     assert entry_address("/nonexistent/file", 4096, True) == 4096
+
+
+def test_hostile_files_keep_the_probe_where_it_was(tmp_path, build_c):
+    """A workload's file is not ours: truncated, lying or garbage ELF data never raises past the
+    placement (the probe stays on the function's first byte) and reads nothing unbounded."""
+    import random
+    from probeset_agent.elf import ElfError, sections
+    from probeset_agent.usdt import UsdtError, read_notes
+    real = open(build_c("entry_points_hostile", SOURCE, "-fcf-protection=full"), "rb").read()
+    sym_addr = 0x1000
+    rng = random.Random(5)
+    header = real[:64]
+    cases = {
+        "magic only": b"\x7fELF\x02\x01\x01",
+        "header, no sections": header,
+        "half a binary": real[:len(real) // 2],
+        "header then noise": header + bytes(rng.randrange(256) for _ in range(4096)),
+        "section table far away": header[:40] + (1 << 62).to_bytes(8, "little") + header[48:],
+        "every byte flipped after the header": header + bytes(b ^ 0xff for b in real[64:]),
+    }
+    for name, data in cases.items():
+        path = tmp_path / name.replace(" ", "_")
+        path.write_bytes(data)
+        assert entry_address(str(path), sym_addr, True) == sym_addr, name
+        assert point_class("uprobe", str(path), sym_addr, True).kind in ("unknown", SINGLE_STEPPED, EMULATED), name
+        try:
+            function_bytes(str(path), sym_addr, 1 << 20)
+            with open(path, "rb") as f:
+                sections(f, str(path))
+            read_notes(str(path))
+        except (ElfError, UsdtError):
+            pass
