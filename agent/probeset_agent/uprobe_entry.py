@@ -170,7 +170,7 @@ def insn_length(code: bytes, at: int) -> int | None:
     if i >= len(code):
         return None
     op, i = code[i], i + 1
-    imm32 = 2 if operand16 else 4
+    imm32 = 2 if operand16 and not rex_w else 4       # REX.W takes precedence over 0x66
     if op in _ONE:
         n = 0
     elif op in _IMM8:
@@ -180,6 +180,8 @@ def insn_length(code: bytes, at: int) -> int | None:
     elif 0xb8 <= op <= 0xbf:
         n = 8 if rex_w else imm32                     # mov imm to register (movabs with REX.W)
     elif op in _MODRM or op in _MODRM_IMM8 or op in _MODRM_IMM32 or op in (0xf6, 0xf7):
+        if op in (0xc6, 0xc7) and i < len(code) and code[i] == 0xf8:
+            return None                               # xabort / xbegin (a branch), not mov
         m = _modrm_length(code, i)
         if m is None:
             return None

@@ -58,6 +58,10 @@ def test_branches_into(text, lo, hi, expected):
     ("0f2905 00000000", 7),                  # movaps %xmm0,0x0(%rip)
     ("662e0f1f840000000000", 10),            # cs nopw 0x0(%rax,%rax,1)
     ("48ffc8", 3),                           # dec %rax
+    ("664805 01000000", 7),                  # add $1,%rax with a stray 0x66: REX.W wins, imm32
+    ("6605 0100", 4),                        # add $1,%ax
+    ("c7f8 00000000", None),                 # xbegin: a branch, not mov
+    ("c6f8 00", None),                       # xabort
     ("ff742408", 4),                         # push 0x8(%rsp)
     ("4c8d0c24", 4),                         # lea (%rsp),%r9
     ("c3", None),                            # ret: control flow
