@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
@@ -15,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from probeset_api.spec import MAX_DOCUMENT_BYTES, DocumentError, ProbeSet, SpecError, load_documents, parse_probeset
 
@@ -26,6 +28,9 @@ from .housekeeping import Housekeeper
 log = logging.getLogger("probeset")
 
 DEFAULT_LISTEN = "127.0.0.1:9437"   # 9435 is ebpf_exporter's
+# How long a cluster agent waits for the node's metrics port while a previous agent detaches: the
+# DaemonSet's terminationGracePeriodSeconds (probeset_operator.render.DETACH_GRACE_SECONDS).
+PORT_WAIT_SECONDS = 150
 DEFAULT_RETENTION = 300.0            # long enough for a few scrapes of a finished pod's last counts
 
 
@@ -110,16 +115,32 @@ def _tls_context(args):
     return ctx
 
 
-def _bind_metrics(args, authorize=None):
+def _bind_metrics(args, authorize=None, wait_for_port: float = 0, stop: threading.Event | None = None):
     """The metrics server, bound; None (the reason logged) when the address, a TLS file or the
-    port is not usable. Done first: a bad --listen must not cost a compile and attach before it fails."""
+    port is not usable. Done first: a bad --listen must not cost a compile and attach before it fails.
+    With `wait_for_port`, a port in use is tried again every second for that many seconds: in a
+    cluster the agent of a deleted DaemonSet may still hold the node's port while it detaches
+    (its grace period), and exiting would put the new agent in the kubelet's restart back-off."""
     from .server import MetricsServer, parse_listen
-    try:
-        host, port = parse_listen(args.listen)
-        return MetricsServer(host, port, tls=_tls_context(args), authorize=authorize)
-    except (ValueError, OSError) as e:
-        log.error("cannot serve metrics on %s: %s", shorten(args.listen), getattr(e, "strerror", None) or e)
-        return None
+    deadline = time.monotonic() + wait_for_port
+    waiting = False
+    while True:
+        try:
+            host, port = parse_listen(args.listen)
+            return MetricsServer(host, port, tls=_tls_context(args), authorize=authorize)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE and time.monotonic() < deadline and not (stop and stop.is_set()):
+                if not waiting:
+                    log.warning("metrics port %s in use (an agent still stopping?): trying again every second "
+                                "for up to %.0f s", shorten(args.listen), wait_for_port)
+                    waiting = True
+                (stop or threading.Event()).wait(1.0)
+                continue
+            log.error("cannot serve metrics on %s: %s", shorten(args.listen), e.strerror or e)
+            return None
+        except ValueError as e:
+            log.error("cannot serve metrics on %s: %s", shorten(args.listen), e)
+            return None
 
 
 def _hit_cost() -> dict[str, float]:
@@ -290,7 +311,7 @@ def cmd_agent(args) -> int:
     if args.metrics_auth:
         from .authz import TokenAuthorizer
         authorize = TokenAuthorizer(kube)
-    server = _bind_metrics(args, authorize)
+    server = _bind_metrics(args, authorize, wait_for_port=PORT_WAIT_SECONDS)
     if server is None:
         return 2
     node = args.node or _node_name()

@@ -151,6 +151,15 @@ def workload(node_cluster, run_pod, name: str, function: str):
     return pod
 
 
+def serving_attached(api, probeset: str, functions: int) -> None:
+    """Wait until one agent pod runs (the one of an earlier, deleted DaemonSet may still be going,
+    and still serving the node's port: it may even take up the new set and lose its counts when it
+    exits) and /metrics shows the set's `functions` attached."""
+    running_agent(api)
+    wait_for(lambda: sum(s.value for s in samples("probeset_probe_attached", probeset=probeset)) == functions, 120,
+             f"{probeset}: {functions} functions attached in the agent serving the node's port")
+
+
 def call_round(node_cluster, pod, round_: int, function: str) -> None:
     node_cluster.node.signal_container(pod, "worker", signal.SIGUSR1)
     wait_for(lambda: f"done {round_} {CALLS} {function}" in node_cluster.node.pod_log(pod, "worker"), 30,
@@ -240,6 +249,7 @@ def test_the_example_applied_with_kubectl_attaches_and_counts(node_cluster, rele
     node = node_cluster.node.name
     wait_for(lambda: (r := report(cluster_api, cluster_namespace, "gethostlatency", node)) and r["attached"] == 3,
              180, "gethostlatency: the three probes attached")
+    serving_attached(cluster_api, "gethostlatency", 3)
     call_round(node_cluster, pod, 1, "getaddrinfo")
     count = "probeset_latency_seconds_count"
     wait_for(lambda: total(count, probeset="gethostlatency", probe="getaddrinfo") == CALLS, 30, "getaddrinfo's count")
@@ -259,6 +269,7 @@ def test_prometheus_finds_the_agent_by_kubernetes_service_discovery(node_cluster
     node = node_cluster.node.name
     wait_for(lambda: (r := report(cluster_api, cluster_namespace, "gethostlatency", node)) and r["attached"] == 3,
              180, "gethostlatency attached")
+    serving_attached(cluster_api, "gethostlatency", 3)
     with Prometheus(tmp_path, cluster_api, NS) as prom:
         agent = running_agent(cluster_api).metadata.name    # (an earlier test's agent may still be going)
         wait_for(lambda: [t for t in prom.targets() if t["labels"].get("agent_pod") == agent and t["health"] == "up"],

@@ -234,3 +234,30 @@ def test_shared_rendering_derives_the_other_encoding_once(first):
     assert calls == [first]                           # one rendering, in the first caller's encoding
     assert results[False] == b"# HELP x\n" * 1000
     assert gzip.decompress(results[True]) == results[False]
+
+
+def test_the_cluster_agent_waits_for_a_port_its_predecessor_still_holds(caplog):
+    """A DaemonSet deleted and made again: the old agent may hold the node's port while it detaches.
+    The new one tries again every second (up to the old one's grace period) instead of exiting into
+    the kubelet's restart back-off; a standalone run (no wait) fails at once, saying why."""
+    import argparse
+    from probeset_agent.commands import PORT_WAIT_SECONDS, _bind_metrics
+    from probeset_operator.render import DETACH_GRACE_SECONDS
+    assert PORT_WAIT_SECONDS == DETACH_GRACE_SECONDS
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    args = argparse.Namespace(listen=f"127.0.0.1:{port}", tls_cert=None, tls_key=None, tls_client_ca=None)
+    assert _bind_metrics(args) is None                              # standalone: at once
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(_bind_metrics(args, wait_for_port=30)))
+    waiter.start()
+    wait_for(lambda: any("in use" in r.getMessage() for r in caplog.records), 10, "the agent waiting for the port")
+    assert not got                                                  # still waiting while the port is held
+    holder.close()
+    waiter.join(10)
+    assert got and got[0] is not None
+    got[0].start(lambda out=None: b"")
+    got[0].shutdown()
