@@ -28,9 +28,10 @@ from .housekeeping import Housekeeper
 log = logging.getLogger("probeset")
 
 DEFAULT_LISTEN = "127.0.0.1:9437"   # 9435 is ebpf_exporter's
-# How long a cluster agent waits for the node's metrics port while a previous agent detaches: the
-# DaemonSet's terminationGracePeriodSeconds (probeset_operator.render.DETACH_GRACE_SECONDS).
-PORT_WAIT_SECONDS = 150
+# How long a cluster agent waits for the node's metrics port while a previous agent detaches (it
+# takes seconds: 1,000 uprobe links in 2.1 s, docs/benchmarks.md 5). Short, so that a port taken by
+# anything else still ends soon in the kubelet's CrashLoopBackOff, which the ProbeSet reports.
+PORT_WAIT_SECONDS = 20
 DEFAULT_RETENTION = 300.0            # long enough for a few scrapes of a finished pod's last counts
 
 
@@ -119,8 +120,8 @@ def _bind_metrics(args, authorize=None, wait_for_port: float = 0, stop: threadin
     """The metrics server, bound; None (the reason logged) when the address, a TLS file or the
     port is not usable. Done first: a bad --listen must not cost a compile and attach before it fails.
     With `wait_for_port`, a port in use is tried again every second for that many seconds: in a
-    cluster the agent of a deleted DaemonSet may still hold the node's port while it detaches
-    (its grace period), and exiting would put the new agent in the kubelet's restart back-off."""
+    cluster the agent of a deleted DaemonSet may still hold the node's port while it detaches, and
+    exiting at once would put the new agent in the kubelet's restart back-off."""
     from .server import MetricsServer, parse_listen
     deadline = time.monotonic() + wait_for_port
     waiting = False

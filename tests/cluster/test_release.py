@@ -410,8 +410,8 @@ def test_agents_that_cannot_run_say_why_on_the_probeset(node_cluster, release, c
         upgrade({})
         wait_for(lambda: ready().get("status") == "True", 180, "Ready again with the good image")
 
-        # The node's port 9437 taken by something else: the next agent cannot serve, exits, and is
-        # restarted until the port is free again.
+        # The node's port 9437 taken by something else: the next agent cannot serve, waits 20 s for
+        # it (commands.PORT_WAIT_SECONDS), exits, and is restarted until the port is free again.
         with port_taken_from_the_agent(cluster_api, 9437):
             wait_for(lambda: ready().get("reason") == "AgentsCrashLooping", 180, "Ready=False AgentsCrashLooping")
             assert "CrashLoopBackOff" in ready()["message"]

@@ -238,12 +238,12 @@ def test_shared_rendering_derives_the_other_encoding_once(first):
 
 def test_the_cluster_agent_waits_for_a_port_its_predecessor_still_holds(caplog):
     """A DaemonSet deleted and made again: the old agent may hold the node's port while it detaches.
-    The new one tries again every second (up to the old one's grace period) instead of exiting into
-    the kubelet's restart back-off; a standalone run (no wait) fails at once, saying why."""
+    The new one tries again every second for a while instead of exiting into the kubelet's restart
+    back-off (short: a port taken by something else must still show as AgentsCrashLooping soon,
+    tests/cluster/test_release.py); a standalone run (no wait) fails at once, saying why."""
     import argparse
     from probeset_agent.commands import PORT_WAIT_SECONDS, _bind_metrics
-    from probeset_operator.render import DETACH_GRACE_SECONDS
-    assert PORT_WAIT_SECONDS == DETACH_GRACE_SECONDS
+    assert 5 <= PORT_WAIT_SECONDS <= 30
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     holder.bind(("127.0.0.1", 0))
