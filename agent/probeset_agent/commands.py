@@ -116,7 +116,7 @@ def _tls_context(args):
     return ctx
 
 
-def _bind_metrics(args, authorize=None, wait_for_port: float = 0, stop: threading.Event | None = None):
+def _bind_metrics(args, authorize=None, wait_for_port: float = 0):
     """The metrics server, bound; None (the reason logged) when the address, a TLS file or the
     port is not usable. Done first: a bad --listen must not cost a compile and attach before it fails.
     With `wait_for_port`, a port in use is tried again every second for that many seconds: in a
@@ -130,12 +130,12 @@ def _bind_metrics(args, authorize=None, wait_for_port: float = 0, stop: threadin
             host, port = parse_listen(args.listen)
             return MetricsServer(host, port, tls=_tls_context(args), authorize=authorize)
         except OSError as e:
-            if e.errno == errno.EADDRINUSE and time.monotonic() < deadline and not (stop and stop.is_set()):
+            if e.errno == errno.EADDRINUSE and time.monotonic() < deadline:
                 if not waiting:
                     log.warning("metrics port %s in use (an agent still stopping?): trying again every second "
                                 "for up to %.0f s", shorten(args.listen), wait_for_port)
                     waiting = True
-                (stop or threading.Event()).wait(1.0)
+                time.sleep(1.0)
                 continue
             log.error("cannot serve metrics on %s: %s", shorten(args.listen), e.strerror or e)
             return None

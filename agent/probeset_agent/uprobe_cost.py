@@ -32,6 +32,7 @@ EMULATED, SINGLE_STEPPED, REFUSED, RETURN = "emulated", "single-stepped", "refus
 X86_NOPS = {bytes.fromhex(h) for h in ("90", "6690", "0f1f00", "0f1f4000", "0f1f440000", "660f1f440000",
                                        "0f1f8000000000", "0f1f840000000000")}
 LEGACY_PREFIXES = frozenset(b"\x66\x67\xf2\xf3\x2e\x3e\x26\x36\x64\x65\xf0")
+ENDBR64 = b"\xf3\x0f\x1e\xfa"
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def classify(code: bytes) -> SiteClass:
     prefixes = code[:i]
     rex = code[i] if 0x40 <= code[i] <= 0x4f else None
     op = code[i + (rex is not None)]
-    if code[:4] == b"\xf3\x0f\x1e\xfa":
+    if code.startswith(ENDBR64):
         return SiteClass(SINGLE_STEPPED, "endbr64")
     if op == 0x90:
         return SiteClass(EMULATED, "nop" if not prefixes and rex is None else f"{prefixes.hex()} 90 (pause/nop)")

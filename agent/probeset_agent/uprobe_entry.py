@@ -32,9 +32,8 @@ import struct
 
 from . import elf
 from .host import HostError
-from .uprobe_cost import EMULATED, RETURN, SiteClass, classify, site_class
+from .uprobe_cost import EMULATED, ENDBR64, LEGACY_PREFIXES, RETURN, SiteClass, classify, site_class
 
-ENDBR64 = b"\xf3\x0f\x1e\xfa"
 MAX_FUNCTION_BYTES = 1 << 20      # a longer function keeps its uprobe where it was (not scanned)
 MAX_WALK = 64                     # bytes of the entry block walked to find an emulated instruction
 REGISTER_SOURCES = frozenset({"arg", "retval", "usdt_arg"})
@@ -118,7 +117,6 @@ def _class_at(path: str, address: int, _inode: int, _mtime_ns: int) -> SiteClass
 
 # --- x86-64 instruction lengths, for the instructions of entry blocks -------------------------
 
-LEGACY_PREFIXES = frozenset(b"\x66\x67\xf2\xf3\x2e\x3e\x26\x36\x64\x65\xf0")
 # one-byte opcodes with a ModRM byte and no immediate: ALU r/m forms, movsxd, test, xchg, mov, lea,
 # shifts by 1 or cl
 _MODRM = frozenset([*(b + o for b in range(0x00, 0x40, 8) for o in range(4)), 0x63, *range(0x84, 0x8c),
