@@ -25,6 +25,13 @@ def resolved_uprobe(probe, function: str, address: int, **site_fields):
     return rp
 
 
+def symbols(path: str) -> dict[str, int]:
+    """A binary's symbols and their addresses, as nm(1) lists them."""
+    return {line.split()[2]: int(line.split()[0], 16)
+            for line in subprocess.run(["nm", path], capture_output=True, text=True, check=True).stdout.splitlines()
+            if len(line.split()) == 3}
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll until ``predicate()`` returns something truthy; return it, or fail saying ``what``."""
     deadline = time.monotonic() + timeout

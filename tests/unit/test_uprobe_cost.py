@@ -1,13 +1,12 @@
 """The class of a uprobe site's instruction (emulated or single-stepped), as the x86-64 kernel
 decides it (arch/x86/kernel/uprobes.c): from bytes, and from a real binary's functions."""
 
-import subprocess
-
 import pytest
 
 from probeset_agent.elf import file_offset as elf_file_offset
 from probeset_agent.uprobe_cost import EMULATED, REFUSED, RETURN, SINGLE_STEPPED, SiteClass, classify, site_class
 from probeset_agent.uprobe_entry import point_class
+from tests.support import symbols as nm_symbols
 
 PAD = bytes(8)
 
@@ -58,9 +57,7 @@ int main(int argc, char **argv) { return (int)(f_push(argc) + f_endbr(1) + f_lea
 
 def test_sites_of_a_real_binary(build_c):
     path = build_c("uprobe_classes", SOURCE)
-    symbols = {line.split()[2]: int(line.split()[0], 16)
-               for line in subprocess.run(["nm", path], capture_output=True, text=True, check=True).stdout.splitlines()
-               if len(line.split()) == 3}
+    symbols = nm_symbols(path)
     got = {name: site_class(path, elf_file_offset(path, symbols[name])).kind
            for name in ("f_push", "f_endbr", "f_lea", "f_nop5")}
     assert got == {"f_push": EMULATED, "f_endbr": SINGLE_STEPPED, "f_lea": SINGLE_STEPPED, "f_nop5": EMULATED}

@@ -2,8 +2,6 @@
 register, on to the entry block's first emulated instruction; only where every call still hits
 it exactly once. From bytes, and from gcc-built functions."""
 
-import subprocess
-
 import pytest
 
 from probeset_agent.elf import function_bytes
@@ -11,6 +9,7 @@ from probeset_agent.resolve import GroupField, Site
 from probeset_agent.uprobe_cost import EMULATED, SINGLE_STEPPED, SiteClass
 from probeset_agent.uprobe_entry import (MAX_WALK, branches_into, entry_address, entry_offset, insn_length, movable,
                                          point_class)
+from tests.support import symbols
 
 
 def code(text: str) -> bytes:
@@ -134,17 +133,11 @@ int main(int argc, char **argv) {
 NAMES = ("cet_push", "cet_loop", "cet_loop32", "cet_lea", "sub_call", "plain_push", "cet_nosize", "c_function")
 
 
-def _symbols(path: str) -> dict[str, int]:
-    return {line.split()[2]: int(line.split()[0], 16)
-            for line in subprocess.run(["nm", path], capture_output=True, text=True, check=True).stdout.splitlines()
-            if len(line.split()) == 3}
-
-
 def test_functions_of_a_real_binary(build_c):
     """gcc-built with -fcf-protection: endbr64 skipped unless a branch lands past it or the
     function's size is unknown; a probe that reads no register also past `sub` to the `call`."""
     path = build_c("entry_points", SOURCE, "-fcf-protection=full")
-    sym = _symbols(path)
+    sym = symbols(path)
     moved = {(name, m): entry_address(path, sym[name], m) - sym[name] for name in NAMES for m in (False, True)}
     assert moved == {("cet_push", False): 4, ("cet_push", True): 4, ("cet_loop", False): 0, ("cet_loop", True): 0,
                      ("cet_loop32", False): 0, ("cet_loop32", True): 0, ("cet_lea", False): 4, ("cet_lea", True): 4,
