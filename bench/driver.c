@@ -8,6 +8,8 @@
  *   driver rename N    prctl(PR_SET_NAME) N times (tracepoint task:task_rename, also a raw tracepoint)
  *   driver call8 N     call bench_glob_<i % 8>(i): 8 functions with bench_target's body (a glob's uprobes)
  *   driver paced N R   call bench_target N times at R calls per second (sleeping when ahead)
+ *   driver values N K  call bench_value(i, v) K times for each i = 0..N-1, v spread from 1,000 to
+ *                      ~2,000,000 (10 powers of two, every sub-bucket): spread histograms
  *
  * `driver call K` is also the series generator of the scrape benchmark: K distinct arg0 values.
  *
@@ -83,6 +85,12 @@ long bench_glob_0(long), bench_glob_1(long), bench_glob_2(long), bench_glob_3(lo
 static long (*const globs[8])(long) = {bench_glob_0, bench_glob_1, bench_glob_2, bench_glob_3,
                                        bench_glob_4, bench_glob_5, bench_glob_6, bench_glob_7};
 
+__attribute__((noinline)) long bench_value(long series, long value)
+{
+    __asm__ volatile("" ::: "memory");
+    return series + value;
+}
+
 static double now_ns(void)
 {
     struct timespec ts;
@@ -92,8 +100,9 @@ static double now_ns(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3 && !(argc == 4 && !strcmp(argv[1], "paced"))) {
-        fprintf(stderr, "usage: %s call|call_xol|call_cet|call_sub|getppid|rename|call8 N | paced N RATE\n", argv[0]);
+    if (argc != 3 && !(argc == 4 && (!strcmp(argv[1], "paced") || !strcmp(argv[1], "values")))) {
+        fprintf(stderr, "usage: %s call|call_xol|call_cet|call_sub|getppid|rename|call8 N | paced N RATE"
+                        " | values N K\n", argv[0]);
         return 2;
     }
     long n = atol(argv[2]);
@@ -132,6 +141,11 @@ int main(int argc, char **argv)
                 }
             }
         }
+    } else if (!strcmp(argv[1], "values")) {
+        long k = atol(argv[3]);
+        for (long i = 0; i < n; i++)
+            for (long j = 0; j < k; j++)
+                sink += bench_value(i, (1000 + (j * 7919) % 1000) << (j % 10));
     } else {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;

@@ -17,14 +17,19 @@ each as wall time and as this process's CPU time (the latter barely changes with
 Then the whole scrape as a scraper sees it, per mode: the agent's MetricsServer in this process,
 `curl` (another process) fetching /metrics --scrapes times without and with `Accept-Encoding: gzip`;
 "agent CPU" is this process's CPU time per scrape (render + compress + send), and the bytes sent.
-With --latency the probe also has `latency: true` (uprobe + uretprobe, a histogram per series).
+With --latency the probe also has `latency: true` (uprobe + uretprobe, a histogram per series): one
+event per series, one non-empty bucket (the best case for the map read and the text). With --spread K
+each series instead holds K values spread over 10 powers of two, 1 µs to 2 ms, every sub-bucket
+(`driver values`, a uprobe on bench_value with value: arg1, aggregate: histogram, unit: seconds:
+latency's buckets, in the same kind of map, but deterministic): `hist rows` is then what the
+histogram map holds (one row per series and non-empty bucket recorded).
 Peak RSS is this process's high-water mark so far (sizes run in order).
 With --profile, one render() at the largest size runs under cProfile (top functions).
 Against an older tree (PYTHONPATH=<tree>/agent:<tree>/api), isal1 and streamed are left out where
 that agent has no GzipWriter.
 
-  chrt -f 50 .venv/bin/python bench/scrape.py [--series 1000 10000] [--scrapes 20] [--latency] [--profile]
-      [--modes nonzero sparse all] [--json FILE]
+  chrt -f 50 .venv/bin/python bench/scrape.py [--series 1000 10000] [--scrapes 20] [--latency | --spread K]
+      [--profile] [--modes nonzero sparse all] [--json FILE]
 """
 
 from __future__ import annotations
@@ -56,24 +61,33 @@ def timed(fn, n: int) -> tuple[float, float, object]:
     return median(wall), median(cpu), result
 
 
-def measure(series: int, scrapes: int, latency: bool, modes: list[str], profile: bool) -> dict:
+def measure(series: int, scrapes: int, latency: bool, modes: list[str], profile: bool, spread: int = 0) -> dict:
     from probeset_agent.exposition import MetricsCollector
+    from probeset_agent.maps import read_raw
     try:
         from probeset_agent.server import GzipWriter, gzip_bytes
     except ImportError:     # an agent before GzipWriter (run against an older tree: the docstring)
         GzipWriter = gzip_bytes = None
     probe = {"uprobe": f"{DRIVER}:bench_target", "groupBy": ["arg0"], "latency": latency}
+    fill = [DRIVER, "call", str(series)]
+    if spread:
+        probe = {"uprobe": f"{DRIVER}:bench_value", "groupBy": ["arg0"], "value": "arg1", "aggregate": "histogram",
+                 "unit": "seconds"}
+        fill = [DRIVER, "values", str(series), str(spread)]
+        latency = True
     gen = Generated(f"scrape-{series}", probe, max_series=max(20000, series))
     gen.start()
     try:
         # Not run_driver's SCHED_FIFO on a pinned CPU: the kernel's per-CPU allocator fills the
         # per-CPU hash's new elements from a kworker of that CPU, which a FIFO task starves, and
         # histograms then lose buckets (histogram_full): ~4,500 of 10,000 in one run.
-        subprocess.run(["chrt", "-o", "0", DRIVER, "call", str(series)], check=True, capture_output=True)
+        subprocess.run(["chrt", "-o", "0", *fill], check=True, capture_output=True)
         prog = gen.prog
         n_series = sum(len(v) for v in prog.read_series().values())
+        hist_rows = sum(1 for _ in read_raw(prog.bpf["hist_p0"])) if latency else 0
         read_ms, read_cpu, _ = timed(prog.read_series, scrapes)
-        out = {"series": series, "series_read": n_series, "latency": latency, "scrapes": scrapes,
+        out = {"series": series, "series_read": n_series, "latency": latency, "spread": spread,
+               "hist_rows": hist_rows, "scrapes": scrapes,
                "read_series_ms": read_ms, "read_series_cpu_ms": read_cpu, "modes": {}}
         for mode in modes if latency else modes[:1]:     # without histograms the modes are the same
             collector = MetricsCollector([prog], "bench", histogram_buckets=mode)
@@ -135,6 +149,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--series", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--scrapes", type=int, default=20)
     ap.add_argument("--latency", action="store_true", help="latency: true (histograms) instead of counts")
+    ap.add_argument("--spread", type=int, default=0, metavar="K",
+                    help="K values per series over 10 powers of two (a value histogram in seconds) instead")
     ap.add_argument("--modes", nargs="+", choices=BUCKET_MODES, default=list(BUCKET_MODES),
                     help="--histogram-buckets modes to measure with --latency (default: all three)")
     ap.add_argument("--profile", action="store_true", help="cProfile one scrape per mode at the largest size")
@@ -143,18 +159,20 @@ def main(argv=None) -> dict:
     build_driver()
     print(f"{machine()}, load average {loadavg()}")
     results = []
-    print(f"median of {args.scrapes} scrapes{', latency: true' if args.latency else ''}; "
+    histograms = args.latency or args.spread > 0
+    what = f", {args.spread} values per series" if args.spread else ", latency: true" if args.latency else ""
+    print(f"median of {args.scrapes} scrapes{what}; "
           f"times in ms, wall (CPU)")
     print(f"{'series':>7} {'mode':>8} {'samples':>8} {'bytes':>10} {'read_series':>13} {'render':>13} "
           f"{'zlib1':>13} {'isal1':>13} {'streamed':>13}")
-    target = TARGET_MS[args.latency]
+    target = TARGET_MS[histograms]
     for n in args.series:
-        r = measure(n, args.scrapes, args.latency, args.modes, args.profile and n == max(args.series))
+        r = measure(n, args.scrapes, args.latency, args.modes, args.profile and n == max(args.series), args.spread)
         results.append(r)
         read = f"{r['read_series_ms']:.1f} ({r['read_series_cpu_ms']:.1f})"
         for mode, m in r["modes"].items():
             cols = [f"{m[k + '_ms']:.1f} ({m[k + '_cpu_ms']:.1f})" for k in ("render", "zlib1", "isal1", "streamed")]
-            print(f"{r['series_read']:7d} {mode if args.latency else '-':>8} {m['samples']:8d} {m['body_bytes']:10d} "
+            print(f"{r['series_read']:7d} {mode if histograms else '-':>8} {m['samples']:8d} {m['body_bytes']:10d} "
                   f"{read:>13} " + " ".join(f"{c:>13}" for c in cols))
             print(f"{'':16} gzip bytes: zlib 1 {m['zlib1_bytes']}, ISA-L 1 {m['isal1_bytes']}, "
                   f"streamed {m['streamed_bytes']}")
@@ -165,7 +183,7 @@ def main(argv=None) -> dict:
                       + (f"  target {target:.0f} ms at 10,000: {met}" if n == 10000 else ""))
             if "profile" in m:
                 print(m["profile"])
-        print(f"{'':16} peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(f"{'':16} peak RSS {r['peak_rss_mb']:.0f} MB" + (f", hist rows {r['hist_rows']}" if r["hist_rows"] else ""))
     out = {"machine": machine(), "results": results}
     save_json(args.json, out)
     return out

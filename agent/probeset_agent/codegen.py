@@ -22,7 +22,7 @@ from probeset_api.filters import at_return
 
 from . import memory
 from .ctemplates import CCode, CName, fill, join
-from .histogram import NUM_BUCKETS, SUB_BUCKET_BITS, SUB_BUCKETS
+from .histogram import NUM_BUCKETS, SUB_BUCKET_BITS, SUB_BUCKETS, bucket_mask
 from .mapshape import ARRAY, MapShape, choose_map
 from .layout import COMM_BYTES, MAX_PROBES, MISSED_REASONS, OVERFLOW_FUNC, KeyLayout, key_uses_cgroup
 from .filtergen import filter_function, filter_maps
@@ -203,8 +203,9 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
     if rp.probe.records_sum:
         record_hist = CCode("")
         if rp.probe.has_histogram:
-            record_hist = (fill(T.RECORD_HIST_ARRAY, P=p, BUCKETS=NUM_BUCKETS) if shape.hist == ARRAY
-                           else fill(T.RECORD_HIST, P=p))
+            mask = bucket_mask(rp.probe.buckets_per_power_of_two)
+            record_hist = (fill(T.RECORD_HIST_ARRAY, P=p, BUCKETS=NUM_BUCKETS, MASK=mask) if shape.hist == ARRAY
+                           else fill(T.RECORD_HIST, P=p, MASK=mask))
         record_sum = fill(T.RECORD_SUM, RECORD_HIST=record_hist)
     out.append(fill(T.RECORD_FUNC_ARRAY if shape.counts == ARRAY else T.RECORD_FUNC, P=p, RECORD_SUM=record_sum))
     return join(out)

@@ -91,6 +91,14 @@ static __always_inline u32 latency_bucket(u64 ns) {
     u32 msb = log2_floor(v);
     return @SUB_BUCKETS@ * (msb - @SUB_BITS_MINUS_1@) + ((v >> (msb - @SUB_BITS@)) & (@SUB_BUCKETS@ - 1));
 }
+
+/* The bucket a histogram records: latency_bucket() rounded up, within its power of two, to the
+ * last sub-bucket on the probe's export grid (mask: 3 for 1 bucket per power of two, 1 for 2, 0
+ * for 4), so the map holds one row per exported bucket, not up to 4 (histogram.kernel_bucket). */
+static __always_inline u32 hist_bucket(u64 ns, u32 mask) {
+    u32 b = latency_bucket(ns);
+    return b < @SUB_BUCKETS@ ? b : b | mask;
+}
 """
 
 PROBE_MAPS = """\
@@ -196,7 +204,7 @@ static __always_inline void record_p@P@(struct key_p@P@ *key, u64 ns, int timed)
 """
 
 RECORD_HIST_ARRAY = """\
-    u32 hslot = key->func * @BUCKETS@ + latency_bucket(ns);
+    u32 hslot = key->func * @BUCKETS@ + hist_bucket(ns, @MASK@);
     u64 *bucket = hist_p@P@.lookup(&hslot);
     if (bucket) (*bucket)++;
     else count_missed(@P@, MISSED_HISTOGRAM_FULL);
@@ -210,7 +218,7 @@ RECORD_HIST = """\
     struct hkey_p@P@ hkey = {};
     u64 zero64 = 0;
     hkey.series = *key;
-    hkey.bucket = latency_bucket(ns);
+    hkey.bucket = hist_bucket(ns, @MASK@);
     u64 *bucket = hist_p@P@.lookup_or_try_init(&hkey, &zero64);
     if (bucket) (*bucket)++;
     else count_missed(@P@, MISSED_HISTOGRAM_FULL);

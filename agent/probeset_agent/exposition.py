@@ -5,7 +5,8 @@ It writes the text itself, rather than through prometheus_client's registry, bec
 10,000 series must stay within tens of milliseconds: each series' label block is rendered once and
 cached by its raw map key (readout.py), and a sample line is then one string join.
 
-A latency histogram's buckets are exported as `histogram_buckets` says (histogram.py, bucket_runs;
+A histogram's buckets (latency's, or a value probe's with aggregate: histogram) are exported as
+`histogram_buckets` says (histogram.py, bucket_runs;
 `--histogram-buckets`, docs/metrics.md): by default (nonzero) from the bound just below the lowest
 non-empty bucket up to +Inf, which keeps `sum by (le)` across series exact; `sparse` also stops at
 the highest non-empty bucket (one series' quantiles only); `all` every bound. A series' bucket lines
@@ -119,9 +120,9 @@ class MetricsCollector:
     def render_bytes(self, out=None):
         """The /metrics body, UTF-8, written into `out` (a bytearray by default; anything that takes
         `out += bytes`, such as server.GzipWriter, which compresses as the body is written) and
-        returned. The latency family, most of the body, is written as bytes straight into it, series
-        by series (_write_latency), after the other families are rendered: no intermediate copy of
-        it, and no str join and encoding of the whole body."""
+        returned. The histogram families, most of the body, are written as bytes straight into it,
+        series by series (_write_histograms), after the other families are rendered: no
+        intermediate copy of them, and no str join and encoding of the whole body."""
         lines: dict[str, list[str]] = {name: [] for name in FAMILIES}
         feats = self.features.as_dict() if self.features else {}
         info = {"version": __version__, "node": self.node, "kernel": platform.release(),
@@ -136,54 +137,39 @@ class MetricsCollector:
         body = bytearray() if out is None else out
         for name, (kind, help_text) in FAMILIES.items():
             body += f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
-            if name == "probeset_latency_seconds":
+            if kind == "histogram":
                 for snap in snaps:
-                    self._write_latency(snap, body)
+                    self._write_histograms(name, snap, body)
             else:
                 body += "".join(lines[name]).encode()
         return body
 
-    def _write_latency(self, snap: SetSnapshot, body) -> None:
-        """The latency histograms of one set's series, appended to `body`: per series, base + le +
-        count per line, where a run of equal counts is one join (module docstring)."""
+    def _write_histograms(self, family: str, snap: SetSnapshot, body) -> None:
+        """The series of one set's probes whose histograms are `family` (latency's, or a value
+        probe's), appended to `body`: per series, base + le + count per line, where a run of equal
+        counts is one join (module docstring)."""
         for probe in snap.probes:
-            if probe.value_metric is not None:
-                continue    # a value histogram is its own family: _render_value
+            if (probe.value_metric or "probeset_latency_seconds") != family:
+                continue
             per_power = probe.buckets_per_power_of_two
-            le_text = self._le_strings(per_power)
-            runs = bucket_runner(per_power, self.histogram_buckets)
+            values = probe.value_metric is not None and probe.unit != "seconds"    # plain numbers
+            le_text = self._le_strings(per_power, "value" if values else "latency")
+            runs = bucket_runner(per_power, self.histogram_buckets, value_bounds(per_power) if values else None)
+            bucket, count, total = (f"{family}_bucket".encode(), f"\n{family}_count".encode(),
+                                    f"\n{family}_sum".encode())
             for s in probe.series:
                 if s.buckets is None:
-                    continue
+                    continue    # a value probe's sum: a counter (_render_value)
                 text = s.text.encode()
-                base = b"probeset_latency_seconds_bucket" + text[:-1] + b',le="'
+                base = bucket + text[:-1] + b',le="'
                 sep = b"\n" + base
                 chunks = []
                 for a, b, c in runs(s.buckets):
                     n = b"%d" % c
                     chunks.append((n + sep).join(le_text[a:b]) + n)
                 # n: the last run's count, +Inf's: the total
-                body += b"%s%s\nprobeset_latency_seconds_count%s %s\nprobeset_latency_seconds_sum%s %s\n" % (
-                    base, sep.join(chunks), text, n, text, _seconds(s.sum_ns).encode())
-
-    def _render_value(self, probe, s, out: list[str]) -> None:
-        """A value probe's series: a counter (sum) or a histogram; seconds were nanoseconds."""
-        scale = 1e-9 if probe.unit == "seconds" else 1
-        name = probe.value_metric
-        total = s.sum_ns * scale if scale != 1 else s.sum_ns
-        if s.buckets is None:
-            out.append(f"{name}{s.text} {floatToGoString(total) if scale != 1 else total}\n")
-            return
-        per_power = probe.buckets_per_power_of_two
-        kind = "seconds" if probe.unit == "seconds" else "value"
-        bounds = value_bounds(per_power) if kind == "value" else None
-        les = [le.decode() for le in self._le_strings(per_power, kind)]
-        base = f"{name}_bucket" + s.text[:-1] + ',le="'
-        count = 0
-        for a, b, count in bucket_runner(per_power, self.histogram_buckets, bounds)(s.buckets):
-            out.extend(f"{base}{les[p]}{count}\n" for p in range(a, b))
-        out.append(f"{name}_count{s.text} {count}\n")
-        out.append(f"{name}_sum{s.text} {floatToGoString(total) if scale != 1 else total}\n")
+                body += b"%s%s%s%s %s%s%s %s\n" % (base, sep.join(chunks), count, text, n, total, text,
+                                                   b"%d" % s.sum_ns if values else _seconds(s.sum_ns).encode())
 
     def _render_set(self, snap: SetSnapshot, lines: dict[str, list[str]]) -> None:
         name = snap.labels          # {probeset, probeset_namespace?}: first on every line
@@ -195,14 +181,16 @@ class MetricsCollector:
                 labels = label_text({**name, "probe": st.name, "function": "", "via": st.via})
                 lines["probeset_probe_attached"].append(f"probeset_probe_attached{labels} 0\n")
         events = lines["probeset_events_total"]
-        for probe in snap.probes:      # the latency histograms: _write_latency
+        for probe in snap.probes:      # the histograms: _write_histograms
             folded = 0
+            sums = lines[probe.value_metric] if probe.value_metric is not None else None
             for s in probe.series:
                 if s.labels["function"] == OVERFLOW_LABEL:
                     folded += s.count
                 events.append(f"probeset_events_total{s.text} {s.count}\n")
-                if probe.value_metric is not None:
-                    self._render_value(probe, s, lines[probe.value_metric])
+                if sums is not None and s.buckets is None:     # a value's sum (seconds were nanoseconds)
+                    sums.append(f"{probe.value_metric}{s.text} "
+                                f"{floatToGoString(s.sum_ns / 1e9) if probe.unit == 'seconds' else s.sum_ns}\n")
             labels = label_text({**name, "probe": probe.probe})
             lines["probeset_series_overflow_total"].append(f"probeset_series_overflow_total{labels} {folded}\n")
         set_labels = label_text(name)

@@ -41,6 +41,22 @@ def bucket_index(ns: int) -> int:
     return SUB_BUCKETS * (msb - (SUB_BUCKET_BITS - 1)) + ((v >> (msb - SUB_BUCKET_BITS)) & (SUB_BUCKETS - 1))
 
 
+def bucket_mask(per_power_of_two: int) -> int:
+    """What the kernel ORs into a bucket index of SUB_BUCKETS or more (hist_bucket() in C): the
+    sub-bucket bits below the probe's export grid (1 per power of two: 3; 2: 1; 4: 0)."""
+    return SUB_BUCKETS // per_power_of_two - 1
+
+
+def kernel_bucket(ns: int, per_power_of_two: int) -> int:
+    """The bucket index the kernel records for `ns` (hist_bucket() in C): bucket_index() rounded up,
+    within its power of two, to the last sub-bucket on the export grid. Its upper bound is the
+    exported bound that first includes `ns` (indexes below SUB_BUCKETS stay: values 1 to 4, each
+    a bound of its own for value histograms), so every exported cumulative count is the same as
+    from bucket_index(), and the map holds one row per exported bucket instead of up to four."""
+    index = bucket_index(ns)
+    return index if index < SUB_BUCKETS else index | bucket_mask(per_power_of_two)
+
+
 @functools.lru_cache(maxsize=None)
 def export_bounds_ns(per_power_of_two: int = SUB_BUCKETS) -> tuple[int, ...]:
     """The exported `le` bounds in ns: every in-kernel bound in range whose sub-bucket position

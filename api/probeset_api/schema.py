@@ -169,7 +169,8 @@ PROBE_SCHEMA: dict = {
         "bucketsPerPowerOfTwo": {
             "type": "integer", "enum": [1, 2, 4], "default": 1,
             "description": "Latency histogram buckets exported per power of two, from 256 ns to 17 s (the "
-                           "kernel always keeps 4). More buckets: finer quantiles, more series per scrape.",
+                           "kernel records on the same grid). More buckets: finer quantiles, more series per "
+                           "scrape and more map rows.",
         },
         "groupBy": {
             "type": "array",

@@ -2,7 +2,7 @@
 tracepoint fields, exact (bucket by bucket), filtered to the test program's pid."""
 
 from probeset_agent.exposition import MetricsCollector
-from probeset_agent.histogram import bucket_index
+from probeset_agent.histogram import kernel_bucket
 from tests.bpf.lang import example_for, missed, one_series
 from tests.support import status
 
@@ -16,7 +16,7 @@ def test_sum_and_histogram_of_an_argument_are_exact(lang, run_probeset):
     assert (s.count, s.sum_ns, s.buckets) == (100, 7 * 99 * 100 // 2, None)
     want = {}
     for i in range(100):
-        want[bucket_index(7 * i)] = want.get(bucket_index(7 * i), 0) + 1
+        want[kernel_bucket(7 * i, 1)] = want.get(kernel_bucket(7 * i, 1), 0) + 1
     assert (h.count, h.sum_ns, h.buckets) == (100, 7 * 99 * 100 // 2, want)
     assert missed(prog, "s", "negative_value") == 0
     text = MetricsCollector([prog], "testnode").render()
@@ -30,6 +30,21 @@ def test_sum_and_histogram_of_an_argument_are_exact(lang, run_probeset):
     assert f'probeset_value_bytes_sum{{{labels}}} 34650\n' in text
 
 
+def test_histogram_rows_follow_the_probes_buckets_per_power_of_two(lang, run_probeset):
+    """The kernel records each value in the bucket of the probe's export grid (hist_bucket()):
+    2 per power of two keeps 2 rows where 4 per power keeps 4, and the counts are exact."""
+    probes = [{"name": f"h{per_power}", "uprobe": f"{lang.path}:lang_value", "pid": lang.pid, "value": "arg1",
+               "aggregate": "histogram", "bucketsPerPowerOfTwo": per_power} for per_power in (1, 2, 4)]
+    prog = run_probeset(probes)
+    lang.run("value 64 1025 16")                 # arg1 = 1025 + 16 * i, i < 64: 1,025 to 2,033
+    for per_power, rows in ((1, 1), (2, 2), (4, 4)):
+        h = one_series(prog, f"h{per_power}")
+        want = {}
+        for i in range(64):
+            want[kernel_bucket(1025 + 16 * i, per_power)] = want.get(kernel_bucket(1025 + 16 * i, per_power), 0) + 1
+        assert (h.count, h.buckets, len(h.buckets)) == (64, want, rows)
+
+
 def test_negative_return_values_are_counted_not_summed(lang, run_probeset):
     probes = [{"name": "r", "uretprobe": f"{lang.path}:lang_value", "pid": lang.pid, "value": "retval",
                "aggregate": "histogram"}]
@@ -38,7 +53,7 @@ def test_negative_return_values_are_counted_not_summed(lang, run_probeset):
     r = one_series(prog, "r")
     want = {}
     for v in range(50):
-        want[bucket_index(v)] = want.get(bucket_index(v), 0) + 1
+        want[kernel_bucket(v, 1)] = want.get(kernel_bucket(v, 1), 0) + 1
     assert (r.count, r.sum_ns, r.buckets) == (100, sum(range(50)), want)
     assert missed(prog, "r", "negative_value") == 50
 
@@ -78,4 +93,6 @@ def test_read_bytes_example_counts_exact_bytes(lang, start_program):
     lines = len("read 50 512\n") + len("read 3 65536\n")      # stdio's reads of the commands
     assert (s.count, s.sum_ns) == (55, 50 * 512 + 3 * 65536 + lines)
     h = one_series(prog, "read_sizes")
-    assert h.buckets == {bucket_index(512): 50, bucket_index(65536): 3, bucket_index(12): 1, bucket_index(13): 1}
+    # one bucket per power of two (the default): the reads of 12 and 13 bytes share (8, 16]
+    assert h.buckets == {kernel_bucket(512, 1): 50, kernel_bucket(65536, 1): 3, kernel_bucket(12, 1): 2}
+    assert kernel_bucket(12, 1) == kernel_bucket(13, 1) == kernel_bucket(16, 1) != kernel_bucket(8, 1)

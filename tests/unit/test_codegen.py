@@ -12,9 +12,9 @@ from probeset_api.spec import Probe
 from tests.support import resolved_uprobe
 
 
-def uprobe(index, name, latency=False, group_by=(), pid=None, comm=None, kind="uprobe"):
+def uprobe(index, name, latency=False, group_by=(), pid=None, comm=None, kind="uprobe", per_power=1):
     p = Probe(index=index, name=name, kind=kind, target="/bin/true:main", latency=latency, group_by=group_by,
-              pid=pid, comm=comm)
+              pid=pid, comm=comm, buckets_per_power_of_two=per_power)
     fields = tuple(GroupField(g, "retval", signed=True) if g == "retval" else GroupField(g, "arg", index=int(g[3:]))
                    for g in group_by)
     return resolved_uprobe(p, "main_function_label", 0x1234, fields=fields)
@@ -51,6 +51,16 @@ def test_one_map_set_and_record_function_per_probe():
     assert [(a.mechanism, a.probes) for a in prog.attach_points] == [("uprobe", [0, 3]), ("uretprobe", [3])]
     assert len(re.findall(r"^int site_\d+\(struct pt_regs \*ctx\)", text, re.M)) == 2
     assert not re.search(r"@[A-Z_]+@", text)
+
+
+def test_a_histogram_records_on_its_probes_export_grid():
+    """hist_bucket(ns, mask): the kernel's bucket rounded up to the probe's bucketsPerPowerOfTwo
+    (histogram.kernel_bucket), in the hash (many series) and in the array (one series) shapes."""
+    probes = [uprobe(0, "one", latency=True, group_by=("arg1",)), uprobe(1, "four", latency=True, per_power=4)]
+    text = generate(probes, ("node",), max_series=100).text
+    assert "hkey.bucket = hist_bucket(ns, 3);" in text                      # probe 0: hash, 1 per power
+    assert "u32 hslot = key->func * 252 + hist_bucket(ns, 0);" in text      # probe 1: array, 4 per power
+    assert text.count("latency_bucket(ns)") == 1                            # only inside hist_bucket()
 
 
 def test_user_strings_never_reach_c():

@@ -10,8 +10,9 @@ import random
 
 import pytest
 
-from probeset_agent.histogram import (BUCKET_MODES, bucket_index, bucket_runs, bucket_upper_ns, cumulative_buckets,
-                                      cumulative_counts, export_bounds_ns, export_positions)
+from probeset_agent.histogram import (BUCKET_MODES, bucket_index, bucket_mask, bucket_runs, bucket_upper_ns,
+                                      cumulative_buckets, cumulative_counts, export_bounds_ns, export_positions,
+                                      kernel_bucket, value_bounds)
 
 
 def events(*latencies_ns: int) -> dict[int, int]:
@@ -132,6 +133,33 @@ def test_every_kernel_bucket_lands_on_the_first_bound_that_holds_it():
                 assert bounds[position] >= up and (position == 0 or bounds[position - 1] < up)
             else:
                 assert up > bounds[-1]
+
+
+def sample_values() -> list[int]:
+    """0 to 4,100 one by one, then each power of two to 2^45 and its neighbours."""
+    return list(range(4100)) + [v for k in range(12, 46) for v in ((1 << k) - 1, 1 << k, (1 << k) + 1)]
+
+
+@pytest.mark.parametrize("per_power", [1, 2, 4])
+@pytest.mark.parametrize("kind", ["latency", "value"])
+def test_the_kernels_rounded_bucket_exports_exactly_the_same_counts(per_power, kind):
+    """hist_bucket() in C (kernel_bucket here) rounds the index up to the probe's export grid: every
+    exported cumulative count is what the finest bucket gives, for every value."""
+    bounds = export_bounds_ns(per_power) if kind == "latency" else value_bounds(per_power)
+    for v in sample_values():
+        finest = cumulative_counts({bucket_index(v): 1}, per_power, bounds)
+        assert cumulative_counts({kernel_bucket(v, per_power): 1}, per_power, bounds) == finest, v
+        assert bucket_upper_ns(kernel_bucket(v, per_power)) >= v
+
+
+@pytest.mark.parametrize("per_power, mask, rows", [(1, 3, 1), (2, 1, 2), (4, 0, 4)])
+def test_the_kernel_keeps_one_row_per_exported_bucket(per_power, mask, rows):
+    """Latencies across one power of two (1,025 to 2,048 ns) land in 4 in-kernel buckets at the
+    finest grid: the map keeps as many rows as the probe exports buckets there."""
+    assert bucket_mask(per_power) == mask
+    assert len({kernel_bucket(ns, per_power) for ns in range(1025, 2049)}) == rows
+    assert len({bucket_index(ns) for ns in range(1025, 2049)}) == 4
+    assert {kernel_bucket(v, per_power) for v in (1, 2, 3, 4)} == {0, 1, 2, 3}     # each its own value bound
 
 
 def random_counts(rng: random.Random) -> dict[int, int]:

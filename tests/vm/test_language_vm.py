@@ -121,7 +121,7 @@ def test_sizes_passed_to_tcp_sendmsg_bucket_by_bucket(run_probeset):
     process's sends over loopback."""
     import socket
 
-    from probeset_agent.histogram import bucket_index
+    from probeset_agent.histogram import kernel_bucket
     prog = run_probeset([{"name": "send_sizes", "kprobe": "tcp_sendmsg", "pid": os.getpid(), "value": "arg2",
                           "aggregate": "histogram", "unit": "bytes"}])
     server = socket.create_server(("127.0.0.1", 0))
@@ -140,5 +140,5 @@ def test_sizes_passed_to_tcp_sendmsg_bucket_by_bucket(run_probeset):
     (s,), _ = series(prog, "send_sizes")
     want = {}
     for size in sizes:
-        want[bucket_index(size)] = want.get(bucket_index(size), 0) + 1
+        want[kernel_bucket(size, 1)] = want.get(kernel_bucket(size, 1), 0) + 1
     assert (s.count, s.sum_ns, s.buckets) == (len(sizes), sum(sizes), want)
