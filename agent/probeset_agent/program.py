@@ -26,7 +26,7 @@ from .features import Features
 from .health import missed_events, program_stats
 from .layout import key_uses_cgroup
 from .loader import CompileCost
-from .maps import delete_row, read_raw
+from .maps import delete_row, read_raw, read_rows
 from .mapshape import as_hash_rows
 from .placement import Placement
 from .readout import Readout, Series, UnknownAging
@@ -290,8 +290,8 @@ class ProbeSetProgram:
             return
         for rp in self.live_probes():
             counts, hist = self._tables(rp)
-            count_keys, hist_keys = self.readout.retire(rp, self.program.layouts[rp.id], read_raw(counts),
-                                                        read_raw(hist) if hist is not None else (), counts.total_cpu, expired)
+            count_keys, hist_keys = self.readout.retire(rp, self.program.layouts[rp.id], read_rows(counts),
+                                                        read_rows(hist) if hist is not None else (), counts.total_cpu, expired)
             for raw in hist_keys:
                 delete_row(hist, raw)
             for raw in count_keys:
@@ -342,8 +342,8 @@ class ProbeSetProgram:
             for rp in self.live_probes():
                 counts, hist = self._tables(rp)
                 out[rp.id] = self.readout.series(rp, self.program.layouts[rp.id], *as_hash_rows(
-                    self.program.shapes[rp.id], self.program.layouts[rp.id], read_raw(counts),
-                    read_raw(hist) if hist is not None else ()), counts.total_cpu)
+                    self.program.shapes[rp.id], self.program.layouts[rp.id], read_rows(counts),
+                    read_rows(hist) if hist is not None else ()), counts.total_cpu)
             self.unknown_cgroups = len(self.readout.unknown)
         return out
 
