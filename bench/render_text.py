@@ -4,7 +4,8 @@ bench/scrape.py's series each hold one event of a ~1 µs function: one non-empty
 the best case for the exposition's run joins (one join per run of equal cumulative counts). Here
 --series synthetic series (no BPF, no root: snapshots built in Python, as tests/unit do) each hold
 --events latencies drawn from a log-normal distribution (sigma 1, median 1 µs to 1.2 ms), ~10
-non-empty buckets at the default resolution. For each --histogram-buckets mode we time
+non-empty buckets at the default resolution (as the kernel records them: kernel_bucket; an older
+tree's kernel side recorded the finest buckets, ~4 per power of two). For each --histogram-buckets mode we time
 MetricsCollector.render_bytes() (median CPU ms of --repeat runs after a warm-up) and report the
 body's size. No map is read: the agent's read_series() comes on top (bench/scrape.py).
 
@@ -27,6 +28,11 @@ from common import save_json
 def build(n: int, events: int, seed: int = 1) -> list:
     from probeset_agent.histogram import bucket_index
     from probeset_agent.readout import Series, label_text
+    try:        # the buckets the kernel records: on the export grid (1 per power of two)
+        from probeset_agent.histogram import kernel_bucket
+    except ImportError:     # an older tree: the finest buckets, as its kernel side recorded them
+        def kernel_bucket(ns: int, per_power: int) -> int:
+            return bucket_index(ns)
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -35,7 +41,8 @@ def build(n: int, events: int, seed: int = 1) -> list:
         mu, total = rng.uniform(7, 14), 0
         for _ in range(events):
             ns = max(1, int(rng.lognormvariate(mu, 1.0)))
-            buckets[bucket_index(ns)] = buckets.get(bucket_index(ns), 0) + 1
+            b = kernel_bucket(ns, 1)
+            buckets[b] = buckets.get(b, 0) + 1
             total += ns
         out.append(Series(labels, label_text(labels), events, total, buckets))
     return out

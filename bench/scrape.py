@@ -39,6 +39,7 @@ import cProfile
 import gzip
 import io
 import pstats
+import re
 import resource
 import subprocess
 import time
@@ -94,7 +95,10 @@ def measure(series: int, scrapes: int, latency: bool, modes: list[str], profile:
             render_ms, render_cpu, body = timed(collector.render_bytes, scrapes)
             text = body.decode()
             if latency and 'reason="histogram_full"} 0' not in text:
-                raise SystemExit("histograms incomplete (histogram_full above 0): the figures would not be comparable")
+                lost = re.search(r'reason="histogram_full"\} (\d+)', text)
+                raise SystemExit(f"histograms incomplete: {lost.group(1) if lost else 'some'} events found no room in "
+                                 f"the histogram map ({hist_rows} rows; histogram_full): the figures would not be "
+                                 "comparable")
             r = out["modes"][mode] = {
                 "samples": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
                 "body_bytes": len(body), "render_ms": render_ms, "render_cpu_ms": render_cpu}
