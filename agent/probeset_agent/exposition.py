@@ -166,7 +166,7 @@ class MetricsCollector:
                 chunks = []
                 for a, b, c in runs(s.buckets):
                     n = b"%d" % c
-                    chunks.append((n + sep).join(le_text[a:b]) + n)
+                    chunks.append(le_text[a] + n if b - a == 1 else (n + sep).join(le_text[a:b]) + n)
                 # n: the last run's count, +Inf's: the total
                 body += b"%s%s%s%s %s%s%s %s\n" % (base, sep.join(chunks), count, text, n, total, text,
                                                    b"%d" % s.sum_ns if values else _seconds(s.sum_ns).encode())

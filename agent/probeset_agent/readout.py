@@ -24,7 +24,7 @@ OVERFLOW_LABEL = "__overflow__"
 Row = tuple[bytes, bytes]         # (key, value) as the map holds them
 
 
-@dataclass
+@dataclass(slots=True)     # 10,000s made per scrape: slots make them smaller and quicker to build
 class Series:
     labels: dict[str, str]
     text: str                                # the labels rendered for the exposition: {a="b",...}
