@@ -159,7 +159,7 @@ class MetricsCollector:
                                     f"\n{family}_sum".encode())
             for s in probe.series:
                 if s.buckets is None:
-                    continue    # a value probe's sum: a counter (_render_value)
+                    continue    # a value probe's sum: a counter (_render_set)
                 text = s.text.encode()
                 base = bucket + text[:-1] + b',le="'
                 sep = b"\n" + base
