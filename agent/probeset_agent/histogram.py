@@ -148,26 +148,27 @@ def bucket_runner(per_power_of_two: int = SUB_BUCKETS, mode: str = DEFAULT_BUCKE
     empty = [(0 if every else n, n + 1, 0)]
 
     def runs(counts: dict[int, int]) -> list[Run]:
-        own: dict[int, int] = {}
-        for index, c in counts.items():
-            if c:
-                p = pos[index]
-                own[p] = own.get(p, 0) + c
-        if not own:
-            return list(empty)
-        steps = sorted(own.items())
-        low = steps[0][0]
+        # indexes in increasing order have positions in increasing order (pos is monotonic): one
+        # pass, a run ending where the position changes (several indexes can share a position:
+        # below the first bound, past the last, values 1 to 4)
         out: list[Run] = []
-        start = 0 if every or not low else low - 1
-        if start < low:
-            out.append((start, low, 0))
-        acc = 0
-        p, c = steps[0]
-        for q, d in steps[1:]:
+        acc, p = 0, -1
+        for index in sorted(counts):
+            c = counts[index]
+            if not c:
+                continue
+            q = pos[index]
+            if q != p:
+                if p >= 0:
+                    out.append((p, q, acc))
+                else:
+                    start = 0 if every or not q else q - 1
+                    if start < q:
+                        out.append((start, q, 0))
+                p = q
             acc += c
-            out.append((p, q, acc))
-            p, c = q, d
-        acc += c
+        if p < 0:
+            return list(empty)
         if sparse and p < n:
             out += [(p, p + 1, acc), (n, n + 1, acc)]
         else:

@@ -144,6 +144,27 @@ def test_histogram_buckets_become_cumulative_le():
     assert cumulative[512 / 1e9] == 0
 
 
+@pytest.mark.parametrize("cpus", [1, 3, 64])
+def test_per_cpu_values_are_summed_for_any_number_of_cpus(cpus):
+    """Each CPU's {count, sum_ns} and bucket count adds up, whatever the node's CPU count (the
+    readout sums them column by column: readout._columns); big values stay exact."""
+    rp = probe(["arg0"], latency=True)
+    layout = KeyLayout.of((), ("arg0",), frozenset())
+    big = (1 << 63) + 5
+    counts, hist = [], []
+    for series in range(3):
+        k = key(layout, g0=series)
+        cells = [(series + cpu + 1, big if cpu == cpus - 1 else 10 * cpu) for cpu in range(cpus)]
+        counts.append((k, struct.pack(f"<{2 * cpus}Q", *(x for c in cells for x in c))))
+        hist.append((k + (4).to_bytes(4, "little") + bytes(4), struct.pack(f"<{cpus}Q", *(c for c, _ in cells))))
+    readout = Readout({"probeset": "set"}, "n1", ())
+    readout.begin(names_changed=False)
+    got = {s.labels["arg0"]: (s.count, s.sum_ns, s.buckets) for s in readout.series(rp, layout, counts, hist, cpus)}
+    assert got == {str(series): (n := sum(series + cpu + 1 for cpu in range(cpus)),
+                                 big + sum(10 * cpu for cpu in range(cpus - 1)), {4: n})
+                   for series in range(3)}
+
+
 def test_histogram_row_without_its_count_row_waits():
     rp = probe(["arg0"], latency=True)
     layout = KeyLayout.of((), ("arg0",), frozenset())
