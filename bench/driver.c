@@ -4,6 +4,7 @@
  *   driver call_xol N  the same with bench_target_xol
  *   driver call_cet N  the same with bench_target_cet (as built with -fcf-protection: endbr64 first)
  *   driver call_sub N  the same with bench_target_sub (`sub $8,%rsp` first, then a call)
+ *   driver call_nop5 N the same with bench_target_nop5 (a 5-byte NOP first, then bench_target's body)
  *   driver getppid N   syscall(SYS_getppid) N times; print wall ns per call
  *   driver rename N    prctl(PR_SET_NAME) N times (tracepoint task:task_rename, also a raw tracepoint)
  *   driver call8 N     call bench_glob_<i % 8>(i): 8 functions with bench_target's body (a glob's uprobes)
@@ -22,6 +23,8 @@
  * kernel single-steps; the agent probes it past that (bench/overhead.py --cet). bench_target_sub is
  * how gcc -O2 without frame pointers begins a function that calls another: `sub $8,%rsp`
  * (single-stepped), then the call (emulated), where the agent counts (bench/overhead.py --sub).
+ * bench_target_nop5 starts with the 5-byte NOP that Linux >= 6.18 turns a uprobe on into a call of
+ * a trampoline and a `uprobe` syscall instead of the int3 trap (bench/uprobe_classes.py).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -36,6 +39,7 @@ long bench_target(long x);
 long bench_target_xol(long x);
 long bench_target_cet(long x);
 long bench_target_sub(long x);
+long bench_target_nop5(long x);
 asm(".text\n"
     ".globl bench_target\n"
     ".type bench_target, @function\n"
@@ -70,6 +74,16 @@ asm(".text\n"
     "    add $8, %rsp\n"
     "    ret\n"
     ".size bench_target_sub, .-bench_target_sub\n"
+    ".globl bench_target_nop5\n"
+    ".type bench_target_nop5, @function\n"
+    "bench_target_nop5:\n"
+    "    .byte 0x0f, 0x1f, 0x44, 0x00, 0x00\n"
+    "    push %rbp\n"
+    "    mov %rsp, %rbp\n"
+    "    lea 1(%rdi), %rax\n"
+    "    pop %rbp\n"
+    "    ret\n"
+    ".size bench_target_nop5, .-bench_target_nop5\n"
     ".globl bench_target_xol\n"
     ".type bench_target_xol, @function\n"
     "bench_target_xol:\n"
@@ -101,7 +115,7 @@ static double now_ns(void)
 int main(int argc, char **argv)
 {
     if (argc != 3 && !(argc == 4 && (!strcmp(argv[1], "paced") || !strcmp(argv[1], "values")))) {
-        fprintf(stderr, "usage: %s call|call_xol|call_cet|call_sub|getppid|rename|call8 N | paced N RATE"
+        fprintf(stderr, "usage: %s call|call_xol|call_cet|call_sub|call_nop5|getppid|rename|call8 N | paced N RATE"
                         " | values N K\n", argv[0]);
         return 2;
     }
@@ -120,6 +134,9 @@ int main(int argc, char **argv)
     } else if (!strcmp(argv[1], "call_sub")) {
         for (long i = 0; i < n; i++)
             sink += bench_target_sub(i);
+    } else if (!strcmp(argv[1], "call_nop5")) {
+        for (long i = 0; i < n; i++)
+            sink += bench_target_nop5(i);
     } else if (!strcmp(argv[1], "getppid")) {
         for (long i = 0; i < n; i++)
             sink += syscall(SYS_getppid);

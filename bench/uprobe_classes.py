@@ -2,10 +2,12 @@
 
   calibrate   what the agent measures at start and `probeset check` prints
               (agent/probeset_agent/uprobe_cost.py: machine code in a memfd, called in a loop)
-  driver      the C driver's bench_target (push %rbp: emulated) and bench_target_xol (lea:
-              single-stepped), `driver call[_xol] N` with and without a counting uprobe perf event
-              on every CPU (no BPF program: the trap and the emulation or single-step only); the
-              event's count is checked against the calls
+  driver      the C driver's bench_target (push %rbp: emulated), bench_target_nop5 (a 5-byte NOP:
+              emulated, and since Linux 6.18 rewritten by the kernel on its first hit into a call
+              of a trampoline that makes the `uprobe` syscall: no int3 trap) and bench_target_xol
+              (lea: single-stepped), `driver call[_nop5|_xol] N` with and without a counting uprobe
+              perf event on every CPU (no BPF program: the trap and the emulation or single-step
+              only); the event's count is checked against the calls
 
   chrt -f 50 .venv/bin/python bench/uprobe_classes.py [--calls 100000] [--reps 3]
 """
@@ -50,10 +52,10 @@ def main() -> None:
     print("calibrate: " + ", ".join(f"{k} {median([c[k] for c in cost]) * 1e9:.0f} ns" for k in cost[0]))
     symbols = {w[2]: int(w[0], 16) for w in (line.split() for line in subprocess.run(
         ["nm", str(DRIVER)], capture_output=True, text=True, check=True).stdout.splitlines()) if len(w) == 3}
-    for mode, fn in (("call", "bench_target"), ("call_xol", "bench_target_xol")):
+    for mode, fn in (("call", "bench_target"), ("call_nop5", "bench_target_nop5"), ("call_xol", "bench_target_xol")):
         offset = elf_file_offset(str(DRIVER), symbols[fn])
         cls = site_class(str(DRIVER), offset)
-        n = args.calls if mode == "call" else args.calls // 10
+        n = args.calls // 10 if mode == "call_xol" else args.calls
         plain = median([run_driver(mode, n) for _ in range(args.reps)])
         fds = perf_uprobe_all_cpus(str(DRIVER), offset)
         try:
