@@ -62,8 +62,15 @@ def median(xs) -> float:
 
 
 def machine() -> str:
+    """CPUs, their model with family and model numbers (a VM's model name can be only "AMD EPYC":
+    machines of one name measured 2.3x apart at the same pure-Python work, docs/benchmarks.md 2),
+    kernel and BCC."""
     cpus = os.cpu_count()
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    info: dict[str, str] = {}
+    for line in open("/proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    model = f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} model {info.get('model', '?')}"
     import bcc
     return f"{cpus} CPUs ({model}), kernel {platform.release()}, BCC {getattr(bcc, '__version__', '?')}"
 

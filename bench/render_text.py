@@ -10,7 +10,8 @@ MetricsCollector.render_bytes() (median CPU ms of --repeat runs after a warm-up)
 body's size. No map is read: the agent's read_series() comes on top (bench/scrape.py).
 
 Run against an older tree (whose MetricsCollector takes trim_buckets and has no render_bytes) by
-putting that tree's agent/ and api/ on PYTHONPATH: sparse then means its top-trimmed default.
+copying this bench/ into a worktree of it and running it from there (common.py puts its own tree's
+agent/ and api/ first on sys.path): sparse then means its top-trimmed default.
 
   .venv/bin/python bench/render_text.py [--series 10000] [--events 200] [--repeat 7] [--json FILE]
 """

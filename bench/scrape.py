@@ -25,8 +25,9 @@ latency's buckets, in the same kind of map, but deterministic): `hist rows` is t
 histogram map holds (one row per series and non-empty bucket recorded).
 Peak RSS is this process's high-water mark so far (sizes run in order).
 With --profile, one render() at the largest size runs under cProfile (top functions).
-Against an older tree (PYTHONPATH=<tree>/agent:<tree>/api), isal1 and streamed are left out where
-that agent has no GzipWriter.
+To measure an older tree, copy this bench/ into a worktree of it and run it from there (common.py
+puts its own tree's agent/ and api/ first on sys.path: PYTHONPATH does not choose the code);
+isal1 and streamed are left out where that agent has no GzipWriter.
 
   chrt -f 50 .venv/bin/python bench/scrape.py [--series 1000 10000] [--scrapes 20] [--latency | --spread K]
       [--profile] [--modes nonzero sparse all] [--json FILE]
