@@ -18,7 +18,7 @@ import argparse
 import subprocess
 
 from probeset_agent import elf
-from probeset_agent.uprobe_cost import EMULATED, ENDBR64, classify
+from probeset_agent.uprobe_cost import ENDBR64, NOT_STEPPED, classify
 from probeset_agent.uprobe_entry import MAX_FUNCTION_BYTES, MAX_WALK, branches_into, entry_offset, insn_length
 
 NOP5 = bytes.fromhex("0f1f440000")
@@ -61,9 +61,9 @@ def survey(path: str, walk: int) -> dict:
             stats["unreadable"] += 1
             continue
         stats["functions"] += 1
-        first = classify(code[:16] + bytes(16)).kind == EMULATED
+        first = classify(code[:16] + bytes(16)).kind in NOT_STEPPED
         moved = entry_offset(code, movable=True)
-        placed = classify(code[moved:moved + 16] + bytes(16)).kind == EMULATED
+        placed = classify(code[moved:moved + 16] + bytes(16)).kind in NOT_STEPPED
         stats["emulated at the first byte" if first else
               "single-stepped there, emulated where the agent puts it" if placed else "single-stepped either way"] += 1
         at = nop5_in_entry_block(code, walk)

@@ -50,6 +50,7 @@ FAMILIES = {
     "probeset_bpf_runs_total": ("counter", "BPF program runs (needs kernel.bpf_stats_enabled)."),
     "probeset_uprobe_hit_seconds": ("gauge", "What one hit of this uprobe point costs the probed thread besides its "
                                              "BPF program, by the class of the probed instruction (emulated, "
+                                             "optimizable: a 5-byte NOP, no trap after the first hit on Linux >= 6.18, "
                                              "single-stepped; return: what a uretprobe adds), measured on this node at "
                                              "start."),
     "probeset_unknown_cgroups": ("gauge", "Cgroup ids not found in the cgroup tree (gone before the agent saw "

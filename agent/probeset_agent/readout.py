@@ -10,7 +10,6 @@ series never goes backwards; the caller deletes the retired rows from the maps.
 
 from __future__ import annotations
 
-from operator import add
 from dataclasses import dataclass
 from typing import Callable, Iterable
 

@@ -8,6 +8,10 @@ register (50-57, 41 50-57); a branch with a 0x66 prefix is refused (the probe do
 Any other instruction is copied out of line and single-stepped: a second trap, about 5x the
 cost (docs/benchmarks.md 1: 1.05 vs 5.4 µs). `endbr64`, which functions built with
 -fcf-protection start with, is single-stepped. A uretprobe adds the return trampoline's cost.
+Since Linux 6.18 a uprobe on a 5-byte NOP (x86_nops[5], not crossing a page) is better still: on its
+first hit in a process the kernel replaces it by a call of a trampoline that makes the `uprobe`
+syscall (arch_uprobe_optimize), so later hits take no trap: the class `optimizable`, whose measured
+cost says which kernel this is (on older ones it costs what an emulated hit does).
 Where the agent puts a function's uprobe so that it is emulated more often: uprobe_entry.py.
 
 classify() is pure. calibrate() measures each class here, without BPF: a uprobe perf event
@@ -27,7 +31,11 @@ import time
 from dataclasses import dataclass
 
 EMULATED, SINGLE_STEPPED, REFUSED, RETURN = "emulated", "single-stepped", "refused", "return"
+OPTIMIZABLE = "optimizable"     # a 5-byte NOP: emulated, and no trap at all after the first hit on Linux >= 6.18
+NOT_STEPPED = (EMULATED, OPTIMIZABLE)       # the classes the kernel does not single-step
 
+PAGE = 4096
+NOP5 = bytes.fromhex("0f1f440000")
 # arch/x86/include/asm/nops.h: the kernel's NOPs by length (x86_nops[] on x86-64)
 X86_NOPS = {bytes.fromhex(h) for h in ("90", "6690", "0f1f00", "0f1f4000", "0f1f440000", "660f1f440000",
                                        "0f1f8000000000", "0f1f840000000000")}
@@ -41,10 +49,13 @@ class SiteClass:
     insn: str            # what was recognised, for people: "push %rbp", "endbr64", "bytes 48 89 f8 c3"
 
 
-def classify(code: bytes) -> SiteClass:
-    """The class of the x86-64 instruction that `code` starts with (at least 8 bytes)."""
+def classify(code: bytes, page_offset: int | None = None) -> SiteClass:
+    """The class of the x86-64 instruction that `code` starts with (at least 8 bytes), at
+    `page_offset` in its page when known (a 5-byte NOP across a page end is not optimized)."""
     if len(code) < 8:
         return SiteClass("unknown", f"only {len(code)} bytes")
+    if code.startswith(NOP5) and (page_offset is None or page_offset <= PAGE - len(NOP5)):
+        return SiteClass(OPTIMIZABLE, "nop (5 bytes)")
     for n in range(8, 0, -1):
         if code[:n] in X86_NOPS:
             return SiteClass(EMULATED, f"nop ({n} bytes)")
@@ -76,18 +87,20 @@ def site_class(path: str, file_offset: int) -> SiteClass:
     try:
         with open(path, "rb") as f:
             f.seek(file_offset)
-            return classify(f.read(16))
+            # an ELF segment's file offsets and virtual addresses are congruent modulo the page size
+            return classify(f.read(16), file_offset % PAGE)
     except OSError as e:
         return SiteClass("unknown", f"cannot read {path}: {e.strerror}")
 
 
 # --- measuring each class on this node -----------------------------------------------------
 
-# Code of a memfd: two functions `long f(long)`, the first starting with push %rbp (emulated), the
-# second with mov %rdi,%rax (single-stepped), and `loop(n, f)`, which calls f n times, so that the
-# time measured is the calls' alone.
+# Code of a memfd: three functions `long f(long)`, starting with push %rbp (emulated), with
+# mov %rdi,%rax (single-stepped) and with a 5-byte NOP (optimizable), and `loop(n, f)`, which calls
+# f n times, so that the time measured is the calls' alone.
 _CODE = {EMULATED: (0, bytes.fromhex("55 48 89 f8 5d c3")),           # push %rbp; mov %rdi,%rax; pop; ret
-         SINGLE_STEPPED: (64, bytes.fromhex("48 89 f8 c3"))}          # mov %rdi,%rax; ret
+         SINGLE_STEPPED: (64, bytes.fromhex("48 89 f8 c3")),          # mov %rdi,%rax; ret
+         OPTIMIZABLE: (192, NOP5 + bytes.fromhex("48 89 f8 c3"))}     # nop5; mov %rdi,%rax; ret
 _LOOP = (128, bytes.fromhex("53 41 54 48 89 fb 49 89 f4"              # push rbx, r12; rbx = n; r12 = f
                             "48 85 db 74 0b 48 89 df 41 ff d4 48 ff cb eb f0"   # while (rbx) { f(rbx); rbx--; }
                             "41 5c 5b c3"))                           # pop r12, rbx; ret
@@ -120,8 +133,8 @@ def _per_call_ns(loop, fn: int, calls: int) -> float:
 
 
 def calibrate(calls: int = 20000, rounds: int = 5) -> dict[str, float]:
-    """Seconds per hit of each class on this node (emulated, single-stepped, and `return`: what a
-    uretprobe adds); OSError when this node cannot be measured (not root, no uprobe PMU, not
+    """Seconds per hit of each class on this node (emulated, single-stepped, optimizable, and
+    `return`: what a uretprobe adds); OSError when this node cannot be measured (not root, no uprobe PMU, not
     x86-64, memfd not executable)."""
     if os.uname().machine not in _PERF_EVENT_OPEN:
         raise OSError(0, f"uprobe classes are known for x86-64 only, not {os.uname().machine}")
@@ -146,8 +159,8 @@ def calibrate(calls: int = 20000, rounds: int = 5) -> dict[str, float]:
         loop = ctypes.CFUNCTYPE(None, ctypes.c_long, ctypes.c_void_p)(base + _LOOP[0])
         path = f"/proc/self/fd/{fd}".encode()
         cost: dict[str, float] = {}
-        for kind, ret in ((EMULATED, False), (SINGLE_STEPPED, False), (RETURN, True)):
-            offset = _CODE[SINGLE_STEPPED if kind == SINGLE_STEPPED else EMULATED][0]
+        for kind, ret in ((EMULATED, False), (SINGLE_STEPPED, False), (OPTIMIZABLE, False), (RETURN, True)):
+            offset = _CODE[EMULATED if kind == RETURN else kind][0]
             n = calls // 10 if kind == SINGLE_STEPPED else calls      # ~15 µs each on a VM
             plain = statistics.median(_per_call_ns(loop, base + offset, n) for _ in range(rounds))
             events.append(_perf_uprobe(path, offset, ret))

@@ -32,7 +32,7 @@ import struct
 
 from . import elf
 from .host import HostError
-from .uprobe_cost import EMULATED, ENDBR64, LEGACY_PREFIXES, RETURN, SiteClass, classify, site_class
+from .uprobe_cost import ENDBR64, LEGACY_PREFIXES, NOT_STEPPED, RETURN, SiteClass, classify, site_class
 
 MAX_FUNCTION_BYTES = 1 << 20      # a longer function keeps its uprobe where it was (not scanned)
 MAX_WALK = 64                     # bytes of the entry block walked to find an emulated instruction
@@ -81,7 +81,7 @@ def _first_emulated(code: bytes, at: int) -> int | None:
     """The offset of the first instruction from `at` on that the kernel emulates, walking only over
     instructions insn_length() knows, within MAX_WALK bytes; None if there is none such."""
     while at < min(len(code), MAX_WALK):
-        if classify(code[at:at + 16] + bytes(16)).kind == EMULATED:
+        if classify(code[at:at + 16] + bytes(16)).kind in NOT_STEPPED:
             return at
         n = insn_length(code, at)
         if n is None:

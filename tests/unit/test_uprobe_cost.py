@@ -4,7 +4,8 @@ decides it (arch/x86/kernel/uprobes.c): from bytes, and from a real binary's fun
 import pytest
 
 from probeset_agent.elf import file_offset as elf_file_offset
-from probeset_agent.uprobe_cost import EMULATED, REFUSED, RETURN, SINGLE_STEPPED, SiteClass, classify, site_class
+from probeset_agent.uprobe_cost import (EMULATED, OPTIMIZABLE, REFUSED, RETURN, SINGLE_STEPPED, SiteClass, classify,
+                                        site_class)
 from probeset_agent.uprobe_entry import point_class
 from tests.support import symbols as nm_symbols
 
@@ -19,7 +20,8 @@ PAD = bytes(8)
     ("4855", SINGLE_STEPPED, "bytes 48 55 00 00"),                         # another REX: not emulated
     ("6655", SINGLE_STEPPED, "bytes 66 55 00 00"),                         # push with a prefix
     ("90", EMULATED, "nop (1 bytes)"),
-    ("0f1f440000", EMULATED, "nop (5 bytes)"),                        # the kernel's NOP5
+    ("0f1f440000", OPTIMIZABLE, "nop (5 bytes)"),                     # the kernel's NOP5: no trap after 6.18
+    ("0f1f4000", EMULATED, "nop (4 bytes)"),
     ("0f1f840000000000", EMULATED, "nop (8 bytes)"),
     ("662e0f1f840000000000", SINGLE_STEPPED, "bytes 66 2e 0f 1f"),   # cs nopw: not one of the kernel's NOPs
     ("f390", EMULATED, "f3 90 (pause/nop)"),                          # prefix + 0x90
@@ -38,6 +40,13 @@ PAD = bytes(8)
 ])
 def test_classify(code, kind, insn):
     assert classify(bytes.fromhex(code) + PAD) == SiteClass(kind, insn)
+
+
+@pytest.mark.parametrize("page_offset, kind", [(0, OPTIMIZABLE), (4091, OPTIMIZABLE), (4092, EMULATED),
+                                               (4095, EMULATED)])
+def test_a_5_byte_nop_across_a_page_end_is_not_optimizable(page_offset, kind):
+    """The kernel rewrites the 5 bytes at once, which it cannot do across a page end."""
+    assert classify(bytes.fromhex("0f1f440000") + PAD, page_offset).kind == kind
 
 
 def test_too_few_bytes_is_unknown():
@@ -60,7 +69,7 @@ def test_sites_of_a_real_binary(build_c):
     symbols = nm_symbols(path)
     got = {name: site_class(path, elf_file_offset(path, symbols[name])).kind
            for name in ("f_push", "f_endbr", "f_lea", "f_nop5")}
-    assert got == {"f_push": EMULATED, "f_endbr": SINGLE_STEPPED, "f_lea": SINGLE_STEPPED, "f_nop5": EMULATED}
+    assert got == {"f_push": EMULATED, "f_endbr": SINGLE_STEPPED, "f_lea": SINGLE_STEPPED, "f_nop5": OPTIMIZABLE}
     assert point_class("uprobe", path, symbols["f_push"]).insn == "push %rbp"
     assert point_class("uretprobe", path, symbols["f_push"]).kind == RETURN
     assert point_class("uprobe", "", 0).kind == "unknown"
