@@ -172,7 +172,7 @@ def _print_uprobe_classes(prog, cost: dict[str, float]) -> None:
 def _serve_metrics(server, programs: list, node: str, features, histogram_buckets: str = DEFAULT_BUCKET_MODE) -> None:
     from .exposition import MetricsCollector
     collector = MetricsCollector(programs, node, features, histogram_buckets=histogram_buckets)
-    # Measured beside serving (0.5 s): probeset_uprobe_hit_seconds appears once it is known.
+    # Measured beside serving (0.5-1 s): probeset_uprobe_hit_seconds appears once it is known.
     threading.Thread(target=lambda: setattr(collector, "hit_cost", _hit_cost()), name="probeset-uprobe-cost",
                      daemon=True).start()
     server.start(collector.render_bytes)
