@@ -1,8 +1,9 @@
 """Generate the one BPF C program of a ProbeSet from its resolved sites.
 
 Per probe P the program has:
-  counts_pP   per-CPU hash  series key -> {count, sum_ns}; maxSeriesPerProbe + 1 entries, the extra
-              one being the overflow series (func = OVERFLOW_FUNC), inserted by user space at load;
+  counts_pP   per-CPU hash  series key -> {count, sum_ns} ({count} alone for a count-only probe);
+              maxSeriesPerProbe + 1 entries, the extra one being the overflow series (func =
+              OVERFLOW_FUNC), inserted by user space at load;
               or, when the key is only the function index, a per-CPU array with a slot per function
   hist_pP     per-CPU hash  (series key, log-linear bucket) -> count        (latency, value histograms)
               (or a per-CPU array, slot function x NUM_BUCKETS + bucket: mapshape.py)
@@ -54,6 +55,7 @@ def probe_memory(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cp
     shape = map_shape(rp, labels, max_series)
     total = memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.has_histogram, rp.probe.latency,
                                start_args, histogram_entries(max_series), START_MAP_ENTRIES, cpus,
+                               value_size=16 if rp.probe.records_sum else 8,
                                counts_slots=shape.functions if shape.counts == ARRAY else None,
                                hist_slots=shape.hist_slots if shape.hist == ARRAY else None)
     if rp.probe.kind == "span":     # pending_pN: key u64 k0[, k1]; value ts, cgroup, comm
@@ -179,10 +181,12 @@ def map_shape(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int) -> Ma
 
 def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool) -> CCode:
     p, shape = rp.id, map_shape(rp, labels, max_series)
+    value_t = _value_type(rp)
     if shape.counts == ARRAY:
-        out = [fill(T.PROBE_MAPS_ARRAY, P=p, SLOTS=shape.functions)]
+        out = [fill(T.PROBE_MAPS_ARRAY, P=p, SLOTS=shape.functions, VALUE_T=value_t)]
     else:
-        out = [fill(T.PROBE_MAPS, P=p, SERIES_ENTRIES=max_series + 1, KEY_FIELDS=_key_fields(key_layout(rp, labels)))]
+        out = [fill(T.PROBE_MAPS, P=p, SERIES_ENTRIES=max_series + 1, KEY_FIELDS=_key_fields(key_layout(rp, labels)),
+                    VALUE_T=value_t)]
     if rp.probe.has_histogram and shape.hist == ARRAY:
         out.append(fill(T.HISTOGRAM_ARRAY, P=p, SLOTS=shape.hist_slots))
     elif rp.probe.has_histogram:
@@ -207,8 +211,15 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
             record_hist = (fill(T.RECORD_HIST_ARRAY, P=p, BUCKETS=NUM_BUCKETS, MASK=mask) if shape.hist == ARRAY
                            else fill(T.RECORD_HIST, P=p, MASK=mask))
         record_sum = fill(T.RECORD_SUM, RECORD_HIST=record_hist)
-    out.append(fill(T.RECORD_FUNC_ARRAY if shape.counts == ARRAY else T.RECORD_FUNC, P=p, RECORD_SUM=record_sum))
+    out.append(fill(T.RECORD_FUNC_ARRAY if shape.counts == ARRAY else T.RECORD_FUNC, P=p, RECORD_SUM=record_sum,
+                    VALUE_T=value_t))
     return join(out)
+
+
+def _value_type(rp: ResolvedProbe) -> CCode:
+    """A counts map's value: {count, sum_ns} where the probe keeps a sum, else the count alone (its
+    per-CPU copies are half the bytes to hold and to read at each scrape)."""
+    return CCode("struct value_t" if rp.probe.records_sum else "struct count_t")
 
 
 def attach_key(site: Site) -> tuple:

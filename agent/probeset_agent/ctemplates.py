@@ -60,7 +60,8 @@ PRELUDE = """\
 #define OVERFLOW_FUNC @OVERFLOW_FUNC@u
 #define MISSED_REASONS @MISSED_REASONS@
 @MISSED_DEFINES@
-struct value_t { u64 count; u64 sum_ns; };
+struct value_t { u64 count; u64 sum_ns; };   /* a probe that keeps a sum: latency, span, value */
+struct count_t { u64 count; };               /* a count-only probe: half the per-CPU bytes */
 struct start_key_t { u64 tid; u32 func; u32 depth; };
 struct comm_t { char c[@COMM_BYTES@]; };
 
@@ -107,7 +108,7 @@ struct key_p@P@ {
     u32 func;
     u32 pad;
 @KEY_FIELDS@};
-BPF_PERCPU_HASH(counts_p@P@, struct key_p@P@, struct value_t, @SERIES_ENTRIES@);
+BPF_PERCPU_HASH(counts_p@P@, struct key_p@P@, @VALUE_T@, @SERIES_ENTRIES@);
 """
 
 # The key is only the function index (mapshape.py): one array slot per function.
@@ -117,7 +118,7 @@ struct key_p@P@ {
     u32 func;
     u32 pad;
 };
-BPF_PERCPU_ARRAY(counts_p@P@, struct value_t, @SLOTS@);
+BPF_PERCPU_ARRAY(counts_p@P@, @VALUE_T@, @SLOTS@);
 """
 
 HISTOGRAM_ARRAY = """\
@@ -178,8 +179,8 @@ COMM_CHECK = """\
 
 RECORD_FUNC = """\
 static __always_inline void record_p@P@(struct key_p@P@ *key, u64 ns, int timed) {
-    struct value_t zero = {};
-    struct value_t *val = counts_p@P@.lookup_or_try_init(key, &zero);
+    @VALUE_T@ zero = {};
+    @VALUE_T@ *val = counts_p@P@.lookup_or_try_init(key, &zero);
     struct key_p@P@ overflow = {};
     if (!val) {
         /* Cardinality budget spent: fold into the overflow series. */
@@ -196,7 +197,7 @@ static __always_inline void record_p@P@(struct key_p@P@ *key, u64 ns, int timed)
 RECORD_FUNC_ARRAY = """\
 static __always_inline void record_p@P@(struct key_p@P@ *key, u64 ns, int timed) {
     u32 slot = key->func;
-    struct value_t *val = counts_p@P@.lookup(&slot);
+    @VALUE_T@ *val = counts_p@P@.lookup(&slot);
     if (!val) return;
     val->count++;
     if (!timed) return;

@@ -48,15 +48,16 @@ def possible_cpus() -> int:
 
 
 def probe_bytes(layout: KeyLayout, max_series: int, histogram: bool, latency: bool, start_args: int,
-                hist_entries: int, start_entries: int, cpus: int, counts_slots: int | None = None,
-                hist_slots: int | None = None) -> int:
+                hist_entries: int, start_entries: int, cpus: int, value_size: int = 16,
+                counts_slots: int | None = None, hist_slots: int | None = None) -> int:
     """One probe's maps: counts_pN (+ the overflow slot), hist_pN with a histogram (latency, or a
     value's), start_pN and depth_pN with latency. counts_slots/hist_slots: that map is a per-CPU
-    array of so many slots (mapshape.py), not a hash."""
+    array of so many slots (mapshape.py), not a hash. value_size: the counts map's value, {count,
+    sum_ns} (16) or, for a count-only probe, the count alone (8)."""
     if counts_slots is not None:
-        total = array_bytes(counts_slots, 16, cpus, percpu=True)
+        total = array_bytes(counts_slots, value_size, cpus, percpu=True)
     else:
-        total = hash_bytes(max_series + 1, layout.size, 16, cpus, percpu=True)
+        total = hash_bytes(max_series + 1, layout.size, value_size, cpus, percpu=True)
     if histogram and hist_slots is not None:
         total += array_bytes(hist_slots, 8, cpus, percpu=True)
     elif histogram:

@@ -11,6 +11,7 @@ series never goes backwards; the caller deletes the retired rows from the maps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Callable, Iterable
 
 from .attribution import UNKNOWN, WORKLOAD_LABELS
@@ -134,7 +135,10 @@ class Readout:
         # series: the rows are decoded in bulk (per-CPU sums column by column, a memoryview cast) and
         # everything else is looked up once here (docs/benchmarks.md 2)
         cached, series_of = cache.get, into.get
-        count_col, sum_col = _columns(counts.values, cpus, 2)
+        # {count, sum_ns} per CPU, or {count} alone for a count-only probe (codegen._value_type)
+        width = counts.value_size // (8 * cpus) if len(counts) else 1
+        count_col, sum_col = _columns(counts.values, cpus, 2) if width == 2 else (_columns(counts.values, cpus, 1)[0],
+                                                                                  repeat(0))
         for raw, count, total in zip(counts.key_list(), count_col, sum_col):
             if keep is not None and not keep(raw):
                 continue

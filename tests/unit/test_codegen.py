@@ -39,7 +39,7 @@ def test_one_map_set_and_record_function_per_probe():
     prog = generate([uprobe(0, "first"), uprobe(3, "second", latency=True, group_by=("arg1", "retval"))],
                     ("node", "pod"), max_series=100)
     text = prog.text
-    assert "BPF_PERCPU_HASH(counts_p0, struct key_p0, struct value_t, 101);" in text
+    assert "BPF_PERCPU_HASH(counts_p0, struct key_p0, struct count_t, 101);" in text      # counts only
     assert "BPF_PERCPU_HASH(counts_p3, struct key_p3, struct value_t, 101);" in text
     assert "hist_p0" not in text and "start_p0" not in text
     assert "BPF_F_TABLE(\"percpu_hash\", struct hkey_p3, u64, hist_p3, 3200, BPF_F_NO_PREALLOC);" in text

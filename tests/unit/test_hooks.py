@@ -135,12 +135,12 @@ def tp_probe(mechanism, labels_from_fields=()):
 
 def test_generated_c_of_the_cheapest_hook_and_map():
     text = generate([tp_probe("raw_tracepoint")], ("node",), max_series=10).text
-    assert "BPF_PERCPU_ARRAY(counts_p0, struct value_t, 1);" in text
-    assert "struct value_t *val = counts_p0.lookup(&slot);" in text
+    assert "BPF_PERCPU_ARRAY(counts_p0, struct count_t, 1);" in text
+    assert "struct count_t *val = counts_p0.lookup(&slot);" in text
     assert "lookup_or_try_init" not in text and "BPF_PERCPU_HASH" not in text
     assert "int site_0(void *ctx)" in text
     hashed = generate([tp_probe("tracepoint", [GroupField("prev_pid", "tp_int", offset=24, size=4)])],
                       ("node",), max_series=10)
-    assert "BPF_PERCPU_HASH(counts_p0, struct key_p0, struct value_t, 11);" in hashed.text
+    assert "BPF_PERCPU_HASH(counts_p0, struct key_p0, struct count_t, 11);" in hashed.text
     assert hashed.shapes[0].counts == HASH
     assert map_shape(tp_probe("raw_tracepoint"), ("node", "pod"), 10).counts == HASH

@@ -165,6 +165,19 @@ def test_per_cpu_values_are_summed_for_any_number_of_cpus(cpus):
                    for series in range(3)}
 
 
+@pytest.mark.parametrize("cpus", [1, 3, 64])
+def test_a_count_only_probes_rows_hold_the_count_alone(cpus):
+    """A count-only probe's map value is {count} per CPU (codegen._value_type), not {count, sum_ns}:
+    the readout takes the width from the rows."""
+    rp = probe(["arg0"])
+    layout = KeyLayout.of((), ("arg0",), frozenset())
+    counts = [(key(layout, g0=g), struct.pack(f"<{cpus}Q", *[g + cpu for cpu in range(cpus)])) for g in range(3)]
+    readout = Readout({"probeset": "set"}, "n1", ())
+    readout.begin(names_changed=False)
+    got = {s.labels["arg0"]: (s.count, s.sum_ns, s.buckets) for s in readout.series(rp, layout, counts, [], cpus)}
+    assert got == {str(g): (sum(g + cpu for cpu in range(cpus)), 0, None) for g in range(3)}
+
+
 def test_histogram_row_without_its_count_row_waits():
     rp = probe(["arg0"], latency=True)
     layout = KeyLayout.of((), ("arg0",), frozenset())
