@@ -137,8 +137,8 @@ class Readout:
         cached, series_of = cache.get, into.get
         # {count, sum_ns} per CPU, or {count} alone for a count-only probe (codegen._value_type)
         width = counts.value_size // (8 * cpus) if len(counts) else 1
-        count_col, sum_col = _columns(counts.values, cpus, 2) if width == 2 else (_columns(counts.values, cpus, 1)[0],
-                                                                                  repeat(0))
+        columns = _columns(counts.values, cpus, width)
+        count_col, sum_col = columns[0], columns[1] if width == 2 else repeat(0)
         for raw, count, total in zip(counts.key_list(), count_col, sum_col):
             if keep is not None and not keep(raw):
                 continue
