@@ -160,8 +160,12 @@ def test_a_function_starting_with_a_5_byte_nop_counts_every_call(build_c, run_pr
         target.run("234")
         assert counts(prog, "calls") == {"nop5_first": 1234}
         assert counts(prog, "timed") == {"nop5_first": 1234}
-        text = MetricsCollector([prog], "testnode").render()
+        cost = {EMULATED: 9e-7, OPTIMIZABLE: 7e-7, SINGLE_STEPPED: 1.1e-5, RETURN: 5e-7}
+        text = MetricsCollector([prog], "testnode", hit_cost=cost).render()
         (latency,) = [f for f in text_string_to_metric_families(text) if f.name == "probeset_latency_seconds"]
         assert [s.value for s in latency.samples if s.name.endswith("_count")] == [1234]   # every return paired
+        (fam,) = [f for f in text_string_to_metric_families(text) if f.name == "probeset_uprobe_hit_seconds"]
+        assert sorted((s.labels["via"], s.labels["class"], s.value) for s in fam.samples) == \
+            [("uprobe", OPTIMIZABLE, 7e-7), ("uretprobe", RETURN, 5e-7)]
     finally:
         target.close()
