@@ -98,6 +98,14 @@ def _read_chunks(table, chunk: int) -> Iterator[tuple[bytes, bytes]]:
         first = False
 
 
+def clear_rows(table) -> None:
+    """Delete the entries one batch read finds. Not BCC's clear(): it walks the keys and raises
+    KeyError when the BPF program deleted one first (a return probe of a busy function such as
+    malloc does, all the time), and on a map the program keeps filling its walk need not end."""
+    for raw, _ in read_raw(table):
+        delete_row(table, raw)
+
+
 def delete_row(table, raw: bytes) -> None:
     try:
         del table[table.Key.from_buffer_copy(raw)]

@@ -26,7 +26,7 @@ from .features import Features
 from .health import missed_events, program_stats
 from .layout import key_uses_cgroup
 from .loader import CompileCost
-from .maps import delete_row, read_raw, read_rows
+from .maps import clear_rows, delete_row, read_raw, read_rows
 from .mapshape import as_hash_rows
 from .placement import Placement
 from .readout import Readout, Series, UnknownAging
@@ -169,8 +169,8 @@ class ProbeSetProgram:
         returns unpaired (counted), as a call open at attach time always did."""
         for rp in self.compiled:
             if rp.probe.latency:
-                self.bpf[f"depth_p{rp.id}"].clear()
-                self.bpf[f"start_p{rp.id}"].clear()
+                clear_rows(self.bpf[f"depth_p{rp.id}"])
+                clear_rows(self.bpf[f"start_p{rp.id}"])
 
     def _place(self, point: AttachPoint, path: str, address: int) -> list[bytes]:
         return self.links.place(point, path, address)
