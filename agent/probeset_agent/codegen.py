@@ -55,7 +55,7 @@ def probe_memory(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cp
     shape = map_shape(rp, labels, max_series)
     total = memory.probe_bytes(key_layout(rp, labels), max_series, rp.probe.has_histogram, rp.probe.latency,
                                start_args, histogram_entries(max_series), START_MAP_ENTRIES, cpus,
-                               value_size=16 if rp.probe.records_sum else 8,
+                               value_size=_counts_value(rp)[1],
                                counts_slots=shape.functions if shape.counts == ARRAY else None,
                                hist_slots=shape.hist_slots if shape.hist == ARRAY else None)
     if rp.probe.kind == "span":     # pending_pN: key u64 k0[, k1]; value ts, cgroup, comm
@@ -181,7 +181,7 @@ def map_shape(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int) -> Ma
 
 def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool) -> CCode:
     p, shape = rp.id, map_shape(rp, labels, max_series)
-    value_t = _value_type(rp)
+    value_t = _counts_value(rp)[0]
     if shape.counts == ARRAY:
         out = [fill(T.PROBE_MAPS_ARRAY, P=p, SLOTS=shape.functions, VALUE_T=value_t)]
     else:
@@ -216,10 +216,10 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
     return join(out)
 
 
-def _value_type(rp: ResolvedProbe) -> CCode:
-    """A counts map's value: {count, sum_ns} where the probe keeps a sum, else the count alone (its
-    per-CPU copies are half the bytes to hold and to read at each scrape)."""
-    return CCode("struct value_t" if rp.probe.records_sum else "struct count_t")
+def _counts_value(rp: ResolvedProbe) -> tuple[CCode, int]:
+    """A counts map's value type and size: {count, sum_ns} where the probe keeps a sum, else the
+    count alone (its per-CPU copies are half the bytes to hold and to read at each scrape)."""
+    return (CCode("struct value_t"), 16) if rp.probe.records_sum else (CCode("struct count_t"), 8)
 
 
 def attach_key(site: Site) -> tuple:

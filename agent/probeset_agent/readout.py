@@ -135,7 +135,7 @@ class Readout:
         # series: the rows are decoded in bulk (per-CPU sums column by column, a memoryview cast) and
         # everything else is looked up once here (docs/benchmarks.md 2)
         cached, series_of = cache.get, into.get
-        # {count, sum_ns} per CPU, or {count} alone for a count-only probe (codegen._value_type)
+        # {count, sum_ns} per CPU, or {count} alone for a count-only probe (codegen._counts_value)
         width = counts.value_size // (8 * cpus) if len(counts) else 1
         columns = _columns(counts.values, cpus, width)
         count_col, sum_col = columns[0], columns[1] if width == 2 else repeat(0)

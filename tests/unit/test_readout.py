@@ -167,7 +167,7 @@ def test_per_cpu_values_are_summed_for_any_number_of_cpus(cpus):
 
 @pytest.mark.parametrize("cpus", [1, 3, 64])
 def test_a_count_only_probes_rows_hold_the_count_alone(cpus):
-    """A count-only probe's map value is {count} per CPU (codegen._value_type), not {count, sum_ns}:
+    """A count-only probe's map value is {count} per CPU (codegen._counts_value), not {count, sum_ns}:
     the readout takes the width from the rows."""
     rp = probe(["arg0"])
     layout = KeyLayout.of((), ("arg0",), frozenset())
