@@ -18,10 +18,9 @@ import argparse
 import subprocess
 
 from probeset_agent import elf
-from probeset_agent.uprobe_cost import ENDBR64, NOT_STEPPED, classify
-from probeset_agent.uprobe_entry import MAX_FUNCTION_BYTES, MAX_WALK, branches_into, entry_offset, insn_length
+from probeset_agent.uprobe_cost import ENDBR64, NOP5, NOT_STEPPED, classify
+from probeset_agent.uprobe_entry import MAX_FUNCTION_BYTES, MAX_WALK, branches_into, entry_offset, walk_entry_block
 
-NOP5 = bytes.fromhex("0f1f440000")
 COLUMNS = ("functions", "emulated at the first byte", "single-stepped there, emulated where the agent puts it",
            "single-stepped either way", "5-byte NOP in the entry block", "5-byte NOP anywhere in the function",
            "unreadable")
@@ -30,15 +29,9 @@ DEFAULT_FILES = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/bin/python3.11"]
 
 def nop5_in_entry_block(code: bytes, walk: int) -> int | None:
     """The offset of a 5-byte NOP that every call runs once (module docstring), or None."""
-    at = len(ENDBR64) if code.startswith(ENDBR64) else 0
-    while at < min(len(code), walk):
-        if code[at:at + 5] == NOP5:
-            return None if branches_into(code, 1, at) else at
-        n = insn_length(code, at)
-        if n is None:
-            return None
-        at += n
-    return None
+    start = len(ENDBR64) if code.startswith(ENDBR64) else 0
+    at = walk_entry_block(code, start, lambda i: code.startswith(NOP5, i), walk)
+    return None if at is None or branches_into(code, 1, at) else at
 
 
 def exported_functions(path: str) -> list[tuple[str, int]]:

@@ -29,6 +29,7 @@ import functools
 import os
 import re
 import struct
+from typing import Callable
 
 from . import elf
 from .host import HostError
@@ -71,17 +72,18 @@ def entry_offset(code: bytes, movable: bool) -> int:
     """The offset in a function's machine code `code` where its uprobe goes (pure)."""
     at = len(ENDBR64) if code.startswith(ENDBR64) else 0
     if movable:
-        at = _first_emulated(code, at) or at
+        at = walk_entry_block(code, at, lambda i: classify(code[i:i + 16] + bytes(16)).kind in NOT_STEPPED) or at
     if at == 0 or at >= len(code) or branches_into(code, 1, at):
         return 0
     return at
 
 
-def _first_emulated(code: bytes, at: int) -> int | None:
-    """The offset of the first instruction from `at` on that the kernel emulates, walking only over
-    instructions insn_length() knows, within MAX_WALK bytes; None if there is none such."""
-    while at < min(len(code), MAX_WALK):
-        if classify(code[at:at + 16] + bytes(16)).kind in NOT_STEPPED:
+def walk_entry_block(code: bytes, at: int, wanted: Callable[[int], bool], limit: int = MAX_WALK) -> int | None:
+    """The offset of the first instruction from `at` on for which `wanted(offset)` holds (entry_offset:
+    one the kernel does not single-step), walking only over instructions insn_length() knows, within
+    `limit` bytes; None if there is none such."""
+    while at < min(len(code), limit):
+        if wanted(at):
             return at
         n = insn_length(code, at)
         if n is None:
