@@ -12,6 +12,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def scrape(port: int, timeout: float = 5.0) -> bytes | None:
 
 def median(xs) -> float:
     return statistics.median(xs)
+
+
+def cpu_ms(fn, repeat: int) -> list[float]:
+    """This process's CPU ms for each of `repeat` calls of fn (warm it up first if it needs it)."""
+    out = []
+    for _ in range(repeat):
+        c0 = time.process_time()
+        fn()
+        out.append((time.process_time() - c0) * 1e3)
+    return out
 
 
 def machine() -> str:

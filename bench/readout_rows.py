@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import struct
-import time
 
-from common import save_json
+from common import cpu_ms, save_json
 
 
 def rows(n: int, cpus: int, layout):
@@ -59,12 +58,8 @@ def main(argv=None) -> dict:
         readout.begin(names_changed=False)
         got = readout.series(rp, layout, counts, hist, cpus)
         assert len(got) == args.series and got[1].count == sum(cpu % 3 for cpu in range(cpus)), "rows misread"
-        cpu_ms = []
-        for _ in range(args.repeat):
-            c0 = time.process_time()
-            readout.series(rp, layout, counts, hist, cpus)
-            cpu_ms.append((time.process_time() - c0) * 1e3)
-        r = {"cpus": cpus, "series": args.series, "median_cpu_ms": statistics.median(cpu_ms), "min_cpu_ms": min(cpu_ms)}
+        cpu = cpu_ms(lambda: readout.series(rp, layout, counts, hist, cpus), args.repeat)
+        r = {"cpus": cpus, "series": args.series, "median_cpu_ms": statistics.median(cpu), "min_cpu_ms": min(cpu)}
         results.append(r)
         print(f"{cpus:4d} CPUs  median {r['median_cpu_ms']:7.1f} ms  min {r['min_cpu_ms']:7.1f} ms")
     out = {"results": results}

@@ -21,9 +21,8 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import time
 
-from common import save_json
+from common import cpu_ms, save_json
 
 
 def build(n: int, events: int, seed: int = 1) -> list:
@@ -77,11 +76,7 @@ def main(argv=None) -> dict:
     for mode in args.modes:
         render = collector(series, mode)
         body = render()
-        cpu = []
-        for _ in range(args.repeat):
-            c0 = time.process_time()
-            render()
-            cpu.append((time.process_time() - c0) * 1e3)
+        cpu = cpu_ms(render, args.repeat)
         r = {"mode": mode, "series": args.series, "events": args.events, "body_bytes": len(body),
              "samples": body.count(b"\n") - 2 * body.count(b"# HELP"), "render_cpu_ms": statistics.median(cpu)}
         results.append(r)
