@@ -204,7 +204,8 @@ class Readout:
 def _columns(values: bytes, cpus: int, width: int) -> list[list[int]]:
     """Per-CPU values of `width` u64 fields each, summed over the CPUs: one list per field, a row
     each. From memoryview slices, one per CPU and field, zipped: no Python slice and sum() per row
-    (2 CPUs: half the time of struct.iter_unpack and a sum per row; 32 CPUs: 0.6 of it)."""
+    (the sums alone: half the time of struct.iter_unpack and a sum per row at 2 CPUs, 0.6 of it at
+    32; a whole scrape, within noise: docs/benchmarks.md 2)."""
     q = memoryview(values).cast("Q")
     stride = width * cpus
     return [list(map(sum, zip(*[q[cpu * width + field::stride] for cpu in range(cpus)]))) for field in range(width)]
