@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -261,7 +262,7 @@ def test_clearing_a_map_whose_program_deletes_entries_first(monkeypatch):
 def test_a_latency_probe_on_a_busy_function_starts(run_probeset):
     """The same, end to end: two processes call malloc without pause while latency probes on it
     start. Before maps.clear_rows, 6 of 8 such starts failed with KeyError here."""
-    hogs = [subprocess.Popen(["python3", "-c", "while 1: b = [bytearray(200) for _ in range(100)]"])
+    hogs = [subprocess.Popen([sys.executable, "-c", "while 1: b = [bytearray(200) for _ in range(100)]"])
             for _ in range(2)]
     try:
         for i in range(4):
