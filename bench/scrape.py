@@ -10,7 +10,7 @@ probe's map holds K series. With the programs attached and the maps filled, we t
                    bound below the lowest non-empty bucket to +Inf; sparse: also stopping at the
                    highest non-empty one; all: every bound, the agent before issue 14)
   zlib1            gzip.compress(body) at level 1 (zlib: what the agent used before), of each mode's body
-  isal1            server.gzip_bytes(body): ISA-L's deflate, level 1, of the whole body
+  isal1            rendering.gzip_bytes(body): ISA-L's deflate, level 1, of the whole body
   streamed         render_bytes(GzipWriter()): render and compress as it is written (what the agent
                    does when the scraper asks for gzip; includes the render)
 each as wall time and as this process's CPU time (the latter barely changes with other load).
@@ -67,9 +67,12 @@ def measure(series: int, scrapes: int, latency: bool, modes: list[str], profile:
     from probeset_agent.exposition import MetricsCollector
     from probeset_agent.maps import read_raw
     try:
-        from probeset_agent.server import GzipWriter, gzip_bytes
-    except ImportError:     # an agent before GzipWriter (run against an older tree: the docstring)
-        GzipWriter = gzip_bytes = None
+        from probeset_agent.rendering import GzipWriter, gzip_bytes
+    except ImportError:     # an older tree (the docstring): server.py held them, or none had them yet
+        try:
+            from probeset_agent.server import GzipWriter, gzip_bytes
+        except ImportError:
+            GzipWriter = gzip_bytes = None
     probe = {"uprobe": f"{DRIVER}:bench_target", "groupBy": ["arg0"], "latency": latency}
     fill = [DRIVER, "call", str(series)]
     if spread:

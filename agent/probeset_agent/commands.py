@@ -176,7 +176,7 @@ def _serve_metrics(server, programs: list, node: str, features, histogram_bucket
     threading.Thread(target=lambda: setattr(collector, "hit_cost", _hit_cost()), name="probeset-uprobe-cost",
                      daemon=True).start()
     server.start(collector.render_bytes)
-    log.info("serving metrics on http://%s:%d/metrics", *server.address)
+    log.info("serving metrics on %s://%s:%d/metrics", server.scheme, *server.address)
     sys.stdout.flush()
 
 

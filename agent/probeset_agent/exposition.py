@@ -120,7 +120,7 @@ class MetricsCollector:
 
     def render_bytes(self, out=None):
         """The /metrics body, UTF-8, written into `out` (a bytearray by default; anything that takes
-        `out += bytes`, such as server.GzipWriter, which compresses as the body is written) and
+        `out += bytes`, such as rendering.GzipWriter, which compresses as the body is written) and
         returned. The histogram families, most of the body, are written as bytes straight into it,
         series by series (_write_histograms), after the other families are rendered: no
         intermediate copy of them, and no str join and encoding of the whole body."""

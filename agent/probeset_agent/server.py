@@ -1,21 +1,22 @@
 """Serving /metrics to whoever can reach the port, with every resource a client controls bounded.
 
-- Connections: at most `max_connections` open; a new one beyond that closes the oldest still
-  sending its request. An open connection costs a file descriptor and its request buffer, not a
-  thread: one selector thread reads requests, without blocking on any client.
-- Time: a request must arrive whole within `request_timeout` seconds of the connection; a response
-  must be taken within `send_timeout` seconds. Slow or silent clients are closed.
-- Size: a request larger than MAX_REQUEST_BYTES is refused (431).
-- Work: complete requests go to `workers` threads through a bounded queue (503 when it is full).
-  Concurrent scrapes share one rendering: a request that arrives while the text is being rendered
-  waits for that rendering instead of starting its own, so memory holds one body however many
-  scrapers there are, and a scrape never sees counts older than its own arrival minus one render.
-- Encoding: gzip (ISA-L, level 1) when the request's Accept-Encoding allows it, identity
-  otherwise; compressed while the body is written, once per rendering, however many scrapers ask.
-- Optionally TLS (`tls`, an ssl.SSLContext; with a client CA it requires client certificates; the
-  handshake runs in the selector thread, so it is bounded like the request), and an `authorize`
-  check of the request's bearer token (authz.py: TokenReview + SubjectAccessReview, as
-  kube-rbac-proxy does for node exporters) before /metrics is rendered.
+- One selector thread does all of a connection's I/O, without blocking on any client: it accepts,
+  runs the TLS handshake, reads the request, answers what needs no work (/healthz, errors) and
+  writes every reply, a chunk at a time as the client takes it. A connection costs a file
+  descriptor and its buffers, never a thread, so a client that does not read holds up nobody.
+- Connections: at most `max_connections` open; a new one beyond that closes the oldest one still
+  sending its request (else the oldest being answered).
+- Time: a request must arrive whole within `request_timeout` seconds of the connection; a reply
+  must be taken within `send_timeout` seconds of being ready. Slow or silent clients are closed.
+- Size: a request head larger than MAX_REQUEST_BYTES is refused (431).
+- Work: /metrics requests go to `workers` threads through a bounded queue (503 when it is full);
+  they authorize and render, then hand the reply back to the selector thread. Concurrent scrapes
+  share one rendering (rendering.SharedRendering), and the replies being written hold at most
+  MAX_BODIES_SENDING different renderings: a client still reading an older one is closed first.
+- Encoding: gzip (ISA-L, level 1) when the request's Accept-Encoding allows it, identity otherwise.
+- Optionally TLS (`tls`, an ssl.SSLContext; with a client CA it requires client certificates), and
+  an `authorize` check of the request's bearer token (authz.py: TokenReview + SubjectAccessReview,
+  as kube-rbac-proxy does for node exporters) before /metrics is rendered.
 """
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from isal import isal_zlib
+from .rendering import SharedRendering
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST_BYTES = 16384
-GZIP_LEVEL = 1            # ISA-L's levels are 0-3; docs/benchmarks.md 2: 1 costs the fewest CPU ms per byte saved
+SEND_CHUNK = 256 * 1024          # one send() of a reply: the kernel takes what fits in the socket buffer
+MAX_BODIES_SENDING = 3           # renderings the replies being written may hold (a 10,000-series body: 43 MB)
+LINGER_SECONDS = 1.0             # after refusing a request, how long its unread bytes are drained
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -52,105 +58,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class GzipWriter:
-    """A gzip stream written as the body is rendered (`writer += bytes`): the text goes through a
-    256 kB buffer that stays in cache, so a 43 MB body is never held, and ISA-L's deflate (level 1,
-    about 5x zlib's speed at the same ratio) compresses it. Cheaper than rendering the plain body
-    alone, whose fresh memory costs page faults (docs/benchmarks.md 2)."""
-
-    CHUNK = 256 * 1024          # 64 kB and 1 MB were slower (docs/benchmarks.md 2)
-
-    def __init__(self, level: int = GZIP_LEVEL):
-        self._deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
-        self._buffer = bytearray()
-        self._parts: list[bytes] = []
-
-    def __iadd__(self, data: bytes) -> "GzipWriter":
-        self._buffer += data
-        if len(self._buffer) >= self.CHUNK:
-            self._parts.append(self._deflate.compress(self._buffer))
-            self._buffer.clear()
-        return self
-
-    def finish(self) -> bytes:
-        self._parts.append(self._deflate.compress(self._buffer))
-        self._parts.append(self._deflate.flush())
-        self._buffer = bytearray()
-        return b"".join(self._parts)
-
-
-def gzip_bytes(body: bytes, level: int = GZIP_LEVEL) -> bytes:
-    writer = GzipWriter(level)
-    writer += body
-    return writer.finish()
-
-
-class _Rendered:
-    """One rendering, in the encoding its first caller asked for; the other form is derived from it
-    on first request, once."""
-
-    def __init__(self, level: int, body: bytes | None = None, gzipped: bytes | None = None):
-        self.level = level
-        self._body, self._gzipped = body, gzipped
-        self._lock = threading.Lock()
-
-    def get(self, gzipped: bool) -> bytes:
-        with self._lock:
-            if gzipped and self._gzipped is None:
-                self._gzipped = gzip_bytes(self._body, self.level)
-            if not gzipped and self._body is None:
-                self._body = isal_zlib.decompress(self._gzipped, 16 + isal_zlib.MAX_WBITS)
-            return self._gzipped if gzipped else self._body
-
-
-class SharedRendering:
-    """render() once for all the callers that arrive while it runs, in the encoding the first of
-    them asked for (gzip: compressed as it is written, GzipWriter); a caller in the same round
-    that asked for the other form gets it derived from that rendering, once for all of them.
-
-    `render(out=None)` writes the body into `out` (a GzipWriter) or into a new bytearray, and
-    returns it (MetricsCollector.render_bytes)."""
-
-    def __init__(self, render: Callable, gzip_level: int = GZIP_LEVEL):
-        self._render = render
-        self.gzip_level = gzip_level
-        self._cond = threading.Condition()
-        self._busy = False
-        self._round = 0
-        self.waiting = 0          # callers waiting for the rendering in progress
-        self._result: tuple[_Rendered | None, BaseException | None] = (None, None)
-
-    def get(self, gzipped: bool = False) -> bytes:
-        return self._get(gzipped).get(gzipped)
-
-    def _get(self, gzipped: bool) -> _Rendered:
-        with self._cond:
-            if self._busy:
-                waiting_for = self._round
-                self.waiting += 1
-                self._cond.wait_for(lambda: self._round != waiting_for)
-                self.waiting -= 1
-                rendered, error = self._result
-                if error is not None:
-                    raise error
-                return rendered
-            self._busy = True
-        rendered, error = None, None
-        try:
-            if gzipped:
-                rendered = _Rendered(self.gzip_level, gzipped=self._render(GzipWriter(self.gzip_level)).finish())
-            else:
-                rendered = _Rendered(self.gzip_level, body=self._render())
-        except BaseException as e:   # handed to every waiter
-            error = e
-        with self._cond:
-            self._result = (rendered, error)
-            self._busy = False
-            self._round += 1
-            self._cond.notify_all()
-        if error is not None:
-            raise error
-        return rendered
+def _header_lines(headers: bytes) -> list[bytes]:
+    """The header lines after the request line; a bare LF ends a line too (RFC 9112 2.2)."""
+    return headers.replace(b"\r\n", b"\n").split(b"\n")[1:]
 
 
 def accepts_gzip(headers: bytes) -> bool:
@@ -158,7 +68,7 @@ def accepts_gzip(headers: bytes) -> bool:
     `*` with a q-value above 0, a named coding taking precedence over `*`. Anything unreadable
     counts as not allowed: the identity coding is always acceptable."""
     q: dict[str, float] = {}
-    for line in headers.split(b"\r\n")[1:]:
+    for line in _header_lines(headers):
         name, _, value = line.partition(b":")
         if name.strip().lower() != b"accept-encoding":
             continue
@@ -178,23 +88,45 @@ def accepts_gzip(headers: bytes) -> bool:
     return 0.0 < weight <= 1.0
 
 
-@dataclass
-class _Pending:
-    sock: socket.socket
-    deadline: float
-    buf: bytearray = field(default_factory=bytearray)
-    handshaken: bool = True          # False while a TLS handshake is under way
-
-
 def bearer_token(headers: bytes) -> str | None:
     """The token of an `Authorization: Bearer ...` header, if any."""
-    for line in headers.split(b"\r\n")[1:]:
+    for line in _header_lines(headers):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"authorization":
             scheme, _, token = value.strip().partition(b" ")
             if scheme.lower() == b"bearer" and token.strip():
                 return token.strip().decode("latin-1")
     return None
+
+
+def request_end(buf: bytes | bytearray) -> int:
+    """Where the request head ends (the index of its empty line), or -1 while it has not."""
+    ends = [i for i in (buf.find(b"\r\n\r\n"), buf.find(b"\n\n")) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def reply_head(status: int, length: int, ctype: str = "text/plain", extra: str = "") -> bytes:
+    return (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n"
+            f"{extra}Connection: close\r\n\r\n").encode()
+
+
+@dataclass
+class _Reply:
+    head: bytes
+    body: bytes = b""               # empty for HEAD
+    rendering: bytes | None = None  # the /metrics body it holds (for MAX_BODIES_SENDING)
+    linger: bool = False            # refused: drain the unread request before closing (no RST)
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    deadline: float                 # the request's, then the reply's
+    state: str = "reading"          # reading -> (working ->) writing (-> draining); or handshake first
+    buf: bytearray = field(default_factory=bytearray)
+    out: list[memoryview] = field(default_factory=list)
+    reply: _Reply | None = None
+    since: float = 0.0              # when it entered its state (the oldest is evicted first)
 
 
 class MetricsServer:
@@ -211,21 +143,39 @@ class MetricsServer:
         self.max_connections, self.workers = max_connections, workers
         self.request_timeout, self.send_timeout = request_timeout, send_timeout
         self._work: queue.Queue = queue.Queue(maxsize=max(workers * 4, 16))
-        self._pending: dict[socket.socket, _Pending] = {}
+        self._done: queue.SimpleQueue = queue.SimpleQueue()        # (conn, reply) from the workers
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._conns: dict[socket.socket, _Conn] = {}
+        self._sel = selectors.DefaultSelector()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._rendering: SharedRendering | None = None
         self.refused = 0                                   # connections closed for a bound (for tests, logs)
         self.tls, self.authorize = tls, authorize
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
     def start(self, render: Callable[[], bytes]) -> "MetricsServer":
         self._rendering = SharedRendering(render)
-        self._threads = [threading.Thread(target=self._read_requests, name="metrics-accept", daemon=True)]
+        self._threads = [threading.Thread(target=self._serve, name="metrics-io", daemon=True)]
         self._threads += [threading.Thread(target=self._answer, name=f"metrics-{i}", daemon=True)
                           for i in range(self.workers)]
         for t in self._threads:
             t.start()
         return self
+
+    def alive(self) -> bool:
+        """Whether every serving thread still runs (for tests and the health check)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def bodies_sending(self) -> int:
+        """Different renderings held by the replies being written now."""
+        return len({id(c.reply.rendering) for c in list(self._conns.values())
+                    if c.reply is not None and c.reply.rendering is not None})
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -234,29 +184,47 @@ class MetricsServer:
                 self._work.put_nowait(None)
             except queue.Full:
                 break
+        self._wake()
         for t in self._threads:
             t.join(timeout=2)
         self.sock.close()
-        for pending in list(self._pending.values()):
-            pending.sock.close()
+        for conn in list(self._conns.values()):
+            conn.sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
-    # --- the selector thread: accept and read requests -------------------------------------------
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:              # full (the selector is already due to wake) or closed
+            pass
 
-    def _read_requests(self) -> None:
-        sel = selectors.DefaultSelector()
+    # --- the I/O thread ----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        sel = self._sel
         sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
         while not self._stopping.is_set():
             for key, _ in sel.select(timeout=0.25):
-                if key.fileobj is self.sock:
-                    self._accept(sel)
-                else:
-                    self._receive(sel, key.fileobj)
+                try:
+                    if key.fileobj is self.sock:
+                        self._accept()
+                    elif key.fileobj is self._wake_r:
+                        self._take_replies()
+                    else:
+                        self._ready(key.fileobj)
+                except Exception:        # one connection's failure must not stop serving the others
+                    log.exception("metrics: serving a connection failed")
+                    conn = self._conns.get(key.fileobj)
+                    if conn is not None:
+                        self._close(conn)
             now = time.monotonic()
-            for sock in [s for s, p in self._pending.items() if p.deadline < now]:
-                self._drop(sel, sock)
+            for conn in [c for c in self._conns.values() if c.state != "working" and c.deadline < now]:
+                self._close(conn, refused=conn.state != "draining")
         sel.close()
 
-    def _accept(self, sel) -> None:
+    def _accept(self) -> None:
         for _ in range(64):              # a burst, without starving the reads
             try:
                 sock, _ = self.sock.accept()
@@ -265,121 +233,232 @@ class MetricsServer:
             except OSError as e:         # e.g. EMFILE: the process's own limit; try again later
                 log.warning("metrics: accept: %s", e)
                 return
-            if len(self._pending) >= self.max_connections:
-                oldest = min(self._pending.values(), key=lambda p: p.deadline)
-                self._drop(sel, oldest.sock)
+            if len(self._conns) >= self.max_connections and not self._evict():
+                sock.close()
+                self.refused += 1
+                continue
             sock.setblocking(False)
-            pending = _Pending(sock, time.monotonic() + self.request_timeout)
+            now = time.monotonic()
+            state = "reading"
             if self.tls is not None:
                 try:
-                    sock = pending.sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                    sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 except (OSError, ValueError):
                     sock.close()
                     continue
-                pending.handshaken = False
-            self._pending[sock] = pending
-            sel.register(sock, selectors.EVENT_READ)
+                state = "handshake"
+            self._conns[sock] = _Conn(sock, now + self.request_timeout, state, since=now)
+            self._sel.register(sock, selectors.EVENT_READ)
 
-    def _drop(self, sel, sock: socket.socket) -> None:
-        sel.unregister(sock)
-        del self._pending[sock]
-        sock.close()
-        self.refused += 1
+    def _evict(self) -> bool:
+        """Close the connection that has waited longest, still sending its request, else still
+        taking its reply; False if every one is at a worker."""
+        for states in (("handshake", "reading"), ("writing", "draining")):
+            candidates = [c for c in self._conns.values() if c.state in states]
+            if candidates:
+                self._close(min(candidates, key=lambda c: c.since), refused=True)
+                return True
+        return False
 
-    def _handshake(self, sel, pending: _Pending) -> None:
-        try:
-            pending.sock.do_handshake()
-            pending.handshaken = True
-            sel.modify(pending.sock, selectors.EVENT_READ)
-        except ssl.SSLWantReadError:
-            sel.modify(pending.sock, selectors.EVENT_READ)
-        except ssl.SSLWantWriteError:
-            sel.modify(pending.sock, selectors.EVENT_WRITE)
-        except (ssl.SSLError, OSError):   # not TLS, no or a bad client certificate: closed
-            self._drop(sel, pending.sock)
-
-    def _receive(self, sel, sock: socket.socket) -> None:
-        pending = self._pending[sock]
-        if not pending.handshaken:
-            self._handshake(sel, pending)
+    def _close(self, conn: _Conn, refused: bool = False) -> None:
+        if self._conns.pop(conn.sock, None) is None:
             return
         try:
-            data = sock.recv(4096)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(sel, sock)
-            return
-        pending.buf += data
-        end = pending.buf.find(b"\r\n\r\n")
-        if end < 0 and len(pending.buf) <= MAX_REQUEST_BYTES:
-            return
-        sel.unregister(sock)
-        del self._pending[sock]
-        sock.setblocking(True)
-        sock.settimeout(1.0)             # short answers from this thread must not wait on a client
-        if end < 0:
-            self._reply(sock, 431, b"request header fields too large\n")
-            return
-        try:
-            self._work.put_nowait((sock, bytes(pending.buf[:end])))
-        except queue.Full:
-            self._reply(sock, 503, b"busy: too many scrapes at once\n")
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):   # a connection at a worker is not registered
+            pass
+        conn.sock.close()
+        conn.reply, conn.out = None, []
+        if refused:
             self.refused += 1
 
-    # --- the workers: answer complete requests ------------------------------------------------
+    def _ready(self, sock) -> None:
+        conn = self._conns.get(sock)
+        if conn is None:                 # closed earlier in this batch (evicted, expired)
+            return
+        if conn.state == "handshake":
+            self._handshake(conn)
+        elif conn.state == "reading":
+            self._read(conn)
+        elif conn.state == "writing":
+            self._write(conn)
+        elif conn.state == "draining":
+            self._drain(conn)
+
+    def _handshake(self, conn: _Conn) -> None:
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._sel.modify(conn.sock, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._sel.modify(conn.sock, selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError):   # not TLS, no or a bad client certificate: closed
+            self._close(conn, refused=True)
+            return
+        conn.state = "reading"
+        self._sel.modify(conn.sock, selectors.EVENT_READ)
+        self._read(conn)                  # the request may have come with the handshake's last flight
+
+    def _recv(self, conn: _Conn, limit: int) -> bytes | None:
+        """What the socket has now, up to `limit` bytes (TLS: what OpenSSL already decrypted too,
+        which select() cannot see); b"" at the end of the stream, None if nothing yet."""
+        data = bytearray()
+        while len(data) < limit:
+            try:
+                chunk = conn.sock.recv(min(65536, limit - len(data)))
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return bytes(data) or b""
+            data += chunk
+            if not (isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending()):
+                break
+        return bytes(data) if data else None
+
+    def _read(self, conn: _Conn) -> None:
+        data = self._recv(conn, MAX_REQUEST_BYTES + 1 - len(conn.buf))
+        if data is None:
+            return
+        if not data:
+            self._close(conn)
+            return
+        conn.buf += data
+        end = request_end(conn.buf)
+        if end < 0 and len(conn.buf) <= MAX_REQUEST_BYTES:
+            return
+        if end < 0 or end > MAX_REQUEST_BYTES:
+            self._send(conn, self._short(431, b"request header fields too large\n", linger=True))
+            return
+        self._route(conn, bytes(conn.buf[:end]))
+
+    def _route(self, conn: _Conn, headers: bytes) -> None:
+        """Answer here what needs no work (a health check never waits behind scrapes); hand
+        /metrics to a worker."""
+        parts = headers.split(b"\n", 1)[0].split()
+        if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
+            self._send(conn, self._short(405 if len(parts) == 3 else 400, b"only GET /metrics, /healthz\n",
+                                         linger=True))
+            return
+        head = parts[0] == b"HEAD"
+        path = parts[1].split(b"?", 1)[0]
+        if path == b"/metrics":
+            conn.state, conn.buf = "working", bytearray()
+            self._sel.unregister(conn.sock)
+            try:
+                self._work.put_nowait((conn, head, headers))
+            except queue.Full:
+                self._sel.register(conn.sock, selectors.EVENT_WRITE)
+                self._send(conn, self._short(503, b"busy: too many scrapes at once\n"))
+                self.refused += 1
+            return
+        answers = {b"/healthz": (200, b"ok\n"), b"/": (200, b"probeset agent: /metrics, /healthz\n")}
+        status, body = answers.get(path, (404, b"not found\n"))
+        self._send(conn, self._short(status, body, head=head))
+
+    @staticmethod
+    def _short(status: int, body: bytes, head: bool = False, linger: bool = False) -> _Reply:
+        return _Reply(reply_head(status, len(body)), b"" if head else body, linger=linger)
+
+    def _take_replies(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        while True:
+            try:
+                conn, reply = self._done.get_nowait()
+            except queue.Empty:
+                return
+            if conn.sock not in self._conns:
+                continue
+            self._sel.register(conn.sock, selectors.EVENT_WRITE)
+            self._send(conn, reply)
+
+    def _send(self, conn: _Conn, reply: _Reply) -> None:
+        """Start writing `reply`; the connection's deadline is now the reply's."""
+        if reply.rendering is not None:
+            self._bound_renderings(reply.rendering)
+        now = time.monotonic()
+        conn.state, conn.reply, conn.since, conn.deadline = "writing", reply, now, now + self.send_timeout
+        conn.buf = bytearray()
+        conn.out = [memoryview(reply.head)] + ([memoryview(reply.body)] if reply.body else [])
+        self._sel.modify(conn.sock, selectors.EVENT_WRITE)
+        self._write(conn)
+
+    def _bound_renderings(self, rendering: bytes) -> None:
+        """Before a reply holding `rendering` is written: if the replies being written already
+        hold MAX_BODIES_SENDING other renderings, close the ones holding the oldest (their clients
+        have taken longer than every later scrape to read it)."""
+        writers: dict[int, list[_Conn]] = {}
+        for c in self._conns.values():
+            if c.reply is not None and c.reply.rendering is not None:
+                writers.setdefault(id(c.reply.rendering), []).append(c)
+        if id(rendering) in writers or len(writers) < MAX_BODIES_SENDING:
+            return
+        oldest = min(writers.values(), key=lambda conns: min(c.since for c in conns))
+        for c in oldest:
+            self._close(c, refused=True)
+
+    def _write(self, conn: _Conn) -> None:
+        while conn.out:
+            try:
+                n = conn.sock.send(conn.out[0][:SEND_CHUNK])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                self._sel.modify(conn.sock, selectors.EVENT_WRITE)
+                return
+            except ssl.SSLWantReadError:
+                self._sel.modify(conn.sock, selectors.EVENT_READ)
+                return
+            except OSError:              # the client went away
+                self._close(conn)
+                return
+            conn.out[0] = conn.out[0][n:]
+            if not conn.out[0]:
+                conn.out.pop(0)
+        if conn.reply is not None and conn.reply.linger:
+            # Closing with the request unread would reset the connection, and the client might
+            # lose the answer: say we are done, then read and drop what it still sends, briefly.
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close(conn)
+                return
+            conn.state, conn.reply, conn.deadline = "draining", None, time.monotonic() + LINGER_SECONDS
+            self._sel.modify(conn.sock, selectors.EVENT_READ)
+            return
+        self._close(conn)
+
+    def _drain(self, conn: _Conn) -> None:
+        if self._recv(conn, 65536) == b"":   # the client closed its side: done
+            self._close(conn)
+
+    # --- the workers: authorize and render /metrics -----------------------------------------
 
     def _answer(self) -> None:
         while True:
             item = self._work.get()
             if item is None:
                 return
-            sock, headers = item
-            sock.settimeout(self.send_timeout)
+            conn, head, headers = item
             try:
-                self._respond(sock, headers)
+                reply = self._metrics(head, headers)
             except Exception:
                 log.exception("metrics: answering %r failed", headers[:100])
-                sock.close()
+                reply = self._short(500, b"rendering failed\n")
+            self._done.put((conn, reply))
+            self._wake()
 
-    def _respond(self, sock: socket.socket, headers: bytes) -> None:
-        parts = headers.split(b"\r\n", 1)[0].split()
-        if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
-            self._reply(sock, 405 if len(parts) == 3 else 400, b"only GET /metrics, /healthz\n")
-            return
-        path = parts[1].split(b"?", 1)[0]
-        if path == b"/metrics" and self.authorize is not None:
+    def _metrics(self, head: bool, headers: bytes) -> _Reply:
+        if self.authorize is not None:
             status, why = self.authorize(bearer_token(headers))
             if status != 200:
-                self._reply(sock, status, why.encode() + b"\n")
-                return
-        if path == b"/metrics":
-            gzipped = accepts_gzip(headers)
-            self._reply(sock, 200, self._rendering.get(gzipped), CONTENT_TYPE, head=parts[0] == b"HEAD",
-                        extra="Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n" if gzipped else
-                        "Vary: Accept-Encoding\r\n")
-        elif path == b"/healthz":
-            self._reply(sock, 200, b"ok\n")
-        elif path == b"/":
-            self._reply(sock, 200, b"probeset agent: /metrics, /healthz\n")
-        else:
-            self._reply(sock, 404, b"not found\n")
-
-    @staticmethod
-    def _reply(sock: socket.socket, status: int, body: bytes, ctype: str = "text/plain",
-               head: bool = False, extra: str = "") -> None:
-        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-                  405: "Method Not Allowed", 500: "Internal Server Error",
-                  431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
-        header = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                  f"{extra}Connection: close\r\n\r\n").encode()
-        try:
-            sock.sendall(header)
-            if not head:
-                sock.sendall(body)       # not header + body: that would copy the body per scrape
-        except OSError:
-            pass   # the client went away or was too slow (send_timeout)
-        finally:
-            sock.close()
+                return self._short(status, why.encode() + b"\n")
+        gzipped = accepts_gzip(headers)
+        body = self._rendering.get(gzipped)
+        extra = "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n" if gzipped else "Vary: Accept-Encoding\r\n"
+        return _Reply(reply_head(200, len(body), CONTENT_TYPE, extra), b"" if head else body, rendering=body)

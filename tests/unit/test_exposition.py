@@ -14,7 +14,8 @@ from prometheus_client.utils import floatToGoString
 
 from probeset_agent.histogram import BUCKET_MODES, bucket_index, cumulative_buckets
 from probeset_agent.readout import Series, label_text
-from probeset_agent.server import GzipWriter, MetricsServer, accepts_gzip, gzip_bytes
+from probeset_agent.rendering import GzipWriter, gzip_bytes
+from probeset_agent.server import MetricsServer, accepts_gzip
 from probeset_agent.snapshot import ProbeSeries, SetSnapshot
 
 

@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 
-from probeset_agent.server import SharedRendering, parse_listen
+from probeset_agent.rendering import SharedRendering
+from probeset_agent.server import parse_listen
 from tests.support import wait_for
 
 BODY_MB = 8
@@ -29,7 +30,7 @@ def render():
 server.start(render)
 print(server.address[1], flush=True)
 for line in sys.stdin:
-    print(renders[0], server.refused, flush=True)
+    print(renders[0], server.refused, server.bodies_sending(), int(server.alive()), flush=True)
 """
 
 
@@ -53,11 +54,11 @@ class Served:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
-    def counters(self) -> tuple[int, int]:
+    def counters(self) -> tuple[int, int, int, int]:
+        """(renderings, connections refused, renderings held by replies being written, serving threads alive)"""
         self.proc.stdin.write("?\n")
         self.proc.stdin.flush()
-        renders, refused = self.proc.stdout.readline().split()
-        return int(renders), int(refused)
+        return tuple(int(n) for n in self.proc.stdout.readline().split())
 
     def scrape(self, timeout: float = 10.0) -> tuple[int, float]:
         t = time.monotonic()
@@ -114,7 +115,7 @@ def test_idle_connections_are_bounded(served):
 
 def test_concurrent_scrapers_share_renderings(served):
     base_rss = served.rss_mb()
-    renders_before, _ = served.counters()
+    renders_before = served.counters()[0]
     latencies, errors = [], []
 
     def scraper():
@@ -138,7 +139,7 @@ def test_concurrent_scrapers_share_renderings(served):
     watcher.start()
     for t in threads + [watcher]:
         t.join()
-    renders, _ = served.counters()
+    renders = served.counters()[0]
     assert errors == [] or all("503" in e for e in errors), errors
     assert len(latencies) + len(errors) == 100
     latencies.sort()
@@ -152,6 +153,90 @@ def test_concurrent_scrapers_share_renderings(served):
     assert peak[0] < base_rss + (4 + 5) * BODY_MB, (base_rss, peak[0])
 
 
+def slow_reader(port: int) -> socket.socket:
+    """A client that asks for /metrics and does not read the answer (a 4 kB receive buffer)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    return s
+
+
+def test_clients_that_do_not_read_hold_up_no_one(served):
+    """Replies are written by the I/O thread as each client takes them, not by a worker blocked in
+    sendall: twenty scrapers that never read hold no worker, and a health check and a real scrape
+    are answered while they hang (each would otherwise wait for send_timeout, 10 s here)."""
+    base_threads = served.threads()
+    held = [slow_reader(served.port) for _ in range(20)]
+    wait_for(lambda: served.counters()[2] >= 1, 10, "the slow readers' reply being written")
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/healthz", timeout=3) as r:
+        assert r.read() == b"ok\n"
+    n, _ = served.scrape(timeout=5)
+    assert n == BODY_MB << 20
+    assert served.threads() == base_threads
+    for s in held:
+        s.close()
+
+
+def test_renderings_held_by_slow_readers_are_bounded(served):
+    """Each slow reader arriving after the last rendering gets a new one (8 MB here, 43 MB at
+    10,000 latency series): the replies being written hold at most MAX_BODIES_SENDING of them, the
+    clients holding the oldest are closed."""
+    from probeset_agent.server import MAX_BODIES_SENDING
+    held = []
+    for i in range(MAX_BODIES_SENDING + 3):
+        renders = served.counters()[0]
+        held.append(slow_reader(served.port))
+        wait_for(lambda: served.counters()[0] == renders + 1 and served.counters()[2] == min(i + 1, MAX_BODIES_SENDING),
+                 10, f"slow reader {i}'s own rendering being written")
+    first = held[0]
+    got = 0
+    try:
+        while chunk := first.recv(1 << 20):
+            got += len(chunk)
+    except ConnectionResetError:
+        pass
+    assert got < BODY_MB << 20                                  # closed before it had the whole body
+    assert served.counters()[3] == 1
+    for s in held:
+        s.close()
+
+
+def test_a_connection_evicted_while_it_sends_does_not_stop_serving():
+    """At the connection limit a new connection closes the oldest one still sending its request;
+    that one may be readable in the same round of the selector. Each round here opens eight
+    connections and sends a byte on the eight before them."""
+    from probeset_agent.server import MetricsServer
+    server = MetricsServer("127.0.0.1", 0, max_connections=8, request_timeout=5.0).start(lambda out=None: b"x 1\n")
+    try:
+        port = server.address[1]
+        held = [connect(port) for _ in range(8)]
+        for _ in range(100):
+            new = [connect(port) for _ in range(8)]
+            for s in held:
+                try:
+                    s.send(b"G")
+                except OSError:                                  # already closed by the server
+                    pass
+                s.close()
+            held = new
+        assert server.alive()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+            assert r.read() == b"x 1\n"
+        for s in held:
+            s.close()
+    finally:
+        server.shutdown()
+
+
+def read_all(s: socket.socket) -> bytes:
+    answer = b""
+    while chunk := s.recv(4096):
+        answer += chunk
+    return answer
+
+
 def test_oversized_and_bad_requests_are_refused(served):
     s = connect(served.port)
     s.sendall(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n")
@@ -161,10 +246,15 @@ def test_oversized_and_bad_requests_are_refused(served):
     assert s.recv(100).startswith(b"HTTP/1.1 405 ")
     s = connect(served.port)
     s.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
-    answer = b""
-    while chunk := s.recv(200):
-        answer += chunk
+    answer = read_all(s)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok\n")
+    s = connect(served.port)
+    s.sendall(b"GET /healthz HTTP/1.0\n\n")                     # bare line feeds end lines too
+    assert read_all(s).endswith(b"\r\n\r\nok\n")
+    s = connect(served.port)                                      # a head past 16 kB, all sent at once:
+    s.sendall(b"GET /metrics HTTP/1.1\r\nX-Padding: " + b"p" * 17000 + b"\r\n\r\n")
+    answer = read_all(s)                                          # refused, and the answer not lost to a reset
+    assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"request header fields too large\n")
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -84,6 +84,20 @@ def test_client_certificates_required(pki):
         server.shutdown()
 
 
+def test_a_tls_request_larger_than_one_read_is_answered(pki):
+    """OpenSSL may hold decrypted bytes that select() cannot see: a request head of 4-16 kB (a long
+    bearer token) arrives in several reads, all of which the server takes."""
+    server = serve(tls=server_tls(pki))
+    try:
+        for size in (3000, 4100, 6000, 12000):
+            conn = http.client.HTTPSConnection("127.0.0.1", server.address[1], context=client_tls(pki), timeout=5)
+            conn.request("GET", "/metrics", headers={"X-Padding": "p" * size})
+            r = conn.getresponse()
+            assert (r.status, r.read()) == (200, b"probeset_events_total 1\n"), size
+    finally:
+        server.shutdown()
+
+
 def test_a_silent_tls_client_is_closed_within_the_request_timeout(pki):
     server = serve(tls=server_tls(pki))
     try:
@@ -143,15 +157,41 @@ def authorizer(fake, clock, **kw):
 
 def test_token_answers_are_cached_bounded_and_failures_not_remembered():
     now = [0.0]
-    fake = FakeReviews({"t1": "system:serviceaccount:monitoring:prometheus", "t2": "someone"},
-                       {"system:serviceaccount:monitoring:prometheus"})
+    fake = FakeReviews({"t1": "system:serviceaccount:monitoring:prometheus", "t2": "someone",
+                        "t4": "system:serviceaccount:monitoring:other", "t5": "system:serviceaccount:monitoring:third"},
+                       {"system:serviceaccount:monitoring:prometheus", "system:serviceaccount:monitoring:other",
+                        "system:serviceaccount:monitoring:third"})
     a = authorizer(fake, lambda: now[0], ttl=60, max_entries=2)
     assert a("t1") == (200, "") and a("t1") == (200, "") and fake.calls == 1
     assert a("t2") == (403, "someone may not get /metrics")
     assert a("bad") == (401, "the token is not valid") and fake.calls == 3
-    assert a("t1") == (200, "") and fake.calls == 4            # evicted: at most 2 answers kept
+    assert a("t1") == (200, "") and fake.calls == 3            # refusals are kept apart from answers allowed
+    assert a("t4") == (200, "") and a("t5") == (200, "") and fake.calls == 5
+    assert a("t1") == (200, "") and fake.calls == 6            # evicted: at most 2 allowed answers kept
     now[0] = 61
-    assert a("t1") == (200, "") and fake.calls == 5            # expired after the ttl
-    assert a(None)[0] == 401 and a("x" * 10000)[0] == 401 and fake.calls == 5
+    assert a("t1") == (200, "") and fake.calls == 7            # expired after the ttl
+    assert a(None)[0] == 401 and a("x" * 10000)[0] == 401 and fake.calls == 7
     fake.fail = True
-    assert a("t3") == (500, "cannot review the token now") and a("t3")[0] == 500 and fake.calls == 7
+    assert a("t3") == (500, "cannot review the token now") and a("t3")[0] == 500 and fake.calls == 9
+
+
+def test_a_flood_of_unknown_tokens_neither_floods_the_api_server_nor_locks_out_the_scraper():
+    """An anonymous client sending a new token per request: each costs a TokenReview, so they are
+    reviewed at most `reviews_per_second` a second (a burst of `burst`), answered 429 beyond it, and
+    kept apart from the allowed answers, which they cannot push out; the scraper's own token,
+    once allowed, is reviewed again when its answer expires whatever the flood has spent."""
+    now = [0.0]
+    prometheus = "system:serviceaccount:monitoring:prometheus"
+    fake = FakeReviews({"scraper": prometheus}, {prometheus})
+    a = authorizer(fake, lambda: now[0], ttl=60, max_denied=8, reviews_per_second=5.0, burst=20)
+    assert a("scraper") == (200, "") and fake.calls == 1
+    answers = [a(f"random-{i}")[0] for i in range(2000)]
+    assert answers.count(401) == 19 and answers.count(429) == 1981 and fake.calls == 20
+    assert a("scraper") == (200, "") and fake.calls == 20      # still cached: no review
+    now[0] = 2.0                                                # 2 s later: 10 more reviews allowed
+    answers = [a(f"later-{i}")[0] for i in range(100)]
+    assert answers.count(401) == 10 and fake.calls == 30
+    now[0] = 61.0                                               # the scraper's answer expired, budget spent again
+    assert [a(f"again-{i}")[0] for i in range(30)].count(401) == 20 and fake.calls == 50
+    assert a("scraper") == (200, "") and fake.calls == 51      # a known token is reviewed anyway
+    assert a("never-seen")[0] == 429
