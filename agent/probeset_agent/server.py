@@ -153,6 +153,7 @@ class MetricsServer:
         self._threads: list[threading.Thread] = []
         self._rendering: SharedRendering | None = None
         self.refused = 0                                   # connections closed for a bound (for tests, logs)
+        self.replies = 0                                   # /metrics replies begun (for tests, logs)
         self.tls, self.authorize = tls, authorize
 
     @property
@@ -383,6 +384,7 @@ class MetricsServer:
         """Start writing `reply`; the connection's deadline is now the reply's."""
         if reply.rendering is not None:
             self._bound_renderings(reply.rendering)
+            self.replies += 1
         now = time.monotonic()
         conn.state, conn.reply, conn.since, conn.deadline = "writing", reply, now, now + self.send_timeout
         conn.buf = bytearray()

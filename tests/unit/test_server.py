@@ -30,7 +30,7 @@ def render():
 server.start(render)
 print(server.address[1], flush=True)
 for line in sys.stdin:
-    print(renders[0], server.refused, server.bodies_sending(), int(server.alive()), flush=True)
+    print(renders[0], server.refused, server.bodies_sending(), int(server.alive()), server.replies, flush=True)
 """
 
 
@@ -54,8 +54,9 @@ class Served:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
-    def counters(self) -> tuple[int, int, int, int]:
-        """(renderings, connections refused, renderings held by replies being written, serving threads alive)"""
+    def counters(self) -> tuple[int, int, int, int, int]:
+        """(renderings, connections refused, renderings held by replies being written, serving threads
+        alive, /metrics replies begun)"""
         self.proc.stdin.write("?\n")
         self.proc.stdin.flush()
         return tuple(int(n) for n in self.proc.stdout.readline().split())
@@ -186,10 +187,11 @@ def test_renderings_held_by_slow_readers_are_bounded(served):
     from probeset_agent.server import MAX_BODIES_SENDING
     held = []
     for i in range(MAX_BODIES_SENDING + 3):
-        renders = served.counters()[0]
+        renders, _, _, _, replies = served.counters()
         held.append(slow_reader(served.port))
-        wait_for(lambda: served.counters()[0] == renders + 1 and served.counters()[2] == min(i + 1, MAX_BODIES_SENDING),
-                 10, f"slow reader {i}'s own rendering being written")
+        wait_for(lambda: served.counters()[4] == replies + 1, 10, f"slow reader {i}'s reply being written")
+        renders_now, _, bodies, _, _ = served.counters()
+        assert (renders_now, bodies) == (renders + 1, min(i + 1, MAX_BODIES_SENDING))
     first = held[0]
     got = 0
     try:
