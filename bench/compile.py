@@ -53,8 +53,8 @@ def one(n: int, failing: bool, repeat: int) -> dict:
     if failing:
         real_block = codegen.site_block
 
-        def broken_for_probe_1(rp, site, labels):
-            block = real_block(rp, site, labels)
+        def broken_for_probe_1(rp, site, labels, *flags):
+            block = real_block(rp, site, labels, *flags)
             return codegen.CCode(block + "    this_is_not_c;\n") if rp.id == 1 else block
         codegen.site_block = broken_for_probe_1
     doc = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": f"compile-{n}"},

@@ -142,15 +142,17 @@ def filter_number(rp: ResolvedProbe, site: Site) -> int:
     return keys.index(filter_key(site))
 
 
-def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...]) -> CCode:
-    """The C one probe runs at one site (inside the site's function, which several probes share)."""
+def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], both_ends_filtered: bool = False) -> CCode:
+    """The C one probe runs at one site (inside the site's function, which several probes share).
+    `both_ends_filtered`: a span's start and end both pass the set's selection (span_block)."""
     p = rp.id
     s = filter_number(rp, site) if filtered_here(rp, site) else 0
     here_filter = filtered_here(rp, site)
     attribution = join([T.CGROUP_FILL if key_uses_cgroup(labels) else "", T.COMM_LABEL_FILL if "comm" in labels else ""])
     if site.role.startswith("span_"):
         call = fill(T.FILTER_CALL, P=p, S=s) if here_filter else CCode("")
-        return span_block(rp, site, labels, call, attribution, lambda gf, i: _field_fill(gf, i, site, "key"))
+        return span_block(rp, site, labels, call, attribution, lambda gf, i: _field_fill(gf, i, site, "key"),
+                          both_ends_filtered)
     if site.role == "count":
         fill_key = join([attribution] + [_field_fill(gf, i, site, "key") for i, gf in enumerate(site.fields)])
         call = fill(T.FILTER_CALL, P=p, S=s) if here_filter else CCode("")
@@ -245,9 +247,10 @@ _CTX_TYPES = {"kprobe": _PT_REGS, "kretprobe": _PT_REGS, "uprobe": _PT_REGS, "ur
 
 
 def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series: int,
-             cgroup_filter: bool = False) -> Program:
+             cgroup_filter: bool = False, both_ends_filtered: bool = False) -> Program:
     """The C program for the probes that resolved (rp.ok); failed probes are left out. With
-    `cgroup_filter`, only tasks whose cgroup id is in the allowed_cgroups map are counted."""
+    `cgroup_filter`, only tasks whose cgroup id is in the allowed_cgroups map are counted. With
+    `both_ends_filtered` (a namespaced set), a span's start and end must both pass (spangen.py)."""
     probes = [rp for rp in resolved if rp.ok]
     for rp in probes:
         if not 0 <= rp.id < MAX_PROBES:
@@ -277,7 +280,7 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
             if filtered_here(rp, site) and filter_key(site) not in filters:
                 filters.add(filter_key(site))
                 parts.append(filter_function(rp, site, filter_number(rp, site), _CTX_TYPES[site.mechanism]))
-            bodies[key].append(site_block(rp, site, labels))
+            bodies[key].append(site_block(rp, site, labels, both_ends_filtered))
     for key, point in points.items():
         parts.append(fill(T.SITE_FUNC, FN=CName(point.fn_name), CTX_TYPE=_CTX_TYPES[point.mechanism],
                           BODY=join(bodies[key])))

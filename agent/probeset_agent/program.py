@@ -58,6 +58,9 @@ class ProbeSetProgram:
         if selection is not None and pset.namespace is not None:
             self.set_labels["probeset_namespace"] = pset.namespace
         self.attribution, self.selection = attribution, selection
+        # A namespaced set: both ends of its spans pass its pod selection (spangen.span_block), and
+        # it shows no figure that counts the whole node's tasks (snapshot.take_snapshot).
+        self.restricted = policy.restricted
         filtering = selection is not None and not selection.host
         self.held = Holdings(budget, memory, pset.labels, pset.max_series_per_probe)   # in the agent's budgets
         self.placement = Placement(pset.name, selection, attribution, filtering, budget)
@@ -96,7 +99,8 @@ class ProbeSetProgram:
     # --- compile ---------------------------------------------------------------------------------
 
     def _generate(self, probes: list[ResolvedProbe]) -> codegen.Program:
-        return codegen.generate(probes, self.pset.labels, self.pset.max_series_per_probe, self.placement.filtering)
+        return codegen.generate(probes, self.pset.labels, self.pset.max_series_per_probe, self.placement.filtering,
+                                self.restricted)
 
     def render(self) -> str:
         return self._generate(self.resolved).text

@@ -168,14 +168,27 @@ def _too_many(probe: Probe, what: str, count: int, sample: list[str]) -> str:
             f"narrow the glob or raise maxFunctions (first matches: {', '.join(sample[:5])})")
 
 
-def _check_tenant_fields(p: Probe, fmt: host.TracepointFormat, policy: ValuePolicy) -> None:
-    used = [(f"{p.path}.groupBy[{j}]", label) for j, label in enumerate(p.group_by)]
+def fields_used(p: Probe) -> list[tuple[str, str]]:
+    """(where, name) of each event field a tracepoint probe records or compares. A groupBy comm is
+    the current task's name even where the event has a comm field (_tracepoint_field)."""
+    used = [(f"{p.path}.groupBy[{j}]", label) for j, label in enumerate(p.group_by) if label != "comm"]
     if p.value is not None:
         used.append((f"{p.path}.value", p.value))
-    used += [(f"{c.path}.field", c.field) for c in comparisons(p.filter) if c.field not in TASK_FIELDS]
+    return used + filter_fields_used(p.filter)
+
+
+def filter_fields_used(flt: Filter | None) -> list[tuple[str, str]]:
+    return [(f"{c.path}.field", c.field) for c in comparisons(flt)]
+
+
+def _check_tenant_fields(used: list[tuple[str, str]], fmt: host.TracepointFormat, policy: ValuePolicy) -> None:
+    """Refuse (HostError naming `where`) an event field of `fmt` in `used` ((where, name) pairs)
+    that a namespaced set may not read. A name the format does not define is the current task's
+    own (pid, tid, uid, gid, comm) and passes; one it defines is the event's, whatever its name
+    (sched_wakeup's pid is the woken task: _filter_fields compares that one)."""
     for where, label in used:
         f = fmt.fields.get(label)
-        if f is None or label == "comm" or policy.allows("tracepoint", fmt.full_name, label):
+        if f is None or policy.allows("tracepoint", fmt.full_name, label):
             continue
         risk = tenant_field_risk(f)
         if risk:
@@ -238,7 +251,7 @@ def _resolve_tracepoint(rp: ResolvedProbe, policy: ValuePolicy) -> None:
         fields = tuple(_tracepoint_field(fmt, label) for label in p.group_by)
         value = _tracepoint_value(p, fmt) if p.value is not None else None
         if policy.restricted:
-            _check_tenant_fields(p, fmt, policy)
+            _check_tenant_fields(fields_used(p), fmt, policy)
         for gf in fields:
             shape = (gf.is_string, gf.signed)
             if kinds.setdefault(gf.label, shape) != shape:

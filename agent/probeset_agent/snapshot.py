@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from probeset_api.values import metric_name
 
+from .health import KRETPROBE_MISSED
 from .readout import Series
 from .report import ProbeStatus
 
@@ -79,8 +80,13 @@ def take_snapshot(prog) -> SetSnapshot:
                          for p in points]
     snap.reattached = [PointSample({**point_labels(p), "reason": reason}, prog.placement.reattached.get((p.fn_name, reason), 0))
                        for p in points for reason in ("replaced", "modified")]
-    snap.missed = [(by_id[probe_id].probe.name, reason, n) for (probe_id, reason), n in sorted(prog.read_missed().items())]
-    for point, run_ns, run_cnt in prog.read_program_stats():
+    # A namespaced set sees its own pods' events only (docs/operator.md, "Who may observe what"): the
+    # kernel's kretprobe misses and the programs' runs and run time count every task on the node,
+    # before the pod filter in the program, so its snapshot leaves them out (docs/metrics.md).
+    node_wide = not prog.restricted
+    snap.missed = [(by_id[probe_id].probe.name, reason, n) for (probe_id, reason), n in sorted(prog.read_missed().items())
+                   if node_wide or reason != KRETPROBE_MISSED]
+    for point, run_ns, run_cnt in prog.read_program_stats() if node_wide else ():
         snap.run_ns.append(PointSample(point_labels(point), run_ns))
         snap.runs.append(PointSample(point_labels(point), run_cnt))
     return snap

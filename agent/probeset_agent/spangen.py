@@ -55,12 +55,18 @@ def span_maps(rp: ResolvedProbe) -> CCode:
 
 
 def span_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], filter_call: CCode,
-               attribution_here: CCode, field_fill) -> CCode:
+               attribution_here: CCode, field_fill, both_ends_filtered: bool = False) -> CCode:
     """The C of a span's start or end site. `attribution_here`: the current task's labels into
-    the series key; `field_fill(gf, i)`: a groupBy field of the end event into it."""
+    the series key; `field_fill(gf, i)`: a groupBy field of the end event into it.
+
+    The end that labels the sample (labelsFrom) passes the set's selection (pass_pP); the other
+    may run in any task, as block I/O completes in an interrupt. `both_ends_filtered` (a namespaced
+    set) makes both pass: else a start or end of any task on the node, host or another pod, would
+    pair with the tenant's and its samples would time that task (docs/operator.md, "Who may observe
+    what")."""
     p, from_start = rp.id, rp.probe.labels_from == "start"
     labelled_here = from_start == (site.role == "span_start")
-    passes = fill(PASS_CALL, P=p) if labelled_here else CCode("1")
+    passes = fill(PASS_CALL, P=p) if labelled_here or both_ends_filtered else CCode("1")
     fill_pkey = join(fill(LOAD_LINE, LOAD=load_int(gf, site, fill("pk.k@I@", I=i)))
                      for i, gf in enumerate(site.key_fields))
     if site.role == "span_start":

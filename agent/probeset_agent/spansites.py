@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from probeset_api.schema import ARG_FIELDS, USER_KINDS
 from probeset_api.spans import Hook
-from probeset_api.spec import ValuePolicy
+from probeset_api.spec import Probe, ValuePolicy
 
 from . import host
 from .features import Features
 from .resolve import (GroupField, ResolvedProbe, Site, UserTargets, _arg_field, _check_tenant_fields, _filter_fields,
-                      _tracepoint_field)
+                      _tracepoint_field, fields_used, filter_fields_used)
 
 
 def _key_field(hook: Hook, i: int, name: str, fmt: host.TracepointFormat | None) -> GroupField:
@@ -80,10 +80,22 @@ def _hook_site(rp: ResolvedProbe, hook: Hook, role: str, features: Features | No
                 filter_fields=_filter_fields(hook.filter, fmt), key_fields=keys, **common)
 
 
+def _check_tenant_hooks(p: Probe, policy: ValuePolicy) -> None:
+    """A namespaced set's tracepoint start and end: their key and filter fields as its groupBy
+    (the end's). A key is an equality test on the field and a filter counts its bits, so either
+    tells as much as a label. Kernel functions' are checked by the API (spec.restrict_values)."""
+    for hook, recorded in ((p.start, []), (p.end, fields_used(p))):     # groupBy: fields of the end event
+        if hook.kind != "tracepoint" or not host.match_tracepoints(hook.target):
+            continue        # a missing tracepoint is _hook_site's error
+        used = [(f"{hook.path}.key[{i}]", name) for i, name in enumerate(hook.key)]
+        _check_tenant_fields(used + filter_fields_used(hook.filter) + recorded,
+                             host.tracepoint_format(hook.target), policy)
+
+
 def resolve_span(rp: ResolvedProbe, features: Features | None, targets: UserTargets, policy: ValuePolicy) -> None:
     p = rp.probe
-    if policy.restricted and p.group_by and p.end.kind == "tracepoint" and host.match_tracepoints(p.end.target):
-        _check_tenant_fields(p, host.tracepoint_format(p.end.target), policy)
+    if policy.restricted:
+        _check_tenant_hooks(p, policy)
     start = _hook_site(rp, p.start, "span_start", features, targets, ())
     end = _hook_site(rp, p.end, "span_end", features, targets, p.group_by)
     rp.functions = [f"{start.function}->{end.function}"]

@@ -21,7 +21,7 @@ from .schema import (ARG_FIELDS, KERNEL_ATTACH, KERNEL_KINDS, METADATA_NAME_RE, 
 from .validation import FieldError, check_schema, show
 from . import documents as _documents
 from .filters import DEFAULT_TYPES, Filter, comparisons, parse_filter
-from .spans import Hook, is_span, parse_span, span_errors
+from .spans import KEY_TASK_FIELDS, Hook, is_span, parse_span, span_errors
 from .values import value_errors
 
 
@@ -333,6 +333,25 @@ def value_policy(pset: ProbeSet, allowed: frozenset[str]) -> ValuePolicy:
     return ValuePolicy(restricted=pset.namespace is not None and pset.scope != "Node", allowed=allowed)
 
 
+def _hook_denials(hook: Hook, policy: ValuePolicy) -> list[FieldError]:
+    """What a span's kernel start or end may not read. Its key and filter record nothing, yet tell
+    as much as a label: `arg0 & 4096` counts a bit of an address, and a key pairs a value the
+    tenant chooses (a user-space argument) with a kernel one, an equality test. The current task's
+    own tid and pid stay allowed. Tracepoint hooks are checked by the agent (their formats)."""
+    if hook.kind not in KERNEL_KINDS:
+        return []
+    errors = []
+    for i, name in enumerate(hook.key):
+        if name not in KEY_TASK_FIELDS and not policy.allows(hook.kind, hook.target, name):
+            what = f"{name} of kernel function {hook.target} can be a kernel address or another task's data"
+            errors.append(FieldError(f"{hook.path}.key[{i}]", policy.denial(what, hook.kind, hook.target, name)))
+    for c in comparisons(hook.filter):
+        if c.field in DEFAULT_TYPES and not policy.allows(hook.kind, hook.target, c.field):
+            what = f"{c.field} of kernel function {hook.target} can be a kernel address"
+            errors.append(FieldError(f"{c.path}.field", policy.denial(what, hook.kind, hook.target, c.field)))
+    return errors
+
+
 def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
     """The set with the probes that record values the policy denies moved to `rejected`, each
     error naming the field. What needs the node's tracepoint formats is checked by the agent."""
@@ -360,6 +379,8 @@ def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
                     probe.kind, probe.target, c.field):
                 what = f"{c.field} of kernel function {probe.target} can be a kernel address"
                 errors.append(FieldError(f"{c.path}.field", policy.denial(what, probe.kind, probe.target, c.field)))
+        if probe.kind == "span":
+            errors += _hook_denials(probe.start, policy) + _hook_denials(probe.end, policy)
         if errors:
             rejected.append(RejectedProbe(probe.index, probe.name, tuple(errors)))
         else:

@@ -53,8 +53,8 @@ def test_a_probe_that_breaks_compilation_is_isolated(target, run_probeset, monke
     from probeset_agent import codegen
     real = codegen.site_block
 
-    def broken_for_probe_1(rp, site, labels):
-        block = real(rp, site, labels)
+    def broken_for_probe_1(rp, site, labels, *flags):
+        block = real(rp, site, labels, *flags)
         return codegen.CCode(block + "    this_is_not_c;\n") if rp.id == 1 else block
     monkeypatch.setattr(codegen, "site_block", broken_for_probe_1)
     prog = run_probeset([

@@ -13,9 +13,10 @@ from tests.bpf.test_attribution import WORKLOAD, by_labels
 from tests.support import status
 
 
-def start_namespaced(start_program, fake_pods, probes, allowed=frozenset(), scope=None):
+def start_namespaced(start_program, fake_pods, probes, allowed=frozenset(), scope=None, mine=None):
+    """A ProbeSet of namespace team-a whose one pod on the node is `mine` (a new fake pod if None)."""
     pods = PodIndex()
-    mine = fake_pods.add("team-a")
+    mine = mine or fake_pods.add("team-a")
     pods.update(mine.info())
     spec = {"probes": probes, "labels": list(WORKLOAD)}
     if scope:
@@ -46,10 +47,39 @@ LEAKS = [
      "spec.probes[0].groupBy[0]: retval of kernel function vfs_read can be a kernel address or another task's data"),
     ({"kprobe": "vfs_read", "groupBy": ["arg0"]},
      "spec.probes[0].groupBy[0]: arg0 of kernel function vfs_read can be a kernel address or another task's data"),
+    # What a probe compares tells as much as what it records: a filter counts bits of a field, a
+    # span's key tests it for equality. Kernel functions' are refused by the API (restrict_values).
+    ({"start": {"kprobe": "tcp_sendmsg", "key": ["tid"], "filter": {"field": "arg0", "op": "&", "value": 4096}},
+      "end": {"kretprobe": "tcp_sendmsg", "key": ["tid"]}},
+     "spec.probes[0].start.filter.field: arg0 of kernel function tcp_sendmsg can be a kernel address"),
+    ({"start": {"tracepoint": "syscalls:sys_enter_clock_nanosleep", "key": ["__syscall_nr"]},
+      "end": {"kprobe": "tcp_sendmsg", "key": ["arg2"]}},
+     "spec.probes[0].end.key[0]: arg2 of kernel function tcp_sendmsg can be a kernel address or another task's data"),
+    ({"start": {"tracepoint": "kmem:kmalloc", "key": ["ptr"]}, "end": {"tracepoint": "kmem:kfree", "key": ["ptr"]}},
+     "spec.probes[0].start.key[0]: field ptr of kmem:kmalloc is a pointer (const void *): a kernel address"),
+    ({"start": {"tracepoint": "kmem:kmalloc", "key": ["tid"], "filter": {"field": "call_site", "op": "&", "value": 4096}},
+      "end": {"tracepoint": "syscalls:sys_exit_clock_nanosleep", "key": ["tid"]}},
+     "spec.probes[0].start.filter.field: field call_site of kmem:kmalloc is a 8-byte unsigned long: it can hold a "
+     "kernel address"),
+    ({"start": {"tracepoint": "sched:sched_wakeup", "key": ["pid"]},      # runqlat's: the woken task's pid
+      "end": {"tracepoint": "sched:sched_switch", "key": ["next_pid"]}},
+     "spec.probes[0].start.key[0]: field pid of sched:sched_wakeup is pid_t pid: it can be another task's identity"),
+    ({"start": {"tracepoint": "syscalls:sys_enter_clock_nanosleep", "key": ["__syscall_nr"]},
+      "end": {"tracepoint": "sched:sched_switch", "key": ["next_pid"]}},
+     "spec.probes[0].end.key[0]: field next_pid of sched:sched_switch is pid_t next_pid: it can be another task's "
+     "identity"),
+    ({"start": {"tracepoint": "syscalls:sys_enter_clock_nanosleep", "key": ["tid"]},
+      "end": {"tracepoint": "sched:sched_switch", "key": ["tid"], "filter": {"field": "next_pid", "op": "==", "value": 1}}},
+     "spec.probes[0].end.filter.field: field next_pid of sched:sched_switch is pid_t next_pid: it can be another "
+     "task's identity"),
+    ({"tracepoint": "sched:sched_wakeup", "filter": {"field": "pid", "op": "==", "value": 1234}},
+     "spec.probes[0].filter.field: field pid of sched:sched_wakeup is pid_t pid: it can be another task's identity"),
 ]
 
 
-@pytest.mark.parametrize("probe,reason", LEAKS, ids=[r.split(": ")[1][:40] for _, r in LEAKS])
+@pytest.mark.parametrize("probe,reason", LEAKS,
+                         ids=[r.split(": ")[0].removeprefix("spec.probes[0].") + " " + r.split(": ")[1][:40]
+                              for _, r in LEAKS])
 def test_values_that_leak_are_refused_with_the_field(start_program, fake_pods, probe, reason):
     prog, _ = start_namespaced(start_program, fake_pods, [{"name": "leak", **probe}])
     error = status(prog, "leak").error
@@ -91,3 +121,49 @@ def test_scope_node_is_not_restricted(start_program, fake_pods):
                                [{"name": "wide", "tracepoint": "sched:sched_switch", "groupBy": ["next_comm"]}],
                                scope="Node")
     assert status(prog, "wide").error is None
+    assert len(prog.snapshot().runs) == 1     # node-wide figures are for scope Node (docs/metrics.md)
+
+
+def test_task_fields_the_event_lacks_are_the_tasks_own(start_program, fake_pods, targets, target_binary):
+    """pid on sys_enter_clock_nanosleep (a field it does not have) is the current process's own."""
+    mine = fake_pods.add("team-a")
+    t_mine, host = targets(target_binary, mine.cgroup()), targets(target_binary)
+    prog, _ = start_namespaced(start_program, fake_pods, [
+        {"name": "own", "tracepoint": "syscalls:sys_enter_clock_nanosleep",
+         "filter": {"field": "pid", "op": "==", "value": t_mine.pid}, "groupBy": ["__syscall_nr"]}], mine=mine)
+    assert status(prog, "own").error is None
+    for t in (t_mine, host):
+        t.run("sleep 3 1")
+    nr = {"x86_64": "230", "aarch64": "115"}[platform.machine()]                 # __NR_clock_nanosleep
+    assert by_labels(prog, 0, ("pod", "__syscall_nr")) == {(mine.info().name, nr): 3}
+
+
+# A start/end probe whose unlabelled end (the start with labelsFrom: end, the end with labelsFrom:
+# start) may run outside the tenant's pods: the key (__syscall_nr, the same at entry and exit)
+# pairs any start with any end, and the filters take starts of probeset_lang only and ends of
+# probeset_target only, so each pair is one sleep of each.
+def sleeps_between(labels_from: str) -> dict:
+    return {"name": "between", "labelsFrom": labels_from,
+            "start": {"tracepoint": "syscalls:sys_enter_clock_nanosleep", "key": ["__syscall_nr"],
+                      "filter": {"field": "comm", "op": "==", "value": "probeset_lang"}},
+            "end": {"tracepoint": "syscalls:sys_exit_clock_nanosleep", "key": ["__syscall_nr"],
+                    "filter": {"field": "comm", "op": "==", "value": "probeset_target"}}}
+
+
+@pytest.mark.parametrize("labels_from", ["start", "end"])
+@pytest.mark.parametrize("other_end_in_pod", [True, False])
+def test_both_ends_of_a_span_must_be_the_pods(start_program, fake_pods, targets, target_binary, lang_binary,
+                                              labels_from, other_end_in_pod):
+    """Else a tenant times (and so sees) the sleeps of any process on the node that its own pair with."""
+    n = 5
+    mine = fake_pods.add("team-a")
+    prog, _ = start_namespaced(start_program, fake_pods, [sleeps_between(labels_from)], mine=mine)
+    assert status(prog, "between").error is None, status(prog, "between").error
+    pod, other = mine.cgroup(), mine.cgroup() if other_end_in_pod else None      # None: a host process
+    starter = targets(lang_binary, pod if labels_from == "start" else other)       # comm probeset_lang
+    ender = targets(target_binary, pod if labels_from == "end" else other)         # comm probeset_target
+    for _ in range(n):
+        starter.run("pair 1 1")           # one clock_nanosleep: a start
+        ender.run("sleep 1 1")            # one: an end, which takes that start
+    assert by_labels(prog, 0, ("pod",)) == ({(mine.info().name,): n} if other_end_in_pod else {})
+    assert prog.snapshot().runs == []     # a namespaced set shows no node-wide figure (docs/metrics.md)

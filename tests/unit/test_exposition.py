@@ -1,6 +1,7 @@
 """The exposition of latency histograms, without maps or root: snapshots in, Prometheus text out
 (parsed back with prometheus_client's parser) in each --histogram-buckets mode, and byte for byte
-what one line per bucket would write; and /metrics with gzip through a real MetricsServer."""
+what one line per bucket would write; what a namespaced set's snapshot leaves out; and /metrics
+with gzip through a real MetricsServer."""
 
 import gzip
 import http.client
@@ -9,14 +10,19 @@ import random
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from probeset_agent.codegen import AttachPoint
 from probeset_agent.exposition import MetricsCollector
 from prometheus_client.utils import floatToGoString
 
 from probeset_agent.histogram import BUCKET_MODES, bucket_index, cumulative_buckets
+from probeset_agent.loader import CompileCost
 from probeset_agent.readout import Series, label_text
+from probeset_agent.report import ProbeStatus
+from probeset_agent.resolve import ResolvedProbe, Site
 from probeset_agent.rendering import GzipWriter, gzip_bytes
 from probeset_agent.server import MetricsServer, accepts_gzip
-from probeset_agent.snapshot import ProbeSeries, SetSnapshot
+from probeset_agent.snapshot import ProbeSeries, SetSnapshot, take_snapshot
+from probeset_api.spec import parse_probeset
 
 
 def series(name: str, *latencies_ns: int) -> Series:
@@ -120,6 +126,68 @@ def test_non_ascii_label_values_are_utf8():
     body = MetricsCollector([Source(s)], "n").render_bytes()
     assert 'arg0="café ☕",le="2.56e-07"} 0\n'.encode() in body
     assert histogram(body.decode())["café ☕"][-3:] == [("+Inf", 1), ("count", 1), ("sum", 3e-07)]
+
+
+class Running:
+    """What take_snapshot reads of a running ProbeSetProgram: a kretprobe of a namespaced set or not,
+    its program run 3 times for 1.5 µs, and the kernel's count of returns it could not probe."""
+
+    def __init__(self, restricted: bool):
+        (probe,) = parse_probeset({"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet", "metadata": {"name": "s"},
+                                   "spec": {"probes": [{"name": "r", "kretprobe": "vfs_read", "maxActive": 1}]}}).probes
+        self.restricted, self.resolved = restricted, [ResolvedProbe(probe, via="kretprobe", functions=["vfs_read"])]
+        self.set_labels = {"probeset": "s", "probeset_namespace": "team-a"}
+        self.point = AttachPoint("site_0", "kretprobe", Site(0, "vfs_read", "kretprobe", "count"), [0])
+        self.unknown_cgroups, self.allowed_cgroups, self.map_memory = 0, 2, 4096
+        self.compile_cost = CompileCost(1, 0.5)
+        self.statuses = [ProbeStatus("r", 0, "kretprobe", "kretprobe", functions={"vfs_read": True})]
+
+    def probe_statuses(self):
+        return self.statuses
+
+    def read_series(self):
+        return {0: []}
+
+    def user_points(self):
+        return []
+
+    def probe_names(self, point):
+        return "r"
+
+    def read_missed(self):
+        return {(0, "kretprobe_maxactive"): 5, (0, "unpaired_return"): 1}
+
+    def read_program_stats(self):
+        return [(self.point, 1500, 3)]
+
+
+class Snapshot:
+    def __init__(self, snap: SetSnapshot):
+        self.snap = snap
+
+    def snapshot(self) -> SetSnapshot:
+        return self.snap
+
+
+def figures(text: str, *families: str) -> dict[str, list[tuple[dict, float]]]:
+    return {f.name: [(s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text)
+            if f.name in families}
+
+
+@pytest.mark.parametrize("restricted", [False, True])
+def test_a_namespaced_set_shows_no_figure_the_whole_node_counts(restricted):
+    """The kernel counts a program's runs, and a kretprobe's missed returns, for every task on the
+    node, before the program's pod filter: a namespaced set does not show them (docs/metrics.md)."""
+    text = MetricsCollector([Snapshot(take_snapshot(Running(restricted)))], "n").render()
+    point = {"probeset": "s", "probeset_namespace": "team-a", "probe": "r", "function": "vfs_read", "via": "kretprobe"}
+    missed = {"probeset": "s", "probeset_namespace": "team-a", "probe": "r"}
+    got = figures(text, "probeset_bpf_runs", "probeset_bpf_run_seconds", "probeset_missed_events")
+    own = [({**missed, "reason": "unpaired_return"}, 1.0)]     # counted in the program, after the pod filter
+    if restricted:
+        assert got == {"probeset_bpf_runs": [], "probeset_bpf_run_seconds": [], "probeset_missed_events": own}
+    else:
+        assert got == {"probeset_bpf_runs": [(point, 3.0)], "probeset_bpf_run_seconds": [(point, 1.5e-06)],
+                       "probeset_missed_events": [({**missed, "reason": "kretprobe_maxactive"}, 5.0)] + own}
 
 
 @pytest.mark.parametrize("header, expected", [

@@ -103,6 +103,17 @@ def test_labels_from_the_end_take_the_current_task_there():
     assert "if (pass_p0()) {" in end and "key.cgroup = bpf_get_current_cgroup_id();" in end
 
 
+@pytest.mark.parametrize("labels_from", ["start", "end"])
+def test_a_namespaced_set_filters_both_ends(labels_from):
+    """Else a start or end of any task on the node (host, other pods) pairs with the tenant's."""
+    text = generate([resolved(labels_from)], ("node", "pod"), 10, cgroup_filter=True, both_ends_filtered=True).text
+    start, end = text.split("int site_0(void *ctx) {")[1], text.split("int site_1(void *ctx) {")[1]
+    assert "if (pass_p0()) {" in start and "if (pass_p0()) {" in end
+    assert "if (1) {" not in text
+    assert ("pv.cgroup = bpf_get_current_cgroup_id();" in start) == (labels_from == "start")   # labels: as before
+    assert ("key.cgroup = bpf_get_current_cgroup_id();" in end) == (labels_from == "end")
+
+
 def test_pending_map_memory_is_counted():
     small, big = resolved(), resolved()
     big.probe = parse({**BIO, "maxPending": 65536}).probes[0]
