@@ -31,6 +31,7 @@ from .spangen import span_block, span_maps
 from .intload import load_int
 from .uprobe_entry import movable
 from .resolve import GroupField, ResolvedProbe, Site
+from .taskcontext import INTERRUPT_BITS, TaskContext, kernel_sited
 
 START_MAP_ENTRIES = 10240
 # Nesting levels of one function on one thread that each get their own start slot (latency probes):
@@ -181,7 +182,8 @@ def map_shape(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int) -> Ma
     return choose_map(labels, rp.probe.group_by, max(1, len(rp.functions)), max_series)
 
 
-def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool) -> CCode:
+def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cgroup_filter: bool,
+                 task_context_only: bool = False) -> CCode:
     p, shape = rp.id, map_shape(rp, labels, max_series)
     value_t = _counts_value(rp)[0]
     if shape.counts == ARRAY:
@@ -198,6 +200,8 @@ def _probe_decls(rp: ResolvedProbe, labels: tuple[str, ...], max_series: int, cg
     if rp.probe.latency:
         out.append(fill(T.LATENCY_MAPS, P=p, START_ENTRIES=START_MAP_ENTRIES, START_FIELDS=_start_fields(rp)))
     checks = [T.CGROUP_CHECK] if cgroup_filter else []
+    if task_context_only:
+        checks.append(T.TASK_CONTEXT_CHECK)
     if rp.probe.pid is not None:
         checks.append(fill(T.PID_CHECK, PID=rp.probe.pid))
     if rp.probe.comm is not None:
@@ -247,10 +251,13 @@ _CTX_TYPES = {"kprobe": _PT_REGS, "kretprobe": _PT_REGS, "uprobe": _PT_REGS, "ur
 
 
 def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series: int,
-             cgroup_filter: bool = False, both_ends_filtered: bool = False) -> Program:
+             cgroup_filter: bool = False, both_ends_filtered: bool = False,
+             task_context: TaskContext | None = None) -> Program:
     """The C program for the probes that resolved (rp.ok); failed probes are left out. With
     `cgroup_filter`, only tasks whose cgroup id is in the allowed_cgroups map are counted. With
-    `both_ends_filtered` (a namespaced set), a span's start and end must both pass (spangen.py)."""
+    `both_ends_filtered` (a namespaced set), a span's start and end must both pass (spangen.py).
+    With `task_context` (a namespaced set), probes with kernel sites count nothing in interrupts
+    (taskcontext.py)."""
     probes = [rp for rp in resolved if rp.ok]
     for rp in probes:
         if not 0 <= rp.id < MAX_PROBES:
@@ -262,7 +269,12 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
                   SUB_BUCKETS=SUB_BUCKETS, SUB_BITS=SUB_BUCKET_BITS, SUB_BITS_MINUS_1=SUB_BUCKET_BITS - 1)]
     if cgroup_filter:
         parts.append(fill(T.CGROUP_FILTER_MAP, ENTRIES=MAX_ALLOWED_CGROUPS))
-    parts += [_probe_decls(rp, labels, max_series, cgroup_filter) for rp in probes]
+    in_task = {rp.id for rp in probes if task_context is not None and kernel_sited(rp)}
+    if in_task:
+        tc = task_context
+        parts.append(fill(T.TASK_CONTEXT_FUNC, TASK_CFS_RQ=tc.task_cfs_rq, CFS_RQ_RQ=tc.cfs_rq_rq, RQ_CPU=tc.rq_cpu,
+                          PREEMPT_FROM_RQ=tc.preempt_from_rq, INTERRUPT_BITS=INTERRUPT_BITS))
+    parts += [_probe_decls(rp, labels, max_series, cgroup_filter, rp.id in in_task) for rp in probes]
 
     points: dict[tuple, AttachPoint] = {}
     bodies: dict[tuple, list[str]] = {}

@@ -158,6 +158,33 @@ CGROUP_CHECK = CCode("""\
     }
 """)
 
+# Task context or an interrupt that came upon the task (taskcontext.py): the address of this CPU's
+# preempt count, found from the running task's runqueue once it is known to be this CPU's, then kept.
+TASK_CONTEXT_FUNC = """\
+BPF_PERCPU_ARRAY(preempt_count_at, u64, 1);
+static __always_inline int in_task_context(void) {
+    u32 zero = 0;
+    u64 *at = preempt_count_at.lookup(&zero);
+    if (!at) return 0;
+    if (*at == 0) {
+        u64 task = bpf_get_current_task(), cfs_rq = 0, rq = 0;
+        int cpu = -1;
+        bpf_probe_read_kernel(&cfs_rq, sizeof(cfs_rq), (void *)(task + @TASK_CFS_RQ@));
+        bpf_probe_read_kernel(&rq, sizeof(rq), (void *)(cfs_rq + @CFS_RQ_RQ@));
+        if (bpf_probe_read_kernel(&cpu, sizeof(cpu), (void *)(rq + @RQ_CPU@)) || cpu != bpf_get_smp_processor_id())
+            return 0;
+        *at = rq + (s64)(@PREEMPT_FROM_RQ@);
+    }
+    int count = @INTERRUPT_BITS@;     /* unreadable: counted as an interrupt, i.e. not at all */
+    bpf_probe_read_kernel(&count, sizeof(count), (void *)*at);
+    return !(count & @INTERRUPT_BITS@);
+}
+"""
+
+TASK_CONTEXT_CHECK = CCode("""\
+    if (!in_task_context()) return 0;
+""")
+
 PID_CHECK = """\
     if ((bpf_get_current_pid_tgid() >> 32) != @PID@) return 0;
 """

@@ -33,6 +33,7 @@ from .readout import Readout, Series, UnknownAging
 from .report import ProbeStatus
 from .resolve import ResolvedProbe, UserTargets, resolve
 from .snapshot import SetSnapshot, take_snapshot
+from .taskcontext import task_context
 from .uprobe_links import UprobeLinks
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,9 @@ class ProbeSetProgram:
         if selection is not None and pset.namespace is not None:
             self.set_labels["probeset_namespace"] = pset.namespace
         self.attribution, self.selection = attribution, selection
-        # A namespaced set: both ends of its spans pass its pod selection (spangen.span_block), and
-        # it shows no figure that counts the whole node's tasks (snapshot.take_snapshot).
+        # A namespaced set: both ends of its spans pass its pod selection (spangen.span_block), its
+        # kernel probes count nothing in interrupts (taskcontext.py), and it shows no figure that
+        # counts the whole node's tasks (snapshot.take_snapshot).
         self.restricted = policy.restricted
         filtering = selection is not None and not selection.host
         self.held = Holdings(budget, memory, pset.labels, pset.max_series_per_probe)   # in the agent's budgets
@@ -100,7 +102,7 @@ class ProbeSetProgram:
 
     def _generate(self, probes: list[ResolvedProbe]) -> codegen.Program:
         return codegen.generate(probes, self.pset.labels, self.pset.max_series_per_probe, self.placement.filtering,
-                                self.restricted)
+                                self.restricted, task_context()[0] if self.restricted else None)
 
     def render(self) -> str:
         return self._generate(self.resolved).text

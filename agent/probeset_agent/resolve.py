@@ -17,6 +17,7 @@ from probeset_api.values import errno_label, errno_symbols, metric_name
 from . import host
 from .features import Features
 from .hooks import choose_tracepoint_hook, event_fields_read, kernel_hook_reason, raw_tracepoint_exists
+from .taskcontext import kernel_sited, refusal, task_context
 
 log = logging.getLogger(__name__)
 
@@ -383,6 +384,10 @@ def resolve_probe(probe: Probe, features: Features | None, targets: UserTargets 
         log.exception("probe %s: resolving %s failed", probe.name, host.shorten(probe.target))
         return ResolvedProbe(probe, error=f"cannot resolve {probe.kind} {host.shorten(probe.target)}: "
                                            f"{type(e).__name__}: {host.shorten(str(e))}")
+    if policy.restricted and kernel_sited(rp):
+        layout, why = task_context()
+        if layout is None:
+            return ResolvedProbe(probe, error=refusal(rp, why))
     labels = {gf.label: gf for s in rp.sites for gf in s.fields}
     rp.string_labels = frozenset(k for k, gf in labels.items() if gf.is_string)
     rp.signed_labels = frozenset(k for k, gf in labels.items() if gf.signed)

@@ -167,3 +167,49 @@ def test_both_ends_of_a_span_must_be_the_pods(start_program, fake_pods, targets,
         ender.run("sleep 1 1")            # one: an end, which takes that start
     assert by_labels(prog, 0, ("pod",)) == ({(mine.info().name,): n} if other_end_in_pod else {})
     assert prog.snapshot().runs == []     # a namespaced set shows no node-wide figure (docs/metrics.md)
+
+
+# Loopback TCP sends from the pod's process: each raises the NET_RX softirq, which the kernel runs
+# on that process's CPU as soon as it re-enables bottom halves, while it is the current task.
+LOOPBACK_SENDS = """
+import socket
+server = socket.create_server(("127.0.0.1", 0))
+client = socket.create_connection(server.getsockname())
+peer, _ = server.accept()
+for _ in range(2000):
+    client.sendall(b"x" * 100)
+    peer.recv(100)
+"""
+
+
+def test_interrupts_are_not_the_pods_events(start_program, fake_pods, targets, target_binary):
+    """A softirq, an interrupt or an NMI runs on behalf of anyone (a packet for another pod, a disk
+    completion), on whichever task it came upon. A set that only selects the pod (an
+    administrator's) counts the softirqs that ran on the pod's process; the namespaced set counts
+    none of them, and still every event the pod's process makes itself."""
+    import subprocess
+    import sys
+    from probeset_api.spec import ValuePolicy
+    probes = [{"name": "softirqs", "tracepoint": "irq:softirq_entry"},
+              {"name": "sleeps", "tracepoint": "syscalls:sys_enter_clock_nanosleep"}]
+    mine = fake_pods.add("team-a")
+    tenant, _ = start_namespaced(start_program, fake_pods, probes, mine=mine)
+    assert [st.error for st in tenant.probe_statuses()] == [None, None]
+    pods = PodIndex()
+    pods.update(mine.info())
+    admin_set = parse_probeset({"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet",
+                                "metadata": {"name": "admin", "namespace": "team-a"},
+                                "spec": {"probes": probes, "labels": list(WORKLOAD), "scope": "Node"}})
+    admin = start_program(admin_set, policy=ValuePolicy(), selection=PodSelection(pods, "team-a", None),
+                          attribution=Attribution(CgroupTree(fake_pods.root), pods, rescan_interval=0))
+
+    def enter():
+        with open(f"{mine.cgroup()}/cgroup.procs", "w") as f:
+            f.write("0")
+    subprocess.run([sys.executable, "-c", LOOPBACK_SENDS], check=True, preexec_fn=enter, timeout=60)
+    targets(target_binary, mine.cgroup()).run("sleep 3 1")
+    pod = (mine.info().name,)
+    assert by_labels(admin, 0, ("pod",)).get(pod, 0) > 0        # softirqs did run on the pod's process
+    assert by_labels(tenant, 0, ("pod",)) == {}
+    assert by_labels(tenant, 1, ("pod",)) == {pod: 3}
+    assert by_labels(admin, 1, ("pod",)) == {pod: 3}
