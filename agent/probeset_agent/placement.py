@@ -15,6 +15,7 @@ from typing import Callable
 
 from . import host
 from .codegen import MAX_ALLOWED_CGROUPS, AttachPoint
+from .pinned import Pin
 from .resolve import ResolvedProbe
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,10 @@ class Stamp:
 
     @classmethod
     def of(cls, path: str) -> "Stamp":
-        st = os.stat(path)
+        return cls.of_stat(os.stat(path))
+
+    @classmethod
+    def of_stat(cls, st: os.stat_result) -> "Stamp":
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     @property
@@ -56,12 +60,21 @@ class Placed:
     address: int
     stamp: Stamp
     events: list[bytes] = field(default_factory=list)
+    pin: Pin | None = None        # the file its uprobe was attached through, open while placed
 
     def now(self) -> Stamp | None:
+        """What the path is now, resolved as a pin is (inside a container's root)."""
         try:
-            return Stamp.of(self.path)
+            pin = Pin(self.path)
         except OSError:
             return None     # gone (a container's process ended): the sync of copies handles it
+        pin.close()
+        return Stamp.of_stat(pin.stat)
+
+    def unpin(self) -> None:
+        if self.pin is not None:
+            self.pin.close()
+            self.pin = None
 
 
 class Placement:
@@ -140,28 +153,30 @@ class Placement:
             return []
         return [found[0] for _, pids in self._container_roots() if (found := self._copy_in(binary, pids))]
 
-    def _address_in(self, path: str, file_key: FileKey, function: str, location: int = -1,
+    def _address_in(self, pin: Pin, shown: str, file_key: FileKey, function: str, location: int = -1,
                     usdt: tuple = ()) -> int | None:
-        """Where `function` is in this copy; for a USDT probe (`location` >= 0), its place number
-        `location`, if the copy has it with the same argument locations and semaphore (`usdt`: the
-        node's or first copy's), since the program reads the arguments as that copy has them."""
+        """Where `function` is in this copy (read through its pin; `shown`: its path, for the log);
+        for a USDT probe (`location` >= 0), its place number `location`, if the copy has it with the
+        same argument locations and semaphore (`usdt`: the node's or first copy's), since the
+        program reads the arguments as that copy has them."""
+        path = pin.path
         key = (file_key, function, location)
         if key not in self._addresses and location >= 0:
             from .usdtsites import usdt_place
             self._addresses[key] = usdt_place(path, function, location, usdt)
             if self._addresses[key] is None:
                 log.warning("probeset %s: %s has no USDT probe %s built as the probe expects: that copy is not "
-                            "probed", self.set_name, path, function)
+                            "probed", self.set_name, shown, function)
         if key not in self._addresses:
             try:
                 found = dict(host.elf_functions(path, function))
             except host.HostError as e:
-                log.warning("probeset %s: %s", self.set_name, e)
+                log.warning("probeset %s: %s: %s", self.set_name, shown, e)
                 found = {}
             self._addresses[key] = found.get(function)
             if function not in found:
                 log.warning("probeset %s: %s has no function %s: that copy is not probed (see the probe's status)",
-                            self.set_name, path, function)
+                            self.set_name, shown, function)
         return self._addresses[key]
 
     def place_node_copy(self, point: AttachPoint, attach: Callable) -> None:
@@ -187,8 +202,15 @@ class Placement:
                 reason = placed.stamp.change(now)
                 if reason is None:
                     continue
+                try:
+                    pin = Pin(placed.path)
+                except OSError:
+                    continue                 # gone meanwhile: the next round or the sync of copies sees it
+                if pin.key != now.key:       # changed again since: the next round
+                    pin.close()
+                    continue
                 self._addresses.pop((now.key, point.site.function, point.site.usdt_location), None)   # content changed
-                address = self._address_in(placed.path, now.key, point.site.function, *_usdt_of(point))
+                address = self._address_in(pin, placed.path, now.key, point.site.function, *_usdt_of(point))
                 log.warning("probeset %s: %s %s: %s %s; placing the uprobe again", self.set_name, point.mechanism,
                             point.site.function, placed.path, "was replaced" if reason == "replaced" else
                             "was written in place")
@@ -200,10 +222,10 @@ class Placement:
                         f"{placed.path} was written in place while probed: processes that ran it since may have "
                         "executed the old instruction at the probe and computed wrong results; replace probed "
                         "files by rename (install, mv) instead")
-                fresh = Placed(placed.path, address or 0, now, [])
+                fresh = Placed(placed.path, address or 0, Stamp.of_stat(pin.stat), [], pin)
                 if address is not None:
                     try:
-                        fresh.events = attach(point, placed.path, address)
+                        fresh.events = attach(point, pin.path, address)
                     except Exception as e:   # the kernel refused: the next round retries
                         log.warning("probeset %s: %s %s: %s", self.set_name, point.mechanism, placed.path, e)
                 self._replace(point.fn_name, placed, fresh, reason, detach)
@@ -234,6 +256,7 @@ class Placement:
         if release:
             self._release(len(placed.events))
         placed.events = []
+        placed.unpin()
 
     def forget(self, fn_name: str, detach: Callable) -> None:
         """Detach a uprobe point from every copy it is on (its probe was retired by an edit). The
@@ -259,7 +282,11 @@ class Placement:
             self.budget.release(n)
 
     def release_budget(self) -> int:
-        """Give back everything this placement reserved (the program stops); how much it was."""
+        """Give back everything this placement reserved, and close the files it holds (the program
+        stops: its uprobes go with it); how much it was."""
+        for placed in [p for ps in self._node.values() for p in ps] + [
+                p for copies in self._copies.values() for p in copies.values()]:
+            placed.unpin()
         held, self._held = self._held, 0
         return held
 
@@ -283,20 +310,31 @@ class Placement:
             for file_key, (path, where) in wanted.items():
                 if file_key in have or file_key in lacking or file_key in self._node_keys(point):
                     continue
-                address = self._address_in(path, file_key, point.site.function, *_usdt_of(point))
+                try:
+                    pin = Pin(path)      # read and attached through this one open file from here on
+                except OSError as e:     # gone, or no longer inside the container's root: next sync
+                    log.info("probeset %s: %s: %s", self.set_name, where, e)
+                    continue
+                if pin.key != file_key:  # the path leads to another file than the one found
+                    pin.close()
+                    continue
+                address = self._address_in(pin, where, file_key, point.site.function, *_usdt_of(point))
                 if address is None:
+                    pin.close()
                     lacking[file_key] = f"no function {point.site.function} in {where}"
                     continue
                 if not self._reserve(1):
+                    pin.close()
                     lacking[file_key] = (f"{where}: not probed, the agent holds the {self.budget.limit} kprobe/"
                                          "uprobe attachments one process may have (BCC_PROBE_LIMIT)")
                     continue
                 try:
-                    stamp = Stamp.of(path)
-                    have[file_key] = Placed(path, address, stamp, attach(point, path, address))
+                    have[file_key] = Placed(path, address, Stamp.of_stat(pin.stat), attach(point, pin.path, address),
+                                            pin)
                     log.info("probeset %s: %s %s attached to %s (file %d:%d)", self.set_name, point.mechanism,
                              point.site.function, where, *file_key)
                 except Exception as e:  # the copy vanished, or the kernel refused: next sync retries
+                    pin.close()
                     self._release(1)
                     log.warning("probeset %s: %s %s: %s", self.set_name, point.mechanism, where, e)
             for file_key in [k for k in have if k not in wanted]:

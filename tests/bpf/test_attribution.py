@@ -156,6 +156,52 @@ def test_uprobe_attaches_to_the_containers_own_library(fake_pods, targets, targe
     assert prog.copies(point) == 0 and prog.placement.attached_files(point) == []
 
 
+def test_a_container_directory_turned_into_a_symlink_does_not_lead_to_the_nodes_file(
+        fake_pods, targets, target_binary, container_root, run_probeset, monkeypatch, tmp_path):
+    """Between finding a container's file and attaching to it, the tenant turns a directory of its
+    path into an absolute symlink to a directory of the node: walked again by the agent's own
+    lookup, the path would lead to the node's file (and a uprobe at an offset read from it). The
+    agent reads and attaches through the file it opened inside the container's root, or not at
+    all: here the link leads nowhere inside the container, so nothing is attached."""
+    from probeset_agent.placement import Placement
+    from probeset_agent.program import ProbeSetProgram
+    app, node_dir = os.path.join(container_root, "app"), tmp_path / "node-bin"
+    os.mkdir(app)
+    node_dir.mkdir()
+    shutil.copy(target_binary, os.path.join(app, "target"))
+    shutil.copy(target_binary, node_dir / "target")              # the node's file: another inode
+    node_ino = os.stat(node_dir / "target").st_ino
+    find = Placement._copy_in
+
+    def find_then_swap(binary, pids):
+        found = find(binary, pids)
+        if found and os.path.isdir(app) and not os.path.islink(app):
+            os.rename(app, app + ".moved")
+            os.symlink(str(node_dir), app)                       # /app -> /tmp/.../node-bin
+        return found
+    attached_inodes = []
+    place = ProbeSetProgram._place
+
+    def recording_place(self, point, path, address):
+        attached_inodes.append(os.stat(path).st_ino)             # what the kernel attaches to: the path's file
+        return place(self, point, path, address)
+    monkeypatch.setattr(Placement, "_copy_in", staticmethod(find_then_swap))
+    monkeypatch.setattr(ProbeSetProgram, "_place", recording_place)
+    pods = PodIndex()
+    ctr = fake_pods.add("team-a")
+    pods.update(ctr.info())
+    targets(["unshare", "--mount", "chroot", container_root, "/target"], ctr.cgroup())
+    prog = run_probeset(
+        [{"name": "work", "uprobe": "/app/target:probeset_target_work"}], namespace="team-a", labels=WORKLOAD,
+        program={"attribution": Attribution(CgroupTree(fake_pods.root), pods, rescan_interval=0),
+                 "selection": PodSelection(pods, "team-a", None)})
+    prog.refresh()
+    assert os.path.islink(app)                                  # the swap happened after the file was found
+    assert node_ino not in attached_inodes and attached_inodes == []
+    (point,) = prog.user_points()
+    assert prog.copies(point) == 0
+
+
 def test_unknown_cgroups_fold_into_one_series_and_age_out(fake_pods, targets, target_binary, run_probeset):
     """Cgroups that vanish before the agent ever scans them: one __unknown__ series, counted."""
     prog = run_probeset([{"name": "work", "uprobe": f"{target_binary}:probeset_target_work"}], labels=WORKLOAD,
