@@ -11,6 +11,7 @@ at "baseline"/"restricted".
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from probeset_api import DEFAULT_HISTOGRAM_BUCKETS
@@ -29,6 +30,14 @@ HOST_ROOT = "/host"                 # the node's / in the agent's container (rea
 # BCC's 1,000 per process, ~110 s, plus margin. tracefs kretprobes, which a kill would leave
 # behind, are detached first.
 DETACH_GRACE_SECONDS = 150
+# BPF maps are charged to the agent's memory cgroup, beside the agent's own memory (~150-220 MB with
+# up to 20 sets, and clang's ~60 MB while a set compiles: docs/benchmarks.md 3b and 7): the map
+# budget (--map-memory) is the pod's memory limit minus this, so that maps the budget admits never
+# get the agent killed for memory, which would stop every set on its node.
+AGENT_OWN_MEMORY_MIB = 256
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+          **{u: 1024 ** (i + 1) for i, u in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))}}
 # The agent pods' labels; the first two are the DaemonSet's selector (immutable: never change them).
 SELECTOR = {"app.kubernetes.io/name": "probeset", "app.kubernetes.io/component": COMPONENT}
 LABELS = {**SELECTOR, "app.kubernetes.io/managed-by": "probeset-operator"}
@@ -43,7 +52,7 @@ class AgentSettings:
     service_account: str = "probeset-agent"
     resources: dict = field(default_factory=lambda: {
         "requests": {"cpu": "50m", "memory": "200Mi"},
-        "limits": {"memory": "400Mi"},
+        "limits": {"memory": "512Mi"},
     })
     priority_class: str | None = None
     # Where privileged agents may run is the administrator's choice: these tolerations, a
@@ -107,8 +116,10 @@ def render_daemonset(bodies: list[dict], operator_namespace: str, settings: Agen
         # "path / is mounted on / but it is not a shared or slave mount"), and the files are there.
         _host_mount("host-root", "/", at=HOST_ROOT),
     ]
+    map_memory = map_memory_mib(settings.resources)
     args = ["agent", "--listen", f"0.0.0.0:{METRICS_PORT}", "--max-probesets", str(settings.max_probesets),
             "--max-probes", str(settings.max_probes), "--host-root", HOST_ROOT] + \
+        (["--map-memory", str(map_memory)] if map_memory is not None else []) + \
         (["--max-series", str(settings.max_series)] if settings.max_series else []) + \
         (["--histogram-buckets", settings.histogram_buckets] if settings.histogram_buckets != DEFAULT_HISTOGRAM_BUCKETS
          else [])
@@ -179,3 +190,23 @@ def render_daemonset(bodies: list[dict], operator_namespace: str, settings: Agen
             },
         },
     }
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity ("512Mi", "1Gi", "500M", "1e9", "268435456") in bytes;
+    ValueError for anything else."""
+    m = _QUANTITY.fullmatch(str(quantity).strip())
+    if not m:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def map_memory_mib(resources: dict | None) -> int | None:
+    """The agents' --map-memory for this memory limit (AGENT_OWN_MEMORY_MIB less); None without a
+    limit or an unreadable one (the agent's own default then, 256 MiB). A limit too small for the
+    agent itself leaves the maps nothing: every set then reports OverBudget, saying so."""
+    limit = ((resources or {}).get("limits") or {}).get("memory")
+    try:
+        return None if limit is None else max(0, memory_bytes(limit) // (1 << 20) - AGENT_OWN_MEMORY_MIB)
+    except ValueError:          # the API server refuses the DaemonSet for it, and the sets say so
+        return None

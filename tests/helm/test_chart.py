@@ -94,7 +94,7 @@ def test_default_render_objects(chart):
     assert env["PROBESET_TENANT_VALUES"] == ""             # no value beyond the namespaced rule
     assert env["PROBESET_ALLOW_PROBESET_TOLERATIONS"] == "false"   # the admin decides where agents run
     assert json.loads(env["PROBESET_AGENT_RESOURCES"]) == {"requests": {"cpu": "50m", "memory": "200Mi"},
-                                                           "limits": {"memory": "400Mi"}}
+                                                           "limits": {"memory": "512Mi"}}
     assert json.loads(env["PROBESET_AGENT_TOLERATIONS"]) == []
     assert json.loads(env["PROBESET_AGENT_NODE_SELECTOR"]) == {}           # agents wherever ProbeSets select
     assert (env["PROBESET_AGENT_MAX_PROBESETS"], env["PROBESET_AGENT_MAX_PROBES"], env["PROBESET_AGENT_MAX_SERIES"]) \

@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
+
 from probeset_api.admission import Admission
-from probeset_operator.render import AGENT_DAEMONSET, AgentSettings, render_daemonset
+from probeset_operator.render import AGENT_DAEMONSET, AgentSettings, map_memory_mib, memory_bytes, render_daemonset
 
 BODY = {"apiVersion": "probeset.io/v1alpha1", "kind": "ProbeSet",
         "metadata": {"name": "dns", "namespace": "web", "uid": "1234-abcd"},
@@ -35,7 +37,7 @@ def test_daemonset_runs_one_privileged_agent_for_every_probeset():
     assert c["image"] == "reg/probeset:1" and c["securityContext"] == {"privileged": True, "runAsUser": 0}
     assert pod["hostPID"] is True and pod["priorityClassName"] == "high"
     assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
-                         "--host-root", "/host"]
+                         "--host-root", "/host", "--map-memory", "256"]     # a 512Mi limit, less the agent's own
     # NODE_NAME, then the administrator's policy, which the agent applies itself (Admission.from_env):
     # no ProbeSet is named.
     assert c["env"] == [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
@@ -73,7 +75,7 @@ def test_budgets_and_the_admins_node_selector():
     settings = AgentSettings(max_probesets=3, max_probes=40, node_selector={"role": "obs", "kubernetes.io/os": "linux"})
     pod = pod_of(render_daemonset([body("a")], "ops", settings))
     assert pod["containers"][0]["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "3",
-                                            "--max-probes", "40", "--host-root", "/host"]
+                                            "--max-probes", "40", "--host-root", "/host", "--map-memory", "256"]
     assert list(pod["nodeSelector"].items()) == [("kubernetes.io/os", "linux"), ("role", "obs")]
     # --histogram-buckets only when not the agents' default (nonzero): the default manifest is unchanged
     for mode in ("sparse", "all"):
@@ -147,3 +149,30 @@ def test_host_network_and_extra_env_for_clusters_without_a_pod_network():
         "spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert pod["containers"][0]["env"][-2:] == extra
+
+
+@pytest.mark.parametrize("quantity,expected", [
+    ("512Mi", 512 << 20), ("1Gi", 1 << 30), ("1.5Gi", 3 << 29), ("500M", 500 * 10**6), ("2G", 2 * 10**9),
+    ("268435456", 1 << 28), ("1e9", 10**9), ("64Ki", 64 << 10), ("128k", 128000)])
+def test_memory_quantities(quantity, expected):
+    assert memory_bytes(quantity) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "512mi", "-1Gi", "1 Gi", "0x10"])
+def test_memory_quantities_refused(bad):
+    with pytest.raises(ValueError, match="not a memory quantity"):
+        memory_bytes(bad)
+
+
+@pytest.mark.parametrize("resources,mib", [
+    ({"limits": {"memory": "512Mi"}}, 256), ({"limits": {"memory": "2Gi"}}, 1792), ({"limits": {"memory": "300Mi"}}, 44),
+    ({"limits": {"memory": "200Mi"}}, 0), ({"requests": {"memory": "200Mi"}}, None), ({}, None), (None, None),
+    ({"limits": {"memory": "lots"}}, None)])
+def test_the_map_budget_fits_the_agents_memory_limit(resources, mib):
+    """BPF maps are charged to the agent's cgroup beside its own memory (AGENT_OWN_MEMORY_MIB): the
+    budget the agent admits sets against must leave the agent room, or a set that fits the budget
+    gets the agent killed for memory and every set of its node with it."""
+    assert map_memory_mib(resources) == mib
+    args = pod_of(render_daemonset([body("a")], "ops", AgentSettings(resources=resources or {})))["containers"][0]["args"]
+    assert (args[args.index("--map-memory") + 1] if "--map-memory" in args else None) == (
+        None if mib is None else str(mib))
