@@ -262,13 +262,20 @@ def test_prometheus_finds_the_agent_by_kubernetes_service_discovery(node_cluster
                                                                      cluster_namespace, run_pod, tmp_path):
     """Debian's Prometheus, discovering pods through the API server (role pod; see prometheus.py for
     why through http_sd), scrapes the agent pod the DaemonSet runs; PromQL gives the exact count;
-    every panel of the chart's dashboard has data."""
+    every panel of the chart's dashboard has data. The BPF run time panel's comes from the
+    administrator's copy of the set (scope: Node, in the operator's namespace): a namespaced set
+    shows no node-wide figure (docs/metrics.md)."""
     from tests.cluster.prometheus import Prometheus, dashboard_queries
     pod = workload(node_cluster, run_pod, "resolver", "getaddrinfo")
     node_cluster.kubectl("apply", "-n", cluster_namespace, "-f", str(REPO / "examples" / "gethostlatency.yaml"))
+    admins = yaml.safe_load((REPO / "examples" / "gethostlatency.yaml").read_text())
+    admins["metadata"]["name"], admins["spec"]["scope"] = "gethostlatency-node", "Node"
+    (tmp_path / "node-wide.yaml").write_text(yaml.safe_dump(admins))
+    node_cluster.kubectl("apply", "-n", NS, "-f", str(tmp_path / "node-wide.yaml"))
     node = node_cluster.node.name
-    wait_for(lambda: (r := report(cluster_api, cluster_namespace, "gethostlatency", node)) and r["attached"] == 3,
-             180, "gethostlatency attached")
+    for namespace, name in ((cluster_namespace, "gethostlatency"), (NS, "gethostlatency-node")):
+        wait_for(lambda: (r := report(cluster_api, namespace, name, node)) and r["attached"] == 3,
+                 180, f"{name} attached")
     serving_attached(cluster_api, "gethostlatency", 3)
     with Prometheus(tmp_path, cluster_api, NS) as prom:
         agent = running_agent(cluster_api).metadata.name    # (an earlier test's agent may still be going)
@@ -295,6 +302,7 @@ def test_prometheus_finds_the_agent_by_kubernetes_service_discovery(node_cluster
             print(f"dashboard panels without data: {empty}", file=sys.stderr)
             raise
     node_cluster.kubectl("delete", "-n", cluster_namespace, "-f", str(REPO / "examples" / "gethostlatency.yaml"))
+    node_cluster.kubectl("delete", "-n", NS, "-f", str(tmp_path / "node-wide.yaml"))
 
 
 def test_agent_pod_deleted_and_api_server_away(node_cluster, release, cluster_api, cluster_namespace, run_pod):

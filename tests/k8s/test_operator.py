@@ -60,7 +60,7 @@ def test_reconcile_create_update_delete(api, namespace, start_operator):
     assert container.image == "registry.example/probeset:test"
     assert container.security_context.privileged and ds.spec.template.spec.host_pid
     assert container.args == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
-                              "--host-root", "/host"]
+                              "--host-root", "/host", "--map-memory", "256"]     # a 512Mi limit less the agent's own
     # No ProbeSet named: the agent follows them all, with the administrator's policy.
     assert [(e.name, e.value, e.value_from and e.value_from.field_ref.field_path) for e in container.env] == [
         ("NODE_NAME", None, "spec.nodeName"),

@@ -238,7 +238,7 @@ def test_secured_metrics_in_the_daemonset(monkeypatch):
     pod = handlers.render_daemonset([probeset("web")], "probeset-system", agent)["spec"]["template"]
     (c,) = pod["spec"]["containers"]
     assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
-                         "--host-root", "/host",
+                         "--host-root", "/host", "--map-memory", "256",
                          "--tls-cert", "/etc/probeset/metrics-tls/tls.crt",
                          "--tls-key", "/etc/probeset/metrics-tls/tls.key", "--metrics-auth"]
     assert {"name": "metrics-tls", "secret": {"secretName": "agent-tls"}} in pod["spec"]["volumes"]
@@ -250,7 +250,7 @@ def test_secured_metrics_in_the_daemonset(monkeypatch):
     (c,) = handlers.render_daemonset([probeset("web")], "probeset-system", settings_from_env()[1])["spec"][
         "template"]["spec"]["containers"]
     assert c["args"] == ["agent", "--listen", "0.0.0.0:9437", "--max-probesets", "20", "--max-probes", "500",
-                         "--host-root", "/host"]
+                         "--host-root", "/host", "--map-memory", "256"]
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
 
 

@@ -49,7 +49,7 @@ def kernel_like(preempt_in_pcpu_hot: bool = False) -> bytes:
     u64 = b.add(btf.INT, "unsigned long long", 8, tail=struct.pack("<I", 64))
     ptr = b.add(btf.PTR, "", u64)
     rq = b.struct("rq", 4096, [("nr_running", u64, 0), ("cpu", u64, 2984)])
-    cfs_rq = b.struct("cfs_rq", 512, [("load", u64, 0), ("rq", ptr, 312)])
+    b.struct("cfs_rq", 512, [("load", u64, 0), ("rq", ptr, 312)])
     anon = b.struct("", 16, [("cfs_rq", ptr, 8)])                 # reached through an anonymous member
     se = b.struct("sched_entity", 256, [("load", u64, 0), ("", anon, 40)])
     se_t = b.add(btf.TYPEDEF, "se_t", se)
