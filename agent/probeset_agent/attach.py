@@ -19,11 +19,13 @@ from .resolve import ResolvedProbe
 log = logging.getLogger(__name__)
 
 
-COUNTED = ("kprobe", "kretprobe", "uprobe", "uretprobe")   # what BCC's per-process probe quota counts
+# What the agent's attachment budget counts: what BCC's per-process probe quota counts, and fentry/
+# fexit, which auto chooses in place of kprobes (each is a program and a trampoline of its own).
+COUNTED = ("kprobe", "kretprobe", "uprobe", "uretprobe", "fentry", "fexit")
 
 
 def counted_attachments(probes: list[ResolvedProbe]) -> set[tuple]:
-    """The attach points of these probes that BCC's quota counts (uprobes: the node's copy only)."""
+    """The attach points of these probes that the budget counts (uprobes: the node's copy only)."""
     return {attach_key(s) for rp in probes for s in rp.sites
             if s.mechanism in COUNTED and (s.mechanism not in USER_KINDS or s.path)}
 

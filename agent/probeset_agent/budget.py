@@ -4,8 +4,11 @@ compiles: `check` then says what `run` will do, and a probe that does not fit is
 
 - ProbeBudget: the kprobe and uprobe attachments one process may hold. BCC refuses more than
   BPF.get_probe_limit() (BCC_PROBE_LIMIT, default 1000) in a process, whichever set asks; uprobes
-  placed as BPF links (uprobe_links.py) are not BCC's but count the same: the budget bounds the
-  kernel objects an agent holds, and its stop time where links are missing.
+  placed as BPF links (uprobe_links.py) are not BCC's but count the same, and so do fentry/fexit
+  programs: the budget bounds the kernel objects an agent holds, and its stop time where links
+  are missing.
+- MAX_PROGRAM_SITES: the attach points (functions, tracepoints) of one set's program, each a C
+  function clang compiles and a BPF program the kernel loads: it bounds a set's compile.
 - MemoryBudget: the kernel memory of the sets' BPF maps, as upper bounds (memory.py); BPF map
   memory is charged to the agent's cgroup, so it counts against the pod's memory limit.
 """
@@ -16,7 +19,7 @@ import threading
 from typing import Callable
 
 from .attach import counted_attachments
-from .codegen import probe_memory, set_memory
+from .codegen import attach_key, probe_memory, set_memory
 from .memory import possible_cpus
 from .resolve import ResolvedProbe
 
@@ -80,7 +83,7 @@ class ProbeBudget(Budget):
         return BPF.get_probe_limit()
 
     def refusal(self, n: int) -> str:
-        return (f"needs {n} kprobe/uprobe attachment(s), and the agent holds {self.used} of the {self.limit} one "
+        return (f"needs {n} kprobe/uprobe/fentry attachment(s), and the agent holds {self.used} of the {self.limit} one "
                 "process may have (BCC_PROBE_LIMIT), for this and other ProbeSets: narrow the glob, or split the "
                 "probes over fewer sets")
 
@@ -100,6 +103,9 @@ class MemoryBudget(Budget):
                 "maxSeriesPerProbe, or drop latency: true where counts suffice")
 
 
+MAX_PROGRAM_SITES = 2048     # one probe's glob of maxFunctions 1000 with latency (entry + return) fits
+
+
 class Holdings:
     """What one program holds in the agent's budgets: its attachments and its maps' memory."""
 
@@ -115,6 +121,15 @@ class Holdings:
         """Reserve, probe by probe in order, the attachments and the map memory each usable probe
         needs; a probe that does not fit gets fail(probe, reason) (and is no longer usable: it is
         given no memory)."""
+        sites: set[tuple] = set()
+        for rp in usable():
+            mine = {attach_key(s) for s in rp.sites} - sites
+            if len(sites) + len(mine) > MAX_PROGRAM_SITES:
+                fail(rp, f"needs {len(mine)} more attach point(s) (functions, tracepoints), and its set's program "
+                         f"has {len(sites)} of the {MAX_PROGRAM_SITES} one program may have: narrow the glob "
+                         "(maxFunctions), or split the probes over more sets")
+            else:
+                sites |= mine
         self.attachments = self.probes.reserve_probes(usable(), lambda rp: len(counted_attachments([rp])), fail)
         cpus = possible_cpus()
         overhead = set_memory(filtering, cpus)

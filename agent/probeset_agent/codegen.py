@@ -122,14 +122,16 @@ def _value_record(rp: ResolvedProbe, site: Site) -> CCode:
     return join([load, fill(T.RECORD_SIGNED_VALUE if gf.signed else T.RECORD_VALUE, P=p)])
 
 
-def filtered_here(rp: ResolvedProbe, site: Site) -> bool:
+def filtered_here(rp: ResolvedProbe, site: Site, returns: bool | None = None) -> bool:
     """Whether the probe's filter is evaluated at this site: where it counts; for latency, at entry,
-    or at return when it compares retval."""
+    or at return when it compares retval (`returns`: at_return of the filter, if known)."""
     if site.role.startswith("span_"):
         return site.filter is not None
     if rp.probe.filter is None:
         return False
-    return site.role == "count" or (site.role == "finish") == at_return(rp.probe.filter)
+    if site.role == "count":
+        return True
+    return (site.role == "finish") == (at_return(rp.probe.filter) if returns is None else returns)
 
 
 def filter_key(site: Site) -> tuple:
@@ -137,18 +139,27 @@ def filter_key(site: Site) -> tuple:
     return site.role, site.mechanism, site.tracepoint, site.usdt_location
 
 
-def filter_number(rp: ResolvedProbe, site: Site) -> int:
-    """S of the probe's filter function for this site, filter_p<P>_s<S>: one per distinct filter_key."""
-    keys = list(dict.fromkeys(filter_key(x) for x in rp.sites if filtered_here(rp, x)))
-    return keys.index(filter_key(site))
+def filter_numbers(rp: ResolvedProbe) -> dict[tuple, int]:
+    """S of each of the probe's filter functions, filter_p<P>_s<S>, by filter_key: one per distinct
+    key among the sites that evaluate the filter. Worked out once per probe: a glob has up to
+    thousands of sites and a filter up to hundreds of comparisons."""
+    returns = rp.probe.filter is not None and at_return(rp.probe.filter)
+    numbers: dict[tuple, int] = {}
+    for site in rp.sites:
+        if filtered_here(rp, site, returns):
+            numbers.setdefault(filter_key(site), len(numbers))
+    return numbers
 
 
-def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], both_ends_filtered: bool = False) -> CCode:
+def site_block(rp: ResolvedProbe, site: Site, labels: tuple[str, ...], both_ends_filtered: bool = False,
+               numbers: dict[tuple, int] | None = None) -> CCode:
     """The C one probe runs at one site (inside the site's function, which several probes share).
-    `both_ends_filtered`: a span's start and end both pass the set's selection (span_block)."""
+    `both_ends_filtered`: a span's start and end both pass the set's selection (span_block);
+    `numbers`: filter_numbers(rp), if known."""
     p = rp.id
-    s = filter_number(rp, site) if filtered_here(rp, site) else 0
-    here_filter = filtered_here(rp, site)
+    numbers = filter_numbers(rp) if numbers is None else numbers
+    here_filter = filter_key(site) in numbers      # sites of one key all evaluate the filter, or none
+    s = numbers.get(filter_key(site), 0)
     attribution = join([T.CGROUP_FILL if key_uses_cgroup(labels) else "", T.COMM_LABEL_FILL if "comm" in labels else ""])
     if site.role.startswith("span_"):
         call = fill(T.FILTER_CALL, P=p, S=s) if here_filter else CCode("")
@@ -280,6 +291,7 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
     bodies: dict[tuple, list[str]] = {}
     for rp in probes:
         filters: set[tuple] = set()
+        numbers = filter_numbers(rp)
         for site in rp.sites:
             key = attach_key(site)
             if key not in points:
@@ -289,10 +301,10 @@ def generate(resolved: list[ResolvedProbe], labels: tuple[str, ...], max_series:
             if rp.id not in point.probes:
                 point.probes.append(rp.id)
             point.movable = point.movable and movable(site, site.mechanism)
-            if filtered_here(rp, site) and filter_key(site) not in filters:
+            if filter_key(site) in numbers and filter_key(site) not in filters:
                 filters.add(filter_key(site))
-                parts.append(filter_function(rp, site, filter_number(rp, site), _CTX_TYPES[site.mechanism]))
-            bodies[key].append(site_block(rp, site, labels, both_ends_filtered))
+                parts.append(filter_function(rp, site, numbers[filter_key(site)], _CTX_TYPES[site.mechanism]))
+            bodies[key].append(site_block(rp, site, labels, both_ends_filtered, numbers))
     for key, point in points.items():
         parts.append(fill(T.SITE_FUNC, FN=CName(point.fn_name), CTX_TYPE=_CTX_TYPES[point.mechanism],
                           BODY=join(bodies[key])))

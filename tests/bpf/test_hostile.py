@@ -121,7 +121,7 @@ def test_probe_budget_is_shared_and_names_what_does_not_fit(target, run_probeset
                            {"name": "one", "uprobe": f"{target.path}:probeset_target_alpha", "pid": target.pid}],
                           name="second", program={"budget": budget})
     error = status(second, "six").error
-    assert error.startswith("needs 10 kprobe/uprobe attachment(s), and the agent holds 6 of the 12")
+    assert error.startswith("needs 10 kprobe/uprobe/fentry attachment(s), and the agent holds 6 of the 12")
     assert status(second, "one").error is None and budget.used == 7
     target.run("alpha 4")
     assert counts(second, "one") == {"probeset_target_alpha": 4}
@@ -138,7 +138,7 @@ def test_check_says_what_run_will_do_with_the_budget(tmp_path, target, monkeypat
     out = subprocess.run(PROBESET + ["check", a, b], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 1
     assert "ok    five:" in out.stdout and "ok    tp:" in out.stdout
-    assert "FAIL  more: needs 5 kprobe/uprobe attachment(s), and the agent holds 5 of the 8" in out.stdout
+    assert "FAIL  more: needs 5 kprobe/uprobe/fentry attachment(s), and the agent holds 5 of the 8" in out.stdout
     port = free_port()
     agent = subprocess.Popen(PROBESET + ["run", a, b, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env)
