@@ -24,8 +24,9 @@ def load_documents(text: str) -> list[Any]:
     import yaml
     if len(text) > MAX_DOCUMENT_BYTES:
         raise DocumentError(f"{len(text)} bytes, more than the {MAX_DOCUMENT_BYTES} a ProbeSet file may have")
-    loader = _bounded_loader_class()(text)
+    loader = None
     try:
+        loader = _bounded_loader_class()(text)       # its reader refuses unprintable characters here
         docs = []
         while loader.check_data():
             doc = loader.get_data()
@@ -35,8 +36,11 @@ def load_documents(text: str) -> list[Any]:
         return docs
     except yaml.YAMLError as e:
         raise DocumentError(f"not valid YAML: {_cut(str(e))}") from None
+    except (ValueError, OverflowError) as e:           # a scalar its tag cannot be: 2001-13-45, !!int abc
+        raise DocumentError(f"not valid YAML: {_cut(str(e))}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _cut(text: str, limit: int = 500) -> str:
@@ -65,15 +69,22 @@ def _bounded_loader_class():
     import yaml
 
     class BoundedLoader(yaml.SafeLoader):
-        """SafeLoader that refuses duplicate mapping keys and deep nesting while composing."""
+        """SafeLoader that refuses duplicate mapping keys, deep nesting and too many nodes while
+        composing: a megabyte of `[1,1,1,...]` is half a million nodes, which would take seconds
+        and hundreds of MB to build before the values were counted."""
 
         _depth = 0
+        _nodes = 0                        # in the whole file: its documents together
 
         def compose_node(self, parent, index):
             self._depth += 1
+            self._nodes += 1
             try:
                 if self._depth > MAX_DOCUMENT_DEPTH:
                     raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DOCUMENT_DEPTH} levels",
+                                                      self.peek_event().start_mark)
+                if self._nodes > MAX_DOCUMENT_VALUES:
+                    raise yaml.composer.ComposerError(None, None, f"more than {MAX_DOCUMENT_VALUES} values in the file",
                                                       self.peek_event().start_mark)
                 return super().compose_node(parent, index)
             finally:

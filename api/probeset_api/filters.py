@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .schema import ARG_FIELDS, COMM_RE, RETURN_KINDS, TASK_FIELDS
-from .validation import FieldError
+from .schema import ARG_FIELDS, RETURN_KINDS, TASK_FIELDS, is_task_name
+from .validation import FieldError, show
 
 # Task fields and their types: pid is the process (tgid), tid the thread; comm is the task name.
 TASK_TYPES = {"pid": "u32", "tid": "u32", "uid": "u32", "gid": "u32"}
@@ -66,16 +66,15 @@ def comparisons(f: Filter | None) -> list[Compare]:
 def check_literal(value: Any, ctype: str, field: str, path: str) -> FieldError | None:
     """Why `value` cannot be compared with a field of type `ctype`, or None."""
     if ctype == "comm":
-        import re
-        if not isinstance(value, str) or not re.fullmatch(COMM_RE, value):
-            return FieldError(f"{path}.value", f"comm compares with a task name: a string of 1 to 15 printable "
-                                               f"characters, got {value!r:.40}")
+        if not is_task_name(value):
+            return FieldError(f"{path}.value", f"comm compares with a task name: 1 to 15 bytes of printable "
+                                               f"characters, got {show(value)}")
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        return FieldError(f"{path}.value", f"{value!r:.40} is not an integer ({ctype} field {field!r})")
+        return FieldError(f"{path}.value", f"{show(value)} is not an integer ({ctype} field {field!r})")
     lo, hi = type_range(ctype)
     if not lo <= value <= hi:
-        return FieldError(f"{path}.value", f"{value} is out of range for {ctype} field {field!r} ({lo}..{hi})")
+        return FieldError(f"{path}.value", f"{show(value)} is out of range for {ctype} field {field!r} ({lo}..{hi})")
     return None
 
 

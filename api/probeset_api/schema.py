@@ -30,7 +30,13 @@ UPROBE_RE = rf"^({BINARY_RE}):({USER_SYMBOL_RE})$"
 USDT_RE = rf"^({BINARY_RE}):([A-Za-z_][A-Za-z0-9_]{{0,127}}):([A-Za-z_][A-Za-z0-9_]{{0,127}})$"
 TRACEPOINT_RE = r"^[A-Za-z0-9_*?]{1,64}:[A-Za-z0-9_*?]{1,128}$"
 FIELD_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-COMM_RE = r"^[^\x00-\x1f\x7f]{1,15}$"
+COMM_RE = r"^[^\x00-\x1f\x7f]{1,15}$"      # the CRD's check; is_task_name() also counts bytes
+
+
+def is_task_name(value: object) -> bool:
+    """A name a task can have: 1 to 15 bytes of UTF-8 (TASK_COMM_LEN less the NUL), printable
+    (no control, format or bidi character, no lone surrogate, which cannot be encoded at all)."""
+    return isinstance(value, str) and value.isprintable() and 0 < len(value.encode("utf-8", "replace")) <= 15
 # Values (value/aggregate/unit) and filters: the words they use, once.
 AGGREGATES = ("sum", "histogram")
 UNITS = ("bytes", "seconds")
@@ -328,6 +334,7 @@ SPEC_SCHEMA: dict = {
 }
 
 METADATA_NAME_RE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+NAMESPACE_RE = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"        # a DNS label, as the API server requires
 
 # Each default, once: what the schema says (and the API server applies) is what the model uses.
 PROBE_DEFAULTS: dict[str, Any] = {k: v["default"] for k, v in PROBE_SCHEMA["properties"].items() if "default" in v}

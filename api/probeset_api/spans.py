@@ -17,7 +17,7 @@ from typing import Any
 
 from .filters import Filter, parse_filter
 from .schema import ARG_FIELDS, PROBE_DEFAULTS, PROBE_KINDS, RETURN_KINDS
-from .validation import FieldError
+from .validation import FieldError, show
 
 SPAN_FIELDS = ("start", "end")
 SPAN_ONLY = ("labelsFrom", "maxPending", "maxAgeSeconds")
@@ -113,6 +113,10 @@ def parse_span(raw: dict[str, Any], path: str) -> tuple[tuple[Hook, Hook] | None
         if end and name in ARG_FIELDS and end.kind in RETURN_KINDS or end and name == "retval" and \
                 end.kind not in RETURN_KINDS:
             errors.append(FieldError(f"{path}.groupBy[{i}]", f"{name} is not available at the end ({end.kind})"))
+        elif end and end.kind != "tracepoint" and name not in ARG_FIELDS + ("retval", "comm"):
+            errors.append(FieldError(f"{path}.groupBy[{i}]", f"{show(name)} is not available at the end ({end.kind}): "
+                                                            "use arg0..arg5" + (", retval" if end.kind in RETURN_KINDS
+                                                                                else "") + " or comm"))
     if errors:
         return None, errors
     return (start, end), []

@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 from . import (API_GROUP, API_VERSION, DEFAULT_OPERATOR_NAMESPACE, KIND, NODE_WIDE_NAMESPACES_ENV,
                OPERATOR_NAMESPACE_ENV, TENANT_VALUES_ENV)
-from .schema import (ARG_FIELDS, KERNEL_ATTACH, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, PROBE_DEFAULTS,
-                     PROBE_KINDS, PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS, SPEC_SCHEMA,
-                     TASK_FIELDS, TRACEPOINT_ATTACH)
+from .schema import (ARG_FIELDS, KERNEL_ATTACH, KERNEL_KINDS, METADATA_NAME_RE, NAME_RE, NAMESPACE_RE,
+                     PROBE_DEFAULTS, PROBE_KINDS, PROBE_SCHEMA, RESERVED_LABELS, RETURN_KINDS, SPEC_DEFAULTS,
+                     SPEC_SCHEMA, TASK_FIELDS, TRACEPOINT_ATTACH, is_task_name)
 from .validation import FieldError, check_schema, show
 from . import documents as _documents
 from .filters import DEFAULT_TYPES, Filter, comparisons, parse_filter
@@ -162,6 +162,9 @@ def _probe_semantic_errors(raw: dict, path: str) -> list[FieldError]:
         errors.append(FieldError(f"{path}.latency", "latency needs a function probe (kprobe, kretprobe, "
                                                     f"uprobe, uretprobe), not a {kind}: time two points with "
                                                     "start and end"))
+    if "comm" in raw and not is_task_name(raw["comm"]):
+        errors.append(FieldError(f"{path}.comm", f"a task name is 1 to 15 bytes of printable characters, got "
+                                                 f"{show(raw['comm'])}"))
     if "maxActive" in raw and kind not in KERNEL_KINDS:
         errors.append(FieldError(f"{path}.maxActive", f"only applies to kprobe/kretprobe, not {kind}"))
     if "maxActive" in raw and kind == "kprobe" and not raw.get("latency"):
@@ -215,6 +218,10 @@ def parse_probeset(doc: Any) -> ProbeSet:
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not re.fullmatch(METADATA_NAME_RE, name):
         errors.append(FieldError("metadata.name", f"{show(name)} is not a valid name (lowercase DNS subdomain)"))
+    namespace = meta.get("namespace") if isinstance(meta, dict) else None
+    if namespace is not None and (not isinstance(namespace, str) or not re.fullmatch(NAMESPACE_RE, namespace)):
+        errors.append(FieldError("metadata.namespace", f"{show(namespace)} is not a valid namespace (lowercase DNS "
+                                                       "label)"))
     spec = doc.get("spec")
     if not isinstance(spec, dict):
         errors.append(FieldError("spec", "required mapping is missing"))
@@ -233,7 +240,7 @@ def parse_probeset(doc: Any) -> ProbeSet:
             probe_errors = _probe_semantic_errors(raw, path)
         pname = raw.get("name") if isinstance(raw, dict) else None
         if isinstance(pname, str) and pname in seen:
-            probe_errors.append(FieldError(f"{path}.name", f'duplicate name "{pname}" (also spec.probes[{seen[pname]}])'))
+            probe_errors.append(FieldError(f"{path}.name", f"duplicate name {show(pname)} (also spec.probes[{seen[pname]}])"))
         elif isinstance(pname, str):
             seen[pname] = i
         if probe_errors:

@@ -32,14 +32,22 @@ def _type_ok(value: Any, typ: str) -> bool:
     raise AssertionError(typ)
 
 
-_REPR = reprlib.Repr()
+class _BoundedRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # YAML reads hex and binary literals of any length; repr() refuses past 4,300 digits
+        return f"<an integer of {x.bit_length()} bits>" if x.bit_length() > 256 else super().repr_int(x, level)
+
+
+_REPR = _BoundedRepr()
 _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
 
 
 def show(value: Any) -> str:
     """A value as an error message may quote it: at most 80 characters, whatever its size (only
     a bounded part of it is ever rendered)."""
-    if isinstance(value, str):
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = _REPR.repr_int(value, 1)
+    elif isinstance(value, str):
         text = '"' + value[:80].encode("unicode_escape").decode() + ('"' if len(value) <= 80 else "")
     else:
         text = _REPR.repr(value)
@@ -59,9 +67,9 @@ def check_schema(value: Any, schema: dict, path: str) -> list[FieldError]:
         hint = schema.get("x-probeset-hint", f"must match {schema['pattern']}")
         errors.append(FieldError(path, f"{show(value)} is not valid: {hint}"))
     if "minimum" in schema and value < schema["minimum"]:
-        errors.append(FieldError(path, f"{value} is below the minimum {schema['minimum']}"))
+        errors.append(FieldError(path, f"{show(value)} is below the minimum {schema['minimum']}"))
     if "maximum" in schema and value > schema["maximum"]:
-        errors.append(FieldError(path, f"{value} is above the maximum {schema['maximum']}"))
+        errors.append(FieldError(path, f"{show(value)} is above the maximum {schema['maximum']}"))
     if typ == "array":
         if len(value) < schema.get("minItems", 0):
             errors.append(FieldError(path, f"needs at least {schema['minItems']} item(s), got {len(value)}"))

@@ -52,6 +52,9 @@ def parse(probe):
     ({**BIO, "maxAgeSeconds": 7200}, "spec.probes[0].maxAgeSeconds: 7200 is above the maximum 3600"),
     ({"kprobe": "f", "maxAgeSeconds": 3}, "spec.probes[0].maxAgeSeconds: only applies with start and end"),
     ({**BIO, "groupBy": ["probe"]}, "spec.probes[0].groupBy[0]: 'probe' is a label the agent sets itself"),
+    ({"start": {"uprobe": "libc:malloc", "key": ["tid"]}, "end": {"uretprobe": "libc:malloc", "key": ["tid"]},
+      "groupBy": ["pid"]},                  # found by fuzzing: a ValueError in the agent, no field named
+     'spec.probes[0].groupBy[0]: "pid" is not available at the end (uretprobe): use arg0..arg5, retval or comm'),
 ])
 def test_bad_spans_name_their_field(probe, reason):
     pset = parse(probe)

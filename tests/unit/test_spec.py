@@ -109,6 +109,30 @@ def test_bad_probe_is_rejected_with_field_and_reason(probe, field, reason):
 def test_duplicate_names_reject_the_second():
     errors = rejected([{"name": "a", "kprobe": "f"}, {"name": "a", "kprobe": "g"}])
     assert errors == {1: 'spec.probes[1].name: duplicate name "a" (also spec.probes[0])'}
+    long = "\ud800\x1b[31m" + "n" * 100_000                     # quoted bounded and escaped, as every value
+    errors = rejected([{"name": long, "kprobe": "f"}, {"name": long, "kprobe": "g"}])
+    assert len(errors[1]) < 400 and "\\ud800\\x1b[31m" in errors[1]
+
+
+@pytest.mark.parametrize("comm", ["\ud800", "a\u202eb", "\u200b", "é" * 8])
+def test_a_task_name_is_printable_and_fits_the_kernels_15_bytes(comm):
+    """A lone surrogate cannot even be encoded (the agent failed at start), bidi and zero-width
+    characters are not printable, and a task name is 15 bytes of UTF-8, not 15 characters."""
+    errors = rejected([{"name": "a", "tracepoint": "sched:sched_switch", "comm": comm},
+                       {"name": "b", "tracepoint": "sched:sched_switch",
+                        "filter": {"field": "comm", "op": "==", "value": comm}}])
+    assert errors[0].startswith("spec.probes[0].comm: a task name is 1 to 15 bytes of printable characters, got ")
+    assert errors[1].startswith("spec.probes[1].filter.value: comm compares with a task name: 1 to 15 bytes of "
+                                "printable characters, got ")
+    assert rejected([{"name": "a", "tracepoint": "sched:sched_switch", "comm": "é" * 7}]) == {}   # 14 bytes
+
+
+@pytest.mark.parametrize("namespace", [["a"], "Team_A", "", 7])
+def test_the_namespace_is_a_dns_label(namespace):
+    d = doc([{"name": "a", "tracepoint": "sched:sched_switch"}])
+    d["metadata"]["namespace"] = namespace
+    assert set_errors(d)[0].startswith("metadata.namespace: ") and "is not a valid namespace (lowercase DNS label)" in \
+        set_errors(d)[0]
 
 
 HOSTILE = ['x"; } int evil() { return 0; } /*', "a;b", "line\nbreak", "#include <x.h>", "a b", "'q'", "x\\y",
