@@ -188,12 +188,19 @@ def _library_name(binary: str) -> str:
     return re.sub(r"\.so(\.\d+)*$", "", name)
 
 
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
 def _check_elf(path: str, shown: str) -> str:
     if not os.path.isfile(path):
         raise HostError(f"binary {shown}: no such file")
-    with open(path, "rb") as f:
-        if f.read(4) != b"\x7fELF":
-            raise HostError(f"binary {shown}: not an ELF file")
+    if not _is_elf(path):
+        raise HostError(f"binary {shown}: not an ELF file")
     return path
 
 
@@ -298,7 +305,8 @@ def find_binary(binary: str, root: str, pid: int | None = None) -> str:
             continue
         for filename in entries:
             path = path_in_root(root, os.path.join(where[len(root):], filename))
-            if _is_library_file(filename, name) and os.path.isfile(path):
+            # libc.so of libc6-dev sorts first and is a linker script, not the library
+            if _is_library_file(filename, name) and os.path.isfile(path) and _is_elf(path):
                 return path
     raise HostError(f"library {binary}: not found under {root} (mapped by the process or in {', '.join(LIBRARY_DIRS[:2])}, ...)")
 

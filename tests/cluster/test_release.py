@@ -274,8 +274,18 @@ def test_prometheus_finds_the_agent_by_kubernetes_service_discovery(node_cluster
     node_cluster.kubectl("apply", "-n", NS, "-f", str(tmp_path / "node-wide.yaml"))
     node = node_cluster.node.name
     for namespace, name in ((cluster_namespace, "gethostlatency"), (NS, "gethostlatency-node")):
-        wait_for(lambda: (r := report(cluster_api, namespace, name, node)) and r["attached"] == 3,
-                 180, f"{name} attached")
+        last = {}
+
+        def attached():
+            last["r"] = report(cluster_api, namespace, name, node)
+            return last["r"] and last["r"]["attached"] == 3
+        try:
+            wait_for(attached, 180, f"{name} attached")
+        except BaseException:
+            status = client.CustomObjectsApi(cluster_api).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name).get("status")
+            print(f"{namespace}/{name}: the agent's report {last.get('r')}, status {status}", file=sys.stderr)
+            raise
     serving_attached(cluster_api, "gethostlatency", 3)
     with Prometheus(tmp_path, cluster_api, NS) as prom:
         agent = running_agent(cluster_api).metadata.name    # (an earlier test's agent may still be going)

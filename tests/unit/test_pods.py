@@ -148,6 +148,11 @@ def test_paths_resolve_inside_the_containers_root(tmp_path):
     assert host.path_in_root(str(root), "/lib/x86_64-linux-gnu/libdemo.so.1") == str(lib)
     assert host.find_binary("libdemo", str(root)) == str(lib)       # found through both links
     assert host.find_binary("/lib/x86_64-linux-gnu/libdemo.so.1", str(root)) == str(lib)
+    # libc6-dev's libc.so is a linker script that sorts before libc.so.6 (found on a node by the
+    # cluster tier: a node-wide set's uprobes on libc failed with "no function symbol")
+    (root / "usr/lib/x86_64-linux-gnu/libdemo.so").unlink()
+    (root / "usr/lib/x86_64-linux-gnu/libdemo.so").write_text("/* GNU ld script */\nGROUP ( libdemo.so.1 )\n")
+    assert host.find_binary("libdemo", str(root)) == str(lib)
     with pytest.raises(host.HostError, match="not found under"):
         host.find_binary("libnothere", str(root))
     with pytest.raises(host.HostError, match="no such file"):
