@@ -243,7 +243,8 @@ PROBE_SCHEMA: dict = {
         "labelsFrom": {
             "type": "string", "enum": list(LABELS_FROM), "default": "start",
             "description": "With start/end: whose task labels the sample (pod, container, comm) and passes the "
-                           "set's pod selection: the task running at the start event or at the end event.",
+                           "set's pod selection: the task running at the start event or at the end event. In a "
+                           "namespaced set (scope Namespace) both tasks must pass it.",
         },
         "maxPending": {
             "type": "integer", "minimum": 1, "maximum": 65536, "default": 10240,
