@@ -12,11 +12,14 @@ component, symlinks and `..` included, inside the container's root, in one step.
 from __future__ import annotations
 
 import ctypes
+import errno
+import logging
 import os
 import re
 
 NR_OPENAT2 = 437                      # the same number on every architecture (asm-generic)
 RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x02, 0x10
+log = logging.getLogger(__name__)
 _IN_CONTAINER = re.compile(r"(/proc/\d+/root)(/.*)")
 
 
@@ -44,13 +47,32 @@ def open_in_root(root: str, path: str) -> int:
         os.close(root_fd)
 
 
+_warned = False
+
+
+def _open_in_container(root: str, inside: str, path: str) -> int:
+    """Before Linux 5.6 (no openat2) the path is opened as it is: the caller's check that it is still
+    the file found (device, inode) then leaves only the moment between finding it and that check."""
+    global _warned
+    try:
+        return open_in_root(root, inside)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        if not _warned:
+            _warned = True
+            log.warning("openat2 is missing (Linux < 5.6): containers' files are opened by path, checked to be "
+                        "the file found")
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
 class Pin:
     """`path` opened: `.path` names that very file for as long as the pin is open (a uprobe placed
     through it keeps it open while placed, so its name is never another file's), `.stat` is its."""
 
     def __init__(self, path: str):
         m = _IN_CONTAINER.fullmatch(path)
-        self.fd = open_in_root(m.group(1), m.group(2)) if m else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = _open_in_container(m.group(1), m.group(2), path) if m else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.path = f"/proc/self/fd/{self.fd}"
         self.stat = os.fstat(self.fd)
 
