@@ -122,7 +122,8 @@ def _bind_metrics(args, authorize=None, wait_for_port: float = 0):
     With `wait_for_port`, a port in use is tried again every second for that many seconds: in a
     cluster the agent of a deleted DaemonSet may still hold the node's port while it detaches, and
     exiting at once would put the new agent in the kubelet's restart back-off."""
-    from .server import MetricsServer, parse_listen
+    from .httpmsg import parse_listen
+    from .server import MetricsServer
     deadline = time.monotonic() + wait_for_port
     waiting = False
     while True:

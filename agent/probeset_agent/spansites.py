@@ -10,8 +10,8 @@ from probeset_api.spec import Probe, ValuePolicy
 
 from . import host
 from .features import Features
-from .resolve import (GroupField, ResolvedProbe, Site, UserTargets, _arg_field, _check_tenant_fields, _filter_fields,
-                      _tracepoint_field, fields_used, filter_fields_used)
+from .resolve import GroupField, ResolvedProbe, Site, UserTargets, _arg_field, _filter_fields, _tracepoint_field
+from .tenantfields import check_tenant_fields, fields_used, filter_fields_used
 
 
 def _key_field(hook: Hook, i: int, name: str, fmt: host.TracepointFormat | None) -> GroupField:
@@ -88,7 +88,7 @@ def _check_tenant_hooks(p: Probe, policy: ValuePolicy) -> None:
         if hook.kind != "tracepoint" or not host.match_tracepoints(hook.target):
             continue        # a missing tracepoint is _hook_site's error
         used = [(f"{hook.path}.key[{i}]", name) for i, name in enumerate(hook.key)]
-        _check_tenant_fields(used + filter_fields_used(hook.filter) + recorded,
+        check_tenant_fields(used + filter_fields_used(hook.filter) + recorded,
                              host.tracepoint_format(hook.target), policy)
 
 

@@ -20,7 +20,8 @@ from probeset_agent.readout import Series, label_text
 from probeset_agent.report import ProbeStatus
 from probeset_agent.resolve import ResolvedProbe, Site
 from probeset_agent.rendering import GzipWriter, gzip_bytes
-from probeset_agent.server import MetricsServer, accepts_gzip
+from probeset_agent.httpmsg import accepts_gzip
+from probeset_agent.server import MetricsServer
 from probeset_agent.snapshot import ProbeSeries, SetSnapshot, take_snapshot
 from probeset_api.spec import parse_probeset
 

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from probeset_agent.rendering import SharedRendering
-from probeset_agent.server import parse_listen
+from probeset_agent.httpmsg import parse_listen
 from tests.support import wait_for
 
 BODY_MB = 8

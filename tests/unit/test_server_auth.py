@@ -11,7 +11,8 @@ import pytest
 
 from probeset_agent.authz import SUBJECT_ACCESS_REVIEWS, TOKEN_REVIEWS, TokenAuthorizer
 from probeset_api.kube import KubeError
-from probeset_agent.server import MetricsServer, bearer_token
+from probeset_agent.httpmsg import bearer_token
+from probeset_agent.server import MetricsServer
 
 
 @pytest.fixture(scope="module")
