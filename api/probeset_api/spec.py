@@ -352,11 +352,17 @@ def _hook_denials(hook: Hook, policy: ValuePolicy) -> list[FieldError]:
         if name not in KEY_TASK_FIELDS and not policy.allows(hook.kind, hook.target, name):
             what = f"{name} of kernel function {hook.target} can be a kernel address or another task's data"
             errors.append(FieldError(f"{hook.path}.key[{i}]", policy.denial(what, hook.kind, hook.target, name)))
-    for c in comparisons(hook.filter):
-        if c.field in DEFAULT_TYPES and not policy.allows(hook.kind, hook.target, c.field):
-            what = f"{c.field} of kernel function {hook.target} can be a kernel address"
-            errors.append(FieldError(f"{c.path}.field", policy.denial(what, hook.kind, hook.target, c.field)))
-    return errors
+    return errors + _filter_denials(hook.filter, hook.kind, hook.target, policy)
+
+
+def _filter_denials(flt: Filter | None, kind: str, target: str, policy: ValuePolicy) -> list[FieldError]:
+    """The comparisons of a kernel function's argument or return value the policy denies: a filter
+    counts its bits (`arg0 & 4096`) as surely as a label shows it."""
+    if kind not in KERNEL_KINDS:
+        return []
+    return [FieldError(f"{c.path}.field", policy.denial(f"{c.field} of kernel function {target} can be a kernel "
+                                                        "address", kind, target, c.field))
+            for c in comparisons(flt) if c.field in DEFAULT_TYPES and not policy.allows(kind, target, c.field)]
 
 
 def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
@@ -381,11 +387,7 @@ def restrict_values(pset: ProbeSet, policy: ValuePolicy) -> ProbeSet:
         if value is not None and probe.kind in KERNEL_KINDS and not policy.allows(probe.kind, probe.target, value):
             what = f"{value} of kernel function {probe.target} can be a kernel address"
             errors.append(FieldError(f"{probe.path}.value", policy.denial(what, probe.kind, probe.target, value)))
-        for c in comparisons(probe.filter):
-            if probe.kind in KERNEL_KINDS and c.field in DEFAULT_TYPES and not policy.allows(
-                    probe.kind, probe.target, c.field):
-                what = f"{c.field} of kernel function {probe.target} can be a kernel address"
-                errors.append(FieldError(f"{c.path}.field", policy.denial(what, probe.kind, probe.target, c.field)))
+        errors += _filter_denials(probe.filter, probe.kind, probe.target, policy)
         if probe.kind == "span":
             errors += _hook_denials(probe.start, policy) + _hook_denials(probe.end, policy)
         if errors:
